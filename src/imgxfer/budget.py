@@ -1,0 +1,47 @@
+"""Training budgets: a number of optimisation steps, optionally capped by wall-clock time."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from imgxfer.errors import UserError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90', '90s', '3m', '1.5h' -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+        if not match:
+            raise UserError(f"cannot read the duration {text!r}; write it like 90s, 3m or 1h.")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise UserError(f"a time budget must be positive, got {text!r}.")
+    return seconds
+
+
+@dataclass
+class Budget:
+    """Stop after ``steps`` steps or ``seconds`` seconds, whichever comes first."""
+
+    steps: int
+    seconds: float | None = None
+    _start: float = field(default_factory=time.monotonic, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise UserError(f"a step budget cannot be negative, got {self.steps}.")
+
+    def start(self) -> "Budget":
+        self._start = time.monotonic()
+        return self
+
+    def done(self, step: int) -> bool:
+        if step >= self.steps:
+            return True
+        return self.seconds is not None and time.monotonic() - self._start >= self.seconds

@@ -1,0 +1,229 @@
+"""The `imgxfer` command line: a thin layer over the library (pipeline, plugins, install)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from imgxfer import __version__
+from imgxfer.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+
+STAGE_FLAGS = ("source", "target", "encoder", "captioner", "generator", "adapter")
+BUILTIN_COMMANDS = ("run", "plugins", "list", "install", "uninstall")
+
+
+class FriendlyError(click.ClickException):
+    """A user error, shown as one sentence with exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _host():
+    """Load plugins, turning their warnings into one-line messages on stderr."""
+    from imgxfer.plugins import get_host
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host = get_host()
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    return host
+
+
+class ImgxferGroup(click.Group):
+    """Adds plugin commands lazily: built-in commands (uninstall above all) never load
+    plugins, so a broken plugin cannot lock the user out of removing it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in BUILTIN_COMMANDS:
+            self._add_plugin_commands()
+        return super().get_command(ctx, name)
+
+    def _add_plugin_commands(self) -> None:
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        try:
+            _host().add_commands(self)
+        except Exception as exc:  # strict mode: report, but keep the CLI usable
+            err.print(f"[yellow]warning:[/] plugin commands unavailable: {exc}", highlight=False)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise FriendlyError(str(exc)) from None
+
+
+@click.group(cls=ImgxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imgxfer")
+def cli() -> None:
+    """Image transfer learning with generative data augmentation.
+
+    Start with `imgxfer run` (syndigits -> digits on embedded data), see what is
+    installed with `imgxfer plugins` and `imgxfer list`.
+    """
+
+
+def _stage_options(f):
+    for stage in reversed(STAGE_FLAGS):
+        f = click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
+                         help=f"Option for the {stage} component (repeatable).")(f)
+    return f
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML config; flags given here override it.")
+@click.option("--name", help="Run name, used in the run folder's name.")
+@click.option("--source", help="Source dataset (default syndigits).")
+@click.option("--target", help="Target dataset (default digits).")
+@click.option("--shots", type=int, help="Labelled target images per class (default 10).")
+@click.option("--test-fraction", type=float, help="Share of each target class held out for testing (0.3).")
+@click.option("--encoder", help="Encoder (default smallcnn).")
+@click.option("--captioner", help="Captioner (default template).")
+@click.option("--generator", help="Generator, or 'none' to skip generation (default gan).")
+@click.option("--adapter", help="Transfer method (default finetune).")
+@click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
+@click.option("--encoder-steps", type=int, help="Steps of source training for the encoder.")
+@click.option("--generator-steps", type=int, help="Generator training steps.")
+@click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
+@click.option("--adapter-steps", type=int, help="Adapter training steps.")
+@click.option("--seed", type=int, help="Seed for everything random (default 0).")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
+@_stage_options
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout at the end.")
+def run(config_file: str | None, as_json: bool, **flags: Any) -> None:
+    """Run the whole chain: encode, caption, generate, adapt, evaluate, report."""
+    from imgxfer import config as cfg
+    from imgxfer.pipeline import run as run_pipeline
+    from imgxfer.progress import RichProgress
+
+    options = {s: list(flags.pop(f"{s}_opt")) for s in STAGE_FLAGS}
+    config = cfg.load(config_file) if config_file else cfg.RunConfig()
+    config = cfg.apply_overrides(config, flags, options)
+    result = run_pipeline(config, progress=RichProgress(err), registry=_host().registry)
+    target = result.metrics["target"]
+    table = Table(title=f"target test split: {config.target} ({target['n_test']} images)")
+    for col in ("metric", "value"):
+        table.add_column(col)
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
+        table.add_row(key, f"{target[key]:.4f}")
+    err.print(table)
+    err.print(f"run folder: [bold]{result.folder}[/]  (open {result.folder / 'report.html'})",
+              highlight=False)
+    if as_json:
+        click.echo(json.dumps(result.metrics, indent=2))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--available", is_flag=True, help="Show the plugin directory (registry.toml).")
+def plugins(as_json: bool, available: bool) -> None:
+    """Show loaded plugins with their components, or the known plugins (--available)."""
+    if available:
+        from imgxfer.install import known_plugins
+
+        rows = [{"name": p.name, "kinds": p.kinds, "description": p.description,
+                 "requirement": p.requirement or "(built-in)", "local_path": p.path,
+                 "installed": p.installed_version()} for p in known_plugins().values()]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="known plugins (registry.toml)")
+        for col in ("name", "kinds", "installed", "install with", "description"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(r["name"], ", ".join(r["kinds"]), r["installed"] or "no",
+                          "built-in" if r["requirement"] == "(built-in)" else f"imgxfer install {r['name']}",
+                          r["description"])
+        out.print(table)
+        return
+    from imgxfer.plugins import PluginHost
+
+    # Never strict here: this command exists to show what failed.
+    env = {k: v for k, v in os.environ.items() if k != "IMGXFER_STRICT_PLUGINS"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = PluginHost(env).load_all()
+    infos = [i.as_dict() for i in host.plugins.values()]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    table = Table(title="imgxfer plugins")
+    for col in ("plugin", "version", "source", "components", "status"):
+        table.add_column(col, overflow="fold")
+    for i in infos:
+        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in i["components"].items()) or "-"
+        status = "[green]ok[/]" if i["status"] == "ok" else f"[red]failed[/] {i['error']}"
+        table.add_row(i["name"], i["version"], i["source"], comps, status)
+    out.print(table)
+
+
+@cli.command("list")
+@click.argument("kind", required=False,
+                type=click.Choice(["encoders", "captioners", "generators", "adapters", "datasets"]))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(kind: str | None, as_json: bool) -> None:
+    """List registered components (all kinds, or one KIND) with descriptions and options."""
+    registry = _host().registry
+    kinds = [kind] if kind else list(registry.components)
+    rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
+             "description": c.description, "options": c.options()}
+            for k in kinds for c in sorted(registry.components[k].values(), key=lambda c: c.name)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="registered components")
+    for col in ("kind", "name", "plugin", "description", "options"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["plugin"], r["description"], ", ".join(r["options"]))
+    out.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--upgrade", is_flag=True, help="Upgrade if already installed.")
+def install(name: str, upgrade: bool) -> None:
+    """Install a plugin listed in registry.toml (see `imgxfer plugins --available`)."""
+    from imgxfer.install import install as do_install
+
+    target = do_install(name, upgrade=upgrade)
+    err.print(f"installed plugin {name!r} from {target}", highlight=False)
+
+
+@cli.command()
+@click.argument("name")
+def uninstall(name: str) -> None:
+    """Uninstall a plugin listed in registry.toml."""
+    from imgxfer.install import uninstall as do_uninstall
+
+    package = do_uninstall(name)
+    err.print(f"uninstalled plugin {name!r} ({package})", highlight=False)
+
+
+def main() -> None:
+    cli(prog_name="imgxfer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

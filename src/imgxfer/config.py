@@ -1,0 +1,166 @@
+"""Run configuration: defaults, TOML files, CLI overrides, validation and the saved copy.
+
+A config file looks like::
+
+    name = "syndigits-to-digits"
+    shots = 10
+    seed = 0
+    generator_steps = 1500
+
+    [source]
+    name = "syndigits"
+    n_per_class = 400
+
+    [encoder]           # or simply: encoder = "smallcnn"
+    name = "smallcnn"
+    width = 32
+
+Component tables hold the component's ``name`` and its options; everything else is a
+top-level key of :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from imgxfer.errors import UserError
+
+STAGES = ("source", "target", "encoder", "captioner", "generator", "adapter")
+NONE = "none"  # generator = "none" skips generation
+
+
+@dataclass
+class RunConfig:
+    name: str = "syndigits-to-digits"
+    source: str = "syndigits"
+    target: str = "digits"
+    encoder: str = "smallcnn"
+    captioner: str = "template"
+    generator: str = "gan"
+    adapter: str = "finetune"
+    shots: int = 10
+    test_fraction: float = 0.3
+    synthetic_per_class: int = 100
+    encoder_steps: int = 500
+    generator_steps: int = 1500
+    generator_time: str = ""  # optional wall-clock cap, e.g. "3m"
+    adapter_steps: int = 400
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
+
+    def validate(self) -> None:
+        if self.shots < 0:
+            raise UserError(f"shots must be zero or more, got {self.shots}.")
+        if self.shots == 0 and self.generator != NONE:
+            raise UserError(
+                f"--shots 0 leaves no labelled target images for the generator {self.generator!r} "
+                "to learn the target domain from; use --shots 1 or more, or --generator none."
+            )
+        for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+
+    def to_toml(self) -> str:
+        doc: dict[str, Any] = {}
+        tables: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "options":
+                continue
+            if f.name in STAGES:
+                tables[f.name] = {"name": value, **self.options.get(f.name, {})}
+            else:
+                doc[f.name] = value
+        return tomli_w.dumps({**doc, **tables})
+
+
+_SCALARS = {f.name: f for f in fields(RunConfig) if f.name != "options"}
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    expected = type(getattr(RunConfig(), key))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{where}: {key} must be {expected.__name__}, got {value!r}.")
+    return value
+
+
+def from_mapping(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a config from a TOML-like mapping; unknown keys are refused by name."""
+    unknown = sorted(set(data) - set(_SCALARS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(_SCALARS))}."
+        )
+    config = RunConfig()
+    for key, value in data.items():
+        if key in STAGES and isinstance(value, dict):
+            value = dict(value)
+            name = value.pop("name", getattr(config, key))
+            if not isinstance(name, str):
+                raise UserError(f"{where}: [{key}] name must be a string, got {name!r}.")
+            setattr(config, key, name)
+            config.options[key] = value
+        else:
+            setattr(config, key, _check_type(key, value, where))
+    return config
+
+
+def load(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {str(path)!r} is not valid TOML: {exc}.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not a UTF-8 text file.") from None
+    return from_mapping(data, where=str(path))
+
+
+def parse_option(text: str, flag: str) -> tuple[str, Any]:
+    """'key=value' with a TOML value (numbers, true/false, quoted strings); bare words
+    and paths are taken as strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"{flag} expects key=value, got {text!r}.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any],
+                    options: dict[str, list[str]]) -> RunConfig:
+    """CLI flags win over the file. Choosing another component on the command line drops
+    the file's options for that stage, which belonged to the previous component."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in STAGES and value != getattr(config, key):
+            config.options[key] = {}
+        setattr(config, key, _check_type(key, value, "command line"))
+    for stage, pairs in options.items():
+        for pair in pairs:
+            k, v = parse_option(pair, f"--{stage}-opt")
+            config.options[stage][k] = v
+    return config

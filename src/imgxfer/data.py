@@ -1,0 +1,128 @@
+"""In-memory image datasets, the few-shot split of a target, and what stages pass on.
+
+Images are float32 tensors ``[N, C, H, W]`` in [0, 1]; labels are int64 ``[N]`` indexing
+``class_names``. Encoders adapt channels and size in their own ``preprocess``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from imgxfer.errors import UserError
+
+
+@dataclass
+class ImageDataset:
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    domain: str
+    # Words that describe the domain in captions ("handwritten", "rendered").
+    description: str = ""
+    # Notes for the report (e.g. how many unreadable files were skipped).
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+        self.labels = self.labels.long()
+        if len(self.class_names) < 2:
+            raise UserError(
+                f"dataset {self.domain!r} has {len(self.class_names)} class; "
+                "transfer needs at least two classes."
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: torch.Tensor) -> "ImageDataset":
+        return ImageDataset(self.images[index], self.labels[index], list(self.class_names),
+                            self.domain, self.description, list(self.notes))
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+
+@dataclass
+class Split:
+    """A target dataset divided for few-shot transfer; the three parts are disjoint."""
+
+    labelled: ImageDataset
+    unlabelled: ImageDataset
+    test: ImageDataset
+
+
+def few_shot_split(data: ImageDataset, shots: int, *, test_fraction: float = 0.3,
+                   seed: int = 0) -> Split:
+    """Stratified, seeded split: per class a test share, then ``shots`` labelled images,
+    and the rest unlabelled. Every class must keep at least one test image."""
+    if shots < 0:
+        raise UserError(f"--shots must be zero or more, got {shots}.")
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction must be between 0 and 1, got {test_fraction}.")
+    generator = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {"labelled": [], "unlabelled": [], "test": []}
+    for c, name in enumerate(data.class_names):
+        index = torch.nonzero(data.labels == c).flatten()
+        index = index[torch.randperm(len(index), generator=generator)]
+        n_test = max(1, round(len(index) * test_fraction))
+        if len(index) < n_test + shots or len(index) < 2:
+            raise UserError(
+                f"class {name!r} of {data.domain!r} has {len(index)} images: too few for "
+                f"{shots} shots plus {n_test} held out for testing "
+                f"(at most {max(0, len(index) - n_test)} shots)."
+            )
+        parts["test"].append(index[:n_test])
+        parts["labelled"].append(index[n_test:n_test + shots])
+        parts["unlabelled"].append(index[n_test + shots:])
+    return Split(**{k: data.subset(torch.cat(v)) for k, v in parts.items()})
+
+
+def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
+    """Relabel ``source`` so that its class indices follow the target's class names."""
+    if source.class_names == target.class_names:
+        return source
+    missing = sorted(set(target.class_names) - set(source.class_names))
+    extra = sorted(set(source.class_names) - set(target.class_names))
+    if missing or extra:
+        raise UserError(
+            f"source {source.domain!r} and target {target.domain!r} have different classes: "
+            f"only in target: {', '.join(missing) or '-'}; only in source: {', '.join(extra) or '-'}."
+        )
+    order = torch.tensor([target.class_names.index(n) for n in source.class_names])
+    return ImageDataset(source.images, order[source.labels], list(target.class_names),
+                        source.domain, source.description, list(source.notes))
+
+
+@dataclass
+class TransferData:
+    """Everything an adapter may train on; it documents in ``uses`` which parts it reads."""
+
+    source: ImageDataset
+    target_labelled: ImageDataset
+    target_unlabelled: ImageDataset
+    synthetic: ImageDataset | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.target_labelled.class_names
+
+
+@dataclass
+class GeneratorData:
+    """Labelled, captioned images from several domains for a generator to learn from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    captions: list[str]
+    domains: list[str]
+    class_names: list[str]
+    target_domain: str

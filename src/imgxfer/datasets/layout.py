@@ -1,0 +1,40 @@
+"""Put glyph-like images (digits, letters) into a common layout so domains are comparable.
+
+MNIST's convention: the object's bounding box is scaled to fit a box of 20/28 of the
+canvas, keeping its aspect, then centred by its centre of mass. Applying it to every
+digit domain removes a gap that no adapter should have to learn (measured in DESIGN.md:
+AdaBN on mnist->digits went from 0.51 to 0.85 with this layout).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MNIST_BOX = 20 / 28
+
+
+def fit_to_box(images: torch.Tensor, canvas: int = 32, box: float = MNIST_BOX,
+               threshold: float = 0.1) -> torch.Tensor:
+    """[N,1,h,w] ink-on-black in [0,1] -> [N,1,canvas,canvas] in the MNIST layout."""
+    out = torch.zeros(len(images), 1, canvas, canvas)
+    side = round(canvas * box)
+    for i, img in enumerate(images[:, 0]):
+        ys, xs = torch.nonzero(img > threshold, as_tuple=True)
+        if len(ys) == 0:
+            continue
+        crop = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        h, w = crop.shape
+        scale = side / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        crop = F.interpolate(crop[None, None], size=(nh, nw), mode="bilinear",
+                             antialias=True, align_corners=False)[0, 0].clamp(0, 1)
+        # Centre of mass of the resized crop goes to the canvas centre (as MNIST does).
+        total = crop.sum().clamp_min(1e-6)
+        cy = (crop.sum(1) * torch.arange(nh)).sum() / total
+        cx = (crop.sum(0) * torch.arange(nw)).sum() / total
+        top = int(round(canvas / 2 - cy.item() - 0.5))
+        left = int(round(canvas / 2 - cx.item() - 0.5))
+        top, left = min(max(top, 0), canvas - nh), min(max(left, 0), canvas - nw)
+        out[i, 0, top:top + nh, left:left + nw] = crop
+    return out

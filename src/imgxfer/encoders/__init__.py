@@ -1,0 +1,1 @@
+"""Built-in encoders and the preprocessing they share."""

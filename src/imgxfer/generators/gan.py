@@ -1,0 +1,389 @@
+"""The built-in ``gan`` generator: a class- and caption-conditioned GAN for small images.
+
+It learns a target domain from few target images plus many source images and their
+captions, and is sized to train in about a minute on a 2-core CPU at 32x32. Parts, and why:
+
+- Generator (DCGAN-style): ``concat(z, class embedding, caption embedding)`` -> linear ->
+  4x4 -> (nearest upsample, 3x3 conv, BatchNorm, ReLU) per doubling -> tanh. Upsample plus
+  conv avoids the checkerboard artefacts of transposed convolutions.
+- Discriminator: spectrally normalised convolutions (a stable GAN without tuning), a
+  projection head (Miyato & Koyama 2018) for the class *and* the caption embedding, and
+  the hinge loss. Both networks own a :class:`~imgxfer.generators.text.HashedTextEncoder`
+  trained with them; the domain reaches the generator only through the caption text.
+- Differentiable augmentation (DiffAugment, Zhao et al. 2020: colour, translation,
+  cutout) of real and fake images before the discriminator, because with a few target
+  images it would otherwise memorise them and stop teaching the generator.
+- Target images are drawn with probability ``target_weight`` per batch slot, so the few
+  of them are seen often enough for the domain to be learned.
+- Samples come from an exponential moving average (EMA) of the generator, whose
+  BatchNorm statistics are recomputed after training: running averages collected by the
+  raw generator do not match the averaged weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from imgxfer.budget import Budget
+from imgxfer.data import GeneratorData
+from imgxfer.errors import UserError
+from imgxfer.generators.text import HashedTextEncoder, token_ids
+
+AUGMENTATIONS = ("color", "translation", "cutout")
+_STATE_VERSION = 1
+# Batches of conditions used to recompute the EMA generator's BatchNorm statistics.
+_STANDING_STAT_BATCHES = 16
+
+
+def _doublings(image_size: int) -> int:
+    """How many times 4x4 doubles to reach ``image_size`` (a power of two, 8 to 256)."""
+    n = round(math.log2(image_size)) - 2 if image_size > 0 else -1
+    if not 1 <= n <= 6 or 4 * 2 ** n != image_size:
+        raise UserError(f"gan: image_size must be a power of two from 8 to 256, got {image_size}.")
+    return n
+
+
+def _channels(width: int, doublings: int, level: int) -> int:
+    """Channels at resolution ``4 * 2**level``: ``width`` at full size, doubling per halving.
+
+    Capped at 8x ``width`` so that large images do not blow up the smallest resolutions.
+    """
+    return width * 2 ** min(doublings - level, 3)
+
+
+class _Generator(nn.Module):
+    def __init__(self, *, z_dim: int, width: int, embed_dim: int, num_classes: int,
+                 channels: int, image_size: int) -> None:
+        super().__init__()
+        n = _doublings(image_size)
+        self.z_dim = z_dim
+        self.class_embed = nn.Embedding(num_classes, embed_dim)
+        self.text = HashedTextEncoder(embed_dim)
+        c0 = _channels(width, n, 0)
+        self.stem = nn.Sequential(
+            nn.Linear(z_dim + 2 * embed_dim, c0 * 16, bias=False),
+            nn.Unflatten(1, (c0, 4, 4)), nn.BatchNorm2d(c0), nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        for level in range(1, n + 1):
+            cin, cout = _channels(width, n, level - 1), _channels(width, n, level)
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.blocks = nn.Sequential(*blocks)
+        self.to_image = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([z, self.class_embed(labels), self.text(text_ids)], dim=1)
+        return torch.tanh(self.to_image(self.blocks(self.stem(cond))))
+
+
+class _Discriminator(nn.Module):
+    def __init__(self, *, width: int, embed_dim: int, num_classes: int, channels: int,
+                 image_size: int) -> None:
+        super().__init__()
+        n = _doublings(image_size)
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, width, 3, padding=1)),
+                                   nn.LeakyReLU(0.2)]
+        for level in range(n, 0, -1):
+            cin, cout = _channels(width, n, level), _channels(width, n, level - 1)
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)),
+                       nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        feature_dim = _channels(width, n, 0)
+        self.linear = spectral_norm(nn.Linear(feature_dim, 1))
+        self.class_embed = spectral_norm(nn.Embedding(num_classes, feature_dim))
+        self.text = HashedTextEncoder(embed_dim)
+        self.text_proj = spectral_norm(nn.Linear(embed_dim, feature_dim, bias=False))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).sum(dim=(2, 3))
+        # Projection discriminator: unconditional score plus <condition embedding, features>.
+        cond = self.class_embed(labels) + self.text_proj(self.text(text_ids))
+        return self.linear(h).squeeze(1) + (cond * h).sum(dim=1)
+
+
+def _diff_augment(x: torch.Tensor, policy: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+    """DiffAugment on images in [-1, 1]: differentiable, so the generator learns through it."""
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=dev, dtype=x.dtype)
+
+    if "color" in policy:
+        x = x + (rand(b, 1, 1, 1) - 0.5)  # brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
+    if "translation" in policy:
+        # Shift by up to 1/8 of the size; pixels shifted in from outside are zero.
+        sy, sx = max(1, h // 8), max(1, w // 8)
+        ty = torch.randint(-sy, sy + 1, (b, 1, 1), generator=generator, device=dev)
+        tx = torch.randint(-sx, sx + 1, (b, 1, 1), generator=generator, device=dev)
+        gy = (torch.arange(h, device=dev).view(1, h, 1) + ty + 1).clamp(0, h + 1)
+        gx = (torch.arange(w, device=dev).view(1, 1, w) + tx + 1).clamp(0, w + 1)
+        padded = F.pad(x, [1, 1, 1, 1])
+        batch = torch.arange(b, device=dev).view(b, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[batch, gy, gx].permute(0, 3, 1, 2)
+    if "cutout" in policy:
+        # Zero one square of half the size, anywhere (partly outside is fine).
+        ch, cw = max(1, h // 2), max(1, w // 2)
+        cy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), generator=generator, device=dev)
+        cx = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), generator=generator, device=dev)
+        ys = torch.arange(h, device=dev).view(1, h, 1)
+        xs = torch.arange(w, device=dev).view(1, 1, w)
+        inside = ((ys - cy + ch // 2).clamp(min=0) < ch) & (ys >= cy - ch // 2)
+        inside = inside & ((xs - cx + cw // 2) < cw) & (xs >= cx - cw // 2)
+        x = x * (~inside).unsqueeze(1).to(x.dtype)
+    return x
+
+
+class ConditionalGAN:
+    """Class- and caption-conditioned GAN (DCGAN-style, spectral norm, DiffAugment) for small images.
+
+    Options: ``z_dim`` noise size; ``width`` channels of the generator's last and the
+    discriminator's first layer (doubling per halving of resolution, up to 8x);
+    ``embed_dim`` size of the class and caption embeddings; ``lr`` Adam learning rate of
+    both networks; ``batch_size``; ``image_size`` side of the square images it learns
+    and makes (inputs are resized to it; a power of two); ``ema`` decay of the averaged
+    generator that samples are drawn from; ``target_weight`` share of each batch drawn
+    from the target domain; ``augment`` comma-separated DiffAugment policy from color,
+    translation, cutout ("" for none); ``seed``.
+
+    ``fit`` always trains new networks; ``load_state_dict`` restores the sampler only.
+    """
+
+    conditioning = {"label", "text"}
+
+    def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
+                 lr: float = 2e-4, batch_size: int = 64, image_size: int = 32,
+                 ema: float = 0.999, target_weight: float = 0.25,
+                 augment: str = "color,translation,cutout", seed: int = 0) -> None:
+        for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
+                            ("batch_size", batch_size)):
+            if int(value) != value or value < 1:
+                raise UserError(f"gan: {name} must be a positive integer, got {value!r}.")
+        if not lr > 0:
+            raise UserError(f"gan: lr must be positive, got {lr!r}.")
+        if not 0 <= ema < 1:
+            raise UserError(f"gan: ema must be in [0, 1), got {ema!r}.")
+        if not 0 <= target_weight <= 1:
+            raise UserError(f"gan: target_weight must be in [0, 1], got {target_weight!r}.")
+        _doublings(image_size)
+        policy = tuple(p.strip() for p in augment.split(",") if p.strip())
+        unknown = sorted(set(policy) - set(AUGMENTATIONS))
+        if unknown:
+            raise UserError(f"gan: unknown augment {', '.join(unknown)}; choose from "
+                            f"{', '.join(AUGMENTATIONS)} (comma-separated) or an empty string.")
+        self.z_dim, self.width, self.embed_dim = int(z_dim), int(width), int(embed_dim)
+        self.lr, self.batch_size, self.image_size = float(lr), int(batch_size), int(image_size)
+        self.ema, self.target_weight = float(ema), float(target_weight)
+        self.augment, self.seed = policy, int(seed)
+        self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
+        self._sampler: _Generator | None = None
+
+    # -- training ---------------------------------------------------------------------
+
+    def fit(self, data: GeneratorData, *, budget: Budget, progress,
+            device: torch.device | str = "cpu") -> dict[str, list[float]]:
+        """Train new networks on ``data`` until ``budget`` is spent; return the loss curves."""
+        device = torch.device(device)
+        n_images = len(data.images)
+        if n_images == 0:
+            raise UserError("gan: there are no images to learn from.")
+        if not (len(data.labels) == len(data.captions) == len(data.domains) == n_images):
+            raise ValueError("GeneratorData: images, labels, captions and domains differ in length")
+        images = self._prepare(data.images).to(device)
+        labels = data.labels.long().to(device)
+        captions = sorted(set(data.captions))
+        caption_of = torch.tensor([captions.index(c) for c in data.captions]) \
+            if len(captions) < 64 else _index_of(data.captions, captions)
+        caption_ids = token_ids(captions).to(device)
+        caption_of = caption_of.to(device)
+        draw_weights = self._draw_weights(data.domains, data.target_domain)
+
+        shape = dict(num_classes=len(data.class_names), channels=images.shape[1],
+                     image_size=self.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            gen_net = _Generator(z_dim=self.z_dim, width=self.width, embed_dim=self.embed_dim,
+                                 **shape).to(device)
+            disc = _Discriminator(width=self.width, embed_dim=self.embed_dim, **shape).to(device)
+        sampler = copy.deepcopy(gen_net).eval().requires_grad_(False)
+        # Adam with beta1=0 and a discriminator step as large as the generator's, as for
+        # spectrally normalised hinge GANs (Miyato et al. 2018).
+        opt_g = torch.optim.Adam(gen_net.parameters(), lr=self.lr, betas=(0.0, 0.99))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr, betas=(0.0, 0.99))
+        draw_rng = torch.Generator().manual_seed(self.seed)
+        rng = torch.Generator(device=device).manual_seed(self.seed)
+        g_params, ema_params = list(gen_net.parameters()), list(sampler.parameters())
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            index = torch.multinomial(draw_weights, self.batch_size, replacement=True,
+                                      generator=draw_rng).to(device)
+            return images[index], labels[index], caption_ids[caption_of[index]]
+
+        history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
+        budget.start()
+        step = 0
+        with progress.task("generator: gan", total=budget.steps) as task:
+            while not budget.done(step):
+                real, y, text = draw()
+                z = torch.randn(len(y), self.z_dim, generator=rng, device=device)
+                # One generator pass serves both updates: detached for the discriminator,
+                # then through the freshly updated discriminator for the generator.
+                fake = gen_net(z, y, text)
+
+                disc.requires_grad_(True)
+                d_real = disc(_diff_augment(real, self.augment, rng), y, text)
+                d_fake = disc(_diff_augment(fake.detach(), self.augment, rng), y, text)
+                d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+
+                # Frozen discriminator: no weight gradients are computed for it here.
+                disc.requires_grad_(False)
+                g_loss = -disc(_diff_augment(fake, self.augment, rng), y, text).mean()
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+
+                # Warm-up of the EMA decay: early weights are poor and should fade fast.
+                decay = min(self.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, g_params, 1 - decay)
+                step += 1
+                history["d_loss"].append(d_loss.item())
+                history["g_loss"].append(g_loss.item())
+                task.advance(1, d_loss=history["d_loss"][-1], g_loss=history["g_loss"][-1])
+
+        self._standing_statistics(sampler, draw, rng)
+        self._sampler = sampler
+        self.history = history
+        return history
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] -> ``image_size`` squares in [-1, 1] (the tanh range)."""
+        images = images.float()
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size),
+                                   mode="bilinear", antialias=True, align_corners=False)
+        return images.clamp(0, 1) * 2 - 1
+
+    def _draw_weights(self, domains: Sequence[str], target: str) -> torch.Tensor:
+        """Per-image draw probability: ``target_weight`` in all for the target images."""
+        is_target = torch.tensor([d == target for d in domains])
+        n_target = int(is_target.sum())
+        n_other = len(domains) - n_target
+        if n_target == 0 or n_other == 0:
+            return torch.ones(len(domains))
+        return torch.where(is_target, self.target_weight / n_target,
+                           (1 - self.target_weight) / n_other)
+
+    def _standing_statistics(self, sampler: _Generator, draw, rng: torch.Generator) -> None:
+        """Recompute the EMA generator's BatchNorm statistics over training conditions."""
+        norms = [m for m in sampler.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        sampler.train()
+        with torch.no_grad():
+            for _ in range(_STANDING_STAT_BATCHES):
+                _, y, text = draw()
+                sampler(torch.randn(len(y), self.z_dim, generator=rng, device=y.device), y, text)
+        for m in norms:
+            m.momentum = 0.1
+        sampler.eval()
+
+    # -- sampling ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], labels: Sequence[int] | torch.Tensor,
+               n: int | None = None, *, seed: int = 0) -> torch.Tensor:
+        """Images ``[N, C, H, W]`` in [0, 1] on the CPU, one per prompt (``n`` per prompt
+        when given), from the averaged generator; the same ``seed`` gives the same images."""
+        if self._sampler is None:
+            raise RuntimeError("generator is not trained")
+        prompts = list(prompts)
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if len(labels) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(labels)} labels")
+        num_classes = self._sampler.class_embed.num_embeddings
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+            raise ValueError(f"labels must be class indices in [0, {num_classes})")
+        if n is not None:
+            prompts = [p for p in prompts for _ in range(n)]
+            labels = labels.repeat_interleave(n)
+        z = torch.randn(len(labels), self.z_dim, generator=torch.Generator().manual_seed(seed))
+        device = next(self._sampler.parameters()).device
+        out = []
+        for start in range(0, len(labels), 512):
+            part = slice(start, start + 512)
+            ids = token_ids(prompts[part])
+            x = self._sampler(z[part].to(device), labels[part].to(device), ids.to(device))
+            out.append(x.cpu())
+        if not out:
+            return torch.empty(0, *self._image_shape())
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1)
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        assert self._sampler is not None
+        return (self._sampler.to_image.out_channels, self.image_size, self.image_size)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged generator plus ``meta.*`` shapes and options that rebuild it."""
+        if self._sampler is None:
+            raise RuntimeError("generator is not trained")
+        state = {f"ema.{k}": v.detach().cpu().contiguous()
+                 for k, v in self._sampler.state_dict().items()}
+        state.update({
+            "meta.version": torch.tensor([_STATE_VERSION]),
+            "meta.image_shape": torch.tensor(self._image_shape()),
+            "meta.num_classes": torch.tensor([self._sampler.class_embed.num_embeddings]),
+            "meta.architecture": torch.tensor([self.z_dim, self.width, self.embed_dim]),
+        })
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a sampler saved by :meth:`state_dict` with the same architecture options."""
+        needed = ("meta.version", "meta.image_shape", "meta.num_classes", "meta.architecture")
+        if any(k not in state for k in needed):
+            raise UserError("this checkpoint was not saved by the gan generator "
+                            "(it lacks the meta.* entries).")
+        if int(state["meta.version"][0]) != _STATE_VERSION:
+            raise UserError(f"this gan checkpoint has format version {int(state['meta.version'][0])};"
+                            f" this imgxfer reads version {_STATE_VERSION}.")
+        channels, height, _ = (int(v) for v in state["meta.image_shape"])
+        saved = dict(zip(("z_dim", "width", "embed_dim"),
+                         (int(v) for v in state["meta.architecture"])), image_size=height)
+        ours = dict(z_dim=self.z_dim, width=self.width, embed_dim=self.embed_dim,
+                    image_size=self.image_size)
+        if saved != ours:
+            differ = ", ".join(f"{k}={saved[k]} (not {ours[k]})" for k in saved if saved[k] != ours[k])
+            raise UserError(f"this gan checkpoint was trained with {differ}; "
+                            "create the generator with the same options to load it.")
+        sampler = _Generator(z_dim=self.z_dim, width=self.width, embed_dim=self.embed_dim,
+                             num_classes=int(state["meta.num_classes"][0]), channels=channels,
+                             image_size=self.image_size)
+        weights = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+        try:
+            sampler.load_state_dict(weights)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
+        self._sampler = sampler.eval().requires_grad_(False)
+
+
+def _index_of(items: Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
+    position = {c: i for i, c in enumerate(vocabulary)}
+    return torch.tensor([position[c] for c in items])

@@ -1,0 +1,176 @@
+"""Finding, loading and isolating plugins; builds the component :class:`Registry`.
+
+Built-in components come from :mod:`imgxfer.builtin`; third-party ones from entry points
+in group ``imgxfer``. ``IMGXFER_LOAD_PLUGINS`` selects entry points (unset: all, empty:
+none, ``a,b``: those), and a plugin that fails to import or register is skipped with a
+warning, unless ``IMGXFER_STRICT_PLUGINS=1``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import warnings
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from imgxfer import __version__, hookspecs
+from imgxfer.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "imgxfer"
+BUILTIN = "builtin"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin was skipped because it failed to import or register."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    source: str  # "built-in", "entry point" or "added" (added from Python, e.g. tests)
+    status: str = "ok"  # "ok" or "failed"
+    error: str = ""
+    components: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "source": self.source,
+            "status": self.status, "error": self.error, "components": self.components,
+        }
+
+
+def _strict(env: os._Environ | dict) -> bool:
+    return env.get("IMGXFER_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginHost:
+    """A pluggy manager plus the registry its plugins filled and a record of each plugin."""
+
+    def __init__(self, env: dict | os._Environ | None = None) -> None:
+        self.env = os.environ if env is None else env
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.plugins: dict[str, PluginInfo] = {}
+
+    # -- loading -----------------------------------------------------------------------
+    def load_all(self) -> "PluginHost":
+        from imgxfer import builtin
+
+        self.add(builtin, BUILTIN, version=__version__, source="built-in")
+        for ep in self._selected_entry_points():
+            version = ep.dist.version if ep.dist is not None else "?"
+            try:
+                module = ep.load()
+            except Exception as exc:  # any import failure must not stop the host
+                self._fail(ep.name, version, "entry point", exc, stage="import")
+                continue
+            self.add(module, ep.name, version=version, source="entry point")
+        return self
+
+    def _selected_entry_points(self) -> list[md.EntryPoint]:
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        wanted = self.env.get("IMGXFER_LOAD_PLUGINS")
+        if wanted is None:
+            return list(eps)
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        known = {ep.name for ep in eps}
+        for name in names:
+            if name not in known and name != BUILTIN:
+                warnings.warn(
+                    f"IMGXFER_LOAD_PLUGINS names {name!r}, which is not an installed plugin "
+                    f"(installed: {', '.join(sorted(known)) or 'none'}).",
+                    PluginLoadWarning, stacklevel=2,
+                )
+        return [ep for ep in eps if ep.name in names]
+
+    def add(self, plugin: ModuleType | object, name: str, *, version: str = "?",
+            source: str = "added") -> PluginInfo:
+        """Register one plugin and run its register hooks; on failure it is rolled back."""
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # e.g. a hookimpl whose signature does not match a spec
+            return self._fail(name, version, source, exc, stage="register")
+        try:
+            for kind in KINDS:
+                self._call(plugin, name, kind)
+        except Exception as exc:
+            self.registry.remove_plugin(name)
+            self.pm.unregister(name=name)
+            return self._fail(name, version, source, exc, stage="register")
+        info = PluginInfo(name, version, source, components=self.registry.by_plugin(name))
+        self.plugins[name] = info
+        return info
+
+    def remove(self, name: str) -> None:
+        self.registry.remove_plugin(name)
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+
+    def _call(self, plugin: object, name: str, kind: str) -> None:
+        hook = f"register_{kind}"
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin is plugin:
+
+                def register(comp_name: str, factory: Any, *, description: str = "",
+                             _kind: str = kind) -> None:
+                    self.registry.add(_kind, comp_name, factory, name, description)
+
+                impl.function(*[{"register": register}[a] for a in impl.argnames])
+
+    def _fail(self, name: str, version: str, source: str, exc: BaseException,
+              stage: str) -> PluginInfo:
+        if _strict(self.env):
+            raise RuntimeError(f"plugin {name!r} failed to {stage}: {_describe(exc)}") from exc
+        warnings.warn(
+            f"plugin {name!r} was skipped: it failed to {stage} ({_describe(exc)}); "
+            f"set IMGXFER_STRICT_PLUGINS=1 to raise instead.",
+            PluginLoadWarning, stacklevel=3,
+        )
+        info = PluginInfo(name, version, source, status="failed",
+                          error=f"{stage}: {_describe(exc)}")
+        self.plugins[name] = info
+        return info
+
+    # -- commands -----------------------------------------------------------------------
+    def add_commands(self, cli: Any) -> None:
+        """Let every loaded plugin add click commands; a failing plugin is isolated."""
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            name = self.pm.get_name(impl.plugin)
+            try:
+                impl.function(*[{"cli": cli}[a] for a in impl.argnames])
+            except Exception as exc:
+                info = self.plugins.get(name)
+                self._fail(name, info.version if info else "?", info.source if info else "?",
+                           exc, stage="add commands")
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, loaded on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = PluginHost().load_all()
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the loaded host (tests, or after installing a plugin in-process)."""
+    global _HOST
+    _HOST = None
+
+
+def get_registry() -> Registry:
+    return get_host().registry

@@ -1,0 +1,66 @@
+"""One progress interface for every long loop: rich bars in the CLI, silence in tests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Protocol
+
+
+class Task(Protocol):
+    def advance(self, n: int = 1, **info: float | str) -> None: ...
+
+
+class Progress(Protocol):
+    def task(self, description: str, total: int | None) -> "contextmanager[Task]": ...
+
+    def log(self, message: str) -> None: ...
+
+
+class _NullTask:
+    def advance(self, n: int = 1, **info: float | str) -> None:
+        pass
+
+
+class NullProgress:
+    """Discards everything; the default for library calls and tests."""
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Task]:
+        yield _NullTask()
+
+    def log(self, message: str) -> None:
+        pass
+
+
+class RichProgress:
+    """Renders each task as a rich progress bar with its latest numbers (loss, acc...)."""
+
+    def __init__(self, console=None) -> None:
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Task]:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBar,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        bar = RichBar(
+            TextColumn("[bold]{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, transient=False,
+        )
+
+        class _Task:
+            def advance(self, n: int = 1, **info: float | str) -> None:
+                text = "  ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
+                )
+                bar.update(task_id, advance=n, **({"info": text} if info else {}))
+
+        with bar:
+            task_id = bar.add_task(description, total=total, info="")
+            yield _Task()
+
+    def log(self, message: str) -> None:
+        self.console.print(message)

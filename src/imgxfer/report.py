@@ -1,0 +1,167 @@
+"""What a person reads after a run: captions.jsonl, sample grids and a self-contained
+report.html (plots and images embedded as base64 PNGs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from imgxfer.data import ImageDataset, Split  # noqa: E402
+from imgxfer.runfolder import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+
+def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
+                   split: Split) -> None:
+    """One JSON object per line: set, index within that set, label (if known), caption."""
+    labels = {"source": source.labels, "target": split.labelled.labels}
+    rows = []
+    for part, texts in captions.items():
+        known = labels.get(part)
+        for i, text in enumerate(texts):
+            row: dict[str, Any] = {"set": part, "index": i, "caption": text}
+            if known is not None:
+                row["label"] = source.class_names[int(known[i])]
+            rows.append(json.dumps(row))
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _show(ax: plt.Axes, image: torch.Tensor) -> None:
+    img = image.permute(1, 2, 0).numpy()
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def sample_grid(class_names: list[str], rows: dict[str, ImageDataset], per_class: int = 6) -> bytes:
+    """One row of images per class for each set ("real", "synthetic"), side by side."""
+    sets = [(k, v) for k, v in rows.items() if v is not None and len(v)]
+    n_cols = per_class * len(sets)
+    fig, axes = plt.subplots(len(class_names), n_cols, squeeze=False,
+                             figsize=(0.7 * n_cols + 1.2, 0.7 * len(class_names) + 0.5))
+    for c, name in enumerate(class_names):
+        for s, (title, ds) in enumerate(sets):
+            index = torch.nonzero(ds.labels == c).flatten()[:per_class]
+            for j in range(per_class):
+                ax = axes[c, s * per_class + j]
+                if j < len(index):
+                    _show(ax, ds.images[index[j]])
+                else:
+                    ax.axis("off")
+                if c == 0 and j == 0:
+                    ax.set_title(title, fontsize=9, loc="left")
+        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _png(fig)
+
+
+def confusion_plot(matrix: list[list[int]], class_names: list[str]) -> bytes:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = 1.0 + 0.45 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(
+        ax=ax, colorbar=False, xticks_rotation=45, values_format="d")
+    ax.set_title("confusion matrix (target test split)")
+    return _png(fig)
+
+
+def loss_plot(history: dict[str, list[float]]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, values in history.items():
+        values = np.asarray(values, dtype=float)
+        k = max(1, len(values) // 100)  # moving average: raw GAN losses are very noisy
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("generator training")
+    return _png(fig)
+
+
+def _img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto}
+.big{font-size:1.4em}.muted{color:#777}"""
+
+
+def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dict[str, Any]) -> None:
+    """report.html plus samples.png; everything embedded so the HTML can be mailed alone."""
+    split: Split = extras["split"]
+    synthetic: ImageDataset | None = extras.get("synthetic")
+    names = split.test.class_names
+    target = metrics["target"]
+    grid = sample_grid(names, {"real target (test split)": split.test, "synthetic": synthetic})
+    atomic_write_bytes(folder / "samples.png", grid)
+
+    parts = [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
+             f"<p class='muted'>{html.escape(str(folder))} · imgxfer {metrics['imgxfer_version']} · "
+             f"device {metrics['device']} · seed {metrics['seed']}</p>",
+             f"<p class='big'>Target accuracy <b>{target['accuracy']:.3f}</b> · macro F1 "
+             f"<b>{target['macro_f1']:.3f}</b> <span class='muted'>(chance {target['chance']:.3f}, "
+             f"{target['n_test']} held-out test images)</span></p>"]
+    data = metrics["data"]
+    parts.append("<h2>Setup</h2>" + _table(["stage", "choice", "details"], [
+        ["source", config.source, f"{data['source']['images']} labelled images, domain {data['source']['domain']}"],
+        ["target", config.target, f"{data['target']['labelled']} labelled shots ({config.shots}/class), "
+                                  f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
+        ["encoder", config.encoder, ", ".join(f"{k}={v}" for k, v in metrics["encoder"].items() if k != "name")],
+        ["captioner", config.captioner, ""],
+        ["generator", config.generator, ", ".join(f"{k}={v}" for k, v in metrics.get("generator", {}).items() if k != "name")],
+        ["adapter", config.adapter, f"{config.adapter_steps} steps"],
+    ]))
+    if data.get("notes"):
+        parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
+    parts.append("<h2>Target test metrics</h2>" + _table(
+        ["accuracy", "macro precision", "macro recall", "macro F1"],
+        [[target["accuracy"], target["macro_precision"], target["macro_recall"], target["macro_f1"]]]))
+    parts.append(_table(["class", "precision", "recall", "F1", "support"],
+                        [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
+                         for r in target["per_class"]]))
+    parts.append(_img_tag(confusion_plot(target["confusion_matrix"], names), "confusion matrix"))
+    parts.append("<h2>Real vs synthetic images</h2>" + _img_tag(grid, "real and synthetic samples"))
+    history = extras.get("generator_history")
+    if history:
+        parts.append("<h2>Generator losses</h2>" + _img_tag(loss_plot(history), "generator losses"))
+    captions = extras["captions"]
+    shown = [(part, i, text) for part in captions for i, text in enumerate(captions[part][:3])]
+    parts.append("<h2>Captions (first of each set; all in captions.jsonl)</h2>" +
+                 _table(["set", "#", "caption"], [list(r) for r in shown]))
+    parts.append("<h2>Time per stage (s)</h2>" + _table(
+        list(metrics["timings_s"]), [list(metrics["timings_s"].values())]))
+    parts.append("<h2>Resolved config</h2><pre>" + html.escape(config.to_toml()) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>imgxfer run "
+            f"{html.escape(config.name)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    atomic_write_text(folder / "report.html", page)

@@ -1,0 +1,82 @@
+"""The run folder: a fresh, uniquely named directory written with atomic file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from imgxfer.errors import UserError
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """The parent of all run folders must be a directory (or not exist yet)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a directory for run folders.")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {str(out)!r} lies under {str(parent)!r}, which is a file.")
+    return out
+
+
+def create_run_dir(out: str | Path, name: str) -> Path:
+    """``out/<YYYYmmdd-HHMMSS>-<name>``; never reuses an existing folder."""
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = out / (f"{stamp}-{slug}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a new run folder in {str(out)!r}.")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it over, so a reader (or an
+    interrupted run) never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically; tensors are made contiguous CPU copies."""
+    path = Path(path)
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(clean, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,77 @@
+"""Small training utilities shared by encoders and adapters: batching, augmentation,
+batched prediction."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def infinite_batches(n: int, batch_size: int, *, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Index batches over ``range(n)``, reshuffled each epoch; small sets are repeated so
+    every batch is full (a 10-shot target still yields batches of ``batch_size``)."""
+    if n <= 0:
+        raise ValueError("cannot draw batches from an empty set")
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-batch_size // n))])
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def augment(images: torch.Tensor, *, generator: torch.Generator, degrees: float = 10,
+            translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """Random rotation, scale and translation of [0,1] images (black fill), per image.
+    One batched affine warp instead of a per-image transform loop."""
+    n = len(images)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * degrees * torch.pi / 180
+    s = scale[0] + torch.rand(n, generator=generator) * (scale[1] - scale[0])
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.cos(angle) / s
+    theta[:, 0, 1] = -torch.sin(angle) / s
+    theta[:, 1, 0] = torch.sin(angle) / s
+    theta[:, 1, 1] = torch.cos(angle) / s
+    theta[:, :, 2] = shift
+    theta = theta.to(images)
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Logits for already-preprocessed images, in eval mode, batched; returned on CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(images[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      device: torch.device) -> float:
+    return (predict_logits(model, images, device).argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device,
+                    batch_size: int = 256) -> None:
+    """AdaBN (Li et al. 2016): re-estimate BatchNorm statistics on target images, so
+    features are normalised with the target's own mean and variance."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) == 0:
+        return
+    was_training, momenta = model.training, [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size].to(device))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
