@@ -15,6 +15,12 @@ from safetensors.torch import save_file
 
 from imgxfer.errors import UserError
 
+# mkstemp creates files readable by the owner only; run files should follow the umask
+# like any file the user writes. Reading the umask means setting it, so do it once.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def check_out_dir(out: str | Path) -> Path:
     """The parent of all run folders must be a directory (or not exist yet)."""
@@ -49,6 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -75,6 +82,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         save_file(clean, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:

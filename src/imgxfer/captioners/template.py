@@ -13,7 +13,7 @@ class TemplateCaptioner:
     """Label or prediction + domain -> text, e.g. "a handwritten digit seven, domain digits".
 
     Unlabelled images are described by the classifier's prediction and its confidence
-    when a classifier is given ("probably seven (0.93)"), otherwise as of unknown class.
+    when a classifier is given ("(probably seven, p=0.93)"), otherwise as of unknown class.
     Deterministic: the same images, labels and classifier give the same captions.
     """
 
@@ -36,7 +36,7 @@ class TemplateCaptioner:
         elif classifier is not None:
             proba = classifier(images)
             conf, pred = proba.max(1)
-            texts = [f"probably {class_names[int(p)]} ({c:.2f})" for p, c in zip(pred, conf)]
+            texts = [f"(probably {class_names[int(p)]}, p={c:.2f})" for p, c in zip(pred, conf)]
         else:
             texts = ["of unknown class"] * len(images)
         return [self.template.format(description=description, label=t, domain=domain)

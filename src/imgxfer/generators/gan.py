@@ -203,10 +203,10 @@ class ConditionalGAN:
         images = self._prepare(data.images).to(device)
         labels = data.labels.long().to(device)
         captions = sorted(set(data.captions))
-        caption_of = torch.tensor([captions.index(c) for c in data.captions]) \
-            if len(captions) < 64 else _index_of(data.captions, captions)
+        # Captions repeat (class x domain), so each distinct one is tokenised once.
+        position = {c: i for i, c in enumerate(captions)}
+        caption_of = torch.tensor([position[c] for c in data.captions], device=device)
         caption_ids = token_ids(captions).to(device)
-        caption_of = caption_of.to(device)
         draw_weights = self._draw_weights(data.domains, data.target_domain)
 
         shape = dict(num_classes=len(data.class_names), channels=images.shape[1],
@@ -383,7 +383,3 @@ class ConditionalGAN:
             raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
         self._sampler = sampler.eval().requires_grad_(False)
 
-
-def _index_of(items: Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
-    position = {c: i for i, c in enumerate(vocabulary)}
-    return torch.tensor([position[c] for c in items])

@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make run` and `make test`. Each creates the
+# local virtual environment .venv when it is missing and installs what it needs into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The project itself (editable, so a checkout's edits take effect).
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --editable .
+	touch $@
+
+# Test tools, and the timm plugin installed the way a user installs it (not editable).
+$(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py)
+	$(BIN)/pip install --quiet --editable '.[test]'
+	$(BIN)/pip install --quiet ./plugins/imgxfer-timm
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/imgxfer run --generator gan
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

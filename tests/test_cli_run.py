@@ -1,0 +1,149 @@
+"""`imgxfer run` end to end on tiny data, and every bad input of the core issue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import TINY_RUN
+from imgxfer.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["run", *args])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny successful run shared by the checks below (and the bad-input tests,
+    which must leave it untouched)."""
+    from imgxfer import plugins
+    from conftest import FakePlugin
+
+    out = tmp_path_factory.mktemp("runs")
+    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(FakePlugin(), "fake")
+    plugins._HOST = host
+    try:
+        result = invoke(*TINY_RUN, "--out", str(out), "--name", "tiny", "--json")
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    return out, folder, result
+
+
+def test_run_folder_contents(finished_run):
+    out, folder, result = finished_run
+    assert folder.name.endswith("-tiny")
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.toml", "metrics.json", "report.html", "captions.jsonl", "samples.png",
+            "classifier.safetensors", "generator.safetensors", "run.log"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics == json.loads(result.stdout)
+    target = metrics["target"]
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        assert 0.0 <= target[key] <= 1.0
+    # Three trivially separable shapes: a working chain is far above chance (1/3).
+    assert target["accuracy"] > 0.8, target
+    matrix = torch.tensor(target["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum().item() == target["n_test"]
+    assert metrics["generator"]["synthetic_images"] == 12
+    assert "tiny-source" in (folder / "config.toml").read_text()
+    assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (folder / "report.html").read_text()
+    assert "Target accuracy" in report and "data:image/png;base64," in report
+    assert load_file(folder / "classifier.safetensors")  # readable, non-empty
+
+
+def test_captions_file(finished_run):
+    _, folder, _ = finished_run
+    rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+    sets = {r["set"] for r in rows}
+    assert sets == {"source", "target", "synthetic", "unlabelled"}
+    target_rows = [r for r in rows if r["set"] == "target"]
+    assert len(target_rows) == 9
+    assert all(r["caption"] == f"a tiny shape {r['label']}, domain tiny-target" for r in target_rows)
+    assert any("probably" in r["caption"] for r in rows if r["set"] == "unlabelled")
+
+
+def test_same_seed_same_metrics(finished_run, host, tmp_path):
+    out, folder, _ = finished_run
+    result = invoke(*TINY_RUN, "--out", str(tmp_path), "--name", "tiny")
+    assert result.exit_code == 0, result.output
+    (again,) = tmp_path.iterdir()
+    first = json.loads((folder / "metrics.json").read_text())["target"]
+    second = json.loads((again / "metrics.json").read_text())["target"]
+    assert first == second
+
+
+def _snapshot(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--encoder", "resnet999"], "unknown encoder 'resnet999'; available: smallcnn"),
+    (["--source", "nowhere"], "unknown dataset 'nowhere'; available:"),
+    (["--config", "missing.toml"], "config file 'missing.toml' does not exist."),
+    (["--shots", "0"], "--shots 0 leaves no labelled target images"),
+    (["--shots", "25"], "class 'horizontal' of 'tiny-target' has 30 images: too few for 25 shots"),
+    (["--encoder-opt", "depth=3"], "encoder 'smallcnn' has no option 'depth'"),
+    (["--encoder-opt", "width"], "--encoder-opt expects key=value"),
+    (["--generator-time", "soon"], "cannot read the duration 'soon'"),
+    (["--device", "tpu"], "device must be auto, cpu"),
+])
+def test_bad_input_is_one_sentence(finished_run, host, args, message):
+    out, folder, _ = finished_run
+    before = _snapshot(folder)
+    result = invoke(*TINY_RUN, "--out", str(out), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert list(out.iterdir()) == [folder] and _snapshot(folder) == before
+
+
+def test_bad_config_files(finished_run, host, tmp_path):
+    out, folder, _ = finished_run
+    malformed = tmp_path / "bad.toml"
+    malformed.write_text("shots = = 3\n")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("shots = 3\ngan_steps = 4\n")
+    for path, message in [(malformed, "is not valid TOML"), (unknown, "unknown key gan_steps")]:
+        result = invoke("--config", str(path), "--out", str(out))
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert list(out.iterdir()) == [folder]
+
+
+def test_out_is_a_file(host, tmp_path):
+    file = tmp_path / "results.txt"
+    file.write_text("keep me")
+    result = invoke(*TINY_RUN, "--out", str(file))
+    assert result.exit_code == 2
+    assert "is a file; give a directory" in result.output
+    assert file.read_text() == "keep me"
+
+
+def test_config_file_values_and_flag_override(host, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('name = "fromfile"\nshots = 2\n[adapter]\nname = "finetune"\nadabn = false\n')
+    result = invoke(*TINY_RUN, "--config", str(config), "--out", str(tmp_path / "runs"),
+                    "--generator", "none")
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    saved = (folder / "config.toml").read_text()
+    assert folder.name.endswith("-fromfile")
+    assert "shots = 3" in saved and "adabn = false" in saved and 'name = "none"' in saved
+    assert not (folder / "generator.safetensors").exists()
+
+
+def test_help_of_every_command():
+    for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"]):
+        result = CliRunner().invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output

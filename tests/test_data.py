@@ -1,0 +1,51 @@
+"""Few-shot splits and class alignment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_bars
+from imgxfer.data import ImageDataset, align_classes, few_shot_split
+from imgxfer.errors import UserError
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    ds = tiny_bars("t", n_per_class=20)
+    ds.images[:, 0, 0, 0] = torch.arange(len(ds)).float()  # tag each image by its index
+    split = few_shot_split(ds, 4, test_fraction=0.25, seed=3)
+    assert split.labelled.class_counts() == [4, 4, 4]
+    assert split.test.class_counts() == [5, 5, 5]
+    assert split.unlabelled.class_counts() == [11, 11, 11]
+    tags = [set(p.images[:, 0, 0, 0].tolist()) for p in (split.labelled, split.unlabelled, split.test)]
+    assert not (tags[0] & tags[1] or tags[0] & tags[2] or tags[1] & tags[2])
+    again = few_shot_split(ds, 4, test_fraction=0.25, seed=3)
+    assert torch.equal(again.labelled.images, split.labelled.images)
+    other = few_shot_split(ds, 4, test_fraction=0.25, seed=4)
+    assert not torch.equal(other.labelled.images, split.labelled.images)
+
+
+def test_too_many_shots_names_the_class():
+    ds = tiny_bars("t", n_per_class=10)
+    with pytest.raises(UserError, match=r"class 'horizontal' of 't' has 10 images: too few for 9 shots plus 3 held out .*at most 7 shots"):
+        few_shot_split(ds, 9, test_fraction=0.3)
+
+
+def test_one_class_refused():
+    with pytest.raises(UserError, match="has 1 class"):
+        ImageDataset(torch.zeros(2, 1, 4, 4), torch.zeros(2), ["only"], "x")
+
+
+def test_align_reorders_source_labels():
+    target = tiny_bars("t", n_per_class=2)
+    source = ImageDataset(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 2]), ["dot", "horizontal", "vertical"], "s")
+    aligned = align_classes(source, target)
+    assert aligned.class_names == target.class_names
+    assert [aligned.class_names[i] for i in aligned.labels] == ["dot", "horizontal", "vertical"]
+
+
+def test_align_mismatch_lists_differences():
+    target = tiny_bars("t", n_per_class=2)
+    source = ImageDataset(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 2]), ["dot", "horizontal", "ring"], "s")
+    with pytest.raises(UserError, match="only in target: vertical; only in source: ring"):
+        align_classes(source, target)

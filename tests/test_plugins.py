@@ -1,0 +1,198 @@
+"""Plugin loading: the fake plugin, failure isolation, duplicates, selection by env."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import types
+
+import pytest
+from click.testing import CliRunner
+
+import imgxfer
+from imgxfer import plugins
+from imgxfer.cli import cli
+from imgxfer.errors import UnknownComponentError
+from imgxfer.plugins import PluginHost, PluginLoadWarning
+
+
+class FakeEntryPoint:
+    """Stands in for importlib.metadata.EntryPoint: a name and a load()."""
+
+    def __init__(self, name, load):
+        self.name, self._load, self.dist = name, load, None
+
+    def load(self):
+        return self._load()
+
+
+def module_with(**hooks):
+    module = types.ModuleType("fake_plugin_module")
+    for name, fn in hooks.items():
+        setattr(module, name, imgxfer.hookimpl(fn))
+    return module
+
+
+def good_plugin():
+    def register_encoders(register):
+        register("fake-enc", lambda width=2: ("enc", width), description="a fake encoder")
+    return module_with(register_encoders=register_encoders)
+
+
+def import_error():
+    raise ImportError("No module named 'missing_dependency'")
+
+
+def register_error_plugin():
+    def register_datasets(register):
+        register("half-registered", lambda: None)
+        raise RuntimeError("registration blew up")
+    return module_with(register_datasets=register_datasets)
+
+
+@pytest.fixture
+def entry_points(monkeypatch):
+    """Replace the installed entry points with a chosen list."""
+    def use(*eps):
+        monkeypatch.setattr(md, "entry_points", lambda group=None: list(eps))
+    return use
+
+
+def test_builtin_components_registered_through_hooks():
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    assert host.plugins["builtin"].status == "ok"
+    assert host.registry.get("encoders", "smallcnn").plugin == "builtin"
+    for kind, name in [("datasets", "syndigits"), ("datasets", "digits"), ("captioners", "template"),
+                       ("generators", "gan"), ("adapters", "finetune")]:
+        assert name in host.registry.names(kind)
+
+
+def test_fake_plugin_fixture_components(host):
+    ds = host.registry.build("datasets", "tiny-target", {"n_per_class": 4})
+    assert len(ds) == 12 and ds.class_names == ["horizontal", "vertical", "dot"]
+    assert host.plugins["fake"].components == {"datasets": ["tiny-source", "tiny-target"]}
+
+
+def test_entry_point_plugin_loaded(entry_points):
+    entry_points(FakeEntryPoint("good", good_plugin))
+    host = PluginHost({}).load_all()
+    assert host.registry.build("encoders", "fake-enc", {"width": 3}) == ("enc", 3)
+    assert host.plugins["good"].source == "entry point"
+
+
+def test_import_error_is_isolated(entry_points):
+    entry_points(FakeEntryPoint("broken", import_error), FakeEntryPoint("good", good_plugin))
+    with pytest.warns(PluginLoadWarning, match=r"plugin 'broken' was skipped: it failed to import \(ImportError"):
+        host = PluginHost({}).load_all()
+    assert host.plugins["broken"].status == "failed"
+    assert "missing_dependency" in host.plugins["broken"].error
+    assert host.plugins["good"].status == "ok"  # one bad plugin does not stop the others
+
+
+def test_register_error_rolls_back(entry_points):
+    entry_points(FakeEntryPoint("halfway", register_error_plugin))
+    with pytest.warns(PluginLoadWarning, match="registration blew up"):
+        host = PluginHost({}).load_all()
+    assert "half-registered" not in host.registry.names("datasets")
+    assert host.plugins["halfway"].status == "failed"
+    assert host.pm.get_plugin("halfway") is None
+
+
+def test_strict_mode_raises(entry_points):
+    entry_points(FakeEntryPoint("broken", import_error))
+    with pytest.raises(RuntimeError, match="plugin 'broken' failed to import"):
+        PluginHost({"IMGXFER_STRICT_PLUGINS": "1"}).load_all()
+
+
+def test_duplicate_name_names_both_plugins():
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
+    host.add(good_plugin(), "first")
+    with pytest.warns(PluginLoadWarning, match="registered by both plugin 'first' and plugin 'second'"):
+        info = host.add(good_plugin(), "second")
+    assert info.status == "failed"
+    assert host.registry.get("encoders", "fake-enc").plugin == "first"
+
+
+def test_duplicate_name_raises_in_strict_mode():
+    host = PluginHost({"IMGXFER_STRICT_PLUGINS": "1"})
+    host.add(good_plugin(), "first")
+    with pytest.raises(RuntimeError, match="registered by both plugin 'first' and plugin 'second'"):
+        host.add(good_plugin(), "second")
+
+
+@pytest.mark.parametrize("value, loaded", [(None, {"a", "b"}), ("", set()), ("b", {"b"}), (" a , b ", {"a", "b"})])
+def test_load_plugins_selection(entry_points, value, loaded):
+    entry_points(FakeEntryPoint("a", lambda: module_with()), FakeEntryPoint("b", lambda: module_with()))
+    env = {} if value is None else {"IMGXFER_LOAD_PLUGINS": value}
+    host = PluginHost(env).load_all()
+    assert set(host.plugins) - {"builtin"} == loaded
+
+
+def test_load_plugins_unknown_name_warns(entry_points):
+    entry_points(FakeEntryPoint("a", lambda: module_with()))
+    with pytest.warns(PluginLoadWarning, match="names 'nope', which is not an installed plugin"):
+        PluginHost({"IMGXFER_LOAD_PLUGINS": "a,nope"}).load_all()
+
+
+def test_unknown_component_message_lists_names(host):
+    with pytest.raises(UnknownComponentError) as info:
+        host.registry.get("encoders", "resnet999")
+    message = str(info.value)
+    assert isinstance(info.value, KeyError)
+    assert "unknown encoder 'resnet999'" in message and "smallcnn" in message
+    assert "imgxfer plugins" in message
+
+
+def test_family_names_pass_the_rest_to_the_factory():
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
+    host.add(module_with(register_encoders=lambda register: register(
+        "fam/", lambda model, size=1: (model, size))), "fam")
+    assert host.registry.build("encoders", "fam/resnet18", {"size": 2}) == ("resnet18", 2)
+
+
+def test_unknown_option_is_refused(host):
+    from imgxfer.errors import UserError
+
+    with pytest.raises(UserError, match="encoder 'smallcnn' has no option 'depth'; valid options: width"):
+        host.registry.build("encoders", "smallcnn", {"depth": 3})
+
+
+def test_plugins_command_shows_failed_plugin(entry_points, monkeypatch):
+    entry_points(FakeEntryPoint("broken", import_error), FakeEntryPoint("good", good_plugin))
+    monkeypatch.setenv("IMGXFER_STRICT_PLUGINS", "1")  # must not stop `imgxfer plugins`
+    monkeypatch.delenv("IMGXFER_LOAD_PLUGINS", raising=False)
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["broken"]["status"] == "failed" and "ImportError" in rows["broken"]["error"]
+    assert rows["good"]["components"] == {"encoders": ["fake-enc"]}
+    assert rows["builtin"]["source"] == "built-in"
+    table = CliRunner().invoke(cli, ["plugins"])
+    assert "failed" in table.output and "builtin" in table.output
+
+
+def test_plugin_commands_are_added(monkeypatch):
+    import click
+
+    @click.command("hello")
+    def hello():
+        click.echo("hello from a plugin")
+
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(module_with(register_commands=lambda cli: cli.add_command(hello)), "greeter")
+    monkeypatch.setattr(plugins, "_HOST", host)
+    import imgxfer.cli as cli_module
+
+    group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(cli_module.cli.commands))
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.output.strip() == "hello from a plugin"
+
+
+def test_list_command(host):
+    result = CliRunner().invoke(cli, ["list", "datasets", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    names = {r["name"]: r for r in rows}
+    assert {"syndigits", "digits", "tiny-source"} <= set(names)
+    assert names["tiny-source"]["plugin"] == "fake"
+    assert "n_per_class" in names["syndigits"]["options"]
