@@ -21,6 +21,7 @@ class FakeEntryPoint:
 
     def __init__(self, name, load):
         self.name, self._load, self.dist = name, load, None
+        self.value = f"{name}_module"
 
     def load(self):
         return self._load()
@@ -128,6 +129,16 @@ def test_load_plugins_selection(entry_points, value, loaded):
     assert set(host.plugins) - {"builtin"} == loaded
 
 
+def test_same_entry_point_twice_and_reserved_name(entry_points):
+    entry_points(FakeEntryPoint("builtin", good_plugin), FakeEntryPoint("good", good_plugin),
+                 FakeEntryPoint("good", good_plugin))
+    with pytest.warns(PluginLoadWarning, match="a plugin of that name is already loaded"):
+        host = PluginHost({}).load_all()
+    assert host.load_all() is host  # loading again changes nothing
+    assert {n: p.status for n, p in host.plugins.items()} == {"builtin": "ok", "good": "ok"}
+    assert host.registry.get("encoders", "fake-enc").plugin == "good"
+
+
 def test_load_plugins_unknown_name_warns(entry_points):
     entry_points(FakeEntryPoint("a", lambda: module_with()))
     with pytest.warns(PluginLoadWarning, match="names 'nope', which is not an installed plugin"):
@@ -148,6 +159,24 @@ def test_family_names_pass_the_rest_to_the_factory():
     host.add(module_with(register_encoders=lambda register: register(
         "fam/", lambda model, size=1: (model, size))), "fam")
     assert host.registry.build("encoders", "fam/resnet18", {"size": 2}) == ("resnet18", 2)
+
+
+def test_family_factory_with_positional_only_name():
+    def make(model, /, *, pretrained=None):
+        return model, pretrained
+
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
+    host.add(module_with(register_encoders=lambda register: register("fam/", make)), "fam")
+    assert host.registry.get("encoders", "fam/x").options() == ["pretrained"]
+    assert host.registry.build("encoders", "fam/x", {"pretrained": "imagenet"}) == ("x", "imagenet")
+
+
+def test_option_of_the_wrong_type_is_refused(host):
+    from imgxfer.errors import UserError
+
+    with pytest.raises(UserError, match="encoder 'smallcnn': option width must be int, got 'wide'"):
+        host.registry.build("encoders", "smallcnn", {"width": "wide"})
+    host.registry.build("adapters", "finetune", {"lr": 1})  # an int where a float is expected is fine
 
 
 def test_unknown_option_is_refused(host):

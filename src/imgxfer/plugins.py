@@ -64,10 +64,19 @@ class PluginHost:
 
     # -- loading -----------------------------------------------------------------------
     def load_all(self) -> "PluginHost":
+        """Load the built-in plugin and the selected entry points (once; idempotent)."""
         from imgxfer import builtin
 
+        if BUILTIN in self.plugins:
+            return self
         self.add(builtin, BUILTIN, version=__version__, source="built-in")
         for ep in self._selected_entry_points():
+            if ep.name in self.plugins or self.pm.has_plugin(ep.name):
+                # The same distribution seen twice on sys.path (e.g. an editable and a
+                # normal install), or a name taken by the built-in plugin.
+                warnings.warn(f"entry point {ep.name!r} ({ep.value}) was ignored: a plugin of "
+                              "that name is already loaded.", PluginLoadWarning, stacklevel=2)
+                continue
             version = ep.dist.version if ep.dist is not None else "?"
             try:
                 module = ep.load()

@@ -25,33 +25,44 @@ class Component:
     def is_family(self) -> bool:
         return self.name.endswith(("/", ":"))
 
+    def _parameters(self) -> list[inspect.Parameter]:
+        params = list(inspect.signature(self.factory).parameters.values())
+        # A family factory's first parameter receives the rest of the name, not an option.
+        return params[1:] if self.is_family else params
+
     def options(self) -> list[str]:
-        """Keyword options the factory accepts (empty when it takes ``**kwargs``)."""
-        params = inspect.signature(self.factory).parameters.values()
-        names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        return names[1:] if self.is_family else names
+        """Keyword options the factory accepts."""
+        return [p.name for p in self._parameters()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def build(self, full_name: str, options: dict[str, Any] | None = None) -> Any:
         options = dict(options or {})
-        params = inspect.signature(self.factory).parameters.values()
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-        valid = self.options()
-        unknown = sorted(set(options) - set(valid))
+        what = f"{SINGULAR[self.kind]} '{full_name}'"
+        params = {p.name: p for p in self._parameters()}
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = sorted(set(options) - set(self.options()))
         if unknown and not takes_any:
-            raise UserError(
-                f"{SINGULAR[self.kind]} '{full_name}' has no option {', '.join(map(repr, unknown))}; "
-                f"valid options: {', '.join(valid) or 'none'}."
-            )
+            raise UserError(f"{what} has no option {', '.join(map(repr, unknown))}; "
+                            f"valid options: {', '.join(self.options()) or 'none'}.")
+        for key, value in options.items():
+            _check_option(what, params.get(key), key, value)
         args = [full_name[len(self.name):]] if self.is_family else []
         if self.is_family and not args[0]:
-            raise UserError(f"{SINGULAR[self.kind]} '{full_name}' needs a value after '{self.name}'.")
-        try:
-            return self.factory(*args, **options)
-        except TypeError as exc:
-            # A wrongly typed option value surfaces as a TypeError inside simple factories.
-            if "argument" in str(exc) and options:
-                raise UserError(f"invalid options for {SINGULAR[self.kind]} '{full_name}': {exc}.") from exc
-            raise
+            raise UserError(f"{what} needs a value after '{self.name}'.")
+        return self.factory(*args, **options)
+
+
+def _check_option(what: str, param: inspect.Parameter | None, key: str, value: Any) -> None:
+    """Refuse an option whose type differs from its default's (``width="abc"``), so the
+    user reads one sentence instead of a TypeError from deep inside a model."""
+    if param is None or param.default is inspect.Parameter.empty or param.default is None:
+        return
+    expected = type(param.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if expected in (bool, int, float, str) and (
+            not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise UserError(f"{what}: option {key} must be {expected.__name__}, got {value!r}.")
 
 
 @dataclass

@@ -165,7 +165,7 @@ def test_pth_checkpoint_with_classifier_head(registry: Registry, tmp_path: Path)
     torch.save({"state_dict": classifier.state_dict(), "epoch": 3}, path)
 
     encoder = build(registry, "test_resnet", pretrained=str(path))
-    x = torch.rand(B, 3, 160, 160)
+    x = torch.rand(B, 3, 64, 64)
     with torch.no_grad():
         expected = classifier.forward_head(classifier.forward_features(x), pre_logits=True)
         assert torch.allclose(encoder(x), expected, atol=1e-6)
@@ -176,7 +176,7 @@ def test_rgb_weights_adapt_to_one_channel_model(registry: Registry, tmp_path: Pa
     path = tmp_path / "rgb.safetensors"
     save_file(rgb.model.state_dict(), str(path))
     grey = build(registry, "test_resnet", pretrained=str(path), in_channels=1)
-    x = torch.rand(B, 1, 160, 160)
+    x = torch.rand(B, 1, 64, 64)
     with torch.no_grad():
         # Summed RGB filters on one channel == RGB filters on that channel repeated.
         assert torch.allclose(grey(x), rgb(x.expand(-1, 3, -1, -1)), atol=1e-5)

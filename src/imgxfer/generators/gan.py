@@ -51,11 +51,9 @@ def _doublings(image_size: int) -> int:
 
 
 def _channels(width: int, doublings: int, level: int) -> int:
-    """Channels at resolution ``4 * 2**level``: ``width`` at full size, doubling per halving.
-
-    Capped at 8x ``width`` so that large images do not blow up the smallest resolutions.
-    """
-    return width * 2 ** min(doublings - level, 3)
+    """Channels at resolution ``4 * 2**level``: ``width`` at half the image size, doubling
+    per further halving up to 8x ``width`` (so large images keep small layers small)."""
+    return width * 2 ** min(doublings - 1 - level, 3)
 
 
 class _Generator(nn.Module):
@@ -72,13 +70,16 @@ class _Generator(nn.Module):
             nn.Unflatten(1, (c0, 4, 4)), nn.BatchNorm2d(c0), nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
-        for level in range(1, n + 1):
+        for level in range(1, n):
             cin, cout = _channels(width, n, level - 1), _channels(width, n, level)
             blocks += [nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Conv2d(width, channels, 3, padding=1)
+        # The last doubling goes straight to the image (as in DCGAN): a full-resolution
+        # feature layer would cost as much as all the others together on a CPU.
+        self.to_image = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                      nn.Conv2d(_channels(width, n, n - 1), channels, 3, padding=1))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
         cond = torch.cat([z, self.class_embed(labels), self.text(text_ids)], dim=1)
@@ -90,14 +91,18 @@ class _Discriminator(nn.Module):
                  image_size: int) -> None:
         super().__init__()
         n = _doublings(image_size)
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, width, 3, padding=1)),
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, width, 4, stride=2, padding=1)),
                                    nn.LeakyReLU(0.2)]
-        for level in range(n, 0, -1):
+        for level in range(n - 1, 0, -1):
             cin, cout = _channels(width, n, level), _channels(width, n, level - 1)
             layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)),
                        nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*layers)
         feature_dim = _channels(width, n, 0)
+        import os  # EXPERIMENT
+        if os.environ.get("GAN_DEXTRA"):
+            layers += [spectral_norm(nn.Conv2d(feature_dim, 2 * feature_dim, 3, padding=1)), nn.LeakyReLU(0.2)]
+            feature_dim *= 2
+        self.features = nn.Sequential(*layers)
         self.linear = spectral_norm(nn.Linear(feature_dim, 1))
         self.class_embed = spectral_norm(nn.Embedding(num_classes, feature_dim))
         self.text = HashedTextEncoder(embed_dim)
@@ -219,8 +224,10 @@ class ConditionalGAN:
         sampler = copy.deepcopy(gen_net).eval().requires_grad_(False)
         # Adam with beta1=0 and a discriminator step as large as the generator's, as for
         # spectrally normalised hinge GANs (Miyato et al. 2018).
-        opt_g = torch.optim.Adam(gen_net.parameters(), lr=self.lr, betas=(0.0, 0.99))
-        opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr, betas=(0.0, 0.99))
+        import os  # EXPERIMENT
+        b1 = float(os.environ.get("GAN_B1", "0.0")); b2 = float(os.environ.get("GAN_B2", "0.99"))
+        opt_g = torch.optim.Adam(gen_net.parameters(), lr=self.lr, betas=(b1, b2))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr * float(os.environ.get("GAN_DLR", "1")), betas=(b1, b2))
         draw_rng = torch.Generator().manual_seed(self.seed)
         rng = torch.Generator(device=device).manual_seed(self.seed)
         g_params, ema_params = list(gen_net.parameters()), list(sampler.parameters())
@@ -267,6 +274,7 @@ class ConditionalGAN:
 
         self._standing_statistics(sampler, draw, rng)
         self._sampler = sampler
+        self._raw = gen_net  # EXPERIMENT
         self.history = history
         return history
 
@@ -336,7 +344,7 @@ class ConditionalGAN:
 
     def _image_shape(self) -> tuple[int, int, int]:
         assert self._sampler is not None
-        return (self._sampler.to_image.out_channels, self.image_size, self.image_size)
+        return (self._sampler.to_image[-1].out_channels, self.image_size, self.image_size)
 
     # -- checkpoints ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from imgxfer.errors import UserError
 from torch import nn
 
-from imgxfer_timm.weights import load_weights_file
+from imgxfer_timm.weights import load_state, read_state_dict
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights.
 _LUMA = (0.299, 0.587, 0.114)
@@ -93,6 +93,8 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     size = _positive_int("input_size", input_size, model_name)
     channels = _positive_int("in_channels", in_channels, model_name)
     source = _weights_source(pretrained)
+    # Read a weights file first: a bad path should not wait for a large model to be built.
+    state = read_state_dict(source, model_name) if isinstance(source, Path) else None
 
     kwargs: dict[str, Any] = {"num_classes": 0}
     if channels is not None:
@@ -113,8 +115,8 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _create_model(model_name, source == "imagenet", kwargs, pretrained_cfg)
-    if isinstance(source, Path):
-        load_weights_file(model, source, model_name)
+    if state is not None:
+        load_state(model, state, source, model_name)
 
     data_config = timm.data.resolve_model_data_config(model)
     model_channels = int(channels if channels is not None else data_config["input_size"][0])

@@ -47,10 +47,11 @@ def read_state_dict(path: Path, model_name: str) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
-def load_weights_file(model: nn.Module, path: Path, model_name: str) -> None:
-    """Load ``path`` into ``model`` (built with ``num_classes=0``) strictly, ignoring only
-    the classifier head; any other missing, unexpected or mis-shaped tensor is an error."""
-    state = read_state_dict(path, model_name)
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+               model_name: str) -> None:
+    """Load ``state`` (read from ``path``) into ``model`` (built with ``num_classes=0``)
+    strictly, ignoring only the classifier head; any other missing, unexpected or
+    mis-shaped tensor is an error."""
     expected = model.state_dict()
     state = _strip_prefix(state, expected)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
