@@ -143,6 +143,29 @@ def test_config_file_values_and_flag_override(host, tmp_path):
     assert not (folder / "generator.safetensors").exists()
 
 
+def test_compare_and_seeds(host, tmp_path):
+    result = invoke(*TINY_RUN, "--generator", "none", "--compare", "finetune,finetune",
+                    "--seeds", "0,1", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    (parent,) = tmp_path.iterdir()
+    assert sorted(p.name for p in parent.iterdir()) == ["seed-0", "seed-1", "summary.json"]
+    summary = json.loads((parent / "summary.json").read_text())
+    row = summary["adapters"]["finetune"]
+    accs = [json.loads((parent / f"seed-{s}" / "metrics.json").read_text())["target"]["accuracy"]
+            for s in (0, 1)]
+    assert row["accuracy_mean"] == pytest.approx(sum(accs) / 2)
+    assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert "± " in result.output
+
+
+def test_bad_seeds(host, tmp_path):
+    result = invoke(*TINY_RUN, "--seeds", "0,x", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "--seeds expects integers" in result.output
+    result = invoke(*TINY_RUN, "--seeds", "1,1", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "distinct seeds" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_help_of_every_command():
     for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"]):
         result = CliRunner().invoke(cli, [*command, "--help"])

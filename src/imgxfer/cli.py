@@ -101,6 +101,8 @@ def _stage_options(f):
 @click.option("--captioner", help="Captioner (default template).")
 @click.option("--generator", help="Generator, or 'none' to skip generation (default gan).")
 @click.option("--adapter", help="Transfer method (default finetune).")
+@click.option("--compare", help="Several adapters on the same split, e.g. source-only,finetune.")
+@click.option("--seeds", help="Run once per seed, e.g. 0,1,2, and report mean ± std.")
 @click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
 @click.option("--encoder-steps", type=int, help="Steps of source training for the encoder.")
 @click.option("--generator-steps", type=int, help="Generator training steps.")
@@ -114,24 +116,67 @@ def _stage_options(f):
 def run(config_file: str | None, as_json: bool, **flags: Any) -> None:
     """Run the whole chain: encode, caption, generate, adapt, evaluate, report."""
     from imgxfer import config as cfg
-    from imgxfer.pipeline import run as run_pipeline
+    from imgxfer.pipeline import run as run_pipeline, run_seeds
     from imgxfer.progress import RichProgress
 
     options = {s: list(flags.pop(f"{s}_opt")) for s in STAGE_FLAGS}
+    seeds = _parse_seeds(flags.pop("seeds"))
     config = cfg.load(config_file) if config_file else cfg.RunConfig()
     config = cfg.apply_overrides(config, flags, options)
-    result = run_pipeline(config, progress=RichProgress(err), registry=_host().registry)
-    target = result.metrics["target"]
+    registry = _host().registry
+    progress = RichProgress(err)
+    if seeds is None:
+        result = run_pipeline(config, progress=progress, registry=registry)
+        _print_result(result.metrics, config)
+        folder, payload = result.folder, result.metrics
+    else:
+        many = run_seeds(config, seeds, progress=progress, registry=registry)
+        _print_comparison({n: (r["accuracy_mean"], r["accuracy_std"], r["macro_f1_mean"],
+                               r["macro_f1_std"], r["train_seconds_mean"])
+                           for n, r in many.summary.items()},
+                          f"target test accuracy over seeds {', '.join(map(str, seeds))} (mean ± std)")
+        folder, payload = many.folder, {"seeds": seeds, "adapters": many.summary}
+    report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
+    err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects integers separated by commas, got {text!r}.") from None
+
+
+def _print_result(metrics: dict[str, Any], config: Any) -> None:
+    target = metrics["target"]
+    if len(metrics["adapters"]) > 1:
+        _print_comparison({n: (r["accuracy"], None, r["macro_f1"], None, r["train_seconds"])
+                           for n, r in metrics["adapters"].items()},
+                          f"adapters on the same split ({target['n_test']} test images)")
+        return
     table = Table(title=f"target test split: {config.target} ({target['n_test']} images)")
     for col in ("metric", "value"):
         table.add_column(col)
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
         table.add_row(key, f"{target[key]:.4f}")
     err.print(table)
-    err.print(f"run folder: [bold]{result.folder}[/]  (open {result.folder / 'report.html'})",
-              highlight=False)
-    if as_json:
-        click.echo(json.dumps(result.metrics, indent=2))
+
+
+def _print_comparison(rows: dict[str, tuple], title: str) -> None:
+    table = Table(title=title)
+    for col in ("adapter", "accuracy", "macro F1", "train s"):
+        table.add_column(col)
+
+    def fmt(mean: float, std: float | None) -> str:
+        return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+    for name, (acc, acc_std, f1, f1_std, seconds) in rows.items():
+        table.add_row(name, fmt(acc, acc_std), fmt(f1, f1_std), f"{seconds:.1f}")
+    err.print(table)
 
 
 @cli.command()

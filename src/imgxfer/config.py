@@ -48,6 +48,7 @@ class RunConfig:
     captioner: str = "template"
     generator: str = "gan"
     adapter: str = "finetune"
+    compare: list[str] = field(default_factory=list)  # several adapters on the same split
     shots: int = 10
     test_fraction: float = 0.3
     synthetic_per_class: int = 100
@@ -60,7 +61,14 @@ class RunConfig:
     out: str = "runs"
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
 
+    def adapter_names(self) -> list[str]:
+        """The adapters to run: ``compare`` when given (the first is the headline one),
+        otherwise ``adapter``."""
+        return list(dict.fromkeys(self.compare)) if self.compare else [self.adapter]
+
     def validate(self) -> None:
+        if not all(isinstance(n, str) and n for n in self.compare):
+            raise UserError(f"compare must be a list of adapter names, got {self.compare!r}.")
         if self.shots < 0:
             raise UserError(f"shots must be zero or more, got {self.shots}.")
         if self.shots == 0 and self.generator != NONE:
@@ -93,6 +101,8 @@ _SCALARS = {f.name: f for f in fields(RunConfig) if f.name != "options"}
 
 def _check_type(key: str, value: Any, where: str) -> Any:
     expected = type(getattr(RunConfig(), key))
+    if expected is list and isinstance(value, str):  # "a,b" from the command line
+        return [v.strip() for v in value.split(",") if v.strip()]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

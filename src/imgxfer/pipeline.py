@@ -4,12 +4,13 @@ wrapper around :func:`run`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,20 +92,36 @@ def load_data(config: RunConfig, registry: Registry) -> tuple[ImageDataset, Spli
     return source, split
 
 
-def run(config: RunConfig, *, progress: Progress = NullProgress(),
-        registry: Registry | None = None) -> RunResult:
-    """Run the chain and write the run folder. Every user mistake that can be found
-    before training (names, options, data, split, output folder) is raised as a
-    :class:`UserError` before the run folder is created."""
+@dataclass
+class Plan:
+    """Everything a run needs, built and checked before anything is written."""
+
+    config: RunConfig
+    device: torch.device
+    source: ImageDataset
+    split: Split
+    encoder: Any
+    captioner: Any
+    generator: Any
+    adapters: dict[str, Any]
+    generator_time: float | None
+
+
+def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
+    """Validate the config, look up and build every component and load the data. Every
+    user mistake that can be found before training (names, options, data, split, output
+    folder) is raised here as a :class:`UserError`, before any folder is created."""
     registry = registry or get_registry()
     config.validate()
     device = resolve_device(config.device)
     check_out_dir(config.out)
-    # Look every component up first, so a typo fails in a second, not after training.
-    for kind, name in [("datasets", config.source), ("datasets", config.target),
-                       ("encoders", config.encoder), ("captioners", config.captioner),
-                       ("adapters", config.adapter)] + (
-            [("generators", config.generator)] if config.generator != NONE else []):
+    # Look every component up first, so a typo fails in a second, not after data loading.
+    lookups = [("datasets", config.source), ("datasets", config.target),
+               ("encoders", config.encoder), ("captioners", config.captioner)]
+    lookups += [("adapters", name) for name in config.adapter_names()]
+    if config.generator != NONE:
+        lookups.append(("generators", config.generator))
+    for kind, name in lookups:
         registry.get(kind, name)
     gen_time = parse_duration(config.generator_time) if config.generator_time else None
 
@@ -112,21 +129,41 @@ def run(config: RunConfig, *, progress: Progress = NullProgress(),
     source, split = load_data(config, registry)
     encoder = build(registry, "encoders", config.encoder, config.options["encoder"], config.seed)
     captioner = build(registry, "captioners", config.captioner, config.options["captioner"], config.seed)
-    adapter = build(registry, "adapters", config.adapter, config.options["adapter"], config.seed)
+    # The [adapter] options belong to the adapter named there; compared ones use defaults.
+    adapters = {name: build(registry, "adapters", name,
+                            config.options["adapter"] if name == config.adapter else {},
+                            config.seed)
+                for name in config.adapter_names()}
     generator = (build(registry, "generators", config.generator, config.options["generator"],
                        config.seed) if config.generator != NONE else None)
+    return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_time)
 
-    folder = create_run_dir(config.out, config.name)
+
+def run(config: RunConfig, *, progress: Progress = NullProgress(),
+        registry: Registry | None = None, folder: Path | None = None) -> RunResult:
+    """Run the chain and write the run folder (``folder``, or a new one under
+    ``config.out``)."""
+    plan = prepare(config, registry)
+    return execute(plan, progress=progress, folder=folder)
+
+
+def execute(plan: Plan, *, progress: Progress = NullProgress(),
+            folder: Path | None = None) -> RunResult:
+    config = plan.config
+    if folder is None:
+        folder = create_run_dir(config.out, config.name)
+    else:
+        folder.mkdir(parents=True)
     atomic_write_text(folder / "config.toml", config.to_toml())
     with _log_to(folder / "run.log"):
-        log.info("imgxfer %s, run folder %s, device %s", __version__, folder, device)
-        return _run_stages(config, folder, device, progress, source, split, encoder,
-                           captioner, generator, adapter, gen_time)
+        log.info("imgxfer %s, run folder %s, device %s", __version__, folder, plan.device)
+        return _run_stages(plan, folder, progress)
 
 
-def _run_stages(config: RunConfig, folder: Path, device: torch.device, progress: Progress,
-                source: ImageDataset, split: Split, encoder: Any, captioner: Any,
-                generator: Any, adapter: Any, gen_time: float | None) -> RunResult:
+def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
+    config, device, source, split = plan.config, plan.device, plan.source, plan.split
+    encoder, captioner, generator = plan.encoder, plan.captioner, plan.generator
+    gen_time = plan.generator_time
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {"imgxfer_version": __version__, "seed": config.seed,
                                "device": str(device)}
@@ -201,25 +238,35 @@ def _run_stages(config: RunConfig, folder: Path, device: torch.device, progress:
         extras["generator_history"] = history
         log.info("generator %s: %s", config.generator, metrics["generator"])
 
-    # 4. adapter: transfer to the target with everything available.
-    t0 = time.perf_counter()
+    # 4. adapters: each starts from the same source-trained encoder and the same data.
     data = TransferData(source, split.labelled, split.unlabelled, synthetic)
-    classifier = adapter.fit(encoder, data, budget=Budget(config.adapter_steps),
-                             progress=progress, device=device)
-    timings["adapter"] = time.perf_counter() - t0
-    atomic_save_tensors(folder / "classifier.safetensors", classifier.state_dict(),
-                        {"encoder": config.encoder, "adapter": config.adapter,
-                         "classes": json.dumps(list(target.class_names))})
-
-    # 5. evaluation on the held-out target test split (never used above).
-    t0 = time.perf_counter()
-    logits = predict_logits(classifier, encoder.preprocess(split.test.images), device)
-    metrics["target"] = classification_metrics(split.test.labels.tolist(),
-                                               logits.argmax(1).tolist(), target.class_names)
-    timings["evaluation"] = time.perf_counter() - t0
+    x_test = encoder.preprocess(split.test.images)
+    metrics["adapters"] = {}
+    classifier = None
+    for i, (name, adapter) in enumerate(plan.adapters.items()):
+        # Adapters train the encoder in place; each gets its own copy.
+        model_encoder = copy.deepcopy(encoder)
+        t0 = time.perf_counter()
+        model = adapter.fit(model_encoder, data, budget=Budget(config.adapter_steps),
+                            progress=progress, device=device)
+        seconds = time.perf_counter() - t0
+        suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
+        atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(),
+                            {"encoder": config.encoder, "adapter": name,
+                             "classes": json.dumps(list(target.class_names))})
+        # 5. evaluation on the held-out target test split (never used above).
+        logits = predict_logits(model, x_test, device)
+        result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
+                                        target.class_names)
+        metrics["adapters"][name] = {"accuracy": result["accuracy"],
+                                     "macro_f1": result["macro_f1"],
+                                     "train_seconds": round(seconds, 2)}
+        log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
+                 result["accuracy"], result["macro_f1"], seconds)
+        if i == 0:  # the first adapter is the run's classifier and headline numbers
+            metrics["target"], classifier = result, model
+        timings[f"adapter:{name}"] = seconds
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    log.info("target accuracy %.4f, macro F1 %.4f", metrics["target"]["accuracy"],
-             metrics["target"]["macro_f1"])
 
     # Unlabelled target images are documented with the adapted classifier's guesses.
     captions["unlabelled"] = captioner.caption(
@@ -236,3 +283,41 @@ def _run_stages(config: RunConfig, folder: Path, device: torch.device, progress:
     report.write_report(folder, config, metrics, extras)
     log.info("report written to %s", folder / "report.html")
     return RunResult(folder, metrics, config, extras)
+
+
+@dataclass
+class SeedsResult:
+    folder: Path
+    runs: list[RunResult]
+    summary: dict[str, dict[str, float]]  # adapter -> accuracy/macro_f1 mean and std
+
+
+def summarise(runs: list[RunResult]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation over seeds, per adapter."""
+    summary: dict[str, dict[str, float]] = {}
+    for name in runs[0].metrics["adapters"]:
+        row: dict[str, float] = {"seeds": len(runs)}
+        for key in ("accuracy", "macro_f1", "train_seconds"):
+            values = np.array([r.metrics["adapters"][name][key] for r in runs], dtype=float)
+            row[f"{key}_mean"] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[name] = row
+    return summary
+
+
+def run_seeds(config: RunConfig, seeds: list[int], *, progress: Progress = NullProgress(),
+              registry: Registry | None = None) -> SeedsResult:
+    """The same config under several seeds: ``<out>/<stamp>-<name>/seed-<k>/`` run
+    folders plus ``summary.json`` with mean ± std per adapter."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds needs distinct seeds, got {seeds!r}.")
+    plans = [prepare(replace(config, seed=seeds[0]), registry)]  # checks input first
+    parent = create_run_dir(config.out, config.name)
+    runs = []
+    for i, seed in enumerate(seeds):
+        plan = plans[0] if i == 0 else prepare(replace(config, seed=seed), registry)
+        progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
+        runs.append(execute(plan, progress=progress, folder=parent / f"seed-{seed}"))
+    summary = summarise(runs)
+    atomic_write_json(parent / "summary.json", {"seeds": seeds, "adapters": summary})
+    return SeedsResult(parent, runs, summary)

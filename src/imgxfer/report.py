@@ -139,13 +139,18 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
         ["encoder", config.encoder, ", ".join(f"{k}={v}" for k, v in metrics["encoder"].items() if k != "name")],
         ["captioner", config.captioner, ""],
         ["generator", config.generator, ", ".join(f"{k}={v}" for k, v in metrics.get("generator", {}).items() if k != "name")],
-        ["adapter", config.adapter, f"{config.adapter_steps} steps"],
+        ["adapter", ", ".join(config.adapter_names()), f"{config.adapter_steps} steps"],
     ]))
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
     parts.append("<h2>Target test metrics</h2>" + _table(
         ["accuracy", "macro precision", "macro recall", "macro F1"],
         [[target["accuracy"], target["macro_precision"], target["macro_recall"], target["macro_f1"]]]))
+    if len(metrics["adapters"]) > 1:
+        parts.append("<h3>Adapters compared on the same split</h3><p class='muted'>The first one "
+                     "is the run's classifier, shown in the rest of this report.</p>" + _table(
+            ["adapter", "accuracy", "macro F1", "train seconds"],
+            [[n, r["accuracy"], r["macro_f1"], r["train_seconds"]] for n, r in metrics["adapters"].items()]))
     parts.append(_table(["class", "precision", "recall", "F1", "support"],
                         [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
                          for r in target["per_class"]]))
