@@ -17,7 +17,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 # Test tools, and the timm plugin installed the way a user installs it (not editable).
 $(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py)
 	$(BIN)/pip install --quiet --editable '.[test]'
-	$(BIN)/pip install --quiet ./plugins/imgxfer-timm
+	$(BIN)/pip install --quiet './plugins/imgxfer-timm[lite0]'
 	touch $@
 
 run: $(VENV)/.installed-run

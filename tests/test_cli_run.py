@@ -88,7 +88,7 @@ def _snapshot(folder):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--encoder", "resnet999"], "unknown encoder 'resnet999'; available: smallcnn"),
+    (["--encoder", "resnet999"], "unknown encoder 'resnet999'; available: convnext_tiny,"),
     (["--source", "nowhere"], "unknown dataset 'nowhere'; available:"),
     (["--config", "missing.toml"], "config file 'missing.toml' does not exist."),
     (["--shots", "0"], "--shots 0 leaves no labelled target images"),

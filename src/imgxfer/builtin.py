@@ -8,17 +8,26 @@ from imgxfer.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_datasets(register: Register) -> None:
-    from imgxfer.datasets import digits
+    from imgxfer.datasets import csvlist, digits, fashion, folder, mnist, tvdatasets
 
     register("syndigits", digits.syndigits)
     register("digits", digits.digits)
+    register("mnist", mnist.mnist)
+    register("fashion-mnist", fashion.fashion_mnist)
+    # Families: the part after the prefix is the factory's first argument.
+    register("folder:", folder.folder)
+    register("csv:", csvlist.csv_list)
+    register("torchvision:", tvdatasets.torchvision_dataset)
 
 
 @hookimpl
 def register_encoders(register: Register) -> None:
+    from imgxfer.encoders import torchvision_backbones as tvb
     from imgxfer.encoders.smallcnn import SmallCNN
 
     register("smallcnn", SmallCNN)
+    for name, backbone in tvb.BACKBONES.items():
+        register(name, tvb.factory(name), description=backbone.description)
 
 
 @hookimpl
@@ -37,6 +46,20 @@ def register_generators(register: Register) -> None:
 
 @hookimpl
 def register_adapters(register: Register) -> None:
+    from imgxfer.adapters.adversarial import CDAN, DANN
+    from imgxfer.adapters.baselines import SourceOnly, TargetOnly
+    from imgxfer.adapters.discrepancy import MMD, DeepCORAL
     from imgxfer.adapters.finetune import FineTune
+    from imgxfer.adapters.linear import LinearProbe, LinearProbeFineTune
+    from imgxfer.adapters.selftraining import SelfTraining
 
     register("finetune", FineTune)
+    register("source-only", SourceOnly)
+    register("target-only", TargetOnly)
+    register("linear", LinearProbe)
+    register("lp-ft", LinearProbeFineTune)
+    register("dann", DANN)
+    register("cdan", CDAN)
+    register("coral", DeepCORAL)
+    register("mmd", MMD)
+    register("self-training", SelfTraining)

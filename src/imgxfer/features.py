@@ -1,21 +1,224 @@
-"""Encoding images to feature vectors with a (frozen) encoder, batched, in inference mode."""
+"""Encoding images to feature vectors with a (frozen) encoder: batched, in inference mode,
+channels-last on CPU, with an opt-in on-disk cache of the features.
+
+The cache (``encode(..., cache=True)`` or ``cache=PATH``) keeps one safetensors file per
+(encoder weights, images, preprocessing) triple, named by a SHA-256 hash of all three, so a
+re-run on the same data with the same frozen encoder reads its features instead of
+computing them. The key covers every tensor of the encoder's state dict (BatchNorm
+statistics included, so AdaBN-adapted encoders get their own entries), the image tensor's
+bytes, the encoder's class, structure (``repr``) and preprocessing (its attributes and its
+output on a probe image), the device type and the torch version. Changing an encoder's
+*code* without changing any of these is not detected: clear the cache folder then.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
 
 import torch
 from torch import nn
 
+from imgxfer.runfolder import atomic_save_tensors
 
-@torch.inference_mode()
-def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device,
-           batch_size: int = 256) -> torch.Tensor:
-    """Features [N, D] on CPU for raw [0,1] images [N,C,H,W]; eval mode, batched.
-    Preprocessing (channels, size, normalisation) is the encoder's own."""
+log = logging.getLogger("imgxfer.features")
+
+CACHE_ENV = "IMGXFER_CACHE_DIR"
+CACHE_FORMAT = "imgxfer-features-1"  # bump when the key or the file layout changes
+CPU_BATCH = 64  # images per forward on CPU, whatever larger batch_size is asked for
+CacheOption = Union[bool, str, "os.PathLike[str]", None]
+
+
+def default_cache_dir() -> Path:
+    """``$IMGXFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgxfer/features``, else
+    ``~/.cache/imgxfer/features``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "imgxfer" / "features"
+
+
+def cache_dir_for(cache: CacheOption) -> Path | None:
+    """The folder ``encode`` caches in: ``None`` for ``cache=False`` (the default), the
+    default folder for ``cache=True``, otherwise ``cache`` as a path."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return default_cache_dir()
+    return Path(cache).expanduser()
+
+
+def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device | str,
+           batch_size: int = 256, *, cache: CacheOption = False) -> torch.Tensor:
+    """Features [N, D] (float32, on CPU) for raw [0,1] images [N,C,H,W]; eval mode, batched.
+
+    Preprocessing (channels, size, normalisation) is the encoder's own and runs on
+    ``device``. ``batch_size`` images go through each forward (on CPU at most
+    :data:`CPU_BATCH`). ``cache``: ``False`` computes every time; ``True`` reads and writes the
+    cache in :func:`default_cache_dir`; a path uses that folder. An unreadable cache file
+    is ignored (with a warning) and written anew; a cache folder that cannot be written
+    only costs the saving.
+    """
+    device = torch.device(device)
+    folder = cache_dir_for(cache)
+    if folder is None or len(images) == 0:
+        return _encode(encoder, images, device, batch_size)
+    key = feature_cache_key(encoder, images, device)
+    path = folder / f"{key}.safetensors"
+    features = _read_cache(path, len(images), int(encoder.feature_dim))
+    if features is None:
+        features = _encode(encoder, images, device, batch_size)
+        _write_cache(path, features, encoder, images, key)
+    return features
+
+
+def _encode(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+            batch_size: int) -> torch.Tensor:
+    if len(images) == 0:
+        return torch.empty(0, int(encoder.feature_dim))
     was_training = encoder.training
     encoder.eval()
+    # Measured on a 2-core CPU: channels-last inputs and weights make oneDNN's convolutions
+    # 1.1-1.5x faster (resnet18, smallcnn, MobileNetV3, EfficientNet; neutral for ConvNeXt).
+    # Not measured on GPUs, where fp32 convolutions are left in the default layout.
+    channels_last = device.type == "cpu" and any(p.dim() == 4 for p in encoder.parameters())
+    # On CPU, forwards of more than 64 images are slower per image when activations
+    # outgrow the caches (smallcnn at 32x32, one thread: 920 img/s at 64, 715 at 256) and
+    # no faster otherwise (resnet18 at 224: equal from 32 to 256).
+    step = max(1, min(batch_size, CPU_BATCH) if device.type == "cpu" else batch_size)
     out = []
-    for i in range(0, len(images), batch_size):
-        x = encoder.preprocess(images[i:i + batch_size]).to(device)
-        out.append(encoder(x).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, encoder.feature_dim)
+    try:
+        with _channels_last_weights(encoder, channels_last), torch.inference_mode():
+            for i in range(0, len(images), step):
+                # Move the raw batch first: preprocessing (resizing) then runs on the
+                # device, and the small raw images are what crosses the bus.
+                x = encoder.preprocess(images[i:i + step].to(device, non_blocking=True))
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(encoder(x).float().cpu())
+    finally:
+        encoder.train(was_training)
+    # Outside inference mode: the result is an ordinary tensor (usable in autograd), as
+    # features read from the cache are.
+    return torch.cat(out)
+
+
+@contextmanager
+def _channels_last_weights(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Temporarily give 4-D parameters the channels-last layout; the original tensors are
+    put back afterwards, so the caller's module is left exactly as it was."""
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        if enabled:
+            for p in module.parameters():
+                if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                    swapped.append((p, p.data))
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        yield
+    finally:
+        for p, data in swapped:
+            p.data = data
+
+
+def feature_cache_key(encoder: nn.Module, images: torch.Tensor, device: torch.device | str) -> str:
+    """Hex SHA-256 key of everything the features depend on (see the module docstring)."""
+    parts: list[tuple[str, bytes | memoryview]] = []
+    cls = type(encoder)
+    parts.append(("format", CACHE_FORMAT.encode()))
+    parts.append(("torch", torch.__version__.encode()))
+    parts.append(("device", torch.device(device).type.encode()))
+    parts.append(("class", f"{cls.__module__}.{cls.__qualname__}".encode()))
+    parts.append(("repr", repr(encoder).encode()))
+    for attr in ("feature_dim", "input_size", "in_channels", "mean", "std", "interpolation"):
+        parts.append((attr, repr(getattr(encoder, attr, None)).encode()))
+    if images.dim() == 4:
+        # The encoder's preprocessing of a fixed probe shaped like these images: catches
+        # normalisation, channel mapping and resizing that no attribute states.
+        c, hgt, wid = images.shape[1:]
+        probe = torch.linspace(0, 1, c * hgt * wid).reshape(1, c, hgt, wid)
+        with torch.inference_mode():
+            parts.append(("probe", _tensor_bytes(encoder.preprocess(probe))))
+    for name, tensor in encoder.state_dict().items():
+        parts.append(("tensor", f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode()))
+        parts.append(("data", _tensor_bytes(tensor)))
+    parts.append(("images", f"{images.dtype}|{tuple(images.shape)}".encode()))
+    parts.append(("pixels", _tensor_bytes(images)))
+    return _hash_parts(parts)
+
+
+# SHA-256 rather than BLAKE2b: with the SHA extensions of current x86 and ARM CPUs
+# hashlib's (OpenSSL's) SHA-256 runs at 1.4 GB/s per core here, BLAKE2b at 0.6 GB/s.
+# Large buffers are hashed in 8 MiB chunks on a few threads (hashlib releases the GIL),
+# and the key hashes the chunks' digests: a hash list, so the key of the same bytes
+# does not depend on the number of threads.
+_CHUNK = 8 << 20
+
+
+def _hash_parts(parts: list[tuple[str, bytes | memoryview]]) -> str:
+    big = [i for i, (_, data) in enumerate(parts) if len(data) > _CHUNK]
+    chunk_digests: dict[int, list[bytes]] = {}
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, 8))
+    if big and workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {i: [pool.submit(_sha256, parts[i][1][j:j + _CHUNK])
+                           for j in range(0, len(parts[i][1]), _CHUNK)] for i in big}
+            chunk_digests = {i: [f.result() for f in fs] for i, fs in futures.items()}
+    else:
+        chunk_digests = {i: [_sha256(parts[i][1][j:j + _CHUNK])
+                             for j in range(0, len(parts[i][1]), _CHUNK)] for i in big}
+    h = hashlib.sha256()
+    for i, (label, data) in enumerate(parts):
+        h.update(f"{label}:{len(data)}:".encode())
+        h.update(b"".join(chunk_digests[i]) if i in chunk_digests else data)
+    return h.hexdigest()
+
+
+def _sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor's values (a view, no copy when it is a contiguous CPU
+    tensor): hashed straight from the NumPy buffer."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        features = load_file(str(path), device="cpu")["features"]
+        if tuple(features.shape) != (n, dim) or features.dtype != torch.float32:
+            raise ValueError(f"holds {features.dtype} {tuple(features.shape)}, "
+                             f"expected float32 {(n, dim)}")
+        return features
+    except Exception as exc:  # corrupt, truncated or foreign: a cache must never crash a run
+        log.warning("ignoring unreadable feature cache file %s (%s: %s); encoding again",
+                    path, type(exc).__name__, exc)
+        return None
+
+
+def _write_cache(path: Path, features: torch.Tensor, encoder: nn.Module, images: torch.Tensor,
+                 key: str) -> None:
+    meta = {"format": CACHE_FORMAT, "key": key, "encoder": type(encoder).__qualname__,
+            "weights_source": str(getattr(encoder, "weights_source", "")),
+            "images": f"{images.dtype} {tuple(images.shape)}"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(path, {"features": features}, metadata=meta)
+    except OSError as exc:
+        log.warning("could not write feature cache file %s (%s: %s); continuing without it",
+                    path, type(exc).__name__, exc)

