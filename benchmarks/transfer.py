@@ -2,11 +2,15 @@
 -> target pairs at several shot counts, mean ± std over seeds, with training time.
 
     python benchmarks/transfer.py --pairs syndigits:mnist,syndigits:digits --shots 0,10 \
-        --seeds 0,1,2 --out docs/benchmarks-transfer.json
+        --seeds 0,1,2 --out benchmarks/results/transfer.jsonl
 
 The encoder is trained on the source once per (source, seed) and each adapter starts
 from a copy of it, exactly as `imgxfer run --compare` does. Target test labels are used
 for the reported numbers only.
+
+With --out, every finished cell is appended to a JSON-lines file at once, and a rerun
+skips the cells already there: the full grid (hours on a 2-core CPU) can be filled in
+over several sessions, and the table is printed from everything in the file.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
 from imgxfer.budget import Budget
 from imgxfer.config import RunConfig
@@ -38,7 +44,9 @@ def main() -> None:
     ap.add_argument("--encoder-steps", type=int, default=RunConfig.encoder_steps)
     ap.add_argument("--adapter-steps", type=int, default=RunConfig.adapter_steps)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="", help="write the raw results as JSON here")
+    ap.add_argument("--out", default="", help="append results to this JSON-lines file; "
+                    "cells already in it are skipped")
+    ap.add_argument("--table-only", action="store_true", help="print the table from --out")
     args = ap.parse_args()
 
     registry = get_registry()
@@ -46,25 +54,40 @@ def main() -> None:
     adapters = [a for a in args.adapters.split(",") if a] or registry.names("adapters")
     shots_list = [int(s) for s in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out) if args.out else None
     rows: list[dict] = []
-    for pair in args.pairs.split(","):
+    if out and out.exists():
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    settings = {"encoder": args.encoder, "encoder_steps": args.encoder_steps,
+                "adapter_steps": args.adapter_steps}
+
+    def done(pair: str, shots: int, seed: int, name: str) -> bool:
+        return any((r["pair"], r["shots"], r["seed"], r["adapter"]) == (pair, shots, seed, name)
+                   and all(r.get(k) == v for k, v in settings.items()) for r in rows)
+
+    pairs = args.pairs.split(",")
+    for pair in [] if args.table_only else pairs:
         source_name, target_name = pair.split(":")
         for seed in seeds:
+            todo = [(s, a) for s in shots_list for a in adapters
+                    if not (a == "target-only" and s == 0) and not done(pair, s, seed, a)]
+            if not todo:
+                continue
             seed_everything(seed)
             target = build(registry, "datasets", target_name, {}, seed + 1)
             source = align_classes(build(registry, "datasets", source_name, {}, seed), target)
             encoder = build(registry, "encoders", args.encoder, {}, seed).to(device)
-            t0 = time.perf_counter()
-            if hasattr(encoder, "pretrain"):
-                encoder.pretrain(source, budget=Budget(args.encoder_steps), device=device)
-            pretrain_s = time.perf_counter() - t0
+            pretrain_s = pretrain(encoder, source, args, seed, device,
+                                  out.parent / "encoders" if out else None)
             for shots in shots_list:
                 split = few_shot_split(target, shots, seed=seed)
                 data = TransferData(source, split.labelled, split.unlabelled, None)
                 x_test = encoder.preprocess(split.test.images)
                 for name in adapters:
-                    if name == "target-only" and shots == 0:
-                        continue  # nothing to train on
+                    if (shots, name) not in todo:
+                        continue  # target-only has nothing to train on at 0 shots
+                    # Each cell seeds itself, so a resumed grid gives the same numbers.
+                    seed_everything(seed)
                     adapter = build(registry, "adapters", name, {}, seed)
                     t0 = time.perf_counter()
                     model = adapter.fit(copy.deepcopy(encoder), data,
@@ -73,15 +96,39 @@ def main() -> None:
                     pred = predict_logits(model, x_test, device).argmax(1)
                     m = classification_metrics(split.test.labels.tolist(), pred.tolist(),
                                                target.class_names)
-                    rows.append({"pair": pair, "shots": shots, "seed": seed, "adapter": name,
-                                 "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                                 "train_s": seconds, "pretrain_s": pretrain_s})
+                    row = {"pair": pair, "shots": shots, "seed": seed, "adapter": name,
+                           "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                           "train_s": seconds, "pretrain_s": pretrain_s, **settings}
+                    rows.append(row)
+                    if out:
+                        with out.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
                     print(f"{pair:18s} shots={shots:2d} seed={seed} {name:14s} "
                           f"acc={m['accuracy']:.3f} ({seconds:.0f}s)", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
     print()
-    print(markdown_table(rows, shots_list))
+    print(markdown_table([r for r in rows if r["pair"] in pairs and r["seed"] in seeds
+                          and all(r.get(k) == v for k, v in settings.items())], shots_list))
+
+
+def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> float:
+    """Train the encoder on the source (or load the copy an earlier invocation saved);
+    returns the training seconds, as measured when it was trained."""
+    if not hasattr(encoder, "pretrain"):
+        return 0.0
+    path = cache / f"{args.encoder}-{source.domain}-seed{seed}-{args.encoder_steps}.safetensors" if cache else None
+    if path and path.exists():
+        state = load_file(path)
+        seconds = float(state.pop("pretrain_seconds"))
+        encoder.load_state_dict(state)
+        return seconds
+    t0 = time.perf_counter()
+    encoder.pretrain(source, budget=Budget(args.encoder_steps), device=device)
+    seconds = time.perf_counter() - t0
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({**{k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
+                   "pretrain_seconds": torch.tensor(seconds)}, path)
+    return seconds
 
 
 def markdown_table(rows: list[dict], shots_list: list[int]) -> str:

@@ -55,6 +55,11 @@ def test_run_folder_contents(finished_run):
     matrix = torch.tensor(target["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum().item() == target["n_test"]
     assert metrics["generator"]["synthetic_images"] == 12
+    generator = metrics["generator"]  # quality is measured by default
+    assert 0 <= generator["cas"] <= 1 and 0 <= generator["cas_real"] <= 1
+    assert generator["fid"] >= 0 and generator["kid_std"] >= 0 and "kid_mean" in generator
+    assert "generator_quality" in metrics["timings_s"]
+    assert "synthetic_delta" not in metrics
     assert "tiny-source" in (folder / "config.toml").read_text()
     assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (folder / "report.html").read_text()
@@ -69,7 +74,10 @@ def test_captions_file(finished_run):
     assert sets == {"source", "target", "synthetic", "unlabelled"}
     target_rows = [r for r in rows if r["set"] == "target"]
     assert len(target_rows) == 9
-    assert all(r["caption"] == f"a tiny shape {r['label']}, domain tiny-target" for r in target_rows)
+    # "a tiny shape dot, black ink on white, ..., domain tiny-target" (measured attributes)
+    assert all(r["caption"].startswith(f"a tiny shape {r['label']}, ")
+               and " ink on " in r["caption"] and r["caption"].endswith(", domain tiny-target")
+               for r in target_rows)
     assert any("probably" in r["caption"] for r in rows if r["set"] == "unlabelled")
 
 
@@ -97,6 +105,8 @@ def _snapshot(folder):
     (["--encoder-opt", "width"], "--encoder-opt expects key=value"),
     (["--generator-time", "soon"], "cannot read the duration 'soon'"),
     (["--device", "tpu"], "device must be auto, cpu"),
+    (["--generator", "none", "--compare-synthetic"], "--compare-synthetic compares adapters"),
+    (["--synthetic-filter", "1.5"], "synthetic_filter must be in [0, 1)"),
 ])
 def test_bad_input_is_one_sentence(finished_run, host, args, message):
     out, folder, _ = finished_run
@@ -170,3 +180,52 @@ def test_help_of_every_command():
     for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"]):
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):
+    """Every adapter with and without the synthetic images, on two seeds: metrics.json,
+    summary.json, the final table and the report show the difference."""
+    _, single, _ = finished_run
+    # A filter threshold so low that it keeps every image: the filter runs, and the data
+    # stay those of the plain run (compared below).
+    result = invoke(*TINY_RUN, "--compare", "finetune,source-only", "--compare-synthetic",
+                    "--synthetic-filter", "1e-6", "--seeds", "0,1", "--out", str(tmp_path),
+                    "--json")
+    assert result.exit_code == 0, result.output
+    (parent,) = tmp_path.iterdir()
+    runs = [json.loads((parent / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    for metrics in runs:
+        delta = metrics["synthetic_delta"]
+        assert set(delta) == {"finetune", "source-only"}
+        for row in delta.values():
+            assert {"with", "without", "delta"} <= set(row)
+            assert row["delta"] == pytest.approx(row["with"] - row["without"])
+            assert row["synthetic_images"] == 12
+        assert delta["finetune"]["with"] == metrics["adapters"]["finetune"]["accuracy"]
+        # source-only never reads synthetic images: no difference by construction.
+        assert delta["source-only"]["delta"] == 0
+        assert "adapter:finetune (no synthetic)" in metrics["timings_s"]
+        assert {"cas", "cas_real", "fid", "kid_mean", "kid_std"} <= set(metrics["generator"])
+        assert metrics["generator"]["filter"]["kept"] == 12
+    # The paired fit does not disturb the rest of the run: seed 0's headline numbers are
+    # those of the plain single-adapter run.
+    assert runs[0]["target"] == json.loads((single / "metrics.json").read_text())["target"]
+    summary = json.loads((parent / "summary.json").read_text())
+    row = summary["synthetic_delta"]["finetune"]
+    deltas = [m["synthetic_delta"]["finetune"]["delta"] for m in runs]
+    assert row["delta_mean"] == pytest.approx(sum(deltas) / 2)
+    assert row["delta_std"] == pytest.approx(abs(deltas[0] - deltas[1]) / 2 ** 0.5)
+    assert summary["generator"]["cas_mean"] == pytest.approx(
+        sum(m["generator"]["cas"] for m in runs) / 2)
+    assert "with and without synthetic images" in result.output
+    rows = [json.loads(line) for line in
+            (parent / "seed-0" / "captions.jsonl").read_text().splitlines()]
+    synthetic = [r for r in rows if r["set"] == "synthetic"]
+    assert len(synthetic) == 12 and all(r["label"] in r["caption"] for r in synthetic)
+    report = (parent / "seed-0" / "report.html").read_text()
+    for section in ("Generator quality", "not comparable with published FID/KID",
+                    "Do the synthetic images help?", "Images and their captions",
+                    "target shots", "Generator losses"):
+        assert section in report, section
+    assert report.count("<tr><td>synthetic</td>") >= 3  # captioned synthetic thumbnails
+

@@ -3,6 +3,8 @@ exactly as a third-party plugin would."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from imgxfer.hookspecs import Register, hookimpl
 
 
@@ -63,3 +65,11 @@ def register_adapters(register: Register) -> None:
     register("coral", DeepCORAL)
     register("mmd", MMD)
     register("self-training", SelfTraining)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from imgxfer.commands import caption, generate
+
+    for command in (caption.caption, generate.generate_command):
+        cli.add_command(command)

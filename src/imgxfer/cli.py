@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -103,31 +104,60 @@ def _stage_options(f):
 @click.option("--adapter", help="Transfer method (default finetune).")
 @click.option("--compare", help="Several adapters on the same split, e.g. source-only,finetune.")
 @click.option("--seeds", help="Run once per seed, e.g. 0,1,2, and report mean ± std.")
+@click.option("--compare-synthetic", is_flag=True, default=None,
+              help="Also train each adapter without the generated images; report the difference.")
+@click.option("--synthetic-filter", type=float, metavar="P",
+              help="Keep generated images a source+shots probe gives probability >= P (0: all).")
+@click.option("--quality/--no-quality", default=None,
+              help="Measure the generator (CAS, FID/KID on the test split); on by default.")
 @click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
 @click.option("--encoder-steps", type=int, help="Steps of source training for the encoder.")
 @click.option("--generator-steps", type=int, help="Generator training steps.")
 @click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
+@click.option("--gan-budget", metavar="DURATION",
+              help="Train the generator for this long, e.g. 3m: sets --generator-time, and "
+                   "the step count no longer stops it unless --generator-steps is given.")
 @click.option("--adapter-steps", type=int, help="Adapter training steps.")
 @click.option("--seed", type=int, help="Seed for everything random (default 0).")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
 @_stage_options
+@click.option("--resume", "resume_folder", type=click.Path(file_okay=False), metavar="RUN_FOLDER",
+              help="Finish an interrupted run in its folder, with its config.toml; the "
+                   "generator continues from its last training checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout at the end.")
-def run(config_file: str | None, as_json: bool, **flags: Any) -> None:
+def run(config_file: str | None, resume_folder: str | None, as_json: bool,
+        **flags: Any) -> None:
     """Run the whole chain: encode, caption, generate, adapt, evaluate, report."""
     from imgxfer import config as cfg
-    from imgxfer.pipeline import run as run_pipeline, run_seeds
+    from imgxfer.pipeline import execute, prepare, resume_config, run as run_pipeline, run_seeds
     from imgxfer.progress import RichProgress
 
     options = {s: list(flags.pop(f"{s}_opt")) for s in STAGE_FLAGS}
+    if resume_folder is not None:
+        given = [k for k, v in flags.items() if v is not None] + [k for k, v in options.items() if v]
+        if config_file or given:
+            raise UserError("--resume takes everything from the run folder's config.toml; "
+                            "give no other run options with it.")
     seeds = _parse_seeds(flags.pop("seeds"))
-    config = cfg.load(config_file) if config_file else cfg.RunConfig()
-    config = cfg.apply_overrides(config, flags, options)
+    _apply_gan_budget(flags, flags.pop("gan_budget"))
+    if resume_folder is not None:
+        config = resume_config(Path(resume_folder))
+    else:
+        config = cfg.load(config_file) if config_file else cfg.RunConfig()
+        config = cfg.apply_overrides(config, flags, options)
     registry = _host().registry
     progress = RichProgress(err)
-    if seeds is None:
+    if resume_folder is not None:
+        result = execute(prepare(config, registry), progress=progress,
+                         folder=Path(resume_folder), resume=True)
+        _print_result(result.metrics, config)
+        _print_synthetic(result.metrics.get("synthetic_delta"), result.metrics.get("generator"))
+        folder, payload = result.folder, result.metrics
+    elif seeds is None:
         result = run_pipeline(config, progress=progress, registry=registry)
         _print_result(result.metrics, config)
+        _print_synthetic(result.metrics.get("synthetic_delta"), result.metrics.get("generator"))
         folder, payload = result.folder, result.metrics
     else:
         many = run_seeds(config, seeds, progress=progress, registry=registry)
@@ -135,11 +165,32 @@ def run(config_file: str | None, as_json: bool, **flags: Any) -> None:
                                r["macro_f1_std"], r["train_seconds_mean"])
                            for n, r in many.summary.items()},
                           f"target test accuracy over seeds {', '.join(map(str, seeds))} (mean ± std)")
-        folder, payload = many.folder, {"seeds": seeds, "adapters": many.summary}
+        _print_synthetic(many.synthetic_delta, None, seeds=True)
+        folder, payload = many.folder, many.payload(seeds)
     report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
     err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
+
+
+# --gan-budget without --generator-steps: a step count no budget reaches (time-only).
+TIME_ONLY_STEPS = 10 ** 9
+
+
+def _apply_gan_budget(flags: dict[str, Any], budget: str | None) -> None:
+    """``--gan-budget 3m``: the generator trains for three minutes (``generator_time``),
+    however many steps that is, unless ``--generator-steps`` caps the steps too."""
+    if budget is None:
+        return
+    from imgxfer.budget import parse_duration
+
+    parse_duration(budget)  # a bad duration is one sentence, before anything is loaded
+    if flags.get("generator_time") not in (None, budget):
+        raise UserError("--gan-budget and --generator-time both set the generator's time; "
+                        "give one of them.")
+    flags["generator_time"] = budget
+    if flags.get("generator_steps") is None:
+        flags["generator_steps"] = TIME_ONLY_STEPS
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
@@ -163,6 +214,30 @@ def _print_result(metrics: dict[str, Any], config: Any) -> None:
         table.add_column(col)
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
         table.add_row(key, f"{target[key]:.4f}")
+    err.print(table)
+
+
+def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | None,
+                     seeds: bool = False) -> None:
+    """Generator quality (CAS, FID/KID) and, with --compare-synthetic, the accuracy with
+    and without the generated images per adapter."""
+    if generator and "cas" in generator:
+        err.print(f"generator: CAS {generator['cas']:.4f} (real {generator['cas_real']:.4f}), "
+                  f"FID {generator['fid']:.3f}, KID {generator['kid_mean']:.4f} "
+                  "(in the encoder's feature space)", highlight=False)
+    if not delta:
+        return
+    table = Table(title="target test accuracy with and without synthetic images"
+                        + (" (mean ± std over seeds)" if seeds else ""))
+    for col in ("adapter", "with", "without", "delta"):
+        table.add_column(col)
+    for name, r in delta.items():
+        if seeds:
+            table.add_row(name, *(f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}"
+                                  for k in ("with", "without")),
+                          f"{r['delta_mean']:+.4f} ± {r['delta_std']:.4f}")
+        else:
+            table.add_row(name, f"{r['with']:.4f}", f"{r['without']:.4f}", f"{r['delta']:+.4f}")
     err.print(table)
 
 

@@ -59,6 +59,14 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     out: str = "runs"
+    # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
+    quality: bool = True
+    quality_steps: int = 200  # most training steps of each CAS classifier
+    # Also train every adapter without the synthetic images and report the difference.
+    compare_synthetic: bool = False
+    # Keep synthetic images that a probe on source + shots gives at least this
+    # probability for their intended class (He et al. 2023); 0 keeps all.
+    synthetic_filter: float = 0.0
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
 
     def adapter_names(self) -> list[str]:
@@ -76,7 +84,13 @@ class RunConfig:
                 f"--shots 0 leaves no labelled target images for the generator {self.generator!r} "
                 "to learn the target domain from; use --shots 1 or more, or --generator none."
             )
-        for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
+        if not 0 <= self.synthetic_filter < 1:
+            raise UserError(f"synthetic_filter must be in [0, 1), got {self.synthetic_filter}.")
+        if self.compare_synthetic and self.generator == NONE:
+            raise UserError("--compare-synthetic compares adapters with and without generated "
+                            "images, so it needs a generator (not --generator none).")
+        for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class",
+                    "quality_steps"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):

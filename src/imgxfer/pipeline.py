@@ -5,6 +5,7 @@ wrapper around :func:`run`."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import random
@@ -139,6 +140,114 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
     return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_time)
 
 
+def synthesis_prompts(captioner: Any, labels: torch.Tensor, labelled: ImageDataset,
+                      labelled_captions: list[str], *, seed: int = 0) -> list[str]:
+    """One prompt per synthetic label: the caption of a (seeded) randomly chosen labelled
+    target image of that class, so prompts carry what the captioner saw in target images
+    (style, stroke, layout); for a class without labelled images, the captioner's
+    image-free caption of the label."""
+    g = torch.Generator().manual_seed(seed)
+    by_class = {c: torch.nonzero(labelled.labels == c).flatten()
+                for c in range(labelled.num_classes)}
+    missing = [i for i, y in enumerate(labels.tolist()) if not len(by_class[y])]
+    fallback = (captioner.caption(None, labels[missing], class_names=labelled.class_names,
+                                  domain=labelled.domain, description=labelled.description)
+                if missing else [])
+    fallback_of = dict(zip(missing, fallback))
+    prompts = []
+    for i, y in enumerate(labels.tolist()):
+        pool = by_class[y]
+        if len(pool):
+            j = int(pool[torch.randint(len(pool), (1,), generator=g)])
+            prompts.append(labelled_captions[j])
+        else:
+            prompts.append(fallback_of[i])
+    return prompts
+
+
+def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset, split: Split,
+                     threshold: float, device: torch.device
+                     ) -> tuple[ImageDataset | None, torch.Tensor, dict[str, Any]]:
+    """Keep the synthetic images that a linear probe on the frozen encoder, fitted to the
+    labelled source and target shots (AdaBN on the target), gives at least ``threshold``
+    probability for the class they were generated as (He et al. 2023, "Is synthetic data
+    from generative models ready for image recognition?"). Returns the kept images (or
+    ``None``), the boolean mask and a summary for metrics.json. The probe involves no
+    randomness, and the global RNG is left as it was."""
+    from imgxfer.adapters.linear import fit_probe
+
+    with torch.random.fork_rng(devices=[]):
+        probe = fit_probe(copy.deepcopy(encoder), TransferData(source, split.labelled,
+                                                               split.unlabelled, None),
+                          {"source": 1.0, "target": 1.0}, c=1.0, max_iter=1000, adabn=True,
+                          device=device, name="synthetic_filter")
+        proba = predict_logits(probe, probe.encoder.preprocess(synthetic.images),
+                               device).softmax(1)
+    confidence = proba.gather(1, synthetic.labels.view(-1, 1)).flatten()
+    kept = confidence >= threshold
+    info = {"threshold": threshold, "generated": len(synthetic), "kept": int(kept.sum()),
+            "kept_per_class": torch.bincount(synthetic.labels[kept],
+                                             minlength=synthetic.num_classes).tolist(),
+            "mean_confidence": float(confidence.mean())}
+    log.info("synthetic filter: kept %d of %d images (p >= %.2f)", info["kept"], len(synthetic),
+             threshold)
+    return (synthetic.subset(torch.nonzero(kept).flatten()) if kept.any() else None), kept, info
+
+
+def cas_steps(max_steps: int, n_images: int) -> int:
+    """Training steps of each CAS classifier: about 20 epochs of ``n_images`` at batch 64,
+    at least 30 and at most ``max_steps`` (tiny runs stay cheap, real ones are capped)."""
+    return min(max_steps, max(30, 20 * -(-n_images // 64)))
+
+
+def generator_quality_metrics(encoder: Any, synthetic: ImageDataset, split: Split, *,
+                              steps: int, seed: int, device: torch.device) -> dict[str, Any]:
+    """CAS, CAS real, FID and KID of the synthetic images against the target *test* split
+    (used for evaluation only, as for the classifiers), in the run encoder's feature
+    space. The real reference for CAS real is drawn from the target training images
+    (labelled shots and unlabelled, with their true labels, used for this metric only)."""
+    from imgxfer.quality import generator_quality
+
+    pool = ImageDataset(torch.cat([split.labelled.images, split.unlabelled.images]),
+                        torch.cat([split.labelled.labels, split.unlabelled.labels]),
+                        list(split.test.class_names), split.test.domain,
+                        split.test.description)
+    return generator_quality(encoder, synthetic, split.test, pool,
+                             cas_steps=cas_steps(steps, len(synthetic)), seed=seed,
+                             device=device)
+
+
+def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Split,
+                     config: RunConfig, device: torch.device, progress: Progress
+                     ) -> tuple[Any, dict[str, Any], float]:
+    """Fit ``adapter`` on a copy of ``encoder`` (adapters train it in place) and evaluate
+    the classifier on the held-out target test split: (model, metrics, train seconds)."""
+    t0 = time.perf_counter()
+    model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(config.adapter_steps),
+                        progress=progress, device=device)
+    seconds = time.perf_counter() - t0
+    logits = predict_logits(model, encoder.preprocess(split.test.images), device)
+    result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
+                                    split.test.class_names)
+    return model, result, seconds
+
+
+def synthetic_delta(with_: dict[str, Any], without: dict[str, Any], n_synthetic: int
+                    ) -> dict[str, Any]:
+    """Target test accuracy (and macro F1) with and without the synthetic images."""
+    return {"with": with_["accuracy"], "without": without["accuracy"],
+            "delta": with_["accuracy"] - without["accuracy"],
+            "macro_f1_with": with_["macro_f1"], "macro_f1_without": without["macro_f1"],
+            "macro_f1_delta": with_["macro_f1"] - without["macro_f1"],
+            "synthetic_images": n_synthetic}
+
+
+# The generator's training checkpoint inside a run folder: written while it trains (when
+# the generator supports checkpoints), read by ``imgxfer run --resume``, removed once the
+# run has finished (generator.safetensors then holds the trained generator).
+TRAINING_CHECKPOINT = "generator-train.safetensors"
+
+
 def run(config: RunConfig, *, progress: Progress = NullProgress(),
         registry: Registry | None = None, folder: Path | None = None) -> RunResult:
     """Run the chain and write the run folder (``folder``, or a new one under
@@ -147,20 +256,40 @@ def run(config: RunConfig, *, progress: Progress = NullProgress(),
     return execute(plan, progress=progress, folder=folder)
 
 
+def resume_config(folder: Path) -> RunConfig:
+    """The config of an interrupted run folder, for :func:`execute` with ``resume=True``.
+    A folder that is not a run folder, or whose run has finished, is refused."""
+    from imgxfer import config as cfg
+
+    if not folder.is_dir():
+        raise UserError(f"--resume: {str(folder)!r} is not a folder.")
+    if not (folder / "config.toml").is_file():
+        raise UserError(f"--resume: {str(folder)!r} is not a run folder (it has no config.toml).")
+    if (folder / "metrics.json").is_file():
+        raise UserError(f"--resume: the run in {str(folder)!r} has already finished; "
+                        "start a new run instead.")
+    return cfg.load(folder / "config.toml")
+
+
 def execute(plan: Plan, *, progress: Progress = NullProgress(),
-            folder: Path | None = None) -> RunResult:
+            folder: Path | None = None, resume: bool = False) -> RunResult:
+    """Run the stages of ``plan`` into ``folder`` (a new folder under ``config.out`` when
+    None). With ``resume``, ``folder`` is an interrupted run of the same config: the run
+    starts again from the beginning with the same seed (so the same split and encoder),
+    and the generator continues from its training checkpoint instead of step 0."""
     config = plan.config
     if folder is None:
         folder = create_run_dir(config.out, config.name)
-    else:
+    elif not resume:
         folder.mkdir(parents=True)
     atomic_write_text(folder / "config.toml", config.to_toml())
     with _log_to(folder / "run.log"):
-        log.info("imgxfer %s, run folder %s, device %s", __version__, folder, plan.device)
-        return _run_stages(plan, folder, progress)
+        log.info("imgxfer %s, run folder %s, device %s%s", __version__, folder, plan.device,
+                 " (resumed)" if resume else "")
+        return _run_stages(plan, folder, progress, resume)
 
 
-def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
+def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = False) -> RunResult:
     config, device, source, split = plan.config, plan.device, plan.source, plan.split
     encoder, captioner, generator = plan.encoder, plan.captioner, plan.generator
     gen_time = plan.generator_time
@@ -216,12 +345,18 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
             domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
             class_names=list(target.class_names), target_domain=target.domain,
         )
+        # Generators that can checkpoint their training do so into the run folder, so an
+        # interrupted run continues there (``imgxfer run --resume FOLDER``).
+        checkpointing = "checkpoint" in inspect.signature(generator.fit).parameters
+        resumable = {"checkpoint": folder / TRAINING_CHECKPOINT, "resume": resume} if checkpointing else {}
+        if resume and not checkpointing:
+            progress.log(f"{config.generator} cannot resume its training; it starts again.")
         history = generator.fit(gdata, budget=Budget(config.generator_steps, gen_time),
-                                progress=progress, device=device) or {}
+                                progress=progress, device=device, **resumable) or {}
         timings["generator_fit"] = time.perf_counter() - t0
         labels = torch.arange(target.num_classes).repeat_interleave(config.synthetic_per_class)
-        prompts = captioner.caption(None, labels, class_names=target.class_names,
-                                    domain=target.domain, description=target.description)
+        prompts = synthesis_prompts(captioner, labels, split.labelled, captions["target"],
+                                    seed=config.seed)
         t0 = time.perf_counter()
         images = generator.sample(prompts, labels, seed=config.seed) if len(labels) else None
         timings["generator_sample"] = time.perf_counter() - t0
@@ -229,35 +364,54 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
             synthetic = ImageDataset(images, labels, list(target.class_names),
                                      f"synthetic-{target.domain}", target.description)
             captions["synthetic"] = prompts
+        # The options it actually used (defaults included, when it can say) and the class
+        # names, so `imgxfer generate` rebuilds it even if defaults change later.
+        used = getattr(generator, "resolved_options", lambda: config.options["generator"])()
         atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
-                            {"component": config.generator,
-                             "options": json.dumps(config.options["generator"])})
+                            {"component": config.generator, "options": json.dumps(used),
+                             "classes": json.dumps(list(target.class_names))})
         metrics["generator"] = {"name": config.generator,
                                 "steps": len(history.get("g_loss", [])),
                                 "synthetic_images": 0 if synthetic is None else len(synthetic)}
+        if synthetic is not None and config.synthetic_filter > 0:
+            t0 = time.perf_counter()
+            synthetic, kept, metrics["generator"]["filter"] = filter_synthetic(
+                synthetic, encoder, source, split, config.synthetic_filter, device)
+            captions["synthetic"] = [p for p, k in zip(prompts, kept.tolist()) if k]
+            metrics["generator"]["synthetic_images"] = 0 if synthetic is None else len(synthetic)
+            timings["synthetic_filter"] = time.perf_counter() - t0
+        if synthetic is not None and config.quality:
+            progress.log("measuring the generator: CAS (two small classifiers) and FID/KID")
+            t0 = time.perf_counter()
+            metrics["generator"].update(generator_quality_metrics(
+                encoder, synthetic, split, steps=config.quality_steps, seed=config.seed,
+                device=device))
+            timings["generator_quality"] = time.perf_counter() - t0
         extras["generator_history"] = history
-        log.info("generator %s: %s", config.generator, metrics["generator"])
+        log.info("generator %s: %s", config.generator,
+                 {k: v for k, v in metrics["generator"].items() if k != "per_class"})
 
     # 4. adapters: each starts from the same source-trained encoder and the same data.
     data = TransferData(source, split.labelled, split.unlabelled, synthetic)
-    x_test = encoder.preprocess(split.test.images)
+    without = replace(data, synthetic=None) if config.compare_synthetic and synthetic is not None else None
     metrics["adapters"] = {}
+    if without is not None:
+        metrics["synthetic_delta"] = {}
+    elif config.compare_synthetic:
+        progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
     classifier = None
     for i, (name, adapter) in enumerate(plan.adapters.items()):
-        # Adapters train the encoder in place; each gets its own copy.
-        model_encoder = copy.deepcopy(encoder)
-        t0 = time.perf_counter()
-        model = adapter.fit(model_encoder, data, budget=Budget(config.adapter_steps),
-                            progress=progress, device=device)
-        seconds = time.perf_counter() - t0
+        # Both fits of a pair start from the same global RNG state (head initialisation),
+        # so they differ only in the synthetic images; the run continues afterwards from
+        # the state the first fit left, as it would without --compare-synthetic.
+        rng_state = torch.get_rng_state()
+        twin = copy.deepcopy(adapter) if without is not None else None
+        model, result, seconds = fit_and_evaluate(adapter, encoder, data, split, config, device,
+                                                  progress)
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(),
                             {"encoder": config.encoder, "adapter": name,
                              "classes": json.dumps(list(target.class_names))})
-        # 5. evaluation on the held-out target test split (never used above).
-        logits = predict_logits(model, x_test, device)
-        result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
-                                        target.class_names)
         metrics["adapters"][name] = {"accuracy": result["accuracy"],
                                      "macro_f1": result["macro_f1"],
                                      "train_seconds": round(seconds, 2)}
@@ -266,6 +420,20 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
         if i == 0:  # the first adapter is the run's classifier and headline numbers
             metrics["target"], classifier = result, model
         timings[f"adapter:{name}"] = seconds
+        if twin is not None:
+            uses = getattr(adapter, "uses", None)
+            if uses is not None and "synthetic" not in uses:
+                other = result  # it never reads synthetic images: the same fit
+            else:
+                after = torch.get_rng_state()
+                torch.set_rng_state(rng_state)
+                _, other, seconds = fit_and_evaluate(twin, encoder, without, split, config,
+                                                     device, progress)
+                torch.set_rng_state(after)
+                timings[f"adapter:{name} (no synthetic)"] = seconds
+            metrics["synthetic_delta"][name] = synthetic_delta(result, other, len(synthetic))
+            log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
+                     other["accuracy"], metrics["synthetic_delta"][name]["delta"])
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
 
     # Unlabelled target images are documented with the adapted classifier's guesses.
@@ -277,10 +445,12 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress) -> RunResult:
 
     from imgxfer import report
 
-    report.write_captions(folder / "captions.jsonl", captions, source, split)
+    report.write_captions(folder / "captions.jsonl", captions, source, split, synthetic)
     extras.update(source=source, split=split, synthetic=synthetic, captions=captions)
     atomic_write_json(folder / "metrics.json", metrics)
     report.write_report(folder, config, metrics, extras)
+    # Finished: generator.safetensors holds the generator, the training state is not needed.
+    (folder / TRAINING_CHECKPOINT).unlink(missing_ok=True)
     log.info("report written to %s", folder / "report.html")
     return RunResult(folder, metrics, config, extras)
 
@@ -290,6 +460,23 @@ class SeedsResult:
     folder: Path
     runs: list[RunResult]
     summary: dict[str, dict[str, float]]  # adapter -> accuracy/macro_f1 mean and std
+    # adapter -> with/without/delta mean and std (runs with --compare-synthetic)
+    synthetic_delta: dict[str, dict[str, float]] = field(default_factory=dict)
+    generator: dict[str, float] = field(default_factory=dict)  # quality metrics mean and std
+
+    def payload(self, seeds: list[int]) -> dict[str, Any]:
+        """What summary.json holds."""
+        out: dict[str, Any] = {"seeds": seeds, "adapters": self.summary}
+        if self.synthetic_delta:
+            out["synthetic_delta"] = self.synthetic_delta
+        if self.generator:
+            out["generator"] = self.generator
+        return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.array(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def summarise(runs: list[RunResult]) -> dict[str, dict[str, float]]:
@@ -298,17 +485,37 @@ def summarise(runs: list[RunResult]) -> dict[str, dict[str, float]]:
     for name in runs[0].metrics["adapters"]:
         row: dict[str, float] = {"seeds": len(runs)}
         for key in ("accuracy", "macro_f1", "train_seconds"):
-            values = np.array([r.metrics["adapters"][name][key] for r in runs], dtype=float)
-            row[f"{key}_mean"] = float(values.mean())
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            mean, std = _mean_std([r.metrics["adapters"][name][key] for r in runs])
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         summary[name] = row
     return summary
+
+
+def summarise_synthetic(runs: list[RunResult]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Mean and sample standard deviation over seeds of the synthetic delta (per adapter:
+    ``with``, ``without``, ``delta``) and of the generator quality metrics; empty when
+    the runs have none."""
+    delta: dict[str, dict[str, float]] = {}
+    if all("synthetic_delta" in r.metrics for r in runs):
+        for name in runs[0].metrics["synthetic_delta"]:
+            row: dict[str, float] = {"seeds": len(runs)}
+            for key in ("with", "without", "delta"):
+                mean, std = _mean_std([r.metrics["synthetic_delta"][name][key] for r in runs])
+                row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+            delta[name] = row
+    generator: dict[str, float] = {}
+    for key in ("cas", "cas_real", "fid", "kid_mean", "fid_real", "kid_real_mean"):
+        values = [r.metrics.get("generator", {}).get(key) for r in runs]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            generator[f"{key}_mean"], generator[f"{key}_std"] = _mean_std(values)
+    return delta, generator
 
 
 def run_seeds(config: RunConfig, seeds: list[int], *, progress: Progress = NullProgress(),
               registry: Registry | None = None) -> SeedsResult:
     """The same config under several seeds: ``<out>/<stamp>-<name>/seed-<k>/`` run
-    folders plus ``summary.json`` with mean ± std per adapter."""
+    folders plus ``summary.json`` with mean ± std per adapter (and of the synthetic delta
+    and generator quality when the runs have them)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds needs distinct seeds, got {seeds!r}.")
     plans = [prepare(replace(config, seed=seeds[0]), registry)]  # checks input first
@@ -318,6 +525,6 @@ def run_seeds(config: RunConfig, seeds: list[int], *, progress: Progress = NullP
         plan = plans[0] if i == 0 else prepare(replace(config, seed=seed), registry)
         progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
         runs.append(execute(plan, progress=progress, folder=parent / f"seed-{seed}"))
-    summary = summarise(runs)
-    atomic_write_json(parent / "summary.json", {"seeds": seeds, "adapters": summary})
-    return SeedsResult(parent, runs, summary)
+    result = SeedsResult(parent, runs, summarise(runs), *summarise_synthetic(runs))
+    atomic_write_json(parent / "summary.json", result.payload(seeds))
+    return result

@@ -22,9 +22,13 @@ from imgxfer.runfolder import atomic_write_bytes, atomic_write_text  # noqa: E40
 
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
-                   split: Split) -> None:
-    """One JSON object per line: set, index within that set, label (if known), caption."""
+                   split: Split, synthetic: ImageDataset | None = None) -> None:
+    """One JSON object per line: set, index within that set, label (if known), caption.
+    Synthetic images are labelled with the class they were generated as; their caption is
+    the prompt."""
     labels = {"source": source.labels, "target": split.labelled.labels}
+    if synthetic is not None:
+        labels["synthetic"] = synthetic.labels
     rows = []
     for part, texts in captions.items():
         known = labels.get(part)
@@ -50,26 +54,60 @@ def _show(ax: plt.Axes, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def sample_grid(class_names: list[str], rows: dict[str, ImageDataset], per_class: int = 6) -> bytes:
-    """One row of images per class for each set ("real", "synthetic"), side by side."""
+def sample_grid(class_names: list[str], rows: dict[str, ImageDataset | None],
+                per_class: int | dict[str, int] = 6) -> bytes:
+    """One row per class: for each set ("target shots", "real", "synthetic"...) a few of
+    its images of that class, the sets side by side. ``per_class``: columns per set (one
+    number for all, or by set title)."""
     sets = [(k, v) for k, v in rows.items() if v is not None and len(v)]
-    n_cols = per_class * len(sets)
+    widths = [per_class if isinstance(per_class, int) else per_class.get(k, 6) for k, _ in sets]
+    n_cols = sum(widths)
     fig, axes = plt.subplots(len(class_names), n_cols, squeeze=False,
                              figsize=(0.7 * n_cols + 1.2, 0.7 * len(class_names) + 0.5))
     for c, name in enumerate(class_names):
-        for s, (title, ds) in enumerate(sets):
-            index = torch.nonzero(ds.labels == c).flatten()[:per_class]
-            for j in range(per_class):
-                ax = axes[c, s * per_class + j]
+        start = 0
+        for (title, ds), width in zip(sets, widths):
+            index = torch.nonzero(ds.labels == c).flatten()[:width]
+            for j in range(width):
+                ax = axes[c, start + j]
                 if j < len(index):
                     _show(ax, ds.images[index[j]])
                 else:
                     ax.axis("off")
                 if c == 0 and j == 0:
                     ax.set_title(title, fontsize=9, loc="left")
+            start += width
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return _png(fig)
+
+
+def thumbnail(image: torch.Tensor, size: int = 64) -> bytes:
+    """A small PNG of one [C,H,W] image in [0,1] (nearest-neighbour upscaling, so pixels
+    stay visible), made with Pillow: far cheaper than a matplotlib figure per image."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array[..., :3])
+    scale = max(1, size // max(pil.size))
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def captioned_images(sets: dict[str, tuple[torch.Tensor | None, list[str]]], per_set: int = 4
+                     ) -> list[tuple[str, int, bytes, str]]:
+    """(set, index, thumbnail PNG, caption) for ``per_set`` images of each set, spread
+    evenly over the set (sets are ordered by class, so several classes show)."""
+    rows = []
+    for part, (images, texts) in sets.items():
+        if images is None or not len(texts):
+            continue
+        n = min(len(texts), len(images))
+        for i in sorted(set(np.linspace(0, n - 1, min(per_set, n)).round().astype(int).tolist())):
+            rows.append((part, i, thumbnail(images[i]), texts[i]))
+    return rows
 
 
 def confusion_plot(matrix: list[list[int]], class_names: list[str]) -> bytes:
@@ -116,13 +154,64 @@ th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;over
 .big{font-size:1.4em}.muted{color:#777}"""
 
 
+# Shown in "Generator quality", not in the setup table.
+_QUALITY_KEYS = {"name", "cas", "cas_real", "cas_real_images", "cas_steps", "fid", "kid_mean",
+                 "kid_std", "fid_real", "kid_real_mean", "feature_space"}
+
+
+def _generator_sections(metrics: dict[str, Any]) -> list[str]:
+    """Generator quality (CAS, FID/KID, the filter) and the synthetic delta, as HTML."""
+    parts: list[str] = []
+    gen = metrics.get("generator", {})
+    if "cas" in gen:
+        space = html.escape(str(gen.get("feature_space", "the run's encoder")))
+        parts.append(
+            "<h2>Generator quality</h2><p>CAS: a fixed small classifier (SmallCNN) trained on "
+            "the synthetic images only and tested on the real target test split; CAS real: "
+            f"the same classifier trained on {gen.get('cas_real_images', '?')} real target "
+            "training images (class-matched). FID and KID compare the synthetic images with "
+            f"the target test split in the feature space of the run's encoder ({space}), "
+            "<b>not Inception's: the values are not comparable with published FID/KID</b>; "
+            "the 'real' column is the same distance for the real reference images, the floor "
+            "a perfect generator would reach.</p>" + _table(
+                ["", "synthetic", "real reference"],
+                [["CAS (accuracy on real test)", gen["cas"], gen["cas_real"]],
+                 ["FID (encoder features)", gen["fid"], gen.get("fid_real", "-")],
+                 ["KID (encoder features)", f"{gen['kid_mean']:.4f} ± {gen['kid_std']:.4f}",
+                  gen.get("kid_real_mean", "-")]]))
+        if gen.get("per_class"):
+            parts.append("<h3>Per class</h3>" + _table(
+                ["class", "FID", "KID", "real / synthetic images"],
+                [[r["class"], r["fid"], r["kid_mean"], f"{r['n_real']} / {r['n_fake']}"]
+                 for r in gen["per_class"]]))
+    if "filter" in gen:
+        f = gen["filter"]
+        parts.append(f"<p>Synthetic filter: kept {f['kept']} of {f['generated']} generated images "
+                     f"that a linear probe on source + target shots gives probability &ge; "
+                     f"{f['threshold']} for their class (per class: "
+                     f"{', '.join(map(str, f['kept_per_class']))}); the adapters and the quality "
+                     "measures above use the kept images only.</p>")
+    delta = metrics.get("synthetic_delta")
+    if delta:
+        parts.append("<h2>Do the synthetic images help?</h2><p class='muted'>Each adapter trained "
+                     "twice on the same split, encoder and seed: with and without the synthetic "
+                     "images. Target test accuracy.</p>" + _table(
+                         ["adapter", "with synthetic", "without", "delta"],
+                         [[n, r["with"], r["without"], f"{r['delta']:+.4f}"]
+                          for n, r in delta.items()]))
+    return parts
+
+
 def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dict[str, Any]) -> None:
     """report.html plus samples.png; everything embedded so the HTML can be mailed alone."""
     split: Split = extras["split"]
     synthetic: ImageDataset | None = extras.get("synthetic")
     names = split.test.class_names
     target = metrics["target"]
-    grid = sample_grid(names, {"real target (test split)": split.test, "synthetic": synthetic})
+    grid = sample_grid(names, {"target shots": split.labelled, "real target (test split)": split.test,
+                               "synthetic": synthetic},
+                       per_class={"target shots": min(4, max(1, config.shots)),
+                                  "real target (test split)": 5, "synthetic": 6})
     atomic_write_bytes(folder / "samples.png", grid)
 
     parts = [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
@@ -138,7 +227,9 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                                   f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
         ["encoder", config.encoder, ", ".join(f"{k}={v}" for k, v in metrics["encoder"].items() if k != "name")],
         ["captioner", config.captioner, ""],
-        ["generator", config.generator, ", ".join(f"{k}={v}" for k, v in metrics.get("generator", {}).items() if k != "name")],
+        ["generator", config.generator, ", ".join(
+            f"{k}={v}" for k, v in metrics.get("generator", {}).items()
+            if k not in _QUALITY_KEYS and not isinstance(v, (dict, list)))],
         ["adapter", ", ".join(config.adapter_names()), f"{config.adapter_steps} steps"],
     ]))
     if data.get("notes"):
@@ -155,14 +246,28 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                         [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
                          for r in target["per_class"]]))
     parts.append(_img_tag(confusion_plot(target["confusion_matrix"], names), "confusion matrix"))
-    parts.append("<h2>Real vs synthetic images</h2>" + _img_tag(grid, "real and synthetic samples"))
+    parts.append("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
+                 "labelled target shots (what the generator learned the target from), real "
+                 "held-out target images, then synthetic images.</p>"
+                 + _img_tag(grid, "real and synthetic samples"))
+    parts += _generator_sections(metrics)
     history = extras.get("generator_history")
     if history:
         parts.append("<h2>Generator losses</h2>" + _img_tag(loss_plot(history), "generator losses"))
     captions = extras["captions"]
-    shown = [(part, i, text) for part in captions for i, text in enumerate(captions[part][:3])]
-    parts.append("<h2>Captions (first of each set; all in captions.jsonl)</h2>" +
-                 _table(["set", "#", "caption"], [list(r) for r in shown]))
+    source: ImageDataset | None = extras.get("source")
+    images = {"source": None if source is None else source.images,
+              "target": split.labelled.images,
+              "synthetic": None if synthetic is None else synthetic.images,
+              "unlabelled": split.unlabelled.images}
+    rows = captioned_images({part: (images.get(part), texts) for part, texts in captions.items()})
+    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set; "
+                 "synthetic images show the prompt they were generated from. All captions "
+                 "are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
+                 "<th>caption</th></tr>" + "".join(
+                     f"<tr><td>{html.escape(part)}</td><td>{i}</td><td>"
+                     f"{_img_tag(png, f'{part} {i}')}</td><td>{html.escape(text)}</td></tr>"
+                     for part, i, png, text in rows) + "</table>")
     parts.append("<h2>Time per stage (s)</h2>" + _table(
         list(metrics["timings_s"]), [list(metrics["timings_s"].values())]))
     parts.append("<h2>Resolved config</h2><pre>" + html.escape(config.to_toml()) + "</pre>")

@@ -24,7 +24,7 @@ class FineTune:
 
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
-    def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
+    def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 32,
                  source_weight: float = 1.0, target_weight: float = 1.0,
                  synthetic_weight: float = 0.5, adabn: bool = True, seed: int = 0) -> None:
         for name, value in [("source_weight", source_weight), ("target_weight", target_weight),

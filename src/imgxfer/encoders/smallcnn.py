@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
     can re-estimate target statistics (AdaBN)."""
 
     def __init__(self, width: int = 32, input_size: int = 32, in_channels: int = 1,
-                 lr: float = 2e-3, batch_size: int = 128, seed: int = 0) -> None:
+                 lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
         if width < 4 or input_size < 8 or in_channels not in (1, 3):
             raise UserError(

@@ -19,16 +19,44 @@ captions, and is sized to train in about a minute on a 2-core CPU at 32x32. Part
   the generator from drawing a single image per class in a short budget.
 - Target images are drawn with probability ``target_weight`` per batch slot, so the few
   of them are seen often enough for the domain to be learned.
+- A learning rate of 4e-4 (discriminator 1.6e-3), twice DCGAN's usual 2e-4: on 4,000
+  MNIST digits at 32x32 the classification accuracy score of the samples (CAS: a small
+  classifier trained on them only, tested on 1,000 real held-out digits) reached 0.81
+  after 600 steps and 0.92-0.95 after 1,200 (2e-4: 0.58 after 530, 0.89 after 1,200-1,270);
+  it stayed at 0.95-0.96 up to 3,600 steps. 1e-3 learned no faster and was less steady.
 - Samples come from an exponential moving average (EMA) of the generator, whose
   BatchNorm statistics are recomputed after training: running averages collected by the
   raw generator do not match the averaged weights.
+
+Two kinds of file. ``state_dict()`` is the finished sampler (``ema.*`` weights and
+``meta.*`` shapes), what ``imgxfer run`` saves as ``generator.safetensors``.
+``fit(checkpoint=path)`` writes the whole *training* state to ``path`` every
+``checkpoint_every`` steps and at the end, atomically (a temporary file beside it, renamed
+over it, so an interrupted write leaves the previous checkpoint whole), and
+``fit(checkpoint=path, resume=True)`` continues from it. It is one safetensors file:
+
+- tensors ``g.*`` (the generator being trained), ``d.*`` (discriminator), ``ema.*``
+  (averaged generator), ``opt_g.<i>.<name>`` / ``opt_d.<i>.<name>`` (Adam's state of
+  parameter ``i``: ``step``, ``exp_avg``, ``exp_avg_sq``), ``rng.draw`` / ``rng.noise``
+  (states of the batch-drawing and the noise generators), ``history.d_loss`` /
+  ``history.g_loss`` (float64, one per step so far);
+- metadata ``format`` = ``imgxfer.gan.training``, ``version`` = ``1``, ``step``,
+  ``elapsed_s`` (training seconds so far), ``device`` (cpu, cuda, ...), ``options`` (JSON
+  of :meth:`ConditionalGAN.resolved_options`) and ``data`` (JSON: ``classes``,
+  ``channels``, ``images``, ``target_domain`` and a ``fingerprint`` of images, labels,
+  captions and domains).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
-from typing import Callable, Sequence
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +68,16 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.progress import Progress
+from imgxfer.runfolder import atomic_save_tensors
 
 AUGMENTATIONS = ("color", "translation", "cutout")
 _STATE_VERSION = 1
+# The training checkpoint written by ``fit(checkpoint=...)``: safetensors metadata
+# ``format`` and ``version``.
+TRAINING_FORMAT = "imgxfer.gan.training"
+_TRAINING_VERSION = 1
+# Options that do not change what training computes, so a checkpoint may differ in them.
+_NOT_COMPARED = ("checkpoint_every",)
 # The discriminator's learning rate is this times ``lr``.
 _D_LR_RATIO = 4
 # Batches of conditions used to recompute the EMA generator's BatchNorm statistics.
@@ -179,6 +214,74 @@ def _diff_augment(x: torch.Tensor, policy: Sequence[str],
     return x
 
 
+@dataclass
+class _TrainingState:
+    """What a training checkpoint holds, as live objects."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    generators: dict[str, torch.Generator]
+    history: dict[str, list[float]]
+    data: dict[str, Any]
+    device: str
+    step: int = 0
+    elapsed: float = 0.0
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a missing, truncated or corrupt file is
+    a :class:`UserError` (never an unpickling: safetensors holds tensors only)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"the checkpoint {str(path)!r} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises several types for damaged files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"the checkpoint {str(path)!r} cannot be read: it is truncated, "
+                        f"corrupt or not a safetensors file ({reason}).") from None
+    return tensors, metadata
+
+
+def _data_signature(data: GeneratorData, channels: int) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: classes, image count and
+    channels, and a fingerprint of the images, labels, captions and domains."""
+    digest = hashlib.sha256()
+    digest.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
+    digest.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
+    digest.update(json.dumps([data.captions, data.domains, data.target_domain]).encode())
+    return {"classes": list(data.class_names), "channels": channels,
+            "images": len(data.images), "target_domain": data.target_domain,
+            "fingerprint": digest.hexdigest()[:32]}
+
+
+def _data_differences(saved: dict[str, Any], ours: dict[str, Any]) -> str:
+    """The differences between two data signatures, in words ("" when there are none)."""
+    parts = []
+    if len(saved.get("classes", [])) != len(ours["classes"]):
+        parts.append(f"{len(saved.get('classes', []))} classes (not {len(ours['classes'])})")
+    elif saved.get("classes") != ours["classes"]:
+        parts.append(f"classes {', '.join(map(str, saved.get('classes', [])))} "
+                     f"(not {', '.join(ours['classes'])})")
+    for key, unit in (("channels", "channels"), ("images", "images")):
+        if saved.get(key) != ours[key]:
+            parts.append(f"{saved.get(key)} {unit} (not {ours[key]})")
+    if saved.get("target_domain") != ours["target_domain"]:
+        parts.append(f"target domain {saved.get('target_domain')!r} "
+                     f"(not {ours['target_domain']!r})")
+    if not parts and saved.get("fingerprint") != ours["fingerprint"]:
+        parts.append("the same shapes but other images, labels or captions")
+    return "; ".join(parts)
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 class ConditionalGAN:
     """Class- and caption-conditioned GAN (DCGAN-style, DiffAugment) for small images.
 
@@ -190,19 +293,22 @@ class ConditionalGAN:
     decay of the averaged generator that samples are drawn from; ``target_weight`` share
     of each batch drawn from the target domain; ``diversity`` weight of the mode-seeking
     term (0 turns it off); ``augment`` comma-separated DiffAugment policy from color,
-    translation, cutout ("" for none); ``seed``.
+    translation, cutout ("" for none); ``checkpoint_every`` steps between training
+    checkpoints when ``fit`` is given a checkpoint path; ``seed``.
 
-    ``fit`` always trains new networks; ``load_state_dict`` restores the sampler only.
+    ``fit`` trains new networks, or resumes from its own training checkpoint;
+    ``load_state_dict`` restores the sampler only.
     """
 
     conditioning = {"label", "text"}
 
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
-                 lr: float = 2e-4, batch_size: int = 64, image_size: int = 32,
+                 lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
                  ema: float = 0.999, target_weight: float = 0.25, diversity: float = 0.2,
-                 augment: str = "translation", seed: int = 0) -> None:
+                 augment: str = "translation", checkpoint_every: int = 250,
+                 seed: int = 0) -> None:
         for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
-                            ("batch_size", batch_size)):
+                            ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
             if int(value) != value or value < 1:
                 raise UserError(f"gan: {name} must be a positive integer, got {value!r}.")
         if not lr > 0:
@@ -224,15 +330,36 @@ class ConditionalGAN:
         self.ema, self.target_weight = float(ema), float(target_weight)
         self.diversity = float(diversity)
         self.augment, self.seed = policy, int(seed)
+        self.checkpoint_every = int(checkpoint_every)
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
         self._sampler: _Generator | None = None
 
     # -- training ---------------------------------------------------------------------
 
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option with its value (defaults included): ``ConditionalGAN(**these)``
+        builds the same generator. Checkpoints record them."""
+        return {"z_dim": self.z_dim, "width": self.width, "embed_dim": self.embed_dim,
+                "lr": self.lr, "batch_size": self.batch_size, "image_size": self.image_size,
+                "ema": self.ema, "target_weight": self.target_weight,
+                "diversity": self.diversity, "augment": ",".join(self.augment),
+                "checkpoint_every": self.checkpoint_every, "seed": self.seed}
+
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
-            device: torch.device | str = "cpu") -> dict[str, list[float]]:
-        """Train new networks on ``data`` until ``budget`` is spent; return the loss curves
-        (one ``d_loss`` and one ``g_loss`` per step, also kept in ``self.history``)."""
+            device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
+            resume: bool = False) -> dict[str, list[float]]:
+        """Train on ``data`` until ``budget`` is spent; return the loss curves (one
+        ``d_loss`` and one ``g_loss`` per step, also kept in ``self.history``).
+
+        With ``checkpoint`` (a file path), the whole training state is saved there
+        atomically every ``checkpoint_every`` steps and at the end (the format is
+        in the module's docstring). With ``resume`` too, training continues from that file
+        when it exists (new networks otherwise): same options, same data and, on the CPU,
+        the same final weights as a run that was never interrupted. ``budget.steps``
+        counts all steps, those before the interruption included, and so does
+        ``budget.seconds``: the checkpoint records the training time already spent. A
+        checkpoint from other options or other data is refused with a :class:`UserError`.
+        """
         device = torch.device(device)
         n_images = len(data.images)
         if n_images == 0:
@@ -242,6 +369,11 @@ class ConditionalGAN:
         labels = data.labels.long()
         if labels.min() < 0 or labels.max() >= len(data.class_names):
             raise ValueError("GeneratorData: labels must index class_names")
+        if checkpoint is not None:
+            checkpoint = Path(checkpoint)
+            if not checkpoint.parent.is_dir():
+                raise UserError(f"gan: the folder of the checkpoint {str(checkpoint)!r} "
+                                "does not exist.")
         # The data stays on the CPU and batches travel: a large set need not fit the device.
         images = self._prepare(data.images)
         captions = sorted(set(data.captions))
@@ -270,6 +402,15 @@ class ConditionalGAN:
         draw_rng = torch.Generator().manual_seed(self.seed)
         rng = torch.Generator(device=device).manual_seed(self.seed)
         g_params, ema_params = list(gen_net.parameters()), list(sampler.parameters())
+        state = _TrainingState(
+            modules={"g": gen_net, "d": disc, "ema": sampler},
+            optimizers={"opt_g": opt_g, "opt_d": opt_d},
+            generators={"draw": draw_rng, "noise": rng},
+            history={"d_loss": [], "g_loss": []},
+            data=_data_signature(data, int(images.shape[1])), device=device.type)
+        if checkpoint is not None and resume and checkpoint.exists():
+            self._load_training(checkpoint, state)
+            progress.log(f"gan: resumed from {checkpoint} at step {state.step}")
 
         def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             index = torch.multinomial(draw_weights, self.batch_size, replacement=True,
@@ -277,11 +418,17 @@ class ConditionalGAN:
             return (images[index].to(device), labels[index].to(device),
                     caption_ids[caption_of[index]].to(device))
 
-        history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
-        budget.start()
-        step = 0
-        with progress.task("generator: gan", total=budget.steps) as task:
-            while not budget.done(step):
+        history = state.history
+        # Time spent before an interruption counts against the time budget.
+        left = None if budget.seconds is None else budget.seconds - state.elapsed
+        run_budget = Budget(budget.steps, left).start()
+        started, elapsed_before, saved_at = time.monotonic(), state.elapsed, state.step
+        total = budget.steps if budget.steps < 10 ** 8 else None  # huge: time-only budget
+        with progress.task("generator: gan", total=total) as task:
+            if state.step:
+                task.advance(state.step)
+            while not run_budget.done(state.step):
+                step = state.step
                 real, y, text = draw()
                 # Fakes come in pairs with the same condition and different noise, for the
                 # mode-seeking term below.
@@ -322,17 +469,99 @@ class ConditionalGAN:
                 with torch.no_grad():
                     for averaged, current in zip(ema_params, g_params):
                         averaged.lerp_(current, 1 - decay)
-                step += 1
+                state.step = step + 1
                 history["d_loss"].append(d_loss.item())
                 history["g_loss"].append(g_loss.item())
+                if checkpoint is not None and state.step % self.checkpoint_every == 0:
+                    state.elapsed = elapsed_before + time.monotonic() - started
+                    self._save_training(checkpoint, state)
+                    saved_at = state.step
                 task.advance(1, d_loss=history["d_loss"][-1], g_loss=history["g_loss"][-1])
 
+        if checkpoint is not None and (saved_at != state.step or not checkpoint.exists()):
+            state.elapsed = elapsed_before + time.monotonic() - started
+            self._save_training(checkpoint, state)
         self._standing_statistics(sampler, draw, rng)
         # Sampling runs on the CPU in the default memory format, as after load_state_dict,
         # so that a saved and reloaded generator gives bit-identical images.
         self._sampler = sampler.cpu()
         self.history = history
         return history
+
+    # -- training checkpoints -----------------------------------------------------------
+
+    def _save_training(self, path: str | Path, state: _TrainingState) -> None:
+        """Write ``state`` to ``path`` atomically, as the module docstring describes."""
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, module in state.modules.items():
+            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        for prefix, optimizer in state.optimizers.items():
+            for index, values in optimizer.state_dict()["state"].items():
+                for name, value in values.items():
+                    tensors[f"{prefix}.{index}.{name}"] = torch.as_tensor(value)
+        for name, generator in state.generators.items():
+            tensors[f"rng.{name}"] = generator.get_state()
+        for name, values in state.history.items():
+            tensors[f"history.{name}"] = torch.tensor(values, dtype=torch.float64)
+        metadata = {"format": TRAINING_FORMAT, "version": str(_TRAINING_VERSION),
+                    "step": str(state.step), "elapsed_s": repr(float(state.elapsed)),
+                    "device": state.device,
+                    "options": json.dumps(self.resolved_options(), sort_keys=True),
+                    "data": json.dumps(state.data, sort_keys=True)}
+        atomic_save_tensors(Path(path), tensors, metadata)
+
+    def _load_training(self, path: Path, state: _TrainingState) -> None:
+        """Restore ``state`` (networks, optimisers, random generators, step, history) from
+        a checkpoint written by :meth:`_save_training`, after checking that it comes from
+        the same options and data."""
+        tensors, meta = read_checkpoint(path)
+        where = f"the gan checkpoint {str(path)!r}"
+        if meta.get("format") != TRAINING_FORMAT:
+            raise UserError(f"{where} is not a gan training checkpoint (it has no "
+                            f"format={TRAINING_FORMAT} metadata).")
+        if meta.get("version") != str(_TRAINING_VERSION):
+            raise UserError(f"{where} has format version {meta.get('version')}; this imgxfer "
+                            f"reads version {_TRAINING_VERSION}.")
+        try:
+            saved = json.loads(meta["options"])
+            data = json.loads(meta["data"])
+            step, elapsed = int(meta["step"]), float(meta["elapsed_s"])
+        except (KeyError, ValueError) as error:
+            raise UserError(f"{where} has damaged metadata ({error}).") from None
+        ours = {k: v for k, v in self.resolved_options().items() if k not in _NOT_COMPARED}
+        differ = [f"{k}={saved.get(k)!r} (not {v!r})" for k, v in ours.items()
+                  if saved.get(k) != v]
+        if differ:
+            raise UserError(f"{where} was trained with other options: {', '.join(differ)}; "
+                            "resume with the same options or start a new run.")
+        differ = _data_differences(data, state.data)
+        if differ:
+            raise UserError(f"{where} was trained on other data: {differ}; resume with the "
+                            "same data or start a new run.")
+        if meta.get("device", state.device) != state.device:
+            raise UserError(f"{where} was trained on {meta.get('device')}; resume it on "
+                            f"{meta.get('device')} too (not {state.device}), or start anew.")
+        try:
+            for prefix, module in state.modules.items():
+                module.load_state_dict(_strip(tensors, prefix + "."))
+            for prefix, optimizer in state.optimizers.items():
+                saved_state: dict[int, dict[str, torch.Tensor]] = {}
+                for key, value in _strip(tensors, prefix + ".").items():
+                    index, name = key.split(".", 1)
+                    saved_state.setdefault(int(index), {})[name] = value
+                current = optimizer.state_dict()
+                # The hyper-parameters (param_groups) follow from the options, checked above.
+                optimizer.load_state_dict({"state": saved_state,
+                                           "param_groups": current["param_groups"]})
+            for name, generator in state.generators.items():
+                generator.set_state(tensors[f"rng.{name}"])
+            history = {name: tensors[f"history.{name}"].tolist() for name in state.history}
+        except (KeyError, RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
+            raise UserError(f"{where} does not fit this generator: {first or error!r}") from None
+        if any(len(v) != step for v in history.values()):
+            raise UserError(f"{where} is damaged: its loss history does not have {step} steps.")
+        state.step, state.elapsed, state.history = step, elapsed, history
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] -> ``image_size`` squares in [-1, 1] (the tanh range)."""
@@ -414,6 +643,23 @@ class ConditionalGAN:
             "meta.architecture": torch.tensor([self.z_dim, self.width, self.embed_dim]),
         })
         return state
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes the sampler draws (``None`` before ``fit`` or ``load_state_dict``)."""
+        return None if self._sampler is None else self._sampler.class_embed.num_embeddings
+
+    @staticmethod
+    def options_from_state(state: dict[str, torch.Tensor]) -> dict[str, int]:
+        """The architecture options a :meth:`state_dict` was saved with (``z_dim``,
+        ``width``, ``embed_dim``, ``image_size``), so a loader can rebuild the generator
+        when the options it recorded leave them at defaults that may since have changed.
+        Empty for a file without the ``meta.*`` entries."""
+        if "meta.architecture" not in state or "meta.image_shape" not in state:
+            return {}
+        z_dim, width, embed_dim = (int(v) for v in state["meta.architecture"])
+        return {"z_dim": z_dim, "width": width, "embed_dim": embed_dim,
+                "image_size": int(state["meta.image_shape"][1])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a sampler saved by :meth:`state_dict` with the same architecture options."""

@@ -1,0 +1,270 @@
+"""`imgxfer generate`: draw images from a generator that `imgxfer run` trained.
+
+    imgxfer generate --from runs/20250101-120000-mnist --prompt "a handwritten digit seven" \
+        --n 16 --out sevens
+
+reads the run folder's ``generator.safetensors`` (or a generator file given directly),
+rebuilds the generator through the plugin registry with the options it was trained with,
+and writes ``DIR/000.png``, ``DIR/001.png``, ... and ``DIR/grid.png`` (all of them in one
+image).
+
+The class of the images is ``--label`` (a class name or index) or, without it, the one
+class the prompt names (whole words, any case: "a digit seven" -> seven). A prompt that
+names no class, or several, is an error that lists the classes. The prompt itself
+conditions a text-conditioned generator; prompts worded like the run's captions
+(``captions.jsonl``, e.g. "a handwritten digit seven, domain mnist") work best.
+
+The class names come from the file's ``classes`` metadata when it has one, otherwise from
+the ``metrics.json`` of the run folder the file is in (``data.classes``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import torch
+
+from imgxfer.errors import UserError
+from imgxfer.registry import Registry
+from imgxfer.runfolder import atomic_write_bytes
+
+GENERATOR_FILE = "generator.safetensors"
+_WORD = re.compile(r"\w+")
+_OUTPUT_NAME = re.compile(r"\d+\.png|grid\.png")
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator rebuilt from a saved file, with the class names it was trained on
+    (``None`` when neither the file nor its run folder records them)."""
+
+    generator: Any
+    name: str
+    path: Path
+    class_names: list[str] | None
+
+
+@dataclass
+class Generated:
+    images: torch.Tensor
+    label: int
+    class_name: str | None
+    files: list[Path]
+    grid: Path
+
+
+def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
+    if "classes" in metadata:
+        try:
+            classes = json.loads(metadata["classes"])
+        except ValueError:
+            raise UserError(f"{str(path)!r} has damaged 'classes' metadata.") from None
+        if isinstance(classes, list):
+            return [str(c) for c in classes]
+    metrics = path.parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            classes = json.loads(metrics.read_text(encoding="utf-8"))["data"]["classes"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        if isinstance(classes, list):
+            return [str(c) for c in classes]
+    return None
+
+
+def load_generator(source: str | Path, registry: Registry | None = None) -> LoadedGenerator:
+    """Rebuild the generator saved in a run folder (its ``generator.safetensors``) or in
+    a generator file, through the registry, with the options recorded beside it."""
+    from imgxfer.generators.gan import TRAINING_FORMAT, read_checkpoint
+    from imgxfer.plugins import get_registry
+
+    source = Path(source)
+    if source.is_dir():
+        path = source / GENERATOR_FILE
+        if not path.is_file():
+            raise UserError(f"the run folder {str(source)!r} has no {GENERATOR_FILE} (was the "
+                            "run made with --generator none, or stopped before the generator "
+                            "was saved?).")
+    elif source.exists():
+        path = source
+    else:
+        raise UserError(f"--from {str(source)!r} does not exist; give a run folder or a "
+                        f"{GENERATOR_FILE} file.")
+    tensors, metadata = read_checkpoint(path)
+    if metadata.get("format") == TRAINING_FORMAT:
+        raise UserError(f"{str(path)!r} is a training checkpoint, not a finished generator; "
+                        "resume the run to finish training, then generate from its "
+                        f"{GENERATOR_FILE}.")
+    name = metadata.get("component") or ("gan" if "meta.architecture" in tensors else None)
+    if name is None:
+        raise UserError(f"{str(path)!r} was not saved by an imgxfer generator (it records "
+                        "no component name).")
+    try:
+        options = json.loads(metadata.get("options") or "{}")
+    except ValueError:
+        raise UserError(f"{str(path)!r} has damaged 'options' metadata.") from None
+    if not isinstance(options, dict):
+        raise UserError(f"{str(path)!r} has damaged 'options' metadata.")
+    component = (registry or get_registry()).get("generators", name)
+    # Architecture options the file records win over defaults (which may have changed
+    # since); options the run set explicitly are kept, so a conflict is reported.
+    from_state = getattr(component.factory, "options_from_state", None)
+    if callable(from_state):
+        accepted = set(component.options())
+        options = {**{k: v for k, v in from_state(tensors).items() if k in accepted},
+                   **options}
+    generator = component.build(name, options)
+    generator.load_state_dict(tensors)
+    classes = _read_classes(path, metadata)
+    count = getattr(generator, "num_classes", None)
+    if classes is not None and count is not None and len(classes) != count:
+        raise UserError(f"{str(path)!r} holds a generator of {count} classes, but its run "
+                        f"lists {len(classes)} ({', '.join(classes)}).")
+    return LoadedGenerator(generator, name, path, classes)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def resolve_label(prompt: str, label: str | int | None,
+                  class_names: Sequence[str] | None, num_classes: int | None = None) -> int:
+    """The class index: ``label`` (a class name, any case, or an index), or else the one
+    class whose name appears in ``prompt`` as whole words. Anything else is a
+    :class:`UserError` that lists the classes."""
+    count = len(class_names) if class_names is not None else num_classes
+    listing = (", ".join(f"{i}={c}" for i, c in enumerate(class_names))
+               if class_names is not None else f"indices 0 to {(count or 1) - 1}")
+    if label is not None:
+        text = str(label).strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            index = int(text)
+            if count is not None and not 0 <= index < count:
+                raise UserError(f"--label {text} is not a class index; classes: {listing}.")
+            return index
+        if class_names is not None:
+            lowered = [c.lower() for c in class_names]
+            if text.lower() in lowered:
+                return lowered.index(text.lower())
+        raise UserError(f"--label {text!r} is not a class; classes: {listing}.")
+    if class_names is None:
+        raise UserError("the class names of this generator are unknown (no 'classes' metadata "
+                        "and no metrics.json beside it), so the prompt cannot name one; "
+                        f"pass --label with a class index ({listing}).")
+    words = _words(prompt)
+    found: list[tuple[int, int, int]] = []  # (class, start, end) of each match
+    for index, name in enumerate(class_names):
+        name_words = _words(name)
+        size = len(name_words)
+        if not size:
+            continue
+        for start in range(len(words) - size + 1):
+            if words[start:start + size] == name_words:
+                found.append((index, start, start + size))
+    # A match inside a longer one names the longer class ("ankle boot" holds "boot").
+    found = [m for m in found if not any(o != m and o[1] <= m[1] and m[2] <= o[2]
+                                         and o[2] - o[1] > m[2] - m[1] for o in found)]
+    classes = sorted({m[0] for m in found})
+    if len(classes) == 1:
+        return classes[0]
+    if not classes:
+        raise UserError(f"the prompt {prompt!r} names none of the classes; name one in it or "
+                        f"pass --label NAME_OR_INDEX. Classes: {listing}.")
+    raise UserError(f"the prompt {prompt!r} names several classes "
+                    f"({', '.join(class_names[c] for c in classes)}); choose one with --label.")
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """``[C, H, W]`` in [0, 1] -> PNG bytes (grey for one channel, RGB for three)."""
+    from PIL import Image
+
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    if pixels.shape[0] == 1:
+        picture = Image.fromarray(pixels[0].numpy(), mode="L")
+    else:
+        picture = Image.fromarray(pixels[:3].permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder for the images.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {str(out)!r} is not empty; choose another folder or pass "
+                        "--force to write into it (its NNN.png and grid.png are replaced).")
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    _check_out(out, force)
+    if out.is_dir():
+        for old in out.iterdir():  # no stale 099.png from an earlier, larger --n
+            if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
+                old.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {str(out)!r} cannot be created: a parent is a file.") from None
+
+
+def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
+             label: str | int | None = None, seed: int = 0, force: bool = False,
+             registry: Registry | None = None) -> Generated:
+    """Draw ``n`` images of one class from a saved generator and write them as PNGs
+    (``out/000.png``, ...) plus ``out/grid.png``. Everything ``imgxfer generate`` does."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"--n must be a whole number of images, 1 or more; got {n!r}.")
+    out = Path(out)
+    _check_out(out, force)  # before the slower loading
+    loaded = load_generator(source, registry)
+    index = resolve_label(prompt, label, loaded.class_names,
+                          getattr(loaded.generator, "num_classes", None))
+    images = loaded.generator.sample([prompt], [index], n=n, seed=seed)
+    _prepare_out(out, force)
+    width = max(3, len(str(n - 1)))
+    files = []
+    for i, image in enumerate(images):
+        path = out / f"{i:0{width}d}.png"
+        atomic_write_bytes(path, _png(image))
+        files.append(path)
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
+    atomic_write_bytes(out / "grid.png", _png(grid[:images.shape[1]]))
+    name = loaded.class_names[index] if loaded.class_names else None
+    return Generated(images, index, name, files, out / "grid.png")
+
+
+@click.command("generate")
+@click.option("--from", "source", required=True, metavar="RUN_FOLDER_OR_FILE",
+              help="A run folder of `imgxfer run`, or its generator.safetensors.")
+@click.option("--prompt", required=True,
+              help='What to draw, e.g. "a handwritten digit seven"; it may name the class.')
+@click.option("--label", metavar="NAME_OR_INDEX",
+              help="The class to draw (name or index); default: the class the prompt names.")
+@click.option("--n", "n", type=int, default=16, show_default=True, help="How many images.")
+@click.option("--out", required=True, type=click.Path(), metavar="DIR",
+              help="Folder for 000.png, 001.png, ... and grid.png (must be empty or new).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the noise: the same seed draws the same images.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
+def generate_command(source: str, prompt: str, label: str | None, n: int, out: str,
+                     seed: int, force: bool) -> None:
+    """Draw images of one class from the generator of a run.
+
+    The class is --label, or the class the prompt names ("a digit seven" -> seven); a
+    prompt naming no class (or several) without --label is an error listing the classes.
+    """
+    # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
+    result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force)
+    what = f"class {result.class_name!r}" if result.class_name else f"class {result.label}"
+    click.echo(f"wrote {len(result.files)} images of {what} to {out} (grid: {result.grid})",
+               err=True)

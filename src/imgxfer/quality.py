@@ -1,0 +1,232 @@
+"""How good and how useful generated images are: classification accuracy score (CAS) and
+feature-space FID / KID between real and synthetic images.
+
+- **CAS** (Ravuri & Vinyals 2019): train a fixed small classifier (a fresh
+  :class:`~imgxfer.encoders.smallcnn.SmallCNN` with a linear head, the same recipe every
+  time) on synthetic images only and test it on real held-out images. Its reference,
+  **CAS real**, is the same classifier trained on as many real images (class for class,
+  where the real pool allows). CAS near CAS real means the synthetic images carry about
+  as much class information as real ones; CAS near chance means they carry none.
+- **FID** (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to the
+  features of the two sets. **KID** (Bińkowski et al. 2018): the unbiased estimate of
+  the squared MMD with the cubic polynomial kernel ``k(x, y) = (x·y / d + 1)^3``,
+  averaged over random subsets (mean and standard deviation reported). KID is unbiased,
+  so it is near 0 (and may be slightly negative) for two samples of one distribution,
+  whatever their size; FID is biased upwards for small samples.
+
+Both distances are computed **in the feature space of the encoder they are given** (in
+``imgxfer run`` the run's source-trained encoder), not in Inception-v3's pool features:
+their values compare generators within one setup (same encoder, same real set) and are
+**not comparable to published FID/KID numbers**.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgxfer.budget import Budget
+from imgxfer.classifier import Classifier
+from imgxfer.data import ImageDataset
+from imgxfer.features import encode
+from imgxfer.training import augment, evaluate_accuracy, infinite_batches
+
+# The CAS classifier: fixed so that scores from different runs compare.
+CAS_WIDTH = 8
+CAS_STEPS = 200
+CAS_BATCH = 64
+CAS_LR = 2e-3
+
+
+# --------------------------------------------------------------------------- distances
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {x.shape}")
+    return x
+
+
+def frechet_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (FID's formula,
+    in whatever feature space the features come from):
+    ``|mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2)``.
+
+    The matrix square root is taken through symmetric eigen-decompositions (no complex
+    round-off, unlike ``scipy.linalg.sqrtm`` of the non-symmetric ``S_r S_f``). Each set
+    needs at least two rows; with fewer rows than dimensions the covariances are singular,
+    which the formula tolerates, but the value is then strongly biased upwards."""
+    a, b = _as_numpy(real), _as_numpy(fake)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: {a.shape[1]} and {b.shape[1]}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each feature set needs at least two rows")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = sqrt_a @ cov_b @ sqrt_a
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
+    return max(value, 0.0)
+
+
+def kernel_inception_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray,
+                              *, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID: unbiased squared MMD with the kernel ``(x·y / d + 1)^3``, over ``subsets``
+    random subsets of ``min(subset_size, len(real), len(fake))`` rows drawn from each set
+    without replacement; returns (mean, standard deviation) over the subsets. Seeded."""
+    a, b = _as_numpy(real), _as_numpy(fake)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: {a.shape[1]} and {b.shape[1]}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("each feature set needs at least two rows")
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    values = np.empty(subsets)
+    for i in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        values[i] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                     + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                     - 2 * kxy.mean())
+    return float(values.mean()), float(values.std(ddof=1)) if subsets > 1 else 0.0
+
+
+def feature_distances(encoder: nn.Module, real: ImageDataset, fake: ImageDataset,
+                      device: torch.device | str = "cpu", *, per_class: bool = False,
+                      subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """FID and KID between ``real`` and ``fake`` images in ``encoder``'s feature space
+    (:func:`imgxfer.features.encode`: eval mode, the encoder's own preprocessing).
+
+    Returns ``fid``, ``kid_mean``, ``kid_std`` and ``n_real`` / ``n_fake``; with
+    ``per_class`` also ``per_class``: one ``{class, fid, kid_mean, n_real, n_fake}`` per
+    class with at least two images in both sets (classes compared with themselves).
+    Values are in this encoder's feature space, not Inception's: see the module docstring.
+    """
+    fr = encode(encoder, real.images, device)
+    ff = encode(encoder, fake.images, device)
+    kid_mean, kid_std = kernel_inception_distance(fr, ff, subsets=subsets,
+                                                  subset_size=subset_size, seed=seed)
+    out: dict[str, Any] = {"fid": frechet_distance(fr, ff), "kid_mean": kid_mean,
+                           "kid_std": kid_std, "n_real": len(real), "n_fake": len(fake)}
+    if per_class:
+        rows = []
+        for c, name in enumerate(real.class_names):
+            r, f = fr[real.labels == c], ff[fake.labels == c]
+            if len(r) < 2 or len(f) < 2:
+                continue
+            k_mean, _ = kernel_inception_distance(r, f, subsets=max(1, subsets // 10),
+                                                  subset_size=subset_size, seed=seed + c)
+            rows.append({"class": name, "fid": frechet_distance(r, f), "kid_mean": k_mean,
+                         "n_real": int(len(r)), "n_fake": int(len(f))})
+        out["per_class"] = rows
+    return out
+
+
+# --------------------------------------------------------------------------- CAS
+def train_classifier(train: ImageDataset, *, steps: int = CAS_STEPS, width: int = CAS_WIDTH,
+                     input_size: int | None = None, seed: int = 0,
+                     device: torch.device | str = "cpu") -> Classifier:
+    """The fixed CAS classifier: a freshly initialised SmallCNN (``width``) with a linear
+    head, trained from scratch on ``train`` for ``steps`` AdamW steps (batch 64, one-cycle
+    learning rate, light affine augmentation, label smoothing 0.1). ``input_size``
+    defaults to the images' side (at least 8). The global RNG is left as it was."""
+    from imgxfer.encoders.smallcnn import SmallCNN
+
+    device = torch.device(device)
+    size = input_size or max(8, int(train.images.shape[-1]))
+    channels = 3 if train.images.shape[1] >= 3 else 1
+    with torch.random.fork_rng(devices=[]):
+        encoder = SmallCNN(width=width, input_size=size, in_channels=channels, seed=seed)
+        model = Classifier(encoder, train.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=CAS_LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CAS_LR, total_steps=max(1, steps))
+    g = torch.Generator().manual_seed(seed)
+    batches = infinite_batches(len(train), CAS_BATCH, seed=seed)
+    budget = Budget(steps).start()
+    model.train()
+    step = 0
+    while not budget.done(step):
+        idx = next(batches)
+        x = encoder.preprocess(augment(train.images[idx], generator=g).to(device))
+        loss = nn.functional.cross_entropy(model(x), train.labels[idx].to(device),
+                                           label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+    model.eval()
+    return model
+
+
+def classification_accuracy_score(train: ImageDataset, test: ImageDataset, *,
+                                  steps: int = CAS_STEPS, width: int = CAS_WIDTH, seed: int = 0,
+                                  device: torch.device | str = "cpu") -> float:
+    """Accuracy on ``test`` of the fixed classifier (:func:`train_classifier`) trained on
+    ``train`` only: CAS when ``train`` is synthetic and ``test`` real."""
+    size = max(8, int(test.images.shape[-1]))
+    model = train_classifier(train, steps=steps, width=width, input_size=size, seed=seed,
+                             device=device)
+    return evaluate_accuracy(model, model.encoder.preprocess(test.images), test.labels,
+                             torch.device(device))
+
+
+def matched_real_subset(pool: ImageDataset, counts: Sequence[int], *, seed: int = 0) -> ImageDataset:
+    """A seeded subset of ``pool`` with ``counts[c]`` images of class ``c`` (all of the
+    class when it has fewer): the real reference set for CAS real."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        index = torch.nonzero(pool.labels == c).flatten()
+        keep.append(index[torch.randperm(len(index), generator=g)[:n]])
+    return pool.subset(torch.cat(keep))
+
+
+def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: ImageDataset,
+                      real_train: ImageDataset, *, cas_steps: int = CAS_STEPS,
+                      seed: int = 0, device: torch.device | str = "cpu",
+                      per_class: bool = True) -> dict[str, Any]:
+    """Everything ``imgxfer run`` reports about a generator's images.
+
+    ``cas``: fixed classifier trained on ``synthetic``, tested on ``real_test``;
+    ``cas_real``: the same classifier trained on a class-matched subset of ``real_train``
+    (as many images per class as there are synthetic ones, where ``real_train`` has them;
+    ``cas_real_images`` says how many); ``fid``, ``kid_mean``, ``kid_std`` between
+    ``real_test`` and ``synthetic`` in ``encoder``'s feature space, and ``fid_real`` /
+    ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
+    perfect generator would reach with that many images). The global RNG is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        counts = torch.bincount(synthetic.labels, minlength=synthetic.num_classes).tolist()
+        reference = matched_real_subset(real_train, counts, seed=seed)
+        out: dict[str, Any] = {
+            "cas": classification_accuracy_score(synthetic, real_test, steps=cas_steps,
+                                                 seed=seed, device=device),
+            "cas_real": classification_accuracy_score(reference, real_test, steps=cas_steps,
+                                                      seed=seed, device=device),
+            "cas_real_images": len(reference),
+            "cas_steps": cas_steps,
+        }
+        dist = feature_distances(encoder, real_test, synthetic, device, per_class=per_class,
+                                 seed=seed)
+        out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"])
+        if len(reference) >= 2:
+            floor = feature_distances(encoder, real_test, reference, device, seed=seed)
+            out.update(fid_real=floor["fid"], kid_real_mean=floor["kid_mean"])
+        if per_class:
+            out["per_class"] = dist["per_class"]
+        out["feature_space"] = f"{type(encoder).__name__} ({getattr(encoder, 'weights_source', '?')})"
+    return out

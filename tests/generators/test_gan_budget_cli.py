@@ -1,0 +1,61 @@
+"""`imgxfer run --gan-budget DURATION`: the generator's training time from the CLI."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from imgxfer import pipeline
+from imgxfer.cli import TIME_ONLY_STEPS, cli
+from imgxfer.config import RunConfig
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replaces the pipeline: records the config `imgxfer run` would run, runs nothing."""
+    configs = []
+
+    def fake_run(config, **kwargs):
+        configs.append(config)
+        raise _Captured
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    return configs
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["run", *args])
+
+
+def test_gan_budget_sets_the_generator_time_and_lifts_the_step_cap(host, captured) -> None:
+    result = _run("--gan-budget", "3m")
+    assert isinstance(result.exception, _Captured), result.output
+    (config,) = captured
+    assert config.generator_time == "3m" and config.generator_steps == TIME_ONLY_STEPS
+
+
+def test_generator_steps_still_cap_when_given(host, captured) -> None:
+    result = _run("--gan-budget", "90s", "--generator-steps", "200")
+    assert isinstance(result.exception, _Captured), result.output
+    assert (captured[0].generator_time, captured[0].generator_steps) == ("90s", 200)
+
+
+def test_without_gan_budget_nothing_changes(host, captured) -> None:
+    _run()
+    default = RunConfig()
+    assert (captured[0].generator_time, captured[0].generator_steps) == (
+        default.generator_time, default.generator_steps)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gan-budget", "3x"], "cannot read the duration '3x'"),
+    (["--gan-budget", "0s"], "must be positive"),
+    (["--gan-budget", "3m", "--generator-time", "2m"], "give one of them"),
+])
+def test_bad_gan_budget_is_a_user_error(host, captured, args, words) -> None:
+    result = _run(*args)
+    assert result.exit_code == 2 and words in result.output and not captured, result.output

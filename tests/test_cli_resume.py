@@ -1,0 +1,84 @@
+"""`imgxfer run --resume`: an interrupted run finishes in its own folder, the generator
+continuing from its last training checkpoint, with the same result as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import TINY_RUN, FakePlugin
+from imgxfer import plugins
+from imgxfer.cli import cli
+from imgxfer.generators import gan as gan_module
+
+RUN = [*TINY_RUN[:TINY_RUN.index("--generator-steps")], "--generator-steps", "6",
+       *TINY_RUN[TINY_RUN.index("--generator-steps") + 2:],
+       "--generator-opt", "checkpoint_every=2", "--no-quality"]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def host():
+    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(FakePlugin(), "fake")
+    plugins._HOST = host
+    yield host
+    plugins.reset_host()
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["run", *args])
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(host, tmp_path, monkeypatch):
+    whole = invoke(*RUN, "--out", str(tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    (whole_folder,) = (tmp_path / "whole").iterdir()
+
+    real_save = gan_module.ConditionalGAN._save_training
+
+    def crash_after_step_4(self, path, state):
+        real_save(self, path, state)
+        if state.step == 4:
+            raise Crash  # the machine goes down right after the step-4 checkpoint
+
+    monkeypatch.setattr(gan_module.ConditionalGAN, "_save_training", crash_after_step_4)
+    crashed = invoke(*RUN, "--out", str(tmp_path / "runs"))
+    assert isinstance(crashed.exception, Crash)
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert (folder / "generator-train.safetensors").is_file()
+    assert not (folder / "metrics.json").exists()
+    monkeypatch.undo()
+
+    resumed = invoke("--resume", str(folder))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output
+    assert not (folder / "generator-train.safetensors").exists()  # finished: removed
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["generator"]["steps"] == 6
+    a, b = load_file(folder / "generator.safetensors"), load_file(whole_folder / "generator.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    expected = json.loads((whole_folder / "metrics.json").read_text())
+    assert metrics["target"]["accuracy"] == expected["target"]["accuracy"]
+
+
+def test_resume_refusals(host, tmp_path):
+    result = invoke("--resume", str(tmp_path / "nowhere"))
+    assert result.exit_code != 0 and "is not a folder" in result.output
+    result = invoke("--resume", str(tmp_path))
+    assert result.exit_code != 0 and "not a run folder" in result.output
+    (tmp_path / "config.toml").write_text("")
+    (tmp_path / "metrics.json").write_text("{}")
+    result = invoke("--resume", str(tmp_path))
+    assert result.exit_code != 0 and "already finished" in result.output
+    assert (tmp_path / "metrics.json").read_text() == "{}"  # untouched
+    result = invoke("--resume", str(tmp_path), "--shots", "3")
+    assert result.exit_code != 0 and "give no other run options" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,129 @@
+"""Generator quality measures: FID, KID and CAS behave as their definitions say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_bars
+from imgxfer.data import ImageDataset
+from imgxfer.encoders.smallcnn import SmallCNN
+from imgxfer.data import few_shot_split
+from imgxfer.pipeline import filter_synthetic, synthesis_prompts
+from imgxfer.quality import (classification_accuracy_score, feature_distances, frechet_distance,
+                             generator_quality, kernel_inception_distance, matched_real_subset)
+
+
+def gaussian(n: int, d: int = 8, seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift
+
+
+def test_fid_identical_sets_is_zero_and_shift_is_measured():
+    a = gaussian(400)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # Shifting every feature by 1 adds |mu_a - mu_b|^2 = d = 8 (covariances unchanged).
+    assert frechet_distance(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)
+    # A second sample of the same distribution is close, a shifted one far.
+    same, shifted = frechet_distance(a, gaussian(400, seed=1)), frechet_distance(a, gaussian(400, seed=1, shift=1))
+    assert 0 < same < 0.5 < 7 < shifted
+    # Doubling: |mu|^2 + tr(C) + tr(4C) - 2 tr(2C) = |mu|^2 + tr(C), exactly.
+    expected = (a.mean(0) ** 2).sum() + np.trace(np.cov(a, rowvar=False))
+    assert frechet_distance(a, 2 * a) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(0, abs=1e-8)
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution():
+    a, b = gaussian(300, seed=2), gaussian(300, seed=3)
+    mean, std = kernel_inception_distance(a, b, subsets=40, subset_size=100, seed=0)
+    assert abs(mean) < 3 * std / np.sqrt(40) + 0.02
+    far, _ = kernel_inception_distance(a, gaussian(300, seed=3, shift=1), subsets=40,
+                                       subset_size=100)
+    assert far > 0.5 and far > 20 * abs(mean)
+    # Seeded: the same seed gives the same subsets.
+    assert kernel_inception_distance(a, b, subsets=5, seed=1) == kernel_inception_distance(a, b, subsets=5, seed=1)
+
+
+def test_distances_refuse_mismatched_or_too_small_sets():
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        frechet_distance(gaussian(10, d=3), gaussian(10, d=4))
+    with pytest.raises(ValueError, match="at least two rows"):
+        kernel_inception_distance(gaussian(1), gaussian(10))
+
+
+def test_feature_distances_in_encoder_space_with_per_class():
+    real = tiny_bars("real", 20, seed=1)
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    same = feature_distances(encoder, real, real, per_class=True, subsets=10)
+    assert same["fid"] == pytest.approx(0, abs=1e-6)
+    again = feature_distances(encoder, real, tiny_bars("again", 20, seed=2), subsets=10)
+    shifted = ImageDataset(1 - real.images, real.labels, real.class_names, "inverted")
+    other = feature_distances(encoder, real, shifted, per_class=True, subsets=10)
+    assert other["fid"] > 10 * again["fid"] > 0
+    assert other["kid_mean"] > 10 * abs(again["kid_mean"])
+    assert [r["class"] for r in other["per_class"]] == real.class_names
+    assert all(r["n_real"] == r["n_fake"] == 20 for r in other["per_class"])
+
+
+def test_cas_real_vs_real_is_high_and_shuffled_labels_near_chance():
+    train, test = tiny_bars("train", 20, seed=1), tiny_bars("test", 15, seed=2)
+    assert classification_accuracy_score(train, test, steps=40) > 0.9
+    # Labels shuffled so that every shape carries each label equally often: they say
+    # nothing about the images, and CAS falls to about chance (1/3).
+    g = torch.Generator().manual_seed(0)
+    labels = torch.cat([torch.arange(3).repeat(7)[torch.randperm(21, generator=g)][:20]
+                        for _ in range(3)])
+    noise = ImageDataset(train.images, labels, train.class_names, "shuffled")
+    assert classification_accuracy_score(noise, test, steps=40) < 0.5
+
+
+def test_generator_quality_keys_and_rng_untouched():
+    real_test, pool = tiny_bars("t", 10, seed=1), tiny_bars("p", 20, seed=2)
+    fake = tiny_bars("f", 4, seed=3)
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    out = generator_quality(encoder, fake, real_test, pool, cas_steps=20)
+    assert torch.equal(before, torch.get_rng_state())
+    assert {"cas", "cas_real", "fid", "kid_mean", "kid_std", "fid_real", "kid_real_mean",
+            "per_class"} <= set(out)
+    assert 0 <= out["cas"] <= 1 and 0 <= out["cas_real"] <= 1 and out["cas_real_images"] == 12
+    subset = matched_real_subset(pool, [1, 0, 5])
+    assert subset.class_counts() == [1, 0, 5]
+
+
+def test_synthesis_prompts_use_target_captions_of_the_same_class():
+    labelled = tiny_bars("tiny-target", 2, seed=0)
+    captions = [f"caption {i} of {labelled.class_names[int(y)]}" for i, y in enumerate(labelled.labels)]
+
+    class Captioner:
+        def caption(self, images, labels=None, **kw):
+            return [f"image-free {int(y)}" for y in labels]
+
+    labels = torch.tensor([0, 1, 2, 2, 0])
+    prompts = synthesis_prompts(Captioner(), labels, labelled, captions, seed=0)
+    assert all(p.endswith(labelled.class_names[int(y)]) for p, y in zip(prompts, labels))
+    assert prompts == synthesis_prompts(Captioner(), labels, labelled, captions, seed=0)
+    # A class without labelled images falls back on the image-free caption.
+    only_two = labelled.subset(torch.nonzero(labelled.labels < 2).flatten())
+    prompts = synthesis_prompts(Captioner(), labels, only_two, captions[:4], seed=0)
+    assert prompts[2:4] == ["image-free 2", "image-free 2"]
+
+
+def test_synthetic_filter_drops_images_of_the_wrong_class():
+    """Synthetic images whose label does not match their content get a low probability
+    from the source + shots probe and are dropped; the rest are mostly kept."""
+    source = tiny_bars("tiny-source", 20, seed=0)
+    split = few_shot_split(tiny_bars("tiny-target", 20, seed=1, invert=True), 3, seed=0)
+    fake = tiny_bars("synthetic", 10, seed=2, invert=True)
+    wrong = torch.arange(len(fake)) % 2 == 1
+    labels = torch.where(wrong, (fake.labels + 1) % 3, fake.labels)
+    fake = ImageDataset(fake.images, labels, fake.class_names, "synthetic")
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    kept_set, kept, info = filter_synthetic(fake, encoder, source, split, 0.5, torch.device("cpu"))
+    assert torch.equal(before, torch.get_rng_state())
+    assert kept[~wrong].float().mean() > 0.7 and kept[wrong].float().mean() < 0.3
+    assert info["kept"] == int(kept.sum()) == len(kept_set) == sum(info["kept_per_class"])
+    assert info["generated"] == 30 and info["threshold"] == 0.5
