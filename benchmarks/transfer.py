@@ -5,7 +5,8 @@
         --seeds 0,1,2 --out benchmarks/results/transfer.jsonl
 
 The encoder is trained on the source once per (source, seed) and each adapter starts
-from a copy of it, exactly as `imgxfer run --compare` does. Target test labels are used
+from a copy of it, exactly as `imgxfer run --compare` does; the target-only baseline
+starts from a new, untrained encoder (k labelled target shots, no source at all). Target test labels are used
 for the reported numbers only.
 
 With --out, every finished cell is appended to a JSON-lines file at once, and a rerun
@@ -89,8 +90,11 @@ def main() -> None:
                     # Each cell seeds itself, so a resumed grid gives the same numbers.
                     seed_everything(seed)
                     adapter = build(registry, "adapters", name, {}, seed)
+                    # target-only is "k shots from scratch": a new, untrained encoder.
+                    start = (build(registry, "encoders", args.encoder, {}, seed).to(device)
+                             if name == "target-only" else copy.deepcopy(encoder))
                     t0 = time.perf_counter()
-                    model = adapter.fit(copy.deepcopy(encoder), data,
+                    model = adapter.fit(start, data,
                                         budget=Budget(args.adapter_steps), device=device)
                     seconds = time.perf_counter() - t0
                     pred = predict_logits(model, x_test, device).argmax(1)
