@@ -111,7 +111,8 @@ def main() -> None:
                           f"acc={m['accuracy']:.3f} ({seconds:.0f}s)", flush=True)
     print()
     print(markdown_table([r for r in rows if r["pair"] in pairs and r["seed"] in seeds
-                          and all(r.get(k) == v for k, v in settings.items())], shots_list))
+                          and all(r.get(k) == v for k, v in settings.items())], shots_list,
+                         len(seeds)))
 
 
 def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> float:
@@ -135,8 +136,9 @@ def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> fl
     return seconds
 
 
-def markdown_table(rows: list[dict], shots_list: list[int]) -> str:
-    """One row per (pair, adapter), one column per shot count: mean ± std accuracy."""
+def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str:
+    """One row per (pair, adapter), one column per shot count: mean ± std accuracy over
+    the seeds (a cell with fewer than ``n_seeds`` results says how many it has)."""
     lines = ["| pair | adapter | " + " | ".join(f"{s} shots" for s in shots_list) + " | train s |",
              "|---|---|" + "---|" * (len(shots_list) + 1)]
     keys = list(dict.fromkeys((r["pair"], r["adapter"]) for r in rows))
@@ -145,7 +147,9 @@ def markdown_table(rows: list[dict], shots_list: list[int]) -> str:
         for s in shots_list:
             acc = [r["accuracy"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
             times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
-            cells.append(f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}" if acc else "–")
+            partial = f" ({len(acc)} seeds)" if 0 < len(acc) < n_seeds else ""
+            cells.append(f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}"
+                         f"{partial}" if acc else "–")
         lines.append(f"| {pair} | {adapter} | " + " | ".join(cells) + f" | {np.mean(times):.0f} |")
     return "\n".join(lines)
 

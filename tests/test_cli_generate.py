@@ -175,15 +175,16 @@ def test_non_empty_out_needs_force(host, run_folder, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    (out / "7.png").write_bytes(b"a user's picture")  # not a name generate writes
     (out / "099.png").write_bytes(b"old")
     result = generate("--from", run_folder, "--prompt", "a dot", "--n", 2, "--out", out)
     assert result.exit_code == 2 and "is not empty" in result.output and "--force" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["099.png", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["099.png", "7.png", "notes.txt"]
     result = generate("--from", run_folder, "--prompt", "a dot", "--n", 2, "--out", out,
                       "--force")
     assert result.exit_code == 0, result.output
     # Earlier images go (no stale 099.png); the user's other files stay.
-    assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "grid.png",
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "7.png", "grid.png",
                                                       "notes.txt"]
 
 

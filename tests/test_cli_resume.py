@@ -82,3 +82,17 @@ def test_resume_refusals(host, tmp_path):
     result = invoke("--resume", str(tmp_path), "--shots", "3")
     assert result.exit_code != 0 and "give no other run options" in result.output
     assert "Traceback" not in result.output
+
+
+def test_resume_refuses_a_folder_of_another_config(host, tmp_path):
+    from imgxfer.config import RunConfig
+    from imgxfer.errors import UserError
+    from imgxfer.pipeline import execute, prepare
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.toml").write_text(RunConfig(shots=5).to_toml())
+    with pytest.raises(UserError, match="holds a run of another config"):
+        execute(prepare(RunConfig(source="tiny-source", target="tiny-target", shots=3,
+                                  out=str(tmp_path))), folder=folder, resume=True)
+    assert (folder / "config.toml").read_text() == RunConfig(shots=5).to_toml()

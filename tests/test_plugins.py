@@ -215,6 +215,25 @@ def test_plugin_commands_are_added(monkeypatch):
     group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(cli_module.cli.commands))
     result = CliRunner().invoke(group, ["hello"])
     assert result.output.strip() == "hello from a plugin"
+    assert host.plugins["greeter"].components == {"commands": ["hello"]}  # `imgxfer plugins` shows it
+
+
+def test_a_plugin_cannot_replace_another_command(monkeypatch):
+    import click
+
+    @click.command("run")
+    def hijack():
+        click.echo("not the real run")
+
+    host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(module_with(register_commands=lambda cli: cli.add_command(hijack)), "hijacker")
+    import imgxfer.cli as cli_module
+
+    group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(cli_module.cli.commands))
+    with pytest.warns(plugins.PluginLoadWarning, match="command 'run' is already provided"):
+        host.add_commands(group)
+    assert group.commands["run"] is cli_module.cli.commands["run"]
+    assert host.plugins["hijacker"].status == "failed"
 
 
 def test_list_command(host):

@@ -140,22 +140,21 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
             raise UserError("--resume takes everything from the run folder's config.toml; "
                             "give no other run options with it.")
     seeds = _parse_seeds(flags.pop("seeds"))
-    _apply_gan_budget(flags, flags.pop("gan_budget"))
+    gan_budget = flags.pop("gan_budget")
     if resume_folder is not None:
         config = resume_config(Path(resume_folder))
     else:
         config = cfg.load(config_file) if config_file else cfg.RunConfig()
         config = cfg.apply_overrides(config, flags, options)
+        _apply_gan_budget(config, gan_budget, flags, config_file)
     registry = _host().registry
     progress = RichProgress(err)
-    if resume_folder is not None:
-        result = execute(prepare(config, registry), progress=progress,
-                         folder=Path(resume_folder), resume=True)
-        _print_result(result.metrics, config)
-        _print_synthetic(result.metrics.get("synthetic_delta"), result.metrics.get("generator"))
-        folder, payload = result.folder, result.metrics
-    elif seeds is None:
-        result = run_pipeline(config, progress=progress, registry=registry)
+    if seeds is None:
+        if resume_folder is not None:
+            result = execute(prepare(config, registry), progress=progress,
+                             folder=Path(resume_folder), resume=True)
+        else:
+            result = run_pipeline(config, progress=progress, registry=registry)
         _print_result(result.metrics, config)
         _print_synthetic(result.metrics.get("synthetic_delta"), result.metrics.get("generator"))
         folder, payload = result.folder, result.metrics
@@ -165,7 +164,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
                                r["macro_f1_std"], r["train_seconds_mean"])
                            for n, r in many.summary.items()},
                           f"target test accuracy over seeds {', '.join(map(str, seeds))} (mean ± std)")
-        _print_synthetic(many.synthetic_delta, None, seeds=True)
+        _print_synthetic(many.synthetic_delta, many.generator, seeds=True)
         folder, payload = many.folder, many.payload(seeds)
     report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
     err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False)
@@ -177,20 +176,25 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
 TIME_ONLY_STEPS = 10 ** 9
 
 
-def _apply_gan_budget(flags: dict[str, Any], budget: str | None) -> None:
+def _apply_gan_budget(config: Any, budget: str | None, flags: dict[str, Any],
+                      config_file: str | None) -> None:
     """``--gan-budget 3m``: the generator trains for three minutes (``generator_time``),
-    however many steps that is, unless ``--generator-steps`` caps the steps too."""
+    however many steps that is, unless ``--generator-steps`` or the config file caps the
+    steps too."""
     if budget is None:
         return
+    from imgxfer import config as cfg
     from imgxfer.budget import parse_duration
 
     parse_duration(budget)  # a bad duration is one sentence, before anything is loaded
     if flags.get("generator_time") not in (None, budget):
         raise UserError("--gan-budget and --generator-time both set the generator's time; "
                         "give one of them.")
-    flags["generator_time"] = budget
-    if flags.get("generator_steps") is None:
-        flags["generator_steps"] = TIME_ONLY_STEPS
+    config.generator_time = budget
+    steps_given = (flags.get("generator_steps") is not None
+                   or (config_file is not None and "generator_steps" in cfg.read_toml(config_file)))
+    if not steps_given:
+        config.generator_steps = TIME_ONLY_STEPS
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
@@ -221,7 +225,11 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
                      seeds: bool = False) -> None:
     """Generator quality (CAS, FID/KID) and, with --compare-synthetic, the accuracy with
     and without the generated images per adapter."""
-    if generator and "cas" in generator:
+    if generator and "cas_mean" in generator:  # over seeds
+        err.print(f"generator: CAS {generator['cas_mean']:.4f} ± {generator['cas_std']:.4f} "
+                  f"(real {generator['cas_real_mean']:.4f}), FID {generator['fid_mean']:.3f} ± "
+                  f"{generator['fid_std']:.3f} (in the encoder's feature space)", highlight=False)
+    elif generator and "cas" in generator:
         err.print(f"generator: CAS {generator['cas']:.4f} (real {generator['cas_real']:.4f}), "
                   f"FID {generator['fid']:.3f}, KID {generator['kid_mean']:.4f} "
                   "(in the encoder's feature space)", highlight=False)

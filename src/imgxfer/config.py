@@ -86,11 +86,16 @@ class RunConfig:
             )
         if not 0 <= self.synthetic_filter < 1:
             raise UserError(f"synthetic_filter must be in [0, 1), got {self.synthetic_filter}.")
+        if self.synthetic_filter > 0 and self.generator == NONE:
+            raise UserError("--synthetic-filter filters generated images, so it needs a "
+                            "generator (not --generator none).")
+        if self.quality_steps < 1:
+            raise UserError(f"quality_steps must be 1 or more, got {self.quality_steps}; "
+                            "turn the measurement off with --no-quality (quality = false).")
         if self.compare_synthetic and self.generator == NONE:
             raise UserError("--compare-synthetic compares adapters with and without generated "
                             "images, so it needs a generator (not --generator none).")
-        for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class",
-                    "quality_steps"):
+        for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -146,17 +151,21 @@ def from_mapping(data: dict[str, Any], where: str = "config") -> RunConfig:
     return config
 
 
-def load(path: str | Path) -> RunConfig:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a config file (what it sets, before defaults)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist.")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {exc}.") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {str(path)!r} is not a UTF-8 text file.") from None
-    return from_mapping(data, where=str(path))
+
+
+def load(path: str | Path) -> RunConfig:
+    return from_mapping(read_toml(path), where=str(path))
 
 
 def parse_option(text: str, flag: str) -> tuple[str, Any]:

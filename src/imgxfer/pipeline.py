@@ -282,6 +282,9 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
         folder = create_run_dir(config.out, config.name)
     elif not resume:
         folder.mkdir(parents=True)
+    elif resume_config(folder).to_toml() != config.to_toml():
+        raise UserError(f"--resume: {str(folder)!r} holds a run of another config; it is "
+                        "left as it is.")
     atomic_write_text(folder / "config.toml", config.to_toml())
     with _log_to(folder / "run.log"):
         log.info("imgxfer %s, run folder %s, device %s%s", __version__, folder, plan.device,
@@ -380,7 +383,9 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             captions["synthetic"] = [p for p, k in zip(prompts, kept.tolist()) if k]
             metrics["generator"]["synthetic_images"] = 0 if synthetic is None else len(synthetic)
             timings["synthetic_filter"] = time.perf_counter() - t0
-        if synthetic is not None and config.quality:
+        if synthetic is not None and config.quality and len(synthetic) < 2:
+            progress.log("generator quality not measured: fewer than two synthetic images.")
+        elif synthetic is not None and config.quality:
             progress.log("measuring the generator: CAS (two small classifiers) and FID/KID")
             t0 = time.perf_counter()
             metrics["generator"].update(generator_quality_metrics(
@@ -422,16 +427,20 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         timings[f"adapter:{name}"] = seconds
         if twin is not None:
             uses = getattr(adapter, "uses", None)
-            if uses is not None and "synthetic" not in uses:
+            same_fit = uses is not None and "synthetic" not in uses
+            if same_fit:
                 other = result  # it never reads synthetic images: the same fit
             else:
-                after = torch.get_rng_state()
-                torch.set_rng_state(rng_state)
-                _, other, seconds = fit_and_evaluate(twin, encoder, without, split, config,
-                                                     device, progress)
-                torch.set_rng_state(after)
+                # The twin starts from the CPU state the first fit started from; every
+                # generator (CUDA included) is put back afterwards, so later adapters see
+                # the state they would see without --compare-synthetic.
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.set_rng_state(rng_state)
+                    _, other, seconds = fit_and_evaluate(twin, encoder, without, split,
+                                                         config, device, progress)
                 timings[f"adapter:{name} (no synthetic)"] = seconds
-            metrics["synthetic_delta"][name] = synthetic_delta(result, other, len(synthetic))
+            metrics["synthetic_delta"][name] = {**synthetic_delta(result, other, len(synthetic)),
+                                                "same_fit": same_fit}
             log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
                      other["accuracy"], metrics["synthetic_delta"][name]["delta"])
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
@@ -447,8 +456,9 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
 
     report.write_captions(folder / "captions.jsonl", captions, source, split, synthetic)
     extras.update(source=source, split=split, synthetic=synthetic, captions=captions)
-    atomic_write_json(folder / "metrics.json", metrics)
     report.write_report(folder, config, metrics, extras)
+    # metrics.json last: its presence marks a finished run (--resume refuses those).
+    atomic_write_json(folder / "metrics.json", metrics)
     # Finished: generator.safetensors holds the generator, the training state is not needed.
     (folder / TRAINING_CHECKPOINT).unlink(missing_ok=True)
     log.info("report written to %s", folder / "report.html")

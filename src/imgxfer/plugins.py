@@ -154,14 +154,27 @@ class PluginHost:
     # -- commands -----------------------------------------------------------------------
     def add_commands(self, cli: Any) -> None:
         """Let every loaded plugin add click commands; a failing plugin is isolated."""
+        owners = {command: "imgxfer" for command in cli.commands}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             name = self.pm.get_name(impl.plugin)
+            before = dict(cli.commands)
             try:
                 impl.function(*[{"cli": cli}[a] for a in impl.argnames])
+                added = [c for c in cli.commands if before.get(c) is not cli.commands[c]]
+                taken = [c for c in added if c in owners]
+                if taken:  # never let a plugin silently replace another's command
+                    raise ValueError(f"command {taken[0]!r} is already provided by "
+                                     f"{owners[taken[0]]!r}")
             except Exception as exc:
+                cli.commands.clear()
+                cli.commands.update(before)
                 info = self.plugins.get(name)
                 self._fail(name, info.version if info else "?", info.source if info else "?",
                            exc, stage="add commands")
+                continue
+            owners.update(dict.fromkeys(added, name))
+            if added and name in self.plugins:
+                self.plugins[name].components["commands"] = sorted(added)
 
 
 _HOST: PluginHost | None = None

@@ -195,9 +195,11 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
     if delta:
         parts.append("<h2>Do the synthetic images help?</h2><p class='muted'>Each adapter trained "
                      "twice on the same split, encoder and seed: with and without the synthetic "
-                     "images. Target test accuracy.</p>" + _table(
+                     "images (once only if it never reads them, e.g. source-only). Target test "
+                     "accuracy.</p>" + _table(
                          ["adapter", "with synthetic", "without", "delta"],
-                         [[n, r["with"], r["without"], f"{r['delta']:+.4f}"]
+                         [[n, r["with"], r["without"], f"{r['delta']:+.4f}"
+                           + (" (does not read them)" if r.get("same_fit") else "")]
                           for n, r in delta.items()]))
     return parts
 

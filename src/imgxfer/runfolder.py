@@ -84,6 +84,8 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
     try:
         os.chmod(tmp, _FILE_MODE)
         save_file(clean, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:  # on disk before the rename, as atomic_write_bytes does
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

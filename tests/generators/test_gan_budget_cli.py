@@ -44,6 +44,14 @@ def test_generator_steps_still_cap_when_given(host, captured) -> None:
     assert (captured[0].generator_time, captured[0].generator_steps) == ("90s", 200)
 
 
+def test_generator_steps_from_the_config_file_still_cap(host, captured, tmp_path) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("generator_steps = 2000\n")
+    result = _run("--config", str(config_file), "--gan-budget", "3m")
+    assert isinstance(result.exception, _Captured), result.output
+    assert (captured[0].generator_time, captured[0].generator_steps) == ("3m", 2000)
+
+
 def test_without_gan_budget_nothing_changes(host, captured) -> None:
     _run()
     default = RunConfig()

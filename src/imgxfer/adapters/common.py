@@ -190,7 +190,8 @@ class TrainedAdapter:
     (see the module docstring)."""
 
     name = "trained"
-    uses: frozenset[str] = frozenset()
+    # The data sets it reads; None (unknown) makes --compare-synthetic train it twice.
+    uses: frozenset[str] | None = None
     needs_target = False  # draws unlabelled target batches for target_loss
 
     def __init__(self, *, lr: float, encoder_lr_scale: float, batch_size: int,

@@ -37,7 +37,8 @@ from imgxfer.runfolder import atomic_write_bytes
 
 GENERATOR_FILE = "generator.safetensors"
 _WORD = re.compile(r"\w+")
-_OUTPUT_NAME = re.compile(r"\d+\.png|grid\.png")
+# What generate writes (000.png, 001.png, ...): only such files are replaced with --force.
+_OUTPUT_NAME = re.compile(r"\d{3,}\.png")
 
 
 @dataclass
@@ -144,6 +145,9 @@ def resolve_label(prompt: str, label: str | int | None,
                if class_names is not None else f"indices 0 to {(count or 1) - 1}")
     if label is not None:
         text = str(label).strip()
+        # A class name wins over an index: classes named "1", "2", "3" are drawn by name.
+        if class_names is not None and text in class_names:
+            return list(class_names).index(text)
         if re.fullmatch(r"[+-]?\d+", text):
             index = int(text)
             if count is not None and not 0 <= index < count:
@@ -205,10 +209,6 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _prepare_out(out: Path, force: bool) -> None:
     _check_out(out, force)
-    if out.is_dir():
-        for old in out.iterdir():  # no stale 099.png from an earlier, larger --n
-            if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
-                old.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -239,6 +239,10 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
 
     grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
     atomic_write_bytes(out / "grid.png", _png(grid[:images.shape[1]]))
+    # Only now that the new set is complete: no stale 099.png from an earlier, larger --n.
+    for old in set(out.iterdir()) - set(files):
+        if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
+            old.unlink()
     name = loaded.class_names[index] if loaded.class_names else None
     return Generated(images, index, name, files, out / "grid.png")
 

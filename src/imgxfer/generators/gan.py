@@ -243,7 +243,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as error:  # safetensors raises several types for damaged files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"the checkpoint {str(path)!r} cannot be read: it is truncated, "
-                        f"corrupt or not a safetensors file ({reason}).") from None
+                        f"corrupt or not a safetensors file ({reason}); delete it to start "
+                        "that training from the beginning.") from None
     return tensors, metadata
 
 
