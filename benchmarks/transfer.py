@@ -78,8 +78,10 @@ def main() -> None:
             target = build(registry, "datasets", target_name, {}, seed + 1)
             source = align_classes(build(registry, "datasets", source_name, {}, seed), target)
             encoder = build(registry, "encoders", args.encoder, {}, seed).to(device)
-            pretrain_s = pretrain(encoder, source, args, seed, device,
-                                  out.parent / "encoders" if out else None)
+            pretrain_s = 0.0
+            if any(a != "target-only" for _, a in todo):  # target-only never uses it
+                pretrain_s = pretrain(encoder, source, args, seed, device,
+                                      out.parent / "encoders" if out else None)
             for shots in shots_list:
                 split = few_shot_split(target, shots, seed=seed)
                 data = TransferData(source, split.labelled, split.unlabelled, None)
