@@ -143,7 +143,11 @@ def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str
     the seeds (a cell with fewer than ``n_seeds`` results says how many it has)."""
     lines = ["| pair | adapter | " + " | ".join(f"{s} shots" for s in shots_list) + " | train s |",
              "|---|---|" + "---|" * (len(shots_list) + 1)]
-    keys = list(dict.fromkeys((r["pair"], r["adapter"]) for r in rows))
+    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    baselines = {"source-only": 0, "target-only": 1}  # first, then the methods as they ran
+    order = list(dict.fromkeys(r["adapter"] for r in rows))
+    keys = sorted(dict.fromkeys((r["pair"], r["adapter"]) for r in rows),
+                  key=lambda k: (pairs.index(k[0]), baselines.get(k[1], 2), order.index(k[1])))
     for pair, adapter in keys:
         cells, times = [], []
         for s in shots_list:
