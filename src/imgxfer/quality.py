@@ -32,7 +32,8 @@ from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset
 from imgxfer.features import encode
-from imgxfer.training import augment, evaluate_accuracy, infinite_batches
+from imgxfer.training import (augment, channels_last_training, conv_layout, evaluate_accuracy,
+                               infinite_batches)
 
 # The CAS classifier: fixed so that scores from different runs compare.
 CAS_WIDTH = 8
@@ -151,6 +152,7 @@ def train_classifier(train: ImageDataset, *, steps: int = CAS_STEPS, width: int 
     with torch.random.fork_rng(devices=[]):
         encoder = SmallCNN(width=width, input_size=size, in_channels=channels, seed=seed)
         model = Classifier(encoder, train.num_classes).to(device)
+    layout = channels_last_training(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=CAS_LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CAS_LR, total_steps=max(1, steps))
     g = torch.Generator().manual_seed(seed)
@@ -160,7 +162,8 @@ def train_classifier(train: ImageDataset, *, steps: int = CAS_STEPS, width: int 
     step = 0
     while not budget.done(step):
         idx = next(batches)
-        x = encoder.preprocess(augment(train.images[idx], generator=g).to(device))
+        x = conv_layout(encoder.preprocess(augment(train.images[idx], generator=g).to(device)),
+                        layout)
         loss = nn.functional.cross_entropy(model(x), train.labels[idx].to(device),
                                            label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)

@@ -27,7 +27,8 @@ from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset, TransferData
 from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress, Progress
-from imgxfer.training import adapt_batchnorm, augment, infinite_batches
+from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, conv_layout,
+                               infinite_batches)
 
 # Names of the labelled sets, as used in ``*_weight`` options.
 LABELLED = ("source", "target", "synthetic")
@@ -172,10 +173,11 @@ class Step:
     generator: torch.Generator     # for augmentation
     device: torch.device
     extra: nn.Module | None = None  # what extra_modules returned
+    channels_last: bool = False     # the layout training chose (channels_last_training)
 
     def forward(self, images: torch.Tensor) -> Forward:
         """Preprocess raw [0,1] images, move them to the device and run the model."""
-        x = self.model.encoder.preprocess(images.to(self.device))
+        x = conv_layout(self.model.encoder.preprocess(images.to(self.device)), self.channels_last)
         f = self.model.encoder(x)
         return Forward(f, self.model.head(f))
 
@@ -239,6 +241,7 @@ class TrainedAdapter:
         pool = target_images(data) if (self.needs_target or self.adabn) else torch.empty(0)
         budget.start()
         model = self.build_model(encoder, data, device)
+        layout = channels_last_training(model, device)
         extra = self.extra_modules(encoder.feature_dim, data.target_labelled.num_classes)
         groups = [{"params": encoder.parameters(), "lr": self.lr * self.encoder_lr_scale},
                   {"params": model.head.parameters(), "lr": self.lr}]
@@ -266,7 +269,8 @@ class TrainedAdapter:
                 outputs: dict[str, Forward] = {}
                 for key, ds in sets.items():
                     idx = next(streams[key])
-                    x = encoder.preprocess(augment(ds.images[idx], generator=g).to(device))
+                    x = conv_layout(encoder.preprocess(augment(ds.images[idx], generator=g)
+                                                       .to(device)), layout)
                     f = encoder(x)
                     out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
                     loss = loss + self.weights[key] * nn.functional.cross_entropy(
@@ -275,7 +279,7 @@ class TrainedAdapter:
                 if use_target:
                     extra_loss, info = self.target_loss(Step(
                         model, outputs, pool[next(streams["unlabelled"])],
-                        step / max(1, budget.steps), g, device, extra))
+                        step / max(1, budget.steps), g, device, extra, layout))
                     loss = loss + extra_loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -10,7 +10,8 @@ from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset, TransferData
 from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress, Progress
-from imgxfer.training import adapt_batchnorm, augment, infinite_batches
+from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, conv_layout,
+                               infinite_batches)
 
 
 class FineTune:
@@ -51,6 +52,7 @@ class FineTune:
             raise UserError("finetune has no labelled images to train on (source, target shots "
                             "and synthetic are all empty or weighted 0).")
         model = Classifier(encoder, data.target_labelled.num_classes).to(device)
+        layout = channels_last_training(model, device)
         opt = torch.optim.AdamW([
             {"params": encoder.parameters(), "lr": self.lr * self.encoder_lr_scale},
             {"params": model.head.parameters(), "lr": self.lr},
@@ -67,7 +69,8 @@ class FineTune:
                 loss = torch.zeros((), device=device)
                 for key, ds in sets.items():
                     idx = next(streams[key])
-                    x = encoder.preprocess(augment(ds.images[idx], generator=g)).to(device)
+                    x = conv_layout(encoder.preprocess(augment(ds.images[idx], generator=g))
+                                    .to(device), layout)
                     loss = loss + self.weights[key] * nn.functional.cross_entropy(
                         model(x), ds.labels[idx].to(device), label_smoothing=0.1)
                 opt.zero_grad(set_to_none=True)

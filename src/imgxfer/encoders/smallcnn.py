@@ -10,7 +10,8 @@ from imgxfer.data import ImageDataset
 from imgxfer.encoders.preprocess import prepare
 from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress, Progress
-from imgxfer.training import augment, evaluate_accuracy, infinite_batches
+from imgxfer.training import (augment, channels_last_training, conv_layout, evaluate_accuracy,
+                               infinite_batches)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -62,6 +63,7 @@ class SmallCNN(nn.Module):
         val, train = source.subset(order[:n_val]), source.subset(order[n_val:])
         head = nn.Linear(self.feature_dim, source.num_classes).to(device)
         model = nn.Sequential(self, head).to(device)
+        layout = channels_last_training(model, device)
         params = list(model.parameters())
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(1, budget.steps))
@@ -72,7 +74,8 @@ class SmallCNN(nn.Module):
         with progress.task("encoder: pretrain on source", total=budget.steps) as task:
             while not budget.done(step):
                 idx = next(batches)
-                x = self.preprocess(augment(train.images[idx], generator=g).to(device))
+                x = conv_layout(self.preprocess(augment(train.images[idx], generator=g).to(device)),
+                                layout)
                 loss = nn.functional.cross_entropy(model(x), train.labels[idx].to(device),
                                                    label_smoothing=0.1)
                 opt.zero_grad(set_to_none=True)
