@@ -109,6 +109,7 @@ def test_folder_of_class_folders(host, tmp_path):
     assert result.exit_code == 0, result.output
     big, small = read_rows(out)
     assert (big["label"], small["label"]) == ("big", "small")
+    assert big["path"].endswith("big/a.png") and small["path"].endswith("small/b.png")
     assert "red ink on white" in big["caption"] and ", large, " in big["caption"]
     assert "blue ink on white" in small["caption"] and ", small, centred, " in small["caption"]
 

@@ -72,6 +72,7 @@ def test_captions_file(finished_run):
     rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
     sets = {r["set"] for r in rows}
     assert sets == {"source", "target", "synthetic", "unlabelled"}
+    assert all("path" not in r for r in rows)  # built-in data: no files behind the images
     target_rows = [r for r in rows if r["set"] == "target"]
     assert len(target_rows) == 9
     # "a tiny shape dot, black ink on white, ..., domain tiny-target" (measured attributes)

@@ -49,3 +49,34 @@ def test_align_mismatch_lists_differences():
     source = ImageDataset(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 2]), ["dot", "horizontal", "ring"], "s")
     with pytest.raises(UserError, match="only in target: vertical; only in source: ring"):
         align_classes(source, target)
+
+
+def test_file_paths_follow_split_and_alignment_into_captions(tmp_path):
+    import json
+
+    from imgxfer.report import write_captions
+
+    images = torch.rand(12, 1, 8, 8)
+    labels = torch.arange(12) % 2
+    paths = [f"/data/{'ab'[int(y)]}/{i}.png" for i, y in enumerate(labels.tolist())]
+    data = ImageDataset(images, labels, ["a", "b"], "files", paths=paths)
+    split = few_shot_split(data, 2, seed=1)
+    for part in (split.labelled, split.unlabelled, split.test):
+        for image, y, path in zip(part.images, part.labels, part.paths):
+            i = paths.index(path)
+            assert torch.equal(image, images[i]) and y == labels[i]
+    source = align_classes(ImageDataset(images, 1 - labels, ["b", "a"], "src", paths=paths),
+                           data)
+    assert source.paths == paths and torch.equal(source.labels, labels)
+
+    out = tmp_path / "captions.jsonl"
+    write_captions(out, {"target": ["t"] * len(split.labelled),
+                         "unlabelled": ["u"] * len(split.unlabelled)}, source, split)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == split.labelled.paths + split.unlabelled.paths
+    assert all(r["path"].split("/")[2] == r["label"] for r in rows if r["set"] == "target")
+
+
+def test_paths_must_match_images():
+    with pytest.raises(ValueError, match="paths"):
+        ImageDataset(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"], "x", paths=["p"])

@@ -23,12 +23,16 @@ class ImageDataset:
     description: str = ""
     # Notes for the report (e.g. how many unreadable files were skipped).
     notes: list[str] = field(default_factory=list)
+    # The file each image was read from (folder:, csv: datasets); None for built-in data.
+    paths: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
+        if self.paths is not None and len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels differ in length")
         self.labels = self.labels.long()
         if len(self.class_names) < 2:
             raise UserError(
@@ -44,8 +48,9 @@ class ImageDataset:
         return len(self.class_names)
 
     def subset(self, index: torch.Tensor) -> "ImageDataset":
+        paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
         return ImageDataset(self.images[index], self.labels[index], list(self.class_names),
-                            self.domain, self.description, list(self.notes))
+                            self.domain, self.description, list(self.notes), paths)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -99,7 +104,7 @@ def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
         )
     order = torch.tensor([target.class_names.index(n) for n in source.class_names])
     return ImageDataset(source.images, order[source.labels], list(target.class_names),
-                        source.domain, source.description, list(source.notes))
+                        source.domain, source.description, list(source.notes), source.paths)
 
 
 @dataclass

@@ -23,17 +23,21 @@ from imgxfer.runfolder import atomic_write_bytes, atomic_write_text  # noqa: E40
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
                    split: Split, synthetic: ImageDataset | None = None) -> None:
-    """One JSON object per line: set, index within that set, label (if known), caption.
-    Synthetic images are labelled with the class they were generated as; their caption is
-    the prompt."""
+    """One JSON object per line: set, index within that set, the image's file (datasets
+    read from files), label (if known), caption. Synthetic images are labelled with the
+    class they were generated as; their caption is the prompt."""
     labels = {"source": source.labels, "target": split.labelled.labels}
     if synthetic is not None:
         labels["synthetic"] = synthetic.labels
+    paths = {"source": source.paths, "target": split.labelled.paths,
+             "unlabelled": split.unlabelled.paths}
     rows = []
     for part, texts in captions.items():
         known = labels.get(part)
         for i, text in enumerate(texts):
             row: dict[str, Any] = {"set": part, "index": i, "caption": text}
+            if paths.get(part) is not None:
+                row["path"] = paths[part][i]
             if known is not None:
                 row["label"] = source.class_names[int(known[i])]
             rows.append(json.dumps(row))

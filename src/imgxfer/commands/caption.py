@@ -21,6 +21,7 @@ import click
 import numpy as np
 import torch
 
+from imgxfer.data import ImageDataset
 from imgxfer.errors import UnknownComponentError, UserError
 from imgxfer.registry import Registry
 
@@ -42,6 +43,8 @@ class CaptionInput:
     # Index of each image in the dataset, or its file path (loose images).
     ids: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The file of each image of a dataset read from files (folder:, csv:).
+    paths: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.ids:
@@ -96,6 +99,11 @@ def check_source(spec: str, registry: Registry) -> None:
                     "existing file or folder.")
 
 
+def _from_dataset(data: ImageDataset) -> CaptionInput:
+    return CaptionInput(data.images, data.labels, list(data.class_names), data.domain,
+                        data.description, notes=list(data.notes), paths=data.paths)
+
+
 def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = None
                 ) -> CaptionInput:
     """A registered dataset name (``digits``, ``folder:PATH``, ``csv:PATH``...) or an
@@ -104,9 +112,7 @@ def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = 
     write ``./NAME`` for the path."""
     options = dict(options or {})
     if _is_dataset_name(spec, registry):
-        data = registry.build("datasets", spec, options)
-        return CaptionInput(data.images, data.labels, list(data.class_names), data.domain,
-                            data.description, notes=list(data.notes))
+        return _from_dataset(registry.build("datasets", spec, options))
     check_source(spec, registry)
     path = Path(spec).expanduser()
     if path.is_file():
@@ -120,9 +126,7 @@ def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = 
     folders = [p for p in entries if p.is_dir() and not is_hidden(p.name) and p.name != "__MACOSX"]
     images = [p for p in entries if p.is_file() and not is_hidden(p.name) and _is_image_name(p)]
     if len(folders) >= 2:
-        data = registry.build("datasets", f"folder:{spec}", options)
-        return CaptionInput(data.images, data.labels, list(data.class_names), data.domain,
-                            data.description, notes=list(data.notes))
+        return _from_dataset(registry.build("datasets", f"folder:{spec}", options))
     if images:
         return _load_loose(images, path, options, what=f"folder {spec!r}")
     if folders:
@@ -199,14 +203,16 @@ def select(data: CaptionInput, *, limit: int | None = None, shots: int | None = 
     if limit is not None:
         index = index[:limit]
     ids = [data.ids[i] for i in index.tolist()]
+    paths = None if data.paths is None else [data.paths[i] for i in index.tolist()]
     labels = data.labels[index] if data.labels is not None else None
     return CaptionInput(data.images[index], labels, data.class_names, data.domain,
-                        data.description, ids=ids, notes=data.notes)
+                        data.description, ids=ids, notes=data.notes, paths=paths)
 
 
 def caption_rows(captioner: Any, data: CaptionInput) -> list[dict[str, Any]]:
-    """One JSON-ready row per image: index (datasets) or path (files), label when known,
-    caption, and the measured attributes when the captioner offers ``attributes()``."""
+    """One JSON-ready row per image: index (datasets, with the file's path when read from
+    files) or path (loose files), label when known, caption, and the measured attributes
+    when the captioner offers ``attributes()``."""
     captions = captioner.caption(data.images, data.labels, class_names=data.class_names,
                                  domain=data.domain, description=data.description)
     measure = getattr(captioner, "attributes", None)
@@ -214,6 +220,8 @@ def caption_rows(captioner: Any, data: CaptionInput) -> list[dict[str, Any]]:
     rows = []
     for i, text in enumerate(captions):
         row: dict[str, Any] = {data.id_key: data.ids[i]}
+        if data.paths is not None:
+            row["path"] = data.paths[i]
         if data.labels is not None:
             row["label"] = data.class_names[int(data.labels[i])]
         row["caption"] = text

@@ -202,7 +202,8 @@ def load_items(items: Sequence[Item], class_names: Sequence[str], options: Image
     channels = options.channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
     stacked = np.stack([_to_channels(a, channels) for a in arrays])
     return ImageDataset(torch.from_numpy(stacked), torch.from_numpy(labels), list(class_names),
-                        domain, description=description, notes=notes)
+                        domain, description=description, notes=notes,
+                        paths=[str(item.path) for item in kept])
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
