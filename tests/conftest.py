@@ -44,6 +44,13 @@ class FakePlugin:
                  description="three bar shapes, inverted (target)")
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_dir(tmp_path_factory, monkeypatch):
+    """The linear probes cache features by default: keep every test's cache out of the
+    user's ~/.cache."""
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+
+
 @pytest.fixture
 def host(monkeypatch):
     """A fresh host with only built-ins plus the fake plugin; installed entry points are

@@ -8,7 +8,13 @@ computing them. The key covers every tensor of the encoder's state dict (BatchNo
 statistics included, so AdaBN-adapted encoders get their own entries), the image tensor's
 bytes, the encoder's class, structure (``repr``) and preprocessing (its attributes and its
 output on a probe image), the device type and the torch version. Changing an encoder's
-*code* without changing any of these is not detected: clear the cache folder then.
+*code* without changing any of these is not detected: clear the cache folder then
+(``imgxfer cache --clear``).
+
+The folder is kept under ``$IMGXFER_CACHE_MAX_MB`` megabytes (default 2048): after each
+write the least recently used files are removed (a hit marks its file as used). Features
+of an encoder trained in a run (smallcnn) only hit when the same run is repeated; those of
+a pretrained, frozen encoder hit across adapters, seeds and runs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +31,15 @@ from typing import Iterator, Union
 import torch
 from torch import nn
 
+from imgxfer.errors import UserError
 from imgxfer.runfolder import atomic_save_tensors
 
 log = logging.getLogger("imgxfer.features")
 
 CACHE_ENV = "IMGXFER_CACHE_DIR"
+CACHE_MAX_ENV = "IMGXFER_CACHE_MAX_MB"
+CACHE_MAX_MB = 2048
+_ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")  # what the cache writes: nothing else is removed
 CACHE_FORMAT = "imgxfer-features-1"  # bump when the key or the file layout changes
 CPU_BATCH = 64  # images per forward on CPU, whatever larger batch_size is asked for
 CacheOption = Union[bool, str, "os.PathLike[str]", None]
@@ -70,11 +81,69 @@ def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device | str,
         return _encode(encoder, images, device, batch_size)
     key = feature_cache_key(encoder, images, device)
     path = folder / f"{key}.safetensors"
+    limit = cache_limit_bytes()  # a malformed limit is refused before any work
     features = _read_cache(path, len(images), int(encoder.feature_dim))
     if features is None:
         features = _encode(encoder, images, device, batch_size)
         _write_cache(path, features, encoder, images, key)
+        prune_cache(folder, limit)
+    else:
+        try:
+            os.utime(path)  # used now: the last file pruning would remove
+        except OSError:
+            pass
     return features
+
+
+def cache_limit_bytes() -> int:
+    """The cache's size limit from ``$IMGXFER_CACHE_MAX_MB`` (default 2048 MB)."""
+    text = os.environ.get(CACHE_MAX_ENV, "").strip()
+    if not text:
+        return CACHE_MAX_MB << 20
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:  # also NaN
+        raise UserError(f"{CACHE_MAX_ENV} must be a size in megabytes (0 or more), got {text!r}.")
+    return int(mb * (1 << 20))
+
+
+def cache_entries(folder: Path) -> list[tuple[Path, int]]:
+    """(file, size in bytes) of the cache files in ``folder``, least recently used first;
+    other files are ignored, and so are files another process removes meanwhile."""
+    try:
+        names = [p for p in folder.iterdir() if _ENTRY.fullmatch(p.name)]
+    except OSError:  # missing or unreadable folder: nothing cached
+        return []
+    found = []
+    for path in names:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found.append((st.st_mtime, path, st.st_size))
+    return [(path, size) for _, path, size in sorted(found)]
+
+
+def prune_cache(folder: Path, max_bytes: int) -> list[Path]:
+    """Remove the least recently used cache files until ``folder`` holds at most
+    ``max_bytes`` of them; returns the removed files."""
+    entries = cache_entries(folder)
+    total, removed = sum(size for _, size in entries), []
+    for path, size in entries:
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove feature cache file %s (%s)", path, exc)
+            continue
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def _encode(encoder: nn.Module, images: torch.Tensor, device: torch.device,

@@ -172,6 +172,28 @@ def test_linear_probe_keeps_the_encoder_frozen(world):
                            for k in changed)
 
 
+def test_linear_and_lp_ft_share_cached_features(world, tmp_path, monkeypatch):
+    """The second probe of the same frozen encoder on the same images encodes nothing,
+    and gives the same head; feature_cache=false neither reads nor writes."""
+    from imgxfer import features
+
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
+    data = transfer_data(world, 3)
+    first = fit(world, "linear", data, 1)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # source and target shots
+
+    def no_encoding(*args):
+        raise AssertionError("cached features must not be encoded again")
+
+    monkeypatch.setattr(features, "_encode", no_encoding)
+    again = fit(world, "linear", data, 1)
+    assert torch.equal(again.head.weight, first.head.weight)
+    lpft = fit(world, "lp-ft", data, 1, lr=1e-12)  # its probe reads the same entries
+    torch.testing.assert_close(lpft.head.weight, first.head.weight)
+    with pytest.raises(AssertionError, match="must not be encoded"):
+        fit(world, "linear", data, 1, feature_cache=False)
+
+
 def test_linear_probe_only_synthetic(world):
     """Source and shots weighted 0: the probe learns from the synthetic images alone."""
     synthetic = shapes("synthetic", 20, seed=9, shifted=True)

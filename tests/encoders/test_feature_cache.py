@@ -163,3 +163,44 @@ def test_unwritable_cache_folder_only_costs_the_saving(encoder: SmallCNN, images
         out = encode(encoder, images, CPU, cache=blocker / "features")
     assert torch.allclose(out, plain(encoder, images), atol=1e-5)
     assert "could not write feature cache file" in caplog.text
+
+
+def test_cache_keeps_under_its_limit_removing_least_recently_used(
+        encoder: SmallCNN, images: torch.Tensor, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    other = tmp_path / "notes.txt"  # not a cache file: never counted or removed
+    other.write_text("mine")
+    sets = [images, images.flip(2), images.flip(3)]
+    encode(encoder, sets[0], CPU, cache=tmp_path)
+    one = cache_files(tmp_path)[0].stat().st_size
+    for i, path in enumerate(cache_files(tmp_path)):
+        os.utime(path, (1000 + i, 1000 + i))
+    # Room for two files: the third write removes the least recently used one.
+    monkeypatch.setenv("IMGXFER_CACHE_MAX_MB", str(2.5 * one / 2**20))
+    encode(encoder, sets[1], CPU, cache=tmp_path)
+    first = tmp_path / f"{feature_cache_key(encoder, sets[0], CPU)}.safetensors"
+    second = tmp_path / f"{feature_cache_key(encoder, sets[1], CPU)}.safetensors"
+    os.utime(first, (2000, 2000))
+    os.utime(second, (1500, 1500))
+    encode(encoder, sets[0], CPU, cache=tmp_path)  # a hit: first becomes the newest
+    encode(encoder, sets[2], CPU, cache=tmp_path)
+    assert first.exists() and not second.exists() and len(cache_files(tmp_path)) == 2
+    assert other.read_text() == "mine"
+
+    monkeypatch.setenv("IMGXFER_CACHE_MAX_MB", "0")  # keeps nothing
+    encode(encoder, sets[1], CPU, cache=tmp_path)
+    assert cache_files(tmp_path) == [] and other.exists()
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+def test_bad_cache_limit_is_one_sentence(encoder: SmallCNN, images: torch.Tensor,
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         value: str) -> None:
+    from imgxfer.errors import UserError
+
+    monkeypatch.setenv("IMGXFER_CACHE_MAX_MB", value)
+    with pytest.raises(UserError, match="IMGXFER_CACHE_MAX_MB must be a size in megabytes"):
+        encode(encoder, images, CPU, cache=tmp_path)
+    assert cache_files(tmp_path) == []

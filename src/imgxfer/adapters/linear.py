@@ -19,18 +19,23 @@ from imgxfer.training import adapt_batchnorm
 
 
 def probe_features(encoder: nn.Module, images: dict[str, torch.Tensor], target: torch.Tensor,
-                   device: torch.device, adabn: bool) -> dict[str, torch.Tensor]:
+                   device: torch.device, adabn: bool,
+                   cache: bool = False) -> dict[str, torch.Tensor]:
     """Features of each set of raw images with the frozen encoder. With ``adabn`` each set
     is encoded with BatchNorm statistics re-estimated on that set ("target" on all target
     images ``target``), and the encoder is left with target statistics when there are
-    target images; otherwise the encoder's own statistics serve every set."""
+    target images; otherwise the encoder's own statistics serve every set. ``cache``
+    reads and writes the on-disk feature cache (:mod:`imgxfer.features`); the statistics
+    are part of its key, so each set's entry is found again by the next probe of the same
+    encoder on the same images (``--compare linear,lp-ft``, another seed of a frozen
+    pretrained encoder...)."""
     feats: dict[str, torch.Tensor] = {}
     order = sorted(images, key=lambda k: k == "target")  # target last: its statistics stay
     for key in order:
         if adabn:
             own = target if key == "target" else images[key]
             adapt_batchnorm(encoder, encoder.preprocess(own), device)
-        feats[key] = encode(encoder, images[key], device)
+        feats[key] = encode(encoder, images[key], device, cache=cache)
     if adabn and "target" not in images and len(target):
         adapt_batchnorm(encoder, encoder.preprocess(target), device)
     return feats
@@ -64,7 +69,8 @@ def fit_logistic_head(features: torch.Tensor, labels: torch.Tensor, weights: tor
 
 
 def fit_probe(encoder: nn.Module, data: TransferData, weights: dict[str, float], *, c: float,
-              max_iter: int, adabn: bool, device: torch.device, name: str) -> Classifier:
+              max_iter: int, adabn: bool, device: torch.device, name: str,
+              cache: bool = False) -> Classifier:
     """A :class:`Classifier` whose head is the logistic regression on frozen features."""
     sets = labelled_sets(data, weights)
     if not sets:
@@ -72,7 +78,7 @@ def fit_probe(encoder: nn.Module, data: TransferData, weights: dict[str, float],
                         "shots and synthetic are all empty or weighted 0).")
     encoder = encoder.to(device)
     feats = probe_features(encoder, {k: ds.images for k, ds in sets.items()},
-                           target_images(data), device, adabn)
+                           target_images(data), device, adabn, cache)
     head_w, head_b = fit_logistic_head(
         torch.cat([feats[k] for k in sets]), torch.cat([ds.labels for ds in sets.values()]),
         set_weights(sets, weights), data.target_labelled.num_classes, c=c, max_iter=max_iter)
@@ -95,17 +101,20 @@ class LinearProbe:
     returned classifier keeps the statistics of all target images (labelled and
     unlabelled), which is its only use of unlabelled target data. The step budget does not
     apply: the probe is solved to convergence (at most ``max_iter`` L-BFGS iterations).
+    ``feature_cache`` (default on) keeps the features in the on-disk cache
+    (``imgxfer cache`` shows and clears it).
     """
 
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
     def __init__(self, c: float = 1.0, max_iter: int = 1000, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True) -> None:
+                 adabn: bool = True, feature_cache: bool = True) -> None:
         check_options("linear", positive={"c": c}, at_least_one={"max_iter": max_iter},
                       nonnegative={"source_weight": source_weight, "target_weight": target_weight,
                                    "synthetic_weight": synthetic_weight})
         self.c, self.max_iter, self.adabn = c, max_iter, adabn
+        self.feature_cache = feature_cache
         self.weights = {"source": source_weight, "target": target_weight,
                         "synthetic": synthetic_weight}
 
@@ -115,7 +124,8 @@ class LinearProbe:
         budget.start()
         with progress.task("adapter: linear", total=budget.steps) as task:
             model = fit_probe(encoder, data, self.weights, c=self.c, max_iter=self.max_iter,
-                              adabn=self.adabn, device=device, name="linear")
+                              adabn=self.adabn, device=device, name="linear",
+                              cache=self.feature_cache)
             task.advance(budget.steps)
         model.eval()
         return model
@@ -131,7 +141,7 @@ class LinearProbeFineTune(TrainedAdapter):
     batch per set forwarded on its own (domain-specific BatchNorm statistics), at
     ``lr`` for head and encoder alike (3e-4: better than 1e-4 on syndigits -> mnist at 0
     and 10 shots). AdaBN on all target images (labelled and unlabelled) at the end
-    (``adabn``) is its only use of unlabelled target data.
+    (``adabn``) is its only use of unlabelled target data. ``feature_cache`` as in `linear`.
     """
 
     name = "lp-ft"
@@ -140,13 +150,14 @@ class LinearProbeFineTune(TrainedAdapter):
     def __init__(self, lr: float = 3e-4, encoder_lr_scale: float = 1.0, batch_size: int = 64,
                  c: float = 1.0, max_iter: int = 1000, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True, seed: int = 0) -> None:
+                 adabn: bool = True, feature_cache: bool = True, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed)
         check_options(self.name, positive={"c": c}, at_least_one={"max_iter": max_iter})
-        self.c, self.max_iter = c, max_iter
+        self.c, self.max_iter, self.feature_cache = c, max_iter, feature_cache
 
     def build_model(self, encoder: nn.Module, data: TransferData, device: torch.device) -> Classifier:
         return fit_probe(encoder, data, self.weights, c=self.c, max_iter=self.max_iter,
-                         adabn=self.adabn, device=device, name=self.name)
+                         adabn=self.adabn, device=device, name=self.name,
+                         cache=self.feature_cache)

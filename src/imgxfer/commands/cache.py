@@ -1,0 +1,52 @@
+"""`imgxfer cache`: where the feature cache is, how much it holds, and clearing it.
+
+The linear probe (`linear`, `lp-ft`) keeps the features of its frozen encoder there
+(:mod:`imgxfer.features`), so a second probe of the same encoder on the same images reads
+them instead of encoding again. The folder is ``$IMGXFER_CACHE_DIR`` or
+``~/.cache/imgxfer/features`` and is kept under ``$IMGXFER_CACHE_MAX_MB`` megabytes.
+"""
+
+from __future__ import annotations
+
+import click
+
+from imgxfer.features import cache_entries, cache_limit_bytes, default_cache_dir
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1024
+        if n < 1024 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+@click.command("cache")
+@click.option("--clear", is_flag=True, help="Remove every cached feature file.")
+def cache_command(clear: bool) -> None:
+    """Show the feature cache (folder, files, size, limit), or clear it.
+
+    Only the cache's own files (64 hex digits + .safetensors) are counted or removed;
+    anything else in the folder is left alone.
+    """
+    folder = default_cache_dir()
+    limit = cache_limit_bytes()
+    entries = cache_entries(folder)
+    total = sum(size for _, size in entries)
+    if clear:
+        files = freed = 0
+        for path, size in entries:
+            try:
+                path.unlink()
+            except FileNotFoundError:  # removed meanwhile (pruned by a run)
+                continue
+            except OSError as exc:
+                raise click.ClickException(f"could not remove {path} ({exc.strerror}).") from None
+            files, freed = files + 1, freed + size
+        click.echo(f"removed {files} cached feature files ({_size(freed)}) from {folder}")
+        return
+    click.echo(f"folder: {folder}")
+    click.echo(f"files:  {len(entries)} ({_size(total)}; limit {_size(limit)}, "
+               "IMGXFER_CACHE_MAX_MB)")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+
+from imgxfer.cli import cli
+from imgxfer.encoders.smallcnn import SmallCNN
+from imgxfer.features import encode
+
+
+def test_cache_shows_and_clears_only_its_files(host, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    for i in range(2):
+        encode(encoder, torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(i)),
+               "cpu", cache=True)
+    (tmp_path / "keep.safetensors").write_bytes(b"not the cache's")
+    result = CliRunner().invoke(cli, ["cache"])
+    assert result.exit_code == 0, result.output
+    assert f"folder: {tmp_path}" in result.output and "files:  2 (" in result.output
+    assert "limit 2.0 GB" in result.output
+
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert result.exit_code == 0 and "removed 2 cached feature files" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
+    assert "files:  0 (0 B;" in CliRunner().invoke(cli, ["cache"]).output
+
+
+def test_cache_bad_limit(host, monkeypatch):
+    monkeypatch.setenv("IMGXFER_CACHE_MAX_MB", "big")
+    result = CliRunner().invoke(cli, ["cache"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: IMGXFER_CACHE_MAX_MB must be a size in megabytes "
+                                     "(0 or more), got 'big'.")
