@@ -104,7 +104,7 @@ def cache_limit_bytes() -> int:
         mb = float(text)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:  # also NaN
+    if not 0 <= mb < float("inf"):  # also NaN
         raise UserError(f"{CACHE_MAX_ENV} must be a size in megabytes (0 or more), got {text!r}.")
     return int(mb * (1 << 20))
 

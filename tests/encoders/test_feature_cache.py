@@ -194,7 +194,7 @@ def test_cache_keeps_under_its_limit_removing_least_recently_used(
     assert cache_files(tmp_path) == [] and other.exists()
 
 
-@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+@pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf"])
 def test_bad_cache_limit_is_one_sentence(encoder: SmallCNN, images: torch.Tensor,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          value: str) -> None:
