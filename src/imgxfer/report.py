@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +66,29 @@ def sample_grid(class_names: list[str], rows: dict[str, ImageDataset | None],
     number for all, or by set title)."""
     sets = [(k, v) for k, v in rows.items() if v is not None and len(v)]
     widths = [per_class if isinstance(per_class, int) else per_class.get(k, 6) for k, _ in sets]
-    n_cols = sum(widths)
-    fig, axes = plt.subplots(len(class_names), n_cols, squeeze=False,
-                             figsize=(0.7 * n_cols + 1.2, 0.7 * len(class_names) + 0.5))
+    # A narrow empty column between two sets keeps them apart.
+    ratios = [r for i, w in enumerate(widths) for r in ([0.3] if i else []) + [1.0] * w]
+    firsts = [sum(widths[:i]) + i for i in range(len(sets))]  # each set's first column
+    fig, axes = plt.subplots(len(class_names), len(ratios), squeeze=False,
+                             figsize=(0.7 * sum(ratios) + 1.2, 0.7 * len(class_names) + 0.5),
+                             gridspec_kw={"width_ratios": ratios})
+    for ax in axes.flat:
+        ax.axis("off")
     for c, name in enumerate(class_names):
-        start = 0
-        for (title, ds), width in zip(sets, widths):
+        for (title, ds), width, first in zip(sets, widths, firsts):
             index = torch.nonzero(ds.labels == c).flatten()[:width]
-            for j in range(width):
-                ax = axes[c, start + j]
-                if j < len(index):
-                    _show(ax, ds.images[index[j]])
-                else:
-                    ax.axis("off")
-                if c == 0 and j == 0:
-                    ax.set_title(title, fontsize=9, loc="left")
-            start += width
-        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+            for j, i in enumerate(index.tolist()):
+                _show(axes[c, first + j], ds.images[i])
+        # The class name left of the first image (an axis that is off shows no ylabel).
+        axes[c, 0].text(-0.1, 0.5, name, transform=axes[c, 0].transAxes, ha="right",
+                        va="center", fontsize=9)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    # Each set's title centred over its own columns, wrapped to their width (about 9
+    # characters per column), so a one-column set's title does not run into the next.
+    for (title, _), width, first in zip(sets, widths, firsts):
+        left, right = axes[0, first].get_position(), axes[0, first + width - 1].get_position()
+        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.005, textwrap.fill(title, 9 * width),
+                 ha="center", va="bottom", fontsize=9)
     return _png(fig)
 
 
