@@ -58,6 +58,7 @@ def test_run_folder_contents(finished_run):
     generator = metrics["generator"]  # quality is measured by default
     assert 0 <= generator["cas"] <= 1 and 0 <= generator["cas_real"] <= 1
     assert generator["fid"] >= 0 and generator["kid_std"] >= 0 and "kid_mean" in generator
+    assert 0 <= generator["nearest_shot"] <= 1 and 0 <= generator["nearest_shot_real"] <= 1
     assert "generator_quality" in metrics["timings_s"]
     assert "synthetic_delta" not in metrics
     assert "tiny-source" in (folder / "config.toml").read_text()

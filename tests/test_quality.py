@@ -12,7 +12,8 @@ from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.data import few_shot_split
 from imgxfer.pipeline import filter_synthetic, synthesis_prompts
 from imgxfer.quality import (classification_accuracy_score, feature_distances, frechet_distance,
-                             generator_quality, kernel_inception_distance, matched_real_subset)
+                             generator_quality, kernel_inception_distance, matched_real_subset,
+                             shot_copying)
 
 
 def gaussian(n: int, d: int = 8, seed: int = 0, shift: float = 0.0) -> np.ndarray:
@@ -83,13 +84,33 @@ def test_generator_quality_keys_and_rng_untouched():
     encoder = SmallCNN(width=4, input_size=16, seed=0)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    out = generator_quality(encoder, fake, real_test, pool, cas_steps=20)
+    out = generator_quality(encoder, fake, real_test, pool, cas_steps=20,
+                            shots=pool.subset(torch.tensor([0, 20, 40])))
     assert torch.equal(before, torch.get_rng_state())
     assert {"cas", "cas_real", "fid", "kid_mean", "kid_std", "fid_real", "kid_real_mean",
-            "per_class"} <= set(out)
+            "per_class", "nearest_shot", "nearest_shot_real"} <= set(out)
     assert 0 <= out["cas"] <= 1 and 0 <= out["cas_real"] <= 1 and out["cas_real_images"] == 12
     subset = matched_real_subset(pool, [1, 0, 5])
     assert subset.class_counts() == [1, 0, 5]
+
+
+def test_shot_copying_tells_copies_from_new_images():
+    split = few_shot_split(tiny_bars("t", 40, seed=1), 2, seed=0)
+    # Noisy copies of the shots (what a generator that memorised them draws).
+    reps = split.labelled.subset(torch.arange(len(split.labelled)).repeat(10))
+    g = torch.Generator().manual_seed(0)
+    copies = ImageDataset((reps.images + 0.05 * torch.randn(reps.images.shape, generator=g)).clamp(0, 1),
+                          reps.labels, reps.class_names, "copies")
+    copied = shot_copying(copies, split.labelled, split.test)
+    assert copied["nearest_shot"] == 1.0 and copied["nearest_shot_real"] < 0.5
+    # New images of the same distribution score like the real reference.
+    fresh = shot_copying(split.unlabelled, split.labelled, split.test)
+    assert abs(fresh["nearest_shot"] - fresh["nearest_shot_real"]) < 0.15
+    # Another size and channel count are converted; no shots: nothing to measure.
+    rgb = ImageDataset(torch.nn.functional.interpolate(copies.images, size=24).expand(-1, 3, -1, -1),
+                       copies.labels, copies.class_names, "rgb")
+    assert shot_copying(rgb, split.labelled, split.test)["nearest_shot"] == 1.0
+    assert shot_copying(copies, split.labelled.subset(torch.arange(0)), split.test) == {}
 
 
 def test_synthesis_prompts_use_target_captions_of_the_same_class():

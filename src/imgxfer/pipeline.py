@@ -204,7 +204,7 @@ def generator_quality_metrics(encoder: Any, synthetic: ImageDataset, split: Spli
                               steps: int, seed: int, device: torch.device) -> dict[str, Any]:
     """CAS, CAS real, FID and KID of the synthetic images against the target *test* split
     (used for evaluation only, as for the classifiers), in the run encoder's feature
-    space. The real reference for CAS real is drawn from the target training images
+    space, and how often they copy the labelled shots (``nearest_shot``). The real reference for CAS real is drawn from the target training images
     (labelled shots and unlabelled, with their true labels, used for this metric only)."""
     from imgxfer.quality import generator_quality
 
@@ -214,7 +214,7 @@ def generator_quality_metrics(encoder: Any, synthetic: ImageDataset, split: Spli
                         split.test.description)
     return generator_quality(encoder, synthetic, split.test, pool,
                              cas_steps=cas_steps(steps, len(synthetic)), seed=seed,
-                             device=device)
+                             device=device, shots=split.labelled)
 
 
 def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Split,

@@ -14,6 +14,15 @@ feature-space FID / KID between real and synthetic images.
   so it is near 0 (and may be slightly negative) for two samples of one distribution,
   whatever their size; FID is biased upwards for small samples.
 
+- **Shot copying**: whether the generator draws new target images or copies its few
+  labelled target shots. For each synthetic image, its nearest real target image of the
+  same class (pixel L2, among the shots and the test split) is a shot or not;
+  ``nearest_shot`` is the fraction that are, ``nearest_shot_real`` the same fraction for
+  real held-out images (each test image against the shots and the other test images):
+  what a generator of new target images would score. Near 1 against a small reference
+  means the synthetic target images are variations of the shots, which adds little that
+  the shots themselves do not.
+
 Both distances are computed **in the feature space of the encoder they are given** (in
 ``imgxfer run`` the run's source-trained encoder), not in Inception-v3's pool features:
 their values compare generators within one setup (same encoder, same real set) and are
@@ -198,10 +207,53 @@ def matched_real_subset(pool: ImageDataset, counts: Sequence[int], *, seed: int 
     return pool.subset(torch.cat(keep))
 
 
+def shot_copying(synthetic: ImageDataset, shots: ImageDataset,
+                 test: ImageDataset) -> dict[str, float]:
+    """``nearest_shot`` and ``nearest_shot_real`` (see the module docstring), over the
+    classes that have shots and at least two test images; {} when none has. Synthetic
+    images of another size or channel count are resized and converted to the test's."""
+    images = _like(synthetic.images.float(), test.images)
+    hits, total, real_hits, real_total = 0, 0, 0, 0
+    for c in range(test.num_classes):
+        shot_c = shots.images[shots.labels == c].float().flatten(1)
+        test_c = test.images[test.labels == c].float().flatten(1)
+        fake_c = images[synthetic.labels == c].flatten(1)
+        if len(shot_c) == 0 or len(test_c) < 2:
+            continue
+        real = torch.cat([shot_c, test_c])
+        if len(fake_c):
+            hits += int((torch.cdist(fake_c, real).argmin(1) < len(shot_c)).sum())
+            total += len(fake_c)
+        d = torch.cdist(test_c, real)
+        d[torch.arange(len(test_c)), len(shot_c) + torch.arange(len(test_c))] = float("inf")
+        real_hits += int((d.argmin(1) < len(shot_c)).sum())
+        real_total += len(test_c)
+    if not total:
+        return {}
+    return {"nearest_shot": hits / total, "nearest_shot_real": real_hits / real_total}
+
+
+def _like(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``images`` with the channel count and size of ``reference`` ([N, C, H, W])."""
+    channels, size = reference.shape[1], tuple(reference.shape[-2:])
+    if images.shape[1] != channels:
+        if channels == 1:
+            images = images.mean(1, keepdim=True)
+        elif images.shape[1] == 1:
+            images = images.expand(-1, channels, -1, -1)
+        else:
+            images = images[:, :channels]
+    if tuple(images.shape[-2:]) != size:
+        images = nn.functional.interpolate(images, size=size, mode="bilinear",
+                                           antialias=True, align_corners=False)
+    return images
+
+
 def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: ImageDataset,
                       real_train: ImageDataset, *, cas_steps: int = CAS_STEPS,
                       seed: int = 0, device: torch.device | str = "cpu",
-                      per_class: bool = True) -> dict[str, Any]:
+                      per_class: bool = True,
+                      shots: ImageDataset | None = None) -> dict[str, Any]:
     """Everything ``imgxfer run`` reports about a generator's images.
 
     ``cas``: fixed classifier trained on ``synthetic``, tested on ``real_test``;
@@ -210,7 +262,8 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
     ``cas_real_images`` says how many); ``fid``, ``kid_mean``, ``kid_std`` between
     ``real_test`` and ``synthetic`` in ``encoder``'s feature space, and ``fid_real`` /
     ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
-    perfect generator would reach with that many images). The global RNG is left as it was.
+    perfect generator would reach with that many images). With the labelled target
+    ``shots``, also :func:`shot_copying`. The global RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         counts = torch.bincount(synthetic.labels, minlength=synthetic.num_classes).tolist()
@@ -229,6 +282,8 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
         if len(reference) >= 2:
             floor = feature_distances(encoder, real_test, reference, device, seed=seed)
             out.update(fid_real=floor["fid"], kid_real_mean=floor["kid_mean"])
+        if shots is not None and len(shots):
+            out.update(shot_copying(synthetic, shots, real_test))
         if per_class:
             out["per_class"] = dist["per_class"]
         out["feature_space"] = f"{type(encoder).__name__} ({getattr(encoder, 'weights_source', '?')})"

@@ -166,7 +166,8 @@ th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;over
 
 # Shown in "Generator quality", not in the setup table.
 _QUALITY_KEYS = {"name", "cas", "cas_real", "cas_real_images", "cas_steps", "fid", "kid_mean",
-                 "kid_std", "fid_real", "kid_real_mean", "feature_space"}
+                 "kid_std", "fid_real", "kid_real_mean", "feature_space", "nearest_shot",
+                 "nearest_shot_real"}
 
 
 def _generator_sections(metrics: dict[str, Any]) -> list[str]:
@@ -183,12 +184,18 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
             f"the target test split in the feature space of the run's encoder ({space}), "
             "<b>not Inception's: the values are not comparable with published FID/KID</b>; "
             "the 'real' column is the same distance for the real reference images, the floor "
-            "a perfect generator would reach.</p>" + _table(
+            "a perfect generator would reach. 'Nearest real image is a shot': how often the "
+            "closest real target image of the same class (in pixels, among the labelled shots "
+            "and the test split) is one of the shots; for real held-out images it is the "
+            "reference, and a synthetic value far above it means the generator copies its "
+            "few target shots rather than drawing new target images.</p>" + _table(
                 ["", "synthetic", "real reference"],
                 [["CAS (accuracy on real test)", gen["cas"], gen["cas_real"]],
                  ["FID (encoder features)", gen["fid"], gen.get("fid_real", "-")],
                  ["KID (encoder features)", f"{gen['kid_mean']:.4f} ± {gen['kid_std']:.4f}",
-                  gen.get("kid_real_mean", "-")]]))
+                  gen.get("kid_real_mean", "-")]]
+                + ([["Nearest real image is a shot", gen["nearest_shot"],
+                     gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])))
         if gen.get("per_class"):
             parts.append("<h3>Per class</h3>" + _table(
                 ["class", "FID", "KID", "real / synthetic images"],
