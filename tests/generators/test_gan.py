@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
-from imgxfer.generators.gan import ConditionalGAN, _diff_augment
+from imgxfer.generators.gan import (ConditionalGAN, _caption_pairs, _diff_augment,
+                                    relative_similarity_kl)
 from imgxfer.generators.text import HashedTextEncoder, bucket, token_ids, tokenize
 from imgxfer.progress import NullProgress
 
@@ -139,6 +140,7 @@ def test_factory_takes_keyword_options_with_defaults_and_a_description() -> None
     (dict(augment="color,blur"), "unknown augment blur"),
     (dict(target_weight=1.5), "target_weight"),
     (dict(width=0), "width"),
+    (dict(cdc=-1.0), "cdc"),
 ])
 def test_invalid_options_are_user_errors(options: dict, words: str) -> None:
     with pytest.raises(UserError, match=words):
@@ -480,3 +482,59 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch) 
         _fit(ConditionalGAN(**TINY, checkpoint_every=4), 8, checkpoint=path, resume=True)
     assert path.read_bytes() == before and _checkpoint_step(path) == 4
     assert [p.name for p in tmp_path.iterdir()] == ["gan.safetensors"]
+
+
+# -- cross-domain consistency ------------------------------------------------------------
+
+def test_relative_similarity_kl_compares_similarity_structure() -> None:
+    g = torch.Generator().manual_seed(0)
+    varied = torch.rand(8, 1, 6, 6, generator=g)
+    assert relative_similarity_kl(varied, varied).item() == pytest.approx(0, abs=1e-6)
+    # Correlations ignore brightness and contrast: a restyled batch keeps the structure.
+    assert relative_similarity_kl(varied, 0.5 * varied + 0.3).item() == pytest.approx(0, abs=1e-5)
+    # One image with a little noise (collapse) has another structure.
+    collapsed = varied[:1] + 0.01 * torch.rand(8, 1, 6, 6, generator=g)
+    assert relative_similarity_kl(varied, collapsed).item() > 0.1
+
+
+def test_caption_pairs_need_both_domains_in_a_class() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    caption_of = torch.tensor([0, 1, 2, 2, 3])
+    domains = ["s", "s", "s", "s", "t"]
+    pairs = _caption_pairs(labels, caption_of, domains, "t", 2)
+    assert pairs.classes.tolist() == [0]  # class 1 has no target image
+    assert pairs.source[0].tolist() == [0, 1] and pairs.target[0].tolist() == [3]
+    assert _caption_pairs(labels, caption_of, ["s"] * 5, "t", 2) is None
+
+
+def test_cdc_carries_the_source_variety_into_the_target_domain() -> None:
+    """Source: bars at random rows; target: ONE bar per class, in another style. With the
+    consistency term, target samples vary with the noise as source samples do (the KL of
+    their similarity structures drops); without it they need not."""
+    def bars(cls: int, rows: list[int]) -> torch.Tensor:
+        x = torch.zeros(len(rows), 1, 8, 8)
+        for i, r in enumerate(rows):
+            if cls == 0:
+                x[i, 0, r, :] = 1
+            else:
+                x[i, 0, :, r] = 1
+        return x
+
+    n = 24
+    rows = torch.randint(1, 7, (n,), generator=torch.Generator().manual_seed(1)).tolist()
+    data = GeneratorData(
+        images=torch.cat([bars(0, rows), bars(1, rows), 0.5 * bars(0, [3]) + 0.25,
+                          0.5 * bars(1, [3]) + 0.25]),
+        labels=torch.cat([torch.arange(2).repeat_interleave(n), torch.arange(2)]),
+        captions=["source bar"] * (2 * n) + ["target bar"] * 2,
+        domains=["s"] * (2 * n) + ["t"] * 2, class_names=["h", "v"], target_domain="t")
+    kl = {0.0: 0.0, 5.0: 0.0}
+    for cdc in kl:
+        for seed in (0, 1):  # a mean over classes and two trainings: one can be unlucky
+            gan = ConditionalGAN(**{**TINY, "cdc": cdc, "seed": seed})
+            history = _fit(gan, STEER_STEPS, data)
+            assert all(math.isfinite(v) for v in history["g_loss"])
+            kl[cdc] += sum(relative_similarity_kl(
+                gan.sample(["source bar"], [c], n=32, seed=0),
+                gan.sample(["target bar"], [c], n=32, seed=0)).item() for c in (0, 1)) / 4
+    assert kl[5.0] < 0.6 * kl[0.0], kl

@@ -24,6 +24,12 @@ captions, and is sized to train in about a minute on a 2-core CPU at 32x32. Part
   classifier trained on them only, tested on 1,000 real held-out digits) reached 0.81
   after 600 steps and 0.92-0.95 after 1,200 (2e-4: 0.58 after 530, 0.89 after 1,200-1,270);
   it stayed at 0.95-0.96 up to 3,600 steps. 1e-3 learned no faster and was less steady.
+- Cross-domain consistency (``cdc``, after Ojha et al. 2021, off by default): with few
+  target images the generator ties the target style to the shots' own shapes and draws
+  variations of them. This term draws the same noise and class once with a source and
+  once with a target caption and asks the target images to be as similar to one another
+  as the source images are (a KL divergence between their softmaxed pairwise
+  correlations), so the source's variety carries over into the target style.
 - Samples come from an exponential moving average (EMA) of the generator, whose
   BatchNorm statistics are recomputed after training: running averages collected by the
   raw generator do not match the averaged weights.
@@ -82,6 +88,11 @@ _NOT_COMPARED = ("checkpoint_every",)
 _D_LR_RATIO = 4
 # Batches of conditions used to recompute the EMA generator's BatchNorm statistics.
 _STANDING_STAT_BATCHES = 16
+# Cross-domain consistency: noise vectors per step, and the softmax temperature of the
+# similarities (image correlations lie in [-1, 1]; at temperature 1 their softmax is
+# nearly uniform whatever the images).
+_CDC_BATCH = 16
+_CDC_TEMPERATURE = 0.1
 
 
 def _doublings(image_size: int) -> int:
@@ -279,6 +290,50 @@ def _data_differences(saved: dict[str, Any], ours: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+@dataclass
+class _CaptionPairs:
+    """Per class, the distinct captions of its source and of its target images (indices
+    into the sorted caption list), for the classes that have both."""
+
+    classes: torch.Tensor
+    source: dict[int, torch.Tensor]
+    target: dict[int, torch.Tensor]
+
+
+def _caption_pairs(labels: torch.Tensor, caption_of: torch.Tensor, domains: Sequence[str],
+                   target_domain: str, num_classes: int) -> _CaptionPairs | None:
+    is_target = torch.tensor([d == target_domain for d in domains])
+    source, target = {}, {}
+    for c in range(num_classes):
+        s = caption_of[(labels == c) & ~is_target].unique()
+        t = caption_of[(labels == c) & is_target].unique()
+        if len(s) and len(t):
+            source[c], target[c] = s, t
+    if not source:  # no class has images of both domains: nothing to keep consistent
+        return None
+    return _CaptionPairs(torch.tensor(sorted(source)), source, target)
+
+
+def _choice(options: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return options[torch.randint(len(options), (), generator=generator)]
+
+
+def relative_similarity_kl(reference: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) averaged over the images of a batch, where p and q are the softmaxed
+    (temperature :data:`_CDC_TEMPERATURE`) correlations of each image with the others, in
+    ``reference`` and in ``adapted`` (both [N, ...], image i of one paired with image i of
+    the other). 0 when the two batches have the same similarity structure."""
+    def similarities(x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        x = F.normalize(x - x.mean(1, keepdim=True), dim=1)
+        sim = x @ x.T / _CDC_TEMPERATURE
+        off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+        return sim[off].view(len(x), len(x) - 1)
+
+    p = F.softmax(similarities(reference), dim=1)
+    return F.kl_div(F.log_softmax(similarities(adapted), dim=1), p, reduction="batchmean")
+
+
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -293,7 +348,8 @@ class ConditionalGAN:
     square images it learns and makes (inputs are resized to it; a power of two); ``ema``
     decay of the averaged generator that samples are drawn from; ``target_weight`` share
     of each batch drawn from the target domain; ``diversity`` weight of the mode-seeking
-    term (0 turns it off); ``augment`` comma-separated DiffAugment policy from color,
+    term (0 turns it off); ``cdc`` weight of the cross-domain consistency term (0: off);
+    ``augment`` comma-separated DiffAugment policy from color,
     translation, cutout ("" for none); ``checkpoint_every`` steps between training
     checkpoints when ``fit`` is given a checkpoint path; ``seed``.
 
@@ -306,7 +362,7 @@ class ConditionalGAN:
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
                  ema: float = 0.999, target_weight: float = 0.25, diversity: float = 0.2,
-                 augment: str = "translation", checkpoint_every: int = 250,
+                 cdc: float = 0.0, augment: str = "translation", checkpoint_every: int = 250,
                  seed: int = 0) -> None:
         for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
                             ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
@@ -320,6 +376,8 @@ class ConditionalGAN:
             raise UserError(f"gan: target_weight must be in [0, 1], got {target_weight!r}.")
         if not diversity >= 0:
             raise UserError(f"gan: diversity must be zero or more, got {diversity!r}.")
+        if not cdc >= 0:
+            raise UserError(f"gan: cdc must be zero or more, got {cdc!r}.")
         _doublings(image_size)
         policy = tuple(p.strip() for p in augment.split(",") if p.strip())
         unknown = sorted(set(policy) - set(AUGMENTATIONS))
@@ -329,7 +387,7 @@ class ConditionalGAN:
         self.z_dim, self.width, self.embed_dim = int(z_dim), int(width), int(embed_dim)
         self.lr, self.batch_size, self.image_size = float(lr), int(batch_size), int(image_size)
         self.ema, self.target_weight = float(ema), float(target_weight)
-        self.diversity = float(diversity)
+        self.diversity, self.cdc = float(diversity), float(cdc)
         self.augment, self.seed = policy, int(seed)
         self.checkpoint_every = int(checkpoint_every)
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
@@ -343,7 +401,8 @@ class ConditionalGAN:
         return {"z_dim": self.z_dim, "width": self.width, "embed_dim": self.embed_dim,
                 "lr": self.lr, "batch_size": self.batch_size, "image_size": self.image_size,
                 "ema": self.ema, "target_weight": self.target_weight,
-                "diversity": self.diversity, "augment": ",".join(self.augment),
+                "diversity": self.diversity, "cdc": self.cdc,
+                "augment": ",".join(self.augment),
                 "checkpoint_every": self.checkpoint_every, "seed": self.seed}
 
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
@@ -383,6 +442,8 @@ class ConditionalGAN:
         caption_of = torch.tensor([position[c] for c in data.captions])
         caption_ids = token_ids(captions)
         draw_weights = self._draw_weights(data.domains, data.target_domain)
+        pairs = _caption_pairs(labels, caption_of, data.domains, data.target_domain,
+                               len(data.class_names)) if self.cdc > 0 else None
 
         shape = dict(num_classes=len(data.class_names), channels=images.shape[1],
                      image_size=self.image_size)
@@ -461,6 +522,9 @@ class ConditionalGAN:
                     spread = ((fake[:half] - fake[half:2 * half]).abs().mean()
                               / (z[:half] - z[half:2 * half]).abs().mean())
                     g_total = g_loss + self.diversity / (spread + 1e-5)
+                if pairs is not None:
+                    g_total = g_total + self.cdc * self._consistency(
+                        gen_net, pairs, caption_ids, draw_rng, rng, device)
                 opt_g.zero_grad(set_to_none=True)
                 g_total.backward()
                 opt_g.step()
@@ -571,6 +635,22 @@ class ConditionalGAN:
             images = F.interpolate(images, size=(self.image_size, self.image_size),
                                    mode="bilinear", antialias=True, align_corners=False)
         return images.clamp(0, 1) * 2 - 1
+
+    def _consistency(self, gen_net: _Generator, pairs: "_CaptionPairs",
+                     caption_ids: torch.Tensor, draw_rng: torch.Generator,
+                     rng: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The cross-domain consistency loss on one batch of noise (see the module
+        docstring): one class, one source and one target caption of it, so that the
+        similarities are those the noise makes within the class (across classes the
+        target images differ anyway); source images are the reference (no gradient)."""
+        c = int(_choice(pairs.classes, draw_rng))
+        source, target = _choice(pairs.source[c], draw_rng), _choice(pairs.target[c], draw_rng)
+        z = torch.randn(_CDC_BATCH, self.z_dim, generator=rng, device=device)
+        classes = torch.full((_CDC_BATCH,), c, device=device)
+        with torch.no_grad():
+            reference = gen_net(z, classes, caption_ids[source].expand(_CDC_BATCH, -1).to(device))
+        adapted = gen_net(z, classes, caption_ids[target].expand(_CDC_BATCH, -1).to(device))
+        return relative_similarity_kl(reference, adapted)
 
     def _draw_weights(self, domains: Sequence[str], target: str) -> torch.Tensor:
         """Per-image draw probability: ``target_weight`` in all for the target images."""
