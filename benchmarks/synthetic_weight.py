@@ -1,0 +1,102 @@
+"""Does any weight of the synthetic images help? For finished run folders of
+``benchmarks/augmentation.py``, fine-tune again with the run's own synthetic images at
+several ``synthetic_weight`` values (0 = without them) and report target test accuracy,
+mean ± std over the seeds, and the paired delta against weight 0.
+
+    python benchmarks/synthetic_weight.py --runs benchmarks/results/augmentation \\
+        --cells syndigits-digits-1shot --weights 0,0.1,0.5,1 \\
+        --out benchmarks/results/synthetic_weight.json
+
+Per run folder: the run's config rebuilds its data split and encoder (pretrained again on
+the source with the run's seed and steps), its ``generator.safetensors`` and the prompts
+in its ``captions.jsonl`` redraw its synthetic images, and `finetune` (default options
+except ``synthetic_weight``) is trained once per weight from the same encoder. Results of
+finished (cell, seed, weight) triples in ``--out`` are kept and not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgxfer.budget import Budget
+from imgxfer.commands.generate import load_generator
+from imgxfer.config import load
+from imgxfer.data import ImageDataset, TransferData
+from imgxfer.pipeline import build, fit_and_evaluate, prepare
+from imgxfer.plugins import get_registry
+from imgxfer.progress import NullProgress
+
+
+def synthetic_of(folder: Path, class_names: list[str], seed: int) -> ImageDataset:
+    rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["set"] == "synthetic"]
+    labels = torch.tensor([class_names.index(r["label"]) for r in rows])
+    images = load_generator(folder).generator.sample([r["caption"] for r in rows], labels,
+                                                     seed=seed)
+    return ImageDataset(images, labels, list(class_names), "synthetic")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="benchmarks/results/augmentation")
+    ap.add_argument("--cells", default="syndigits-digits-1shot",
+                    help="comma list of run-folder groups under --runs")
+    ap.add_argument("--weights", default="0,0.1,0.5,1")
+    ap.add_argument("--out", default="benchmarks/results/synthetic_weight.json")
+    args = ap.parse_args()
+    weights = [float(w) for w in args.weights.split(",")]
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else []
+    have = {(r["cell"], r["seed"], r["weight"]) for r in results}
+    registry = get_registry()
+    for cell in args.cells.split(","):
+        for folder in sorted((Path(args.runs) / cell).glob("seed-*")):
+            config = load(folder / "config.toml")
+            todo = [w for w in weights if (cell, config.seed, w) not in have]
+            if not todo or not (folder / "metrics.json").is_file():
+                continue
+            plan = prepare(config, registry)
+            encoder = plan.encoder.to(plan.device)
+            encoder.pretrain(plan.source, budget=Budget(config.encoder_steps), device=plan.device)
+            synthetic = synthetic_of(folder, plan.split.test.class_names, config.seed)
+            for w in todo:
+                adapter = build(registry, "adapters", "finetune", {"synthetic_weight": w},
+                                config.seed)
+                data = TransferData(plan.source, plan.split.labelled, plan.split.unlabelled,
+                                    synthetic if w > 0 else None)
+                _, metrics, seconds = fit_and_evaluate(adapter, encoder, data, plan.split,
+                                                       config, plan.device, NullProgress())
+                row = {"cell": cell, "seed": config.seed, "weight": w,
+                       "accuracy": metrics["accuracy"], "train_s": round(seconds, 1)}
+                print(json.dumps(row), flush=True)
+                results.append(row)
+                out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def table(results: list[dict]) -> str:
+    by_seed = defaultdict(dict)
+    for r in results:
+        by_seed[(r["cell"], r["seed"])][r["weight"]] = r["accuracy"]
+    lines = ["| run cell | synthetic_weight | seeds | accuracy | delta vs weight 0 |",
+             "|---|---|---|---|---|"]
+    for cell in dict.fromkeys(r["cell"] for r in results):
+        seeds = [s for (c, s) in by_seed if c == cell]
+        for w in sorted({r["weight"] for r in results if r["cell"] == cell}):
+            acc = [by_seed[(cell, s)][w] for s in seeds if w in by_seed[(cell, s)]]
+            delta = [by_seed[(cell, s)][w] - by_seed[(cell, s)][0.0] for s in seeds
+                     if w in by_seed[(cell, s)] and 0.0 in by_seed[(cell, s)]]
+            sd = lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0  # noqa: E731
+            lines.append(f"| {cell} | {w:g} | {len(acc)} | {np.mean(acc):.3f} ± {sd(acc):.3f} | "
+                         f"{np.mean(delta):+.3f} ± {sd(delta):.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
