@@ -153,7 +153,8 @@ def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str
         for s in shots_list:
             acc = [r["accuracy"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
             times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
-            partial = f" ({len(acc)} seeds)" if 0 < len(acc) < n_seeds else ""
+            partial = (f" ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
+                       if 0 < len(acc) < n_seeds else "")
             cells.append(f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}"
                          f"{partial}" if acc else "–")
         lines.append(f"| {pair} | {adapter} | " + " | ".join(cells) + f" | {np.mean(times):.0f} |")
