@@ -16,16 +16,14 @@ held-out images. Prints a markdown table, mean ± std over the seeds of each
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from imgxfer.commands.generate import load_generator
+from synthetic_weight import synthetic_of  # the run's synthetic images, redrawn
+
 from imgxfer.config import load
-from imgxfer.data import ImageDataset
 from imgxfer.pipeline import load_data
 from imgxfer.plugins import get_registry
 from imgxfer.quality import shot_copying
@@ -34,13 +32,7 @@ from imgxfer.quality import shot_copying
 def measure(folder: Path) -> dict[str, float]:
     config = load(folder / "config.toml")
     _, split = load_data(config, get_registry())
-    rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["set"] == "synthetic"]
-    names = split.test.class_names
-    labels = torch.tensor([names.index(r["label"]) for r in rows])
-    generator = load_generator(folder).generator
-    images = generator.sample([r["caption"] for r in rows], labels, seed=config.seed)
-    synthetic = ImageDataset(images, labels, list(names), "synthetic")
+    synthetic = synthetic_of(folder, split.test.class_names, config.seed)
     return {"shots": config.shots, "pair": f"{config.source}:{config.target}",
             **shot_copying(synthetic, split.labelled, split.test)}
 

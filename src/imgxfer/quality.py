@@ -212,7 +212,11 @@ def shot_copying(synthetic: ImageDataset, shots: ImageDataset,
     """``nearest_shot`` and ``nearest_shot_real`` (see the module docstring), over the
     classes that have shots and at least two test images; {} when none has. Synthetic
     images of another size or channel count are resized and converted to the test's."""
-    images = _like(synthetic.images.float(), test.images)
+    from imgxfer.encoders.preprocess import prepare
+
+    c = test.images.shape[1]  # compared in the test images' channels and size, unnormalised
+    images = prepare(synthetic.images, channels=c, size=test.images.shape[-2:],
+                     mean=[0.0] * c, std=[1.0] * c)
     hits, total, real_hits, real_total = 0, 0, 0, 0
     for c in range(test.num_classes):
         shot_c = shots.images[shots.labels == c].float().flatten(1)
@@ -231,22 +235,6 @@ def shot_copying(synthetic: ImageDataset, shots: ImageDataset,
     if not total:
         return {}
     return {"nearest_shot": hits / total, "nearest_shot_real": real_hits / real_total}
-
-
-def _like(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``images`` with the channel count and size of ``reference`` ([N, C, H, W])."""
-    channels, size = reference.shape[1], tuple(reference.shape[-2:])
-    if images.shape[1] != channels:
-        if channels == 1:
-            images = images.mean(1, keepdim=True)
-        elif images.shape[1] == 1:
-            images = images.expand(-1, channels, -1, -1)
-        else:
-            images = images[:, :channels]
-    if tuple(images.shape[-2:]) != size:
-        images = nn.functional.interpolate(images, size=size, mode="bilinear",
-                                           antialias=True, align_corners=False)
-    return images
 
 
 def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: ImageDataset,
