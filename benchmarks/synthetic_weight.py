@@ -9,9 +9,10 @@ mean ± std over the seeds, and the paired delta against weight 0.
 
 Per run folder: the run's config rebuilds its data split and encoder (pretrained again on
 the source with the run's seed and steps), its ``generator.safetensors`` and the prompts
-in its ``captions.jsonl`` redraw its synthetic images, and `finetune` (default options
-except ``synthetic_weight``) is trained once per weight from the same encoder. Results of
-finished (cell, seed, weight) triples in ``--out`` are kept and not run again.
+in its ``captions.jsonl`` redraw its synthetic images, and the adapter (``--adapter``,
+default `finetune`, default options except ``synthetic_weight``) is trained once per
+weight from the same encoder. Results of finished (cell, seed, adapter, weight) in
+``--out`` are kept and not run again.
 """
 
 from __future__ import annotations
@@ -48,17 +49,20 @@ def main() -> None:
     ap.add_argument("--cells", default="syndigits-digits-1shot",
                     help="comma list of run-folder groups under --runs")
     ap.add_argument("--weights", default="0,0.1,0.5,1")
+    ap.add_argument("--adapter", default="finetune", help="adapter trained at each weight")
     ap.add_argument("--out", default="benchmarks/results/synthetic_weight.json")
     args = ap.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else []
-    have = {(r["cell"], r["seed"], r["weight"]) for r in results}
+    for r in results:  # rows written before --adapter existed are finetune's
+        r.setdefault("adapter", "finetune")
+    have = {(r["cell"], r["seed"], r["adapter"], r["weight"]) for r in results}
     registry = get_registry()
     for cell in args.cells.split(","):
         for folder in sorted((Path(args.runs) / cell).glob("seed-*")):
             config = load(folder / "config.toml")
-            todo = [w for w in weights if (cell, config.seed, w) not in have]
+            todo = [w for w in weights if (cell, config.seed, args.adapter, w) not in have]
             if not todo or not (folder / "metrics.json").is_file():
                 continue
             plan = prepare(config, registry)
@@ -66,13 +70,13 @@ def main() -> None:
             encoder.pretrain(plan.source, budget=Budget(config.encoder_steps), device=plan.device)
             synthetic = synthetic_of(folder, plan.split.test.class_names, config.seed)
             for w in todo:
-                adapter = build(registry, "adapters", "finetune", {"synthetic_weight": w},
+                adapter = build(registry, "adapters", args.adapter, {"synthetic_weight": w},
                                 config.seed)
                 data = TransferData(plan.source, plan.split.labelled, plan.split.unlabelled,
                                     synthetic if w > 0 else None)
                 _, metrics, seconds = fit_and_evaluate(adapter, encoder, data, plan.split,
                                                        config, plan.device, NullProgress())
-                row = {"cell": cell, "seed": config.seed, "weight": w,
+                row = {"cell": cell, "seed": config.seed, "adapter": args.adapter, "weight": w,
                        "accuracy": metrics["accuracy"], "train_s": round(seconds, 1)}
                 print(json.dumps(row), flush=True)
                 results.append(row)
@@ -83,17 +87,17 @@ def main() -> None:
 def table(results: list[dict]) -> str:
     by_seed = defaultdict(dict)
     for r in results:
-        by_seed[(r["cell"], r["seed"])][r["weight"]] = r["accuracy"]
-    lines = ["| run cell | synthetic_weight | seeds | accuracy | delta vs weight 0 |",
-             "|---|---|---|---|---|"]
-    for cell in dict.fromkeys(r["cell"] for r in results):
-        seeds = [s for (c, s) in by_seed if c == cell]
-        for w in sorted({r["weight"] for r in results if r["cell"] == cell}):
-            acc = [by_seed[(cell, s)][w] for s in seeds if w in by_seed[(cell, s)]]
-            delta = [by_seed[(cell, s)][w] - by_seed[(cell, s)][0.0] for s in seeds
-                     if w in by_seed[(cell, s)] and 0.0 in by_seed[(cell, s)]]
+        by_seed[(r["cell"], r["adapter"], r["seed"])][r["weight"]] = r["accuracy"]
+    lines = ["| run cell | adapter | synthetic_weight | seeds | accuracy | delta vs weight 0 |",
+             "|---|---|---|---|---|---|"]
+    for cell, adapter in dict.fromkeys((r["cell"], r["adapter"]) for r in results):
+        seeds = [(c, a, s) for (c, a, s) in by_seed if (c, a) == (cell, adapter)]
+        for w in sorted({r["weight"] for r in results if (r["cell"], r["adapter"]) == (cell, adapter)}):
+            acc = [by_seed[k][w] for k in seeds if w in by_seed[k]]
+            delta = [by_seed[k][w] - by_seed[k][0.0] for k in seeds
+                     if w in by_seed[k] and 0.0 in by_seed[k]]
             sd = lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0  # noqa: E731
-            lines.append(f"| {cell} | {w:g} | {len(acc)} | {np.mean(acc):.3f} ± {sd(acc):.3f} | "
+            lines.append(f"| {cell} | {adapter} | {w:g} | {len(acc)} | {np.mean(acc):.3f} ± {sd(acc):.3f} | "
                          f"{np.mean(delta):+.3f} ± {sd(delta):.3f} |")
     return "\n".join(lines)
 

@@ -89,6 +89,14 @@ def main() -> None:
                 for name in adapters:
                     if (shots, name) not in todo:
                         continue  # target-only has nothing to train on at 0 shots
+                    same = reusable(rows, pair, seed, name, settings)
+                    if same is not None:  # one source-only model serves every shot count
+                        row = {**same, "shots": shots, "same_model_as_shots": same["shots"]}
+                        rows.append(row)
+                        if out:
+                            with out.open("a") as f:
+                                f.write(json.dumps(row) + "\n")
+                        continue
                     # Each cell seeds itself, so a resumed grid gives the same numbers.
                     seed_everything(seed)
                     adapter = build(registry, "adapters", name, {}, seed)
@@ -115,6 +123,17 @@ def main() -> None:
     print(markdown_table([r for r in rows if r["pair"] in pairs and r["seed"] in seeds
                           and all(r.get(k) == v for k, v in settings.items())], shots_list,
                          len(seeds)))
+
+
+def reusable(rows: list[dict], pair: str, seed: int, name: str, settings: dict) -> dict | None:
+    """A finished source-only cell of the same pair and seed at another shot count: the
+    adapter never sees target images and the test split does not depend on the shot
+    count (it is drawn first), so training it again would give the same model."""
+    if name != "source-only":
+        return None
+    return next((r for r in rows if (r["pair"], r["seed"], r["adapter"]) == (pair, seed, name)
+                 and "same_model_as_shots" not in r
+                 and all(r.get(k) == v for k, v in settings.items())), None)
 
 
 def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> float:
