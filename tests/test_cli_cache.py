@@ -32,3 +32,25 @@ def test_cache_bad_limit(host, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == ("error: IMGXFER_CACHE_MAX_MB must be a size in megabytes "
                                      "(0 or more), got 'big'.")
+
+
+def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    for i in range(2):
+        encode(encoder, torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(i)),
+               "cpu", cache=True)
+    stuck = sorted(tmp_path.iterdir())[0]
+    real_unlink = type(stuck).unlink
+
+    def unlink(self, missing_ok=False):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(type(stuck), "unlink", unlink)
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert result.exit_code == 1
+    assert "removed 1 cached feature files" in result.output
+    assert f"could not remove 1 cached feature files, e.g. {stuck}" in result.output
+    assert [p for p in tmp_path.iterdir()] == [stuck]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from imgxfer.features import cache_entries, cache_limit_bytes, default_cache_dir
+from imgxfer.features import cache_entries, cache_limit_bytes, default_cache_dir, prune_cache
 
 
 def _size(n: float) -> str:
@@ -36,16 +36,13 @@ def cache_command(clear: bool) -> None:
     entries = cache_entries(folder)
     total = sum(size for _, size in entries)
     if clear:
-        files = freed = 0
-        for path, size in entries:
-            try:
-                path.unlink()
-            except FileNotFoundError:  # removed meanwhile (pruned by a run)
-                continue
-            except OSError as exc:
-                raise click.ClickException(f"could not remove {path} ({exc.strerror}).") from None
-            files, freed = files + 1, freed + size
-        click.echo(f"removed {files} cached feature files ({_size(freed)}) from {folder}")
+        removed = set(prune_cache(folder, 0))
+        freed = sum(size for path, size in entries if path in removed)
+        click.echo(f"removed {len(removed)} cached feature files ({_size(freed)}) from {folder}")
+        left = cache_entries(folder)
+        if left:
+            raise click.ClickException(f"could not remove {len(left)} cached feature files, "
+                                       f"e.g. {left[0][0]} (is the folder writable?).")
         return
     click.echo(f"folder: {folder}")
     click.echo(f"files:  {len(entries)} ({_size(total)}; limit {_size(limit)}, "
