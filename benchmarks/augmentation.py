@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from common import mean_std, run_once
 
 from imgxfer.config import RunConfig
-from imgxfer.pipeline import run
 
 
 def run_one(args: argparse.Namespace, source: str, target: str, shots: int, seed: int,
@@ -43,17 +41,11 @@ def run_one(args: argparse.Namespace, source: str, target: str, shots: int, seed
         generator_steps=args.generator_steps, generator_time=args.generator_time,
         adapter_steps=args.adapter_steps, quality=not args.no_quality,
         synthetic_filter=args.synthetic_filter, device=args.device, out=str(folder.parent))
-    done = folder / "metrics.json"
-    if done.is_file():
-        if (folder / "config.toml").read_text() != config.to_toml():
-            raise SystemExit(f"{folder} was run with other settings; give another --out-dir.")
-        print(f"{source}->{target} shots={shots} seed={seed}: done earlier ({folder})", flush=True)
-        return json.loads(done.read_text())
-    if folder.exists():  # interrupted: this script's own folder, started again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    metrics = run(config, folder=folder).metrics
+    metrics, ran = run_once(config, folder)
+    if not ran:
+        print(f"{source}->{target} shots={shots} seed={seed}: done earlier ({folder})", flush=True)
+        return metrics
     line = "  ".join(f"{a}: {d['without']:.3f} -> {d['with']:.3f} ({d['delta']:+.3f})"
                      for a, d in metrics["synthetic_delta"].items())
     print(f"{source}->{target} shots={shots} seed={seed}: {line}  "
@@ -107,10 +99,6 @@ def main() -> None:
     print(table)
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One line per (pair, shots, adapter): accuracy without and with the synthetic
     images, the paired delta (mean ± std over seeds) and whether |mean| exceeds the std;
@@ -120,7 +108,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     keys = list(dict.fromkeys((r["pair"], r["shots"], r["adapter"]) for r in rows))
     for pair, shots, adapter in keys:
         rs = [r for r in rows if (r["pair"], r["shots"], r["adapter"]) == (pair, shots, adapter)]
-        (wo, wo_s), (wi, wi_s), (d, d_s) = (_ms([r[k] for r in rs]) for k in ("without", "with", "delta"))
+        (wo, wo_s), (wi, wi_s), (d, d_s) = (mean_std([r[k] for r in rs]) for k in ("without", "with", "delta"))
         beyond = ("no" if len(rs) < 2 or abs(d) <= d_s else "yes, helps" if d > 0
                   else "yes, hurts")
         lines.append(f"| {pair} | {shots} | {adapter} | {len(rs)} | {wo:.3f} ± {wo_s:.3f} | "
@@ -133,7 +121,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             # One value per seed (the rows repeat it per adapter).
             rs = list({r["seed"]: r for r in quality if (r["pair"], r["shots"]) == (pair, shots)}.values())
             cells = [("{:.3f} ± {:.3f}" if k != "kid_mean" else "{:.4f} ± {:.4f}").format(
-                *_ms([r[k] for r in rs])) for k in ("cas", "cas_real", "fid", "kid_mean")]
+                *mean_std([r[k] for r in rs])) for k in ("cas", "cas_real", "fid", "kid_mean")]
             lines.append(f"| {pair} | {shots} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import cell
 
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.captioners.template import TemplateCaptioner
@@ -200,13 +201,6 @@ def main() -> None:
                           and all(r.get(k) == v for k, v in same.items())], variants))
 
 
-def _cell(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "–"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.{digits}f} ± {std:.{digits}f}"
-
-
 def markdown_table(rows: list[dict[str, Any]], variants: list[str]) -> str:
     """One row per variant, mean ± std over seeds; CAS ratio to the default gan."""
     lines = ["| generator | seeds | GAN steps | CAS | CAS real | CAS / CAS real | CAS vs gan "
@@ -220,9 +214,9 @@ def markdown_table(rows: list[dict[str, Any]], variants: list[str]) -> str:
         ratio = [r["cas"] / r["cas_real"] for r in rs]
         vs = f"{np.mean(col['cas']) / np.mean(ref):.2f}x" if ref else "–"
         lines.append(f"| {variant} | {len(rs)} | {np.mean([r['gan_steps'] for r in rs]):.0f} | "
-                     f"{_cell(col['cas'])} | {_cell(col['cas_real'])} | {_cell(ratio, 2)} | {vs} | "
-                     f"{_cell(col['fid'])} | {_cell(col['fid_real'])} | "
-                     f"{_cell(col['kid_mean'], 4)} | {_cell(col['kid_real_mean'], 4)} |")
+                     f"{cell(col['cas'])} | {cell(col['cas_real'])} | {cell(ratio, 2)} | {vs} | "
+                     f"{cell(col['fid'])} | {cell(col['fid_real'])} | "
+                     f"{cell(col['kid_mean'], 4)} | {cell(col['kid_real_mean'], 4)} |")
     return "\n".join(lines)
 
 

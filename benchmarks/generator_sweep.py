@@ -15,14 +15,11 @@ costs about the GAN's training. A cell whose ``metrics.json`` exists is not run 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
-import numpy as np
+from common import cell, run_once
 
 from imgxfer.config import RunConfig, parse_option
-from imgxfer.pipeline import run
 
 KEYS = ("cas", "cas_real", "nearest_shot", "nearest_shot_real")
 
@@ -30,19 +27,15 @@ KEYS = ("cas", "cas_real", "nearest_shot", "nearest_shot_real")
 def run_cell(args: argparse.Namespace, value: object, seed: int) -> dict:
     source, target = args.pair.split(":")
     folder = Path(args.out_dir) / f"{args.option}={value}" / f"seed-{seed}"
-    done = folder / "metrics.json"
-    if done.is_file():
-        return json.loads(done.read_text())["generator"]
-    if folder.exists():  # interrupted: started again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     config = RunConfig(name=f"{args.option}={value}", source=source, target=target,
                        shots=args.shots, seed=seed, generator="gan", adapter="source-only",
                        encoder_steps=1, adapter_steps=1, out=str(folder.parent))
     config.options["generator"] = {args.option: value}
-    gen = run(config, folder=folder).metrics["generator"]
-    print(f"{args.option}={value} seed={seed}: " + "  ".join(f"{k} {gen[k]:.3f}" for k in KEYS),
-          flush=True)
+    metrics, ran = run_once(config, folder)
+    gen = metrics["generator"]
+    if ran:
+        print(f"{args.option}={value} seed={seed}: " + "  ".join(f"{k} {gen[k]:.3f}" for k in KEYS),
+              flush=True)
     return gen
 
 
@@ -61,10 +54,7 @@ def main() -> None:
              "real held-out: nearest real is a shot |", "|---|---|---|---|---|---|"]
     for value in values:
         gens = [run_cell(args, value, seed) for seed in seeds]
-        cells = []
-        for key in KEYS:
-            v = [g[key] for g in gens]
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}")
+        cells = [cell([g[key] for g in gens]) for key in KEYS]
         lines.append(f"| {value} | {len(gens)} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     (Path(args.out_dir) / "results.md").write_text(table)

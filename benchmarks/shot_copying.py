@@ -19,8 +19,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
+from common import cell
 from synthetic_weight import synthetic_of  # the run's synthetic images, redrawn
 
 from imgxfer.config import load
@@ -53,10 +52,7 @@ def main() -> None:
     lines = ["| pair | shots | seeds | synthetic: nearest real is a shot | real held-out: "
              "nearest real is a shot |", "|---|---|---|---|---|"]
     for (pair, shots), ms in cells.items():
-        cols = []
-        for key in ("nearest_shot", "nearest_shot_real"):
-            v = [m[key] for m in ms]
-            cols.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}")
+        cols = [cell([m[key] for m in ms]) for key in ("nearest_shot", "nearest_shot_real")]
         lines.append(f"| {pair} | {shots} | {len(ms)} | {cols[0]} | {cols[1]} |")
     table = "\n".join(lines) + "\n"
     print("\n" + table, end="")

@@ -22,8 +22,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import cell
 
 from imgxfer.budget import Budget
 from imgxfer.commands.generate import load_generator
@@ -90,17 +90,14 @@ def table(results: list[dict]) -> str:
         by_seed[(r["cell"], r["adapter"], r["seed"])][r["weight"]] = r["accuracy"]
     lines = ["| run cell | adapter | synthetic_weight | seeds | accuracy | delta vs weight 0 |",
              "|---|---|---|---|---|---|"]
-    for cell, adapter in dict.fromkeys((r["cell"], r["adapter"]) for r in results):
-        seeds = [(c, a, s) for (c, a, s) in by_seed if (c, a) == (cell, adapter)]
-        for w in sorted({r["weight"] for r in results if (r["cell"], r["adapter"]) == (cell, adapter)}):
-            acc = [by_seed[k][w] for k in seeds if w in by_seed[k]]
-            delta = [by_seed[k][w] - by_seed[k][0.0] for k in seeds
-                     if w in by_seed[k] and 0.0 in by_seed[k]]
-            sd = lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0  # noqa: E731
-            lines.append(f"| {cell} | {adapter} | {w:g} | {len(acc)} | {np.mean(acc):.3f} ± {sd(acc):.3f} | "
-                         f"{np.mean(delta):+.3f} ± {sd(delta):.3f} |")
+    for name, adapter in dict.fromkeys((r["cell"], r["adapter"]) for r in results):
+        runs = [v for (c, a, _), v in by_seed.items() if (c, a) == (name, adapter)]
+        for w in sorted({w for v in runs for w in v}):
+            acc = [v[w] for v in runs if w in v]
+            delta = [v[w] - v[0.0] for v in runs if w in v and 0.0 in v]
+            lines.append(f"| {name} | {adapter} | {w:g} | {len(acc)} | {cell(acc)} | "
+                         f"{cell(delta, signed=True)} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cell
 from safetensors.torch import load_file, save_file
 
 from imgxfer.budget import Budget
@@ -174,8 +175,7 @@ def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str
             times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
             partial = (f" ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
                        if 0 < len(acc) < n_seeds else "")
-            cells.append(f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}"
-                         f"{partial}" if acc else "–")
+            cells.append(cell(acc) + partial)
         lines.append(f"| {pair} | {adapter} | " + " | ".join(cells) + f" | {np.mean(times):.0f} |")
     return "\n".join(lines)
 
