@@ -172,8 +172,9 @@ def test_linear_probe_keeps_the_encoder_frozen(world):
                            for k in changed)
 
 
-def test_linear_and_lp_ft_share_cached_features(world, tmp_path, monkeypatch):
-    """The second probe of the same frozen encoder on the same images encodes nothing,
+def test_probes_share_cached_features(world, tmp_path, monkeypatch):
+    """The second probe of the same frozen encoder on the same images (linear, lp-ft's
+    and self-training's initial probes) encodes nothing,
     and gives the same head; feature_cache=false neither reads nor writes."""
     from imgxfer import features
 
@@ -190,6 +191,8 @@ def test_linear_and_lp_ft_share_cached_features(world, tmp_path, monkeypatch):
     assert torch.equal(again.head.weight, first.head.weight)
     lpft = fit(world, "lp-ft", data, 1, lr=1e-12)  # its probe reads the same entries
     torch.testing.assert_close(lpft.head.weight, first.head.weight)
+    selftrain = fit(world, "self-training", data, 1, lr=1e-12)  # so does its probe_init
+    torch.testing.assert_close(selftrain.head.weight, first.head.weight)
     with pytest.raises(AssertionError, match="must not be encoded"):
         fit(world, "linear", data, 1, feature_cache=False)
 

@@ -199,14 +199,19 @@ class TrainedAdapter:
     def __init__(self, *, lr: float, encoder_lr_scale: float, batch_size: int,
                  weights: dict[str, float], adabn: bool, seed: int,
                  label_smoothing: float = 0.1, weight_decay: float = 1e-4,
-                 probe_init: bool = False) -> None:
+                 probe_init: bool = False, probe_c: float = 1.0, probe_max_iter: int = 1000,
+                 feature_cache: bool = True) -> None:
         check_options(self.name, nonnegative={f"{k}_weight": v for k, v in weights.items()},
                       positive={"lr": lr}, at_least_one={"batch_size": batch_size})
         check_options(self.name, nonnegative={"encoder_lr_scale": encoder_lr_scale})
         self.lr, self.encoder_lr_scale, self.batch_size = lr, encoder_lr_scale, batch_size
         self.weights, self.adabn, self.seed = dict(weights), adabn, seed
         self.label_smoothing, self.weight_decay = label_smoothing, weight_decay
-        self.probe_init = probe_init
+        if probe_init:
+            check_options(self.name, positive={"c": probe_c},
+                          at_least_one={"max_iter": probe_max_iter})
+        self.probe_init, self.probe_c, self.probe_max_iter = probe_init, probe_c, probe_max_iter
+        self.feature_cache = feature_cache
 
     # ----- hooks
     def extra_modules(self, feature_dim: int, num_classes: int) -> nn.Module | None:
@@ -215,12 +220,14 @@ class TrainedAdapter:
 
     def build_model(self, encoder: nn.Module, data: TransferData, device: torch.device) -> Classifier:
         """A fresh linear head, or with ``probe_init`` the head of a linear probe on the
-        labelled sets (each encoded with its own BatchNorm statistics), as LP-FT starts."""
+        labelled sets, as LP-FT starts (each set encoded with its own BatchNorm statistics
+        when ``adabn``; through the feature cache unless ``feature_cache`` is off)."""
         if self.probe_init:
             from imgxfer.adapters.linear import fit_probe
 
-            return fit_probe(encoder, data, self.weights, c=1.0, max_iter=1000, adabn=True,
-                             device=device, name=self.name)
+            return fit_probe(encoder, data, self.weights, c=self.probe_c,
+                             max_iter=self.probe_max_iter, adabn=self.adabn, device=device,
+                             name=self.name, cache=self.feature_cache)
         return Classifier(encoder, data.target_labelled.num_classes).to(device)
 
     def target_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, float]]:

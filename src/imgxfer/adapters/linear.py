@@ -153,11 +153,6 @@ class LinearProbeFineTune(TrainedAdapter):
                  adabn: bool = True, feature_cache: bool = True, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
-                                  "synthetic": synthetic_weight}, adabn=adabn, seed=seed)
-        check_options(self.name, positive={"c": c}, at_least_one={"max_iter": max_iter})
-        self.c, self.max_iter, self.feature_cache = c, max_iter, feature_cache
-
-    def build_model(self, encoder: nn.Module, data: TransferData, device: torch.device) -> Classifier:
-        return fit_probe(encoder, data, self.weights, c=self.c, max_iter=self.max_iter,
-                         adabn=self.adabn, device=device, name=self.name,
-                         cache=self.feature_cache)
+                                  "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
+                         probe_init=True, probe_c=c, probe_max_iter=max_iter,
+                         feature_cache=feature_cache)
