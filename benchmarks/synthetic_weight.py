@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--cells", default="syndigits-digits-1shot",
                     help="comma list of run-folder groups under --runs")
     ap.add_argument("--weights", default="0,0.1,0.5,1")
-    ap.add_argument("--adapter", default="finetune", help="adapter trained at each weight")
+    ap.add_argument("--adapter", default="finetune",
+                    help="adapter trained at each weight (one with a synthetic_weight option)")
     ap.add_argument("--out", default="benchmarks/results/synthetic_weight.json")
     args = ap.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
@@ -59,10 +60,10 @@ def main() -> None:
         r.setdefault("adapter", "finetune")
     have = {(r["cell"], r["seed"], r["adapter"], r["weight"]) for r in results}
     registry = get_registry()
-    for cell in args.cells.split(","):
-        for folder in sorted((Path(args.runs) / cell).glob("seed-*")):
+    for name in args.cells.split(","):
+        for folder in sorted((Path(args.runs) / name).glob("seed-*")):
             config = load(folder / "config.toml")
-            todo = [w for w in weights if (cell, config.seed, args.adapter, w) not in have]
+            todo = [w for w in weights if (name, config.seed, args.adapter, w) not in have]
             if not todo or not (folder / "metrics.json").is_file():
                 continue
             plan = prepare(config, registry)
@@ -76,7 +77,7 @@ def main() -> None:
                                     synthetic if w > 0 else None)
                 _, metrics, seconds = fit_and_evaluate(adapter, encoder, data, plan.split,
                                                        config, plan.device, NullProgress())
-                row = {"cell": cell, "seed": config.seed, "adapter": args.adapter, "weight": w,
+                row = {"cell": name, "seed": config.seed, "adapter": args.adapter, "weight": w,
                        "accuracy": metrics["accuracy"], "train_s": round(seconds, 1)}
                 print(json.dumps(row), flush=True)
                 results.append(row)
@@ -98,6 +99,7 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {name} | {adapter} | {w:g} | {len(acc)} | {cell(acc)} | "
                          f"{cell(delta, signed=True)} |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

@@ -172,7 +172,8 @@ def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str
         cells, times = [], []
         for s in shots_list:
             acc = [r["accuracy"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
-            times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
+            times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)
+                      and "same_model_as_shots" not in r]  # a reused model trained once
             partial = (f" ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
                        if 0 < len(acc) < n_seeds else "")
             cells.append(cell(acc) + partial)

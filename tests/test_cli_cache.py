@@ -21,7 +21,7 @@ def test_cache_shows_and_clears_only_its_files(host, tmp_path, monkeypatch):
     assert "limit 2.0 GB" in result.output
 
     result = CliRunner().invoke(cli, ["cache", "--clear"])
-    assert result.exit_code == 0 and "removed 2 cached feature files" in result.output
+    assert result.exit_code == 0 and "removed 2 cached feature file(s)" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
     assert "files:  0 (0 B;" in CliRunner().invoke(cli, ["cache"]).output
 
@@ -51,6 +51,6 @@ def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch)
     monkeypatch.setattr(type(stuck), "unlink", unlink)
     result = CliRunner().invoke(cli, ["cache", "--clear"])
     assert result.exit_code == 1
-    assert "removed 1 cached feature files" in result.output
-    assert f"could not remove 1 cached feature files, e.g. {stuck}" in result.output
+    assert "removed 1 cached feature file(s)" in result.output
+    assert f"could not remove 1 cached feature file(s), e.g. {stuck}" in result.output
     assert [p for p in tmp_path.iterdir()] == [stuck]

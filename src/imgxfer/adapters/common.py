@@ -200,7 +200,7 @@ class TrainedAdapter:
                  weights: dict[str, float], adabn: bool, seed: int,
                  label_smoothing: float = 0.1, weight_decay: float = 1e-4,
                  probe_init: bool = False, probe_c: float = 1.0, probe_max_iter: int = 1000,
-                 feature_cache: bool = True) -> None:
+                 feature_cache: bool = False) -> None:
         check_options(self.name, nonnegative={f"{k}_weight": v for k, v in weights.items()},
                       positive={"lr": lr}, at_least_one={"batch_size": batch_size})
         check_options(self.name, nonnegative={"encoder_lr_scale": encoder_lr_scale})
@@ -221,7 +221,8 @@ class TrainedAdapter:
     def build_model(self, encoder: nn.Module, data: TransferData, device: torch.device) -> Classifier:
         """A fresh linear head, or with ``probe_init`` the head of a linear probe on the
         labelled sets, as LP-FT starts (each set encoded with its own BatchNorm statistics
-        when ``adabn``; through the feature cache unless ``feature_cache`` is off)."""
+        when ``adabn``, so ``adabn=false`` re-estimates no statistics anywhere; through the
+        on-disk feature cache when ``feature_cache``)."""
         if self.probe_init:
             from imgxfer.adapters.linear import fit_probe
 

@@ -1,6 +1,6 @@
 """`imgxfer cache`: where the feature cache is, how much it holds, and clearing it.
 
-The linear probe (`linear`, `lp-ft`) keeps the features of its frozen encoder there
+The linear probes (`linear`, and the initial probes of `lp-ft` and `self-training`) keeps the features of its frozen encoder there
 (:mod:`imgxfer.features`), so a second probe of the same encoder on the same images reads
 them instead of encoding again. The folder is ``$IMGXFER_CACHE_DIR`` or
 ``~/.cache/imgxfer/features`` and is kept under ``$IMGXFER_CACHE_MAX_MB`` megabytes.
@@ -38,11 +38,12 @@ def cache_command(clear: bool) -> None:
     if clear:
         removed = set(prune_cache(folder, 0))
         freed = sum(size for path, size in entries if path in removed)
-        click.echo(f"removed {len(removed)} cached feature files ({_size(freed)}) from {folder}")
-        left = cache_entries(folder)
+        click.echo(f"removed {len(removed)} cached feature file(s) ({_size(freed)}) from {folder}")
+        # Only files that were there and still are: a run may write new ones meanwhile.
+        left = [path for path, _ in entries if path not in removed and path.exists()]
         if left:
-            raise click.ClickException(f"could not remove {len(left)} cached feature files, "
-                                       f"e.g. {left[0][0]} (is the folder writable?).")
+            raise click.ClickException(f"could not remove {len(left)} cached feature file(s), "
+                                       f"e.g. {left[0]} (is the folder writable?).")
         return
     click.echo(f"folder: {folder}")
     click.echo(f"files:  {len(entries)} ({_size(total)}; limit {_size(limit)}, "
