@@ -65,6 +65,18 @@ def test_pip_failure_is_one_sentence(pip_calls):
     assert result.output.strip() == "error: pip exited with status 1; its output is above."
 
 
+def test_pip_failure_outside_a_checkout_names_the_plugin_folder(pip_calls, monkeypatch,
+                                                                tmp_path):
+    monkeypatch.setattr(install, "CHECKOUT_ROOT", tmp_path)
+    pip_calls.returncode = 1
+    result = CliRunner().invoke(cli, ["install", "timm"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: pip exited with status 1; its output is above (if the index has no "
+        "'imgxfer-timm', install it from a checkout of imgxfer: pip install "
+        "CHECKOUT/plugins/imgxfer-timm).")
+
+
 def test_builtin_cannot_be_installed(pip_calls):
     result = CliRunner().invoke(cli, ["uninstall", "builtin"])
     assert result.exit_code == 2 and "built into imgxfer" in result.output and pip_calls == []

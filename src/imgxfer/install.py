@@ -69,11 +69,11 @@ def resolve(name: str, plugins: dict[str, KnownPlugin] | None = None) -> KnownPl
     return plugin
 
 
-def _pip(args: list[str]) -> None:
+def _pip(args: list[str], hint: str = "") -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     result = subprocess.run(cmd, check=False)
     if result.returncode != 0:
-        raise UserError(f"pip exited with status {result.returncode}; its output is above.")
+        raise UserError(f"pip exited with status {result.returncode}; its output is above{hint}.")
 
 
 def install(name: str, *, upgrade: bool = False) -> str:
@@ -81,7 +81,12 @@ def install(name: str, *, upgrade: bool = False) -> str:
     plugin = resolve(name)
     local = plugin.local_path()
     target = str(local) if local is not None else plugin.requirement
-    _pip(["install", *(["--upgrade"] if upgrade else []), target])
+    # Outside a checkout pip asks the package index, where a plugin may not be published
+    # (imgxfer's own plugins are not, yet): say where else it can come from.
+    hint = "" if local is not None or not plugin.path else (
+        f" (if the index has no {plugin.requirement!r}, install it from a checkout of "
+        f"imgxfer: pip install CHECKOUT/{plugin.path})")
+    _pip(["install", *(["--upgrade"] if upgrade else []), target], hint)
     return target
 
 
