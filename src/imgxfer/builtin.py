@@ -69,7 +69,8 @@ def register_adapters(register: Register) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from imgxfer.commands import cache, caption, generate
+    from imgxfer.commands import cache, caption, generate, predict
 
-    for command in (caption.caption, generate.generate_command, cache.cache_command):
+    for command in (caption.caption, generate.generate_command, predict.predict_command,
+                    cache.cache_command):
         cli.add_command(command)

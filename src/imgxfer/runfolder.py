@@ -74,6 +74,27 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_tensors(path: str | Path, *, what: str = "file", remedy: str = ""
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a missing, truncated or corrupt file is
+    a :class:`UserError` (never an unpickling: safetensors holds tensors only). ``what``
+    names the file in messages, ``remedy`` ends the one for a damaged file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"the {what} {str(path)!r} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:  # safetensors raises several types for damaged files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"the {what} {str(path)!r} cannot be read: it is truncated, corrupt "
+                        f"or not a safetensors file ({reason}){remedy}.") from None
+    return tensors, metadata
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically; tensors are made contiguous CPU copies."""

@@ -60,13 +60,15 @@ def check_count(flag: str, value: int | None) -> None:
         raise UserError(f"{flag} must be a positive number of images, got {value}.")
 
 
-def resolve_out(out: str | Path | None, *, force: bool = False) -> Path:
-    """The JSONL file to write: ``out`` itself, or ``out/captions.jsonl`` when ``out`` is
-    an existing folder. Refuses a missing folder and an existing file (unless ``force``)."""
-    text = str(out) if out is not None else DEFAULT_OUT
+def resolve_out(out: str | Path | None, *, force: bool = False,
+                default: str = DEFAULT_OUT) -> Path:
+    """The file to write: ``out`` itself, or ``out/<default>`` when ``out`` is an existing
+    folder (``./<default>`` without ``out``). Refuses a missing folder and an existing
+    file (unless ``force``)."""
+    text = str(out) if out is not None else default
     path = Path(text).expanduser()
     if path.is_dir():
-        path = path / DEFAULT_OUT
+        path = path / default
     elif text.endswith(("/", os.sep)):
         raise UserError(f"--out {text!r}: no such folder; create it first.")
     parent = path.parent

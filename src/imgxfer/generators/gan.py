@@ -74,7 +74,7 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.progress import Progress
-from imgxfer.runfolder import atomic_save_tensors
+from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
 AUGMENTATIONS = ("color", "translation", "cutout")
 _STATE_VERSION = 1
@@ -240,23 +240,9 @@ class _TrainingState:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a missing, truncated or corrupt file is
-    a :class:`UserError` (never an unpickling: safetensors holds tensors only)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"the checkpoint {str(path)!r} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as error:  # safetensors raises several types for damaged files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"the checkpoint {str(path)!r} cannot be read: it is truncated, "
-                        f"corrupt or not a safetensors file ({reason}); delete it to start "
-                        "that training from the beginning.") from None
-    return tensors, metadata
+    """Tensors and metadata of a generator file (see :func:`imgxfer.runfolder.read_tensors`)."""
+    return read_tensors(path, what="checkpoint",
+                        remedy="; delete it to start that training from the beginning")
 
 
 def _data_signature(data: GeneratorData, channels: int) -> dict[str, Any]:

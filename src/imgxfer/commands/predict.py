@@ -1,0 +1,262 @@
+"""`imgxfer predict`: classify images with the classifier a run trained.
+
+    imgxfer predict photos/ --from runs/20250101-120000-mnist --out predictions.csv
+
+reads the run folder's ``classifier.safetensors`` (``classifier-<adapter>.safetensors``
+after ``--compare``; choose one with ``--adapter``) and its ``config.toml``, rebuilds the
+encoder through the plugin registry with the run's options and loads the trained
+weights into it, so nothing is downloaded: a run made with ``pretrained=imagenet``
+predicts offline. Images come from the same places as in `imgxfer caption`: a registered
+dataset, a folder with one sub-folder per class, a folder of images or one image file.
+
+The CSV has one row per image: its ``index`` (datasets) or ``path`` (files), the file's
+``path`` for datasets read from files, the ``predicted`` class, its ``confidence``
+(softmax probability) and, for labelled input, the true ``label``; then the accuracy on
+the labelled images is printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import torch
+
+from imgxfer.errors import UserError
+from imgxfer.registry import Registry
+
+CLASSIFIER_GLOB = "classifier*.safetensors"
+DEFAULT_OUT = "predictions.csv"
+# Images are preprocessed and classified this many at a time: a folder of large photos
+# at 224 px would not fit in memory as one tensor.
+BATCH = 256
+
+
+@dataclass
+class LoadedClassifier:
+    """A run's trained classifier, ready for ``encoder.preprocess``-ed images."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    adapter: str
+    path: Path
+    config: Any  # the run's RunConfig
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # damaged: read_tensors says so in one sentence later
+        return {}
+
+
+def find_classifier(source: str | Path, adapter: str | None = None) -> tuple[Path, str | None]:
+    """The classifier file of a run folder (or the file itself) and the adapter that
+    trained it; a --compare run needs ``adapter`` to choose among its classifiers."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        recorded = _metadata(source).get("adapter")
+        if adapter is not None and recorded is not None and recorded != adapter:
+            raise UserError(f"{str(source)!r} was trained by {recorded!r}, not {adapter!r}.")
+        return source, recorded
+    if not source.is_dir():
+        raise UserError(f"--from {str(source)!r} does not exist; give a run folder of "
+                        "`imgxfer run` or a classifier .safetensors file in one.")
+    files = sorted(source.glob(CLASSIFIER_GLOB))
+    if not files:
+        seeds = sorted(p.name for p in source.glob("seed-*") if p.is_dir())
+        if seeds:
+            raise UserError(f"{str(source)!r} holds one run per seed ({', '.join(seeds)}); "
+                            "give one of those folders.")
+        raise UserError(f"the folder {str(source)!r} has no classifier file; give a finished "
+                        "run folder of `imgxfer run`.")
+    # The adapter a file records, else the one its name gives (classifier-NAME; a
+    # damaged file records nothing and is reported when it is read).
+    by_adapter = {_metadata(f).get("adapter") or f.stem.removeprefix("classifier-"): f
+                  for f in files}
+    if adapter is not None:
+        if adapter not in by_adapter:
+            raise UserError(f"the run {str(source)!r} has no classifier of adapter {adapter!r}; "
+                            f"it has: {', '.join(by_adapter)}.")
+        return by_adapter[adapter], adapter
+    if len(by_adapter) > 1:
+        raise UserError(f"the run {str(source)!r} holds classifiers of several adapters "
+                        f"({', '.join(by_adapter)}); choose one with --adapter.")
+    (name, path), = by_adapter.items()
+    return path, name
+
+
+def load_classifier(source: str | Path, adapter: str | None = None,
+                    registry: Registry | None = None) -> LoadedClassifier:
+    """Rebuild a run's classifier: the encoder from the run's ``config.toml`` (through the
+    registry, so a plugin encoder needs its plugin), then the trained weights."""
+    from imgxfer.classifier import Classifier
+    from imgxfer.config import load
+    from imgxfer.pipeline import build
+    from imgxfer.plugins import get_registry
+    from imgxfer.runfolder import read_tensors
+
+    path, adapter = find_classifier(source, adapter)
+    config_file = path.parent / "config.toml"
+    if not config_file.is_file():
+        raise UserError(f"{str(path)!r} has no config.toml beside it; predict needs the run "
+                        "folder, whose config names the encoder.")
+    config = load(config_file)
+    tensors, metadata = read_tensors(path, what="classifier")
+    if metadata.get("encoder", config.encoder) != config.encoder:
+        raise UserError(f"{str(path)!r} was trained with encoder {metadata['encoder']!r}, but "
+                        f"the config.toml beside it names {config.encoder!r}.")
+    try:
+        classes = [str(c) for c in json.loads(metadata["classes"])]
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{str(path)!r} records no class names; it was not saved by "
+                        "`imgxfer run`.") from None
+    options = dict(config.options.get("encoder", {}))
+    if "pretrained" in options:  # the file holds every weight: load nothing else
+        options["pretrained"] = "none"
+    encoder = build(registry or get_registry(), "encoders", config.encoder, options, config.seed)
+    model = Classifier(encoder, len(classes))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        raise UserError(f"{str(path)!r} does not fit encoder {config.encoder!r} with the "
+                        f"options of its config.toml ({detail}).") from None
+    model.eval()
+    return LoadedClassifier(model, classes, adapter or metadata.get("adapter", "?"), path, config)
+
+
+def reading_options(config: Any) -> dict[str, Any]:
+    """How to read image files for a run: as it read its target files when its target was
+    a ``folder:`` or ``csv:`` dataset (size, channels, background, fit), else with those
+    datasets' defaults, so new images reach the encoder as the training images did."""
+    from dataclasses import asdict, fields
+
+    from imgxfer.datasets.files import ImageOptions
+
+    keys = {f.name for f in fields(ImageOptions)}
+    used = config.options.get("target", {}) if config.target.startswith(("folder:", "csv:")) else {}
+    return {**asdict(ImageOptions()), **{k: v for k, v in used.items() if k in keys}}
+
+
+@torch.inference_mode()
+def predict_proba(loaded: LoadedClassifier, images: torch.Tensor,
+                  device: torch.device) -> torch.Tensor:
+    """Class probabilities of raw [0,1] images, ``BATCH`` images at a time."""
+    model = loaded.model.to(device)
+    out = [model(model.encoder.preprocess(images[i:i + BATCH].to(device))).softmax(1).cpu()
+           for i in range(0, len(images), BATCH)]
+    return torch.cat(out) if out else torch.empty(0, len(loaded.class_names))
+
+
+def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str]
+                    ) -> list[dict[str, Any]]:
+    confidence, predicted = proba.max(1)
+    rows = []
+    for i in range(len(proba)):
+        row: dict[str, Any] = {data.id_key: data.ids[i]}
+        if data.paths is not None:
+            row["path"] = data.paths[i]
+        row["predicted"] = class_names[int(predicted[i])]
+        row["confidence"] = round(float(confidence[i]), 4)
+        if data.labels is not None:
+            row["label"] = data.class_names[int(data.labels[i])]
+        rows.append(row)
+    return rows
+
+
+def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
+    """The accuracy on labelled rows, or why there is none."""
+    labelled = [r for r in rows if "label" in r]
+    if not labelled:
+        return ""
+    unknown = sorted({r["label"] for r in labelled} - set(class_names))
+    if unknown:
+        return (f"no accuracy: the labels name classes the classifier does not know "
+                f"({', '.join(unknown)}).")
+    correct = sum(r["label"] == r["predicted"] for r in labelled)
+    return f"accuracy {correct / len(labelled):.4f} on {len(labelled)} labelled images."
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    from imgxfer.runfolder import atomic_write_text
+
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["predicted", "confidence"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+@click.command("predict")
+@click.argument("source", metavar="PATH_OR_DATASET")
+@click.option("--from", "run", required=True, metavar="RUN_FOLDER_OR_FILE",
+              help="A run folder of `imgxfer run` (one seed's folder after --seeds), or a "
+                   "classifier .safetensors file in one.")
+@click.option("--adapter", metavar="NAME",
+              help="Which classifier of a --compare run (see its classifier-NAME files).")
+@click.option("--out", "-o", metavar="FILE_OR_DIR",
+              help=f"CSV file to write, or an existing folder to write {DEFAULT_OUT} into "
+                   f"(default ./{DEFAULT_OUT}).")
+@click.option("--limit", type=int, metavar="N", help="Classify only the first N images.")
+@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE",
+              help="Option for the dataset, e.g. split=test (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+def predict_command(source: str, run: str, adapter: str | None, out: str | None,
+                    limit: int | None, dataset_opt: tuple[str, ...], device: str,
+                    force: bool) -> None:
+    """Classify images with the classifier a run trained; write one CSV row per image.
+
+    PATH_OR_DATASET is what `imgxfer caption` reads: a registered dataset, a folder with
+    one sub-folder of images per class, a folder of images or one image file. Files are
+    read as the run read its target files (its size, channels, background and fit
+    options; --dataset-opt overrides them). Each row holds the image's index (datasets)
+    or path (files), the predicted class, its confidence and, for labelled input, the
+    true label; the accuracy is printed.
+
+    \b
+    Examples:
+      imgxfer predict photos/ --from runs/20250101-120000-syndigits-to-digits
+      imgxfer predict digits --from RUN --adapter mmd --out digits.csv --force
+    """
+    from imgxfer.commands.caption import (_is_dataset_name, _options, check_count,
+                                          check_source, load_images, resolve_out, select)
+    from imgxfer.pipeline import resolve_device
+    from imgxfer.plugins import get_registry
+
+    check_count("--limit", limit)
+    registry = get_registry()
+    check_source(source, registry)
+    path = resolve_out(out, force=force, default=DEFAULT_OUT)
+    target_device = resolve_device(device)
+    # Loaded before any image is read, so a wrong run folder fails at once.
+    loaded = load_classifier(run, adapter, registry)
+    options = _options(dataset_opt, "--dataset-opt")
+    if not _is_dataset_name(source, registry):  # files: read like the run's training files
+        options = {**reading_options(loaded.config), **options}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_images(source, registry, options)
+    for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
+        click.echo(f"warning: {message}", err=True)
+    data = select(data, limit=limit)
+    rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
+                           loaded.class_names)
+    write_csv(path, rows)
+    click.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} of "
+               f"{loaded.adapter!r} ({loaded.path}) to {path}", err=True)
+    note = accuracy_note(rows, loaded.class_names)
+    if note:
+        click.echo(note, err=True)

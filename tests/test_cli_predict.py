@@ -1,0 +1,140 @@
+"""`imgxfer predict`: a run's classifier on new images, and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import TINY_RUN, FakePlugin, tiny_bars
+from imgxfer.cli import cli
+from imgxfer.commands.predict import load_classifier, predict_proba
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    """A tiny run that saved two classifiers (--compare finetune,linear)."""
+    from imgxfer import plugins
+
+    out = tmp_path_factory.mktemp("runs")
+    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(FakePlugin(), "fake")
+    plugins._HOST = host
+    try:
+        result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--generator", "none",
+                                          "--compare", "finetune,linear", "--out", str(out)])
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    return folder
+
+
+def predict(*args):
+    return CliRunner().invoke(cli, ["predict", *args])
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predicts_a_labelled_dataset_with_the_chosen_classifier(host, compare_run, tmp_path):
+    out = tmp_path / "p.csv"
+    result = predict("tiny-target", "--from", str(compare_run), "--adapter", "finetune",
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = read(out)
+    assert len(rows) == 90 and list(rows[0]) == ["index", "predicted", "confidence", "label"]
+    # The same numbers as the classifier itself gives, and far above chance (1/3).
+    loaded = load_classifier(compare_run, "finetune", host.registry)
+    data = tiny_bars("tiny-target", 30, seed=7, invert=True)
+    proba = predict_proba(loaded, data.images, torch.device("cpu"))
+    assert [r["predicted"] for r in rows] == [loaded.class_names[i] for i in proba.argmax(1)]
+    correct = sum(r["predicted"] == r["label"] for r in rows)
+    assert correct / 90 > 0.8
+    assert f"accuracy {correct / 90:.4f} on 90 labelled images." in result.output
+    assert "'finetune'" in result.output
+
+
+def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(tiny_bars("x", 1, seed=3).images):
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "p.csv"
+    result = predict(str(photos), "--from", str(compare_run / "classifier-linear.safetensors"),
+                     "-o", str(out))
+    assert result.exit_code == 0, result.output
+    rows = read(out)
+    assert [r["path"] for r in rows] == ["0.png", "1.png", "2.png"]
+    assert all(r["predicted"] in ("horizontal", "vertical", "dot") for r in rows)
+    assert all(0 < float(r["confidence"]) <= 1 for r in rows)
+    assert "accuracy" not in result.output  # nothing labelled
+
+
+def test_choosing_among_several_classifiers(host, compare_run, tmp_path):
+    result = predict("tiny-target", "--from", str(compare_run), "-o", str(tmp_path / "p.csv"))
+    assert result.exit_code == 2
+    assert "holds classifiers of several adapters (finetune, linear); choose one with --adapter" \
+        in result.output
+    result = predict("tiny-target", "--from", str(compare_run), "--adapter", "mmd")
+    assert result.exit_code == 2 and "no classifier of adapter 'mmd'; it has: finetune, linear" \
+        in result.output
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_bad_run_folders(host, compare_run, tmp_path):
+    assert "does not exist" in predict("tiny-target", "--from", str(tmp_path / "nope")).output
+    seeds = tmp_path / "multi"
+    (seeds / "seed-0").mkdir(parents=True)
+    (seeds / "seed-1").mkdir()
+    result = predict("tiny-target", "--from", str(seeds))
+    assert result.exit_code == 2 and "one run per seed (seed-0, seed-1)" in result.output
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(compare_run, damaged)
+    (damaged / "classifier-linear.safetensors").write_bytes(b"\x00" * 40)
+    result = predict("tiny-target", "--from", str(damaged), "--adapter", "linear")
+    assert result.exit_code == 2 and "cannot be read: it is truncated, corrupt" in result.output
+
+    other = tmp_path / "other-architecture"
+    shutil.copytree(compare_run, other)
+    config = other / "config.toml"
+    config.write_text(config.read_text().replace("width = 4", "width = 8"))
+    result = predict("tiny-target", "--from", str(other), "--adapter", "finetune")
+    assert result.exit_code == 2
+    assert "does not fit encoder 'smallcnn' with the options of its config.toml" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_labels_of_other_classes_and_existing_output(host, compare_run, tmp_path):
+    out = tmp_path / "p.csv"
+    result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "--limit",
+                     "5", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "no accuracy: the labels name classes the classifier does not know" in result.output
+    before = out.read_bytes()
+    result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "-o", str(out))
+    assert result.exit_code == 2 and "already exists; use --force" in result.output
+    assert out.read_bytes() == before
+    assert "--limit must be a positive number" in predict(
+        "digits", "--from", str(compare_run), "--limit", "0").output
+
+
+def test_files_are_read_as_the_run_read_its_target_files():
+    from imgxfer.commands.predict import reading_options
+    from imgxfer.config import RunConfig
+
+    config = RunConfig(target="folder:scans", source="syndigits")
+    config.options["target"] = {"size": 48, "fit": "pad", "strict": True}
+    assert reading_options(config) == {"size": 48, "channels": 0, "background": "white",
+                                       "fit": "pad"}
+    config = RunConfig(target="digits")
+    config.options["target"] = {"size": 48}  # not a files dataset: its own option
+    assert reading_options(config)["size"] == 32
