@@ -97,6 +97,9 @@ def main() -> None:
                         if out:
                             with out.open("a") as f:
                                 f.write(json.dumps(row) + "\n")
+                        print(f"{pair:18s} shots={shots:2d} seed={seed} {name:14s} "
+                              f"acc={row['accuracy']:.3f} (the {same['shots']}-shot model)",
+                              flush=True)
                         continue
                     # Each cell seeds itself, so a resumed grid gives the same numbers.
                     seed_everything(seed)
