@@ -1,8 +1,8 @@
 """`imgxfer cache`: where the feature cache is, how much it holds, and clearing it.
 
-The linear probes (`linear`, and the initial probes of `lp-ft` and `self-training`) keeps the features of its frozen encoder there
-(:mod:`imgxfer.features`), so a second probe of the same encoder on the same images reads
-them instead of encoding again. The folder is ``$IMGXFER_CACHE_DIR`` or
+The linear probes (`linear`, and the initial probes of `lp-ft` and `self-training`) keep
+the features of their frozen encoder there (:mod:`imgxfer.features`), so a second probe
+of the same encoder on the same images reads them instead of encoding again. The folder is ``$IMGXFER_CACHE_DIR`` or
 ``~/.cache/imgxfer/features`` and is kept under ``$IMGXFER_CACHE_MAX_MB`` megabytes.
 """
 
