@@ -138,3 +138,38 @@ def test_files_are_read_as_the_run_read_its_target_files():
     config = RunConfig(target="digits")
     config.options["target"] = {"size": 48}  # not a files dataset: its own option
     assert reading_options(config)["size"] == 32
+
+
+def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_path,
+                                                                       monkeypatch):
+    """A run made with pretrained=imagenet: predict loads the run's weights and never
+    asks torchvision for the ImageNet ones (which would need a download)."""
+    import json as _json
+
+    from imgxfer.classifier import Classifier
+    from imgxfer.commands.predict import load_classifier
+    from imgxfer.config import RunConfig
+    from imgxfer.encoders import torchvision_backbones
+    from imgxfer.runfolder import atomic_save_tensors
+
+    config = RunConfig(source="tiny-source", target="tiny-target", encoder="resnet18")
+    config.options["encoder"] = {"pretrained": "imagenet", "input_size": 32}
+    (tmp_path / "config.toml").write_text(config.to_toml())
+    trained = Classifier(torchvision_backbones.TorchvisionEncoder(
+        "resnet18", pretrained="none", input_size=32, seed=5), 3)
+    atomic_save_tensors(tmp_path / "classifier.safetensors", trained.state_dict(),
+                        {"encoder": "resnet18", "adapter": "linear",
+                         "classes": _json.dumps(["horizontal", "vertical", "dot"])})
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("predict must not load ImageNet weights")
+
+    real = torchvision_backbones._weights_source
+    monkeypatch.setattr(torchvision_backbones, "_weights_source",
+                        lambda arch, pretrained: no_download() if pretrained == "imagenet"
+                        else real(arch, pretrained))
+    loaded = load_classifier(tmp_path, registry=host.registry)
+    x = torch.rand(2, 1, 16, 16)
+    trained.eval()
+    expected = trained(trained.encoder.preprocess(x)).softmax(1)
+    torch.testing.assert_close(predict_proba(loaded, x, torch.device("cpu")), expected)

@@ -235,3 +235,11 @@ def test_imagenet_offline_explains_how_to_get_weights(registry: Registry,
     assert message.startswith("could not download ImageNet weights for timm model 'test_resnet' "
                               "from the Hugging Face hub repo 'timm/test_resnet.r160_in1k'")
     assert "HF_HOME" in message and "pretrained=/path/to/weights.safetensors" in message
+
+
+def test_pretrained_none_means_random_weights_as_for_builtin_backbones(registry: Registry) -> None:
+    x = torch.rand(B, 3, 32, 32)
+    none, random = (build(registry, "test_resnet", seed=3, input_size=32, pretrained=p)
+                    for p in ("none", "random"))
+    assert none.weights_source == "random"
+    assert torch.equal(features(none, x), features(random, x))

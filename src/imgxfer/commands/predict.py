@@ -122,7 +122,7 @@ def load_classifier(source: str | Path, adapter: str | None = None,
                         "`imgxfer run`.") from None
     options = dict(config.options.get("encoder", {}))
     if "pretrained" in options:  # the file holds every weight: load nothing else
-        options["pretrained"] = "none"
+        options["pretrained"] = "random"  # the built-in backbones' and timm's word for it
     encoder = build(registry or get_registry(), "encoders", config.encoder, options, config.seed)
     model = Classifier(encoder, len(classes))
     try:

