@@ -32,6 +32,8 @@ def compare_run(tmp_path_factory):
         plugins.reset_host()
     assert result.exit_code == 0, result.output
     (folder,) = out.iterdir()
+    # The run says how to use its classifier, as one copyable line.
+    assert f"imgxfer predict IMAGES --from {folder} --adapter finetune\n" in result.output
     return folder
 
 

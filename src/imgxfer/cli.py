@@ -167,7 +167,13 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         _print_synthetic(many.synthetic_delta, many.generator, seeds=True)
         folder, payload = many.folder, many.payload(seeds)
     report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
-    err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False)
+    # soft_wrap: paths and commands stay on one line, whole, for copying.
+    err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False, soft_wrap=True)
+    seed_folder = folder if seeds is None else folder / f"seed-{seeds[0]}"
+    adapters = config.adapter_names()
+    choose = f" --adapter {adapters[0]}" if len(adapters) > 1 else ""
+    err.print(f"classify new images: imgxfer predict IMAGES --from {seed_folder}{choose}",
+              highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
 
