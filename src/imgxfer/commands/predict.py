@@ -128,8 +128,9 @@ def load_classifier(source: str | Path, adapter: str | None = None,
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        # torch's first line only says "Error(s) in loading state_dict"; the second names keys.
+        lines = str(error).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0] if lines else ""
         raise UserError(f"{str(path)!r} does not fit encoder {config.encoder!r} with the "
                         f"options of its config.toml ({detail}).") from None
     model.eval()
