@@ -125,8 +125,9 @@ def main() -> None:
                           f"acc={m['accuracy']:.3f} ({seconds:.0f}s)", flush=True)
     print()
     print(markdown_table([r for r in rows if r["pair"] in pairs and r["seed"] in seeds
+                          and r["adapter"] in adapters
                           and all(r.get(k) == v for k, v in settings.items())], shots_list,
-                         len(seeds)))
+                         len(seeds), pairs, adapters))
 
 
 def reusable(rows: list[dict], pair: str, seed: int, name: str, settings: dict) -> dict | None:
@@ -161,16 +162,15 @@ def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> fl
     return seconds
 
 
-def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int) -> str:
-    """One row per (pair, adapter), one column per shot count: mean ± std accuracy over
-    the seeds (a cell with fewer than ``n_seeds`` results says how many it has)."""
-    lines = ["| pair | adapter | " + " | ".join(f"{s} shots" for s in shots_list) + " | train s |",
+def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int, pairs: list[str],
+                   adapters: list[str]) -> str:
+    """One row per (pair, adapter), in the order of ``pairs`` and ``adapters``, one column
+    per shot count: mean ± std accuracy over the seeds (a cell with fewer than
+    ``n_seeds`` results says how many it has)."""
+    lines = ["| pair | adapter | " + " | ".join(f"{s} shot{'' if s == 1 else 's'}" for s in shots_list) + " | train s |",
              "|---|---|" + "---|" * (len(shots_list) + 1)]
-    pairs = list(dict.fromkeys(r["pair"] for r in rows))
-    baselines = {"source-only": 0, "target-only": 1}  # first, then the methods as they ran
-    order = list(dict.fromkeys(r["adapter"] for r in rows))
     keys = sorted(dict.fromkeys((r["pair"], r["adapter"]) for r in rows),
-                  key=lambda k: (pairs.index(k[0]), baselines.get(k[1], 2), order.index(k[1])))
+                  key=lambda k: (pairs.index(k[0]), adapters.index(k[1])))
     for pair, adapter in keys:
         cells, times = [], []
         for s in shots_list:
