@@ -54,3 +54,13 @@ def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch)
     assert "removed 1 cached feature file(s)" in result.output
     assert f"could not remove 1 cached feature file(s), e.g. {stuck}" in result.output
     assert [p for p in tmp_path.iterdir()] == [stuck]
+
+
+def test_cache_folder_that_is_a_file(host, tmp_path, monkeypatch):
+    (tmp_path / "exists.csv").write_text("a,b\n")
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path / "exists.csv"))
+    for args in (["cache"], ["cache", "--clear"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2
+        assert "IMGXFER_CACHE_DIR" in result.output and "is a file; give a folder" in result.output
+    assert (tmp_path / "exists.csv").read_text() == "a,b\n"

@@ -74,7 +74,7 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
                      "-o", str(out))
     assert result.exit_code == 0, result.output
     rows = read(out)
-    assert [r["path"] for r in rows] == ["0.png", "1.png", "2.png"]
+    assert [r["path"] for r in rows] == [str(photos / f"{i}.png") for i in range(3)]
     assert all(r["predicted"] in ("horizontal", "vertical", "dot") for r in rows)
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
     assert "accuracy" not in result.output  # nothing labelled
@@ -175,3 +175,42 @@ def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_
     trained.eval()
     expected = trained(trained.encoder.preprocess(x)).softmax(1)
     torch.testing.assert_close(predict_proba(loaded, x, torch.device("cpu")), expected)
+
+
+def test_a_damaged_classifier_is_refused_not_used(host, compare_run, tmp_path):
+    """Bytes flipped inside the tensor data: safetensors still parses the file, the
+    checksum saved with it does not match."""
+    damaged = tmp_path / "flipped"
+    shutil.copytree(compare_run, damaged)
+    path = damaged / "classifier-finetune.safetensors"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    result = predict("tiny-target", "--from", str(damaged), "--adapter", "finetune")
+    assert result.exit_code == 2
+    assert "is damaged: its tensors do not match the checksum saved with them" in result.output
+
+
+def test_a_generator_file_is_not_a_classifier(host, tmp_path):
+    from imgxfer.config import RunConfig
+    from imgxfer.runfolder import atomic_save_tensors
+
+    (tmp_path / "config.toml").write_text(RunConfig().to_toml())
+    atomic_save_tensors(tmp_path / "generator.safetensors", {"w": torch.zeros(2)},
+                        {"component": "gan", "classes": '["a", "b"]'})
+    result = predict("digits", "--from", str(tmp_path / "generator.safetensors"))
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("is a generator file of `imgxfer run`; give the run "
+                                          "folder or its classifier*.safetensors.")
+
+
+def test_csv_to_standard_output_and_a_bad_device(host, compare_run):
+    result = predict("tiny-target", "--from", str(compare_run), "--adapter", "linear",
+                     "--limit", "2", "--out", "-")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "index,predicted,confidence,label"
+    assert len(result.stdout.splitlines()) == 3
+    result = predict("tiny-target", "--from", str(compare_run), "--device", "foo")
+    assert result.exit_code == 2
+    assert "device must be auto, cpu, cuda, cuda:N or mps, got 'foo'" in result.output

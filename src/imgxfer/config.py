@@ -21,6 +21,7 @@ top-level key of :class:`RunConfig`.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -98,8 +99,7 @@ class RunConfig:
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}.")
+        check_device(self.device)
 
     def to_toml(self) -> str:
         doc: dict[str, Any] = {}
@@ -162,6 +162,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {exc}.") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {str(path)!r} is not a UTF-8 text file.") from None
+
+
+def check_device(name: Any) -> None:
+    """auto, cpu, cuda, cuda:N or mps; anything else is one sentence, not torch's error."""
+    if not (isinstance(name, str) and (name in ("auto", "cpu", "cuda", "mps")
+                                       or re.fullmatch(r"cuda:\d+", name))):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}.")
 
 
 def load(path: str | Path) -> RunConfig:

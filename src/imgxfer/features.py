@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from imgxfer.errors import UserError
-from imgxfer.runfolder import atomic_save_tensors
+from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
 log = logging.getLogger("imgxfer.features")
 
@@ -49,7 +49,11 @@ def default_cache_dir() -> Path:
     """``$IMGXFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgxfer/features``, else
     ``~/.cache/imgxfer/features``."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        folder = Path(os.environ[CACHE_ENV]).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{CACHE_ENV} {str(folder)!r} is a file; give a folder for the "
+                            "feature cache.")
+        return folder
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "imgxfer" / "features"
 
@@ -267,9 +271,8 @@ def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
     try:
-        from safetensors.torch import load_file
-
-        features = load_file(str(path), device="cpu")["features"]
+        # read_tensors also checks the checksum: damaged bytes are never used as features.
+        features = read_tensors(path, what="feature cache file")[0]["features"]
         if tuple(features.shape) != (n, dim) or features.dtype != torch.float32:
             raise ValueError(f"holds {features.dtype} {tuple(features.shape)}, "
                              f"expected float32 {(n, dim)}")

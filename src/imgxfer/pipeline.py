@@ -20,7 +20,7 @@ import torch
 
 from imgxfer import __version__
 from imgxfer.budget import Budget, parse_duration
-from imgxfer.config import NONE, RunConfig
+from imgxfer.config import NONE, RunConfig, check_device
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData, align_classes, few_shot_split
 from imgxfer.errors import UserError
 from imgxfer.evaluation import classification_metrics
@@ -43,6 +43,7 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

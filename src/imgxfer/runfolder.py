@@ -74,11 +74,29 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# Metadata key of the content checksum atomic_save_tensors writes: safetensors checks
+# its header, not the tensor bytes, so flipped bytes in the data would load silently.
+CHECKSUM = "sha256"
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of CPU tensors, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def read_tensors(path: str | Path, *, what: str = "file", remedy: str = ""
                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a missing, truncated or corrupt file is
-    a :class:`UserError` (never an unpickling: safetensors holds tensors only). ``what``
-    names the file in messages, ``remedy`` ends the one for a damaged file."""
+    a :class:`UserError` (never an unpickling: safetensors holds tensors only), and so is
+    one whose tensors no longer match the checksum saved with them. ``what`` names the
+    file in messages, ``remedy`` ends the one for a damaged file."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -92,14 +110,19 @@ def read_tensors(path: str | Path, *, what: str = "file", remedy: str = ""
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"the {what} {str(path)!r} cannot be read: it is truncated, corrupt "
                         f"or not a safetensors file ({reason}){remedy}.") from None
+    if CHECKSUM in metadata and tensors_checksum(tensors) != metadata[CHECKSUM]:
+        raise UserError(f"the {what} {str(path)!r} is damaged: its tensors do not match the "
+                        f"checksum saved with them{remedy}.")
     return tensors, metadata
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically; tensors are made contiguous CPU copies."""
+    """safetensors file written atomically; tensors are made contiguous CPU copies, and
+    the metadata gets their checksum (checked by :func:`read_tensors`)."""
     path = Path(path)
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), CHECKSUM: tensors_checksum(clean)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -184,7 +184,8 @@ def test_folder_subsample_is_seeded_and_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"size": 2}, r"size must be between 4 and 1024"),
+    ({"size": 2}, r"size must be a whole number of pixels between 4 and 1024"),
+    ({"size": "abc"}, r"size must be a whole number .* got 'abc'"),
     ({"channels": 2}, r"channels must be 0 \(auto\), 1 or 3"),
     ({"background": "grey"}, r"background must be one of 'white', 'black'"),
     ({"fit": "zoom"}, r"fit must be one of 'crop', 'pad', 'stretch'"),

@@ -77,7 +77,7 @@ def test_subsample_and_size_options():
     assert not torch.equal(small.images, mnist(n_per_class=20, size=28, seed=2).images)
     with pytest.raises(UserError, match="n_per_class must be 0"):
         mnist(n_per_class=-5)
-    with pytest.raises(UserError, match="size must be between"):
+    with pytest.raises(UserError, match="size must be a whole number of pixels between"):
         mnist(size=0)
 
 

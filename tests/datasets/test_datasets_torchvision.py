@@ -170,5 +170,5 @@ def test_real_torchvision_mnist_reads_files_placed_offline(tmp_path):
 def test_option_checks():
     with pytest.raises(UserError, match=r"split must be one of 'train', 'test'"):
         torchvision_dataset("MNIST", split="all")
-    with pytest.raises(UserError, match=r"size must be between"):
+    with pytest.raises(UserError, match=r"size must be a whole number of pixels between"):
         torchvision_dataset("MNIST", size=10000)

@@ -28,8 +28,10 @@ def _size(n: float) -> str:
 def cache_command(clear: bool) -> None:
     """Show the feature cache (folder, files, size, limit), or clear it.
 
-    Only the cache's own files (64 hex digits + .safetensors) are counted or removed;
-    anything else in the folder is left alone.
+    The folder is $IMGXFER_CACHE_DIR (default ~/.cache/imgxfer/features); runs keep it
+    under $IMGXFER_CACHE_MAX_MB megabytes (default 2048) by removing the least recently
+    used files. Only the cache's own files (64 hex digits + .safetensors) are counted or
+    removed; anything else in the folder is left alone.
     """
     folder = default_cache_dir()
     limit = cache_limit_bytes()

@@ -9,10 +9,10 @@ weights into it, so nothing is downloaded: a run made with ``pretrained=imagenet
 predicts offline. Images come from the same places as in `imgxfer caption`: a registered
 dataset, a folder with one sub-folder per class, a folder of images or one image file.
 
-The CSV has one row per image: its ``index`` (datasets) or ``path`` (files), the file's
-``path`` for datasets read from files, the ``predicted`` class, its ``confidence``
-(softmax probability) and, for labelled input, the true ``label``; then the accuracy on
-the labelled images is printed.
+The CSV has one row per image: its ``path`` (files, as the user named the folder) or
+``index`` (built-in datasets), the ``predicted`` class, its ``confidence`` (softmax
+probability) and, for labelled input, the true ``label``; then the accuracy on the
+labelled images is printed. ``--out -`` writes the CSV to standard output.
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ def load_classifier(source: str | Path, adapter: str | None = None,
                         "folder, whose config names the encoder.")
     config = load(config_file)
     tensors, metadata = read_tensors(path, what="classifier")
-    if metadata.get("encoder", config.encoder) != config.encoder:
+    if "encoder" not in metadata:  # every classifier `imgxfer run` saves records its encoder
+        kind = "a generator file" if "component" in metadata else "not a classifier file"
+        raise UserError(f"{str(path)!r} is {kind} of `imgxfer run`; give the run folder or "
+                        "its classifier*.safetensors.")
+    if metadata["encoder"] != config.encoder:
         raise UserError(f"{str(path)!r} was trained with encoder {metadata['encoder']!r}, but "
                         f"the config.toml beside it names {config.encoder!r}.")
     try:
@@ -160,14 +164,21 @@ def predict_proba(loaded: LoadedClassifier, images: torch.Tensor,
     return torch.cat(out) if out else torch.empty(0, len(loaded.class_names))
 
 
-def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str]
-                    ) -> list[dict[str, Any]]:
+def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
+                    root: Path | None = None) -> list[dict[str, Any]]:
+    """One row per image: ``path`` for images read from files (loose files are named
+    relative to ``root``, the folder they were found in, as the user wrote it), else the
+    dataset ``index``; the prediction, its confidence and the label when known."""
     confidence, predicted = proba.max(1)
     rows = []
     for i in range(len(proba)):
-        row: dict[str, Any] = {data.id_key: data.ids[i]}
+        row: dict[str, Any]
         if data.paths is not None:
-            row["path"] = data.paths[i]
+            row = {"path": data.paths[i]}
+        elif data.labels is None:
+            row = {"path": str(root / data.ids[i]) if root is not None else data.ids[i]}
+        else:
+            row = {"index": data.ids[i]}
         row["predicted"] = class_names[int(predicted[i])]
         row["confidence"] = round(float(confidence[i]), 4)
         if data.labels is not None:
@@ -189,15 +200,13 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
     return f"accuracy {correct / len(labelled):.4f} on {len(labelled)} labelled images."
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    from imgxfer.runfolder import atomic_write_text
-
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["predicted", "confidence"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 @click.command("predict")
@@ -208,11 +217,11 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 @click.option("--adapter", metavar="NAME",
               help="Which classifier of a --compare run (see its classifier-NAME files).")
 @click.option("--out", "-o", metavar="FILE_OR_DIR",
-              help=f"CSV file to write, or an existing folder to write {DEFAULT_OUT} into "
-                   f"(default ./{DEFAULT_OUT}).")
+              help=f"CSV file to write, an existing folder to write {DEFAULT_OUT} into "
+                   f"(default ./{DEFAULT_OUT}), or - for standard output.")
 @click.option("--limit", type=int, metavar="N", help="Classify only the first N images.")
 @click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE",
-              help="Option for the dataset, e.g. split=test (repeatable).")
+              help="Option for the dataset or for reading files, e.g. size=64 (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def predict_command(source: str, run: str, adapter: str | None, out: str | None,
@@ -223,9 +232,10 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     PATH_OR_DATASET is what `imgxfer caption` reads: a registered dataset, a folder with
     one sub-folder of images per class, a folder of images or one image file. Files are
     read as the run read its target files (its size, channels, background and fit
-    options; --dataset-opt overrides them). Each row holds the image's index (datasets)
-    or path (files), the predicted class, its confidence and, for labelled input, the
-    true label; the accuracy is printed.
+    options; --dataset-opt overrides them), so images should look like the run's target
+    images (e.g. the same ink and background colours). Each row holds the image's path
+    (files) or index (datasets), the predicted class, its confidence and, for labelled
+    input, the true label; the accuracy is printed.
 
     \b
     Examples:
@@ -240,12 +250,13 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     check_count("--limit", limit)
     registry = get_registry()
     check_source(source, registry)
-    path = resolve_out(out, force=force, default=DEFAULT_OUT)
+    path = None if out == "-" else resolve_out(out, force=force, default=DEFAULT_OUT)
     target_device = resolve_device(device)
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)
     options = _options(dataset_opt, "--dataset-opt")
-    if not _is_dataset_name(source, registry):  # files: read like the run's training files
+    files = not _is_dataset_name(source, registry)
+    if files:  # read like the run's training files
         options = {**reading_options(loaded.config), **options}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -253,11 +264,21 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
         click.echo(f"warning: {message}", err=True)
     data = select(data, limit=limit)
+    given = Path(source).expanduser()
+    root = (given if given.is_dir() else given.parent) if files else None
     rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
-                           loaded.class_names)
-    write_csv(path, rows)
+                           loaded.class_names, root)
+    if path is None:
+        click.echo(csv_text(rows), nl=False)
+    else:
+        from imgxfer.runfolder import atomic_write_text
+
+        atomic_write_text(path, csv_text(rows))
     click.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} of "
-               f"{loaded.adapter!r} ({loaded.path}) to {path}", err=True)
+               f"{loaded.adapter!r} ({loaded.path}) to {path or 'standard output'}", err=True)
     note = accuracy_note(rows, loaded.class_names)
+    if note and source == loaded.config.target:
+        note += (" These images include the ones the run trained on; its accuracy on "
+                 "held-out images is target.accuracy in its metrics.json.")
     if note:
         click.echo(note, err=True)

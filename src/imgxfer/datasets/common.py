@@ -29,8 +29,9 @@ def cache_dir() -> Path:
 
 
 def check_size(what: str, size: int) -> None:
-    if not 4 <= size <= 1024:
-        raise UserError(f"{what}: option size must be between 4 and 1024 pixels, got {size}.")
+    if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 1024:
+        raise UserError(f"{what}: option size must be a whole number of pixels between 4 and "
+                        f"1024, got {size!r}.")
 
 
 def check_choice(what: str, option: str, value: str, choices: Sequence[str]) -> None:
