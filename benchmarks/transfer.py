@@ -90,15 +90,16 @@ def main() -> None:
                 for name in adapters:
                     if (shots, name) not in todo:
                         continue  # target-only has nothing to train on at 0 shots
-                    same = reusable(rows, pair, seed, name, settings)
-                    if same is not None:  # one source-only model serves every shot count
-                        row = {**same, "shots": shots, "same_model_as_shots": same["shots"]}
+                    same = reusable(rows, pair, shots, seed, name, settings)
+                    if same is not None:  # the same model was trained in another cell
+                        row = {**same, "pair": pair, "shots": shots,
+                               "same_model_as": f"{same['pair']}, {same['shots']} shots"}
                         rows.append(row)
                         if out:
                             with out.open("a") as f:
                                 f.write(json.dumps(row) + "\n")
                         print(f"{pair:18s} shots={shots:2d} seed={seed} {name:14s} "
-                              f"acc={row['accuracy']:.3f} (the {same['shots']}-shot model)",
+                              f"acc={row['accuracy']:.3f} (the model of {row['same_model_as']})",
                               flush=True)
                         continue
                     # Each cell seeds itself, so a resumed grid gives the same numbers.
@@ -130,14 +131,23 @@ def main() -> None:
                          len(seeds), pairs, adapters))
 
 
-def reusable(rows: list[dict], pair: str, seed: int, name: str, settings: dict) -> dict | None:
-    """A finished source-only cell of the same pair and seed at another shot count: the
-    adapter never sees target images and the test split does not depend on the shot
-    count (it is drawn first), so training it again would give the same model."""
-    if name != "source-only":
-        return None
-    return next((r for r in rows if (r["pair"], r["seed"], r["adapter"]) == (pair, seed, name)
-                 and "same_model_as_shots" not in r
+def reusable(rows: list[dict], pair: str, shots: int, seed: int, name: str,
+             settings: dict) -> dict | None:
+    """A finished cell that trained the very model this one would, with the same seed:
+    source-only never sees target images, and the test split does not depend on the shot
+    count (it is drawn first), so any shot count of the same pair will do; target-only
+    never sees the source, so the same target and shot count of another pair will do."""
+    source, target = pair.split(":")
+
+    def same(r: dict) -> bool:
+        if name == "source-only":
+            return r["pair"] == pair
+        if name == "target-only":
+            return r["pair"].split(":")[1] == target and r["shots"] == shots
+        return False
+
+    return next((r for r in rows if (r["seed"], r["adapter"]) == (seed, name) and same(r)
+                 and not r.get("same_model_as")
                  and all(r.get(k) == v for k, v in settings.items())), None)
 
 
@@ -176,11 +186,12 @@ def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int, pairs:
         for s in shots_list:
             acc = [r["accuracy"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)]
             times += [r["train_s"] for r in rows if (r["pair"], r["adapter"], r["shots"]) == (pair, adapter, s)
-                      and "same_model_as_shots" not in r]  # a reused model trained once
+                      and not r.get("same_model_as")]  # a reused model trained once
             partial = (f" ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
                        if 0 < len(acc) < n_seeds else "")
             cells.append(cell(acc) + partial)
-        lines.append(f"| {pair} | {adapter} | " + " | ".join(cells) + f" | {np.mean(times):.0f} |")
+        seconds = f"{np.mean(times):.0f}" if times else "–"  # all reused: see their cells
+        lines.append(f"| {pair} | {adapter} | " + " | ".join(cells) + f" | {seconds} |")
     return "\n".join(lines)
 
 
