@@ -90,7 +90,7 @@ def _stage_options(f):
     return f
 
 
-@cli.command()
+@cli.command(short_help="Encode, caption, generate, adapt and evaluate.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config; flags given here override it.")
 @click.option("--name", help="Run name, used in the run folder's name.")
@@ -268,7 +268,7 @@ def _print_comparison(rows: dict[str, tuple], title: str) -> None:
     err.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Show loaded plugins, or the known ones.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--available", is_flag=True, help="Show the plugin directory (registry.toml).")
 def plugins(as_json: bool, available: bool) -> None:
@@ -312,7 +312,7 @@ def plugins(as_json: bool, available: bool) -> None:
     out.print(table)
 
 
-@cli.command("list")
+@cli.command("list", short_help="List registered components.")
 @click.argument("kind", required=False,
                 type=click.Choice(["encoders", "captioners", "generators", "adapters", "datasets"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -334,7 +334,7 @@ def list_(kind: str | None, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Install a plugin listed in registry.toml.")
 @click.argument("name")
 @click.option("--upgrade", is_flag=True, help="Upgrade if already installed.")
 def install(name: str, upgrade: bool) -> None:
@@ -345,7 +345,7 @@ def install(name: str, upgrade: bool) -> None:
     err.print(f"installed plugin {name!r} from {target}", highlight=False)
 
 
-@cli.command()
+@cli.command(short_help="Uninstall a plugin listed in registry.toml.")
 @click.argument("name")
 def uninstall(name: str) -> None:
     """Uninstall a plugin listed in registry.toml."""

@@ -23,7 +23,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-@click.command("cache")
+@click.command("cache", short_help="Show or clear the feature cache.")
 @click.option("--clear", is_flag=True, help="Remove every cached feature file.")
 def cache_command(clear: bool) -> None:
     """Show the feature cache (folder, files, size, limit), or clear it.

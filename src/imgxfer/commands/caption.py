@@ -246,7 +246,7 @@ def _options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     return dict(parse_option(pair, flag) for pair in pairs)
 
 
-@click.command("caption")
+@click.command("caption", short_help="Caption images into a JSONL file.")
 @click.argument("source", metavar="PATH_OR_DATASET")
 @click.option("--out", "-o", metavar="FILE_OR_DIR",
               help=f"JSONL file to write, or an existing folder to write {DEFAULT_OUT} "

@@ -247,7 +247,7 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
     return Generated(images, index, name, files, out / "grid.png")
 
 
-@click.command("generate")
+@click.command("generate", short_help="Draw images from a run's generator.")
 @click.option("--from", "source", required=True, metavar="RUN_FOLDER_OR_FILE",
               help="A run folder of `imgxfer run`, or its generator.safetensors.")
 @click.option("--prompt", required=True,

@@ -209,7 +209,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-@click.command("predict")
+@click.command("predict", short_help="Classify images with a run's classifier.")
 @click.argument("source", metavar="PATH_OR_DATASET")
 @click.option("--from", "run", required=True, metavar="RUN_FOLDER_OR_FILE",
               help="A run folder of `imgxfer run` (one seed's folder after --seeds), or a "
