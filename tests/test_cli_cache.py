@@ -64,3 +64,12 @@ def test_cache_folder_that_is_a_file(host, tmp_path, monkeypatch):
         assert result.exit_code == 2
         assert "IMGXFER_CACHE_DIR" in result.output and "is a file; give a folder" in result.output
     assert (tmp_path / "exists.csv").read_text() == "a,b\n"
+
+
+def test_a_cache_folder_that_is_a_file_does_not_stop_encoding(tmp_path, monkeypatch):
+    (tmp_path / "exists.csv").write_text("a,b\n")
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path / "exists.csv"))
+    encoder = SmallCNN(width=4, input_size=16, seed=0)
+    features = encode(encoder, torch.rand(3, 1, 16, 16), "cpu", cache=True)
+    assert features.shape == (3, encoder.feature_dim)
+    assert (tmp_path / "exists.csv").read_text() == "a,b\n"

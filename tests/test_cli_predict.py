@@ -144,14 +144,17 @@ def test_files_are_read_as_the_run_read_its_target_files():
 
 def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_path,
                                                                        monkeypatch):
-    """A run made with pretrained=imagenet: predict loads the run's weights and never
-    asks torchvision for the ImageNet ones (which would need a download)."""
+    """A run made with pretrained=imagenet, predicted offline: the ImageNet weights
+    cannot be had, so the encoder is rebuilt with random weights, the run's weights are
+    loaded and the saved fingerprint confirms it is the same network."""
     import json as _json
 
     from imgxfer.classifier import Classifier
     from imgxfer.commands.predict import load_classifier
     from imgxfer.config import RunConfig
     from imgxfer.encoders import torchvision_backbones
+    from imgxfer.errors import UserError
+    from imgxfer.pipeline import fingerprint
     from imgxfer.runfolder import atomic_save_tensors
 
     config = RunConfig(source="tiny-source", target="tiny-target", encoder="resnet18")
@@ -161,16 +164,20 @@ def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_
         "resnet18", pretrained="none", input_size=32, seed=5), 3)
     atomic_save_tensors(tmp_path / "classifier.safetensors", trained.state_dict(),
                         {"encoder": "resnet18", "adapter": "linear",
-                         "classes": _json.dumps(["horizontal", "vertical", "dot"])})
+                         "classes": _json.dumps(["horizontal", "vertical", "dot"]),
+                         "fingerprint": _json.dumps(fingerprint(trained, torch.device("cpu")))})
+    asked = []
 
-    def no_download(*args, **kwargs):
-        raise AssertionError("predict must not load ImageNet weights")
+    def no_download(*args, **kwargs):  # what an offline machine says
+        asked.append("imagenet")
+        raise UserError("resnet18: the ImageNet weights are not available offline.")
 
     real = torchvision_backbones._weights_source
     monkeypatch.setattr(torchvision_backbones, "_weights_source",
                         lambda arch, pretrained: no_download() if pretrained == "imagenet"
                         else real(arch, pretrained))
     loaded = load_classifier(tmp_path, registry=host.registry)
+    assert asked == ["imagenet"]  # tried as the run built it, then rebuilt without
     x = torch.rand(2, 1, 16, 16)
     trained.eval()
     expected = trained(trained.encoder.preprocess(x)).softmax(1)
@@ -214,3 +221,25 @@ def test_csv_to_standard_output_and_a_bad_device(host, compare_run):
     result = predict("tiny-target", "--from", str(compare_run), "--device", "foo")
     assert result.exit_code == 2
     assert "device must be auto, cpu, cuda, cuda:N or mps, got 'foo'" in result.output
+
+
+def test_a_rebuilt_network_that_computes_something_else_is_refused(host, compare_run,
+                                                                   monkeypatch):
+    from imgxfer import pipeline
+
+    monkeypatch.setattr(pipeline, "fingerprint", lambda model, device: [[0.0, 0.0, 0.0]] * 2)
+    result = predict("tiny-target", "--from", str(compare_run), "--adapter", "linear")
+    assert result.exit_code == 2
+    assert "does not compute what the run's did" in result.output
+
+
+def test_a_plugin_adapters_own_model_is_named(host, tmp_path):
+    from imgxfer.config import RunConfig
+    from imgxfer.runfolder import atomic_save_tensors
+
+    (tmp_path / "config.toml").write_text(RunConfig().to_toml())
+    atomic_save_tensors(tmp_path / "classifier.safetensors", {"body.w": torch.zeros(2)},
+                        {"encoder": "smallcnn", "classes": '["a", "b"]'})
+    result = predict("digits", "--from", str(tmp_path))
+    assert result.exit_code == 2
+    assert "holds a model other than an encoder with a linear head" in result.output

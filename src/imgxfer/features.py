@@ -64,7 +64,11 @@ def cache_dir_for(cache: CacheOption) -> Path | None:
     if cache is None or cache is False:
         return None
     if cache is True:
-        return default_cache_dir()
+        try:
+            return default_cache_dir()
+        except UserError as error:  # a cache must never stop a run: go on without it
+            log.warning("feature cache off: %s", error)
+            return None
     return Path(cache).expanduser()
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from imgxfer import __version__
 from imgxfer.budget import Budget, parse_duration
@@ -61,6 +62,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+FINGERPRINT_IMAGES = (2, 3, 32, 32)
+
+
+@torch.inference_mode()
+def fingerprint(model: nn.Module, device: torch.device) -> list[list[float]]:
+    """The logits of an eval-mode classifier for two fixed noise images: saved with it,
+    so a rebuilt copy (``imgxfer predict``) can prove it computes the same function
+    (weights that load into another architecture variant would not)."""
+    x = torch.rand(FINGERPRINT_IMAGES, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    logits = model(model.encoder.preprocess(x.to(device))).float().cpu()
+    model.train(was_training)
+    return [[round(v, 5) for v in row] for row in logits.tolist()]
 
 
 def build(registry: Registry, kind: str, name: str, options: dict[str, Any], seed: int) -> Any:
@@ -417,7 +434,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(),
                             {"encoder": config.encoder, "adapter": name,
-                             "classes": json.dumps(list(target.class_names))})
+                             "classes": json.dumps(list(target.class_names)),
+                             "fingerprint": json.dumps(fingerprint(model, device))})
         metrics["adapters"][name] = {"accuracy": result["accuracy"],
                                      "macro_f1": result["macro_f1"],
                                      "train_seconds": round(seconds, 2)}

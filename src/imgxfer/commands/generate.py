@@ -83,7 +83,8 @@ def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
 def load_generator(source: str | Path, registry: Registry | None = None) -> LoadedGenerator:
     """Rebuild the generator saved in a run folder (its ``generator.safetensors``) or in
     a generator file, through the registry, with the options recorded beside it."""
-    from imgxfer.generators.gan import TRAINING_FORMAT, read_checkpoint
+    from imgxfer.generators.gan import TRAINING_FORMAT
+    from imgxfer.runfolder import read_tensors
     from imgxfer.plugins import get_registry
 
     source = Path(source)
@@ -98,7 +99,7 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
     else:
         raise UserError(f"--from {str(source)!r} does not exist; give a run folder or a "
                         f"{GENERATOR_FILE} file.")
-    tensors, metadata = read_checkpoint(path)
+    tensors, metadata = read_tensors(path, what="generator file")
     if metadata.get("format") == TRAINING_FORMAT:
         raise UserError(f"{str(path)!r} is a training checkpoint, not a finished generator; "
                         "resume the run to finish training, then generate from its "

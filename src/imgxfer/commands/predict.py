@@ -124,10 +124,23 @@ def load_classifier(source: str | Path, adapter: str | None = None,
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{str(path)!r} records no class names; it was not saved by "
                         "`imgxfer run`.") from None
+    if any(not k.startswith(("encoder.", "head.")) for k in tensors):
+        raise UserError(f"{str(path)!r} holds a model other than an encoder with a linear head "
+                        "(a plugin adapter's own model?); predict can rebuild only those.")
     options = dict(config.options.get("encoder", {}))
-    if "pretrained" in options:  # the file holds every weight: load nothing else
-        options["pretrained"] = "random"  # the built-in backbones' and timm's word for it
-    encoder = build(registry or get_registry(), "encoders", config.encoder, options, config.seed)
+    registry = registry or get_registry()
+    # The encoder as the run built it: pretrained weights can choose an architecture
+    # variant (timm's EfficientNet-Lite0 with its packaged weights uses "same" padding and
+    # other BatchNorm settings), so rebuilding "randomly" could load the same tensor names
+    # into another network. Only when those weights cannot be had (offline) is it rebuilt
+    # with random weights, and then the fingerprint below must prove it is the same one.
+    try:
+        encoder = build(registry, "encoders", config.encoder, options, config.seed)
+    except UserError:
+        if "pretrained" not in options:
+            raise
+        encoder = build(registry, "encoders", config.encoder,
+                        {**options, "pretrained": "random"}, config.seed)
     model = Classifier(encoder, len(classes))
     try:
         model.load_state_dict(tensors)
@@ -138,7 +151,29 @@ def load_classifier(source: str | Path, adapter: str | None = None,
         raise UserError(f"{str(path)!r} does not fit encoder {config.encoder!r} with the "
                         f"options of its config.toml ({detail}).") from None
     model.eval()
+    check_fingerprint(model, metadata, path)
     return LoadedClassifier(model, classes, adapter or metadata.get("adapter", "?"), path, config)
+
+
+def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Path) -> None:
+    """The rebuilt classifier must give the logits the run saved for fixed inputs (files
+    from before fingerprints existed are not checked)."""
+    from imgxfer.pipeline import fingerprint
+
+    if "fingerprint" not in metadata:
+        return
+    try:
+        saved = torch.tensor(json.loads(metadata["fingerprint"]))
+    except (ValueError, TypeError):
+        raise UserError(f"{str(path)!r} has damaged 'fingerprint' metadata.") from None
+    mine = torch.tensor(fingerprint(model, torch.device("cpu")))
+    # Loose enough for another device's or thread count's rounding, far tighter than a
+    # different network (which is off by whole units).
+    if mine.shape != saved.shape or not torch.allclose(mine, saved, rtol=1e-3, atol=1e-3):
+        raise UserError(f"the encoder rebuilt from {str(path.parent / 'config.toml')!r} does not "
+                        f"compute what the run's did (its pretrained weights may be needed to "
+                        f"build the same architecture: make them available offline, see "
+                        f"`imgxfer list encoders`).")
 
 
 def reading_options(config: Any) -> dict[str, Any]:
@@ -195,7 +230,7 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
     unknown = sorted({r["label"] for r in labelled} - set(class_names))
     if unknown:
         return (f"no accuracy: the labels name classes the classifier does not know "
-                f"({', '.join(unknown)}).")
+                f"({', '.join(map(str, unknown))}).")
     correct = sum(r["label"] == r["predicted"] for r in labelled)
     return f"accuracy {correct / len(labelled):.4f} on {len(labelled)} labelled images."
 
@@ -255,7 +290,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)
     options = _options(dataset_opt, "--dataset-opt")
-    files = not _is_dataset_name(source, registry)
+    files = not _is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
         options = {**reading_options(loaded.config), **options}
     with warnings.catch_warnings(record=True) as caught:
