@@ -17,10 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgxfer import __version__
 from imgxfer.budget import Budget, parse_duration
+from imgxfer.classifier import Classifier
 from imgxfer.config import NONE, RunConfig, check_device
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData, align_classes, few_shot_split
 from imgxfer.errors import UserError
@@ -68,7 +68,7 @@ FINGERPRINT_IMAGES = (2, 3, 32, 32)
 
 
 @torch.inference_mode()
-def fingerprint(model: nn.Module, device: torch.device) -> list[list[float]]:
+def fingerprint(model: Classifier, device: torch.device) -> list[list[float]]:
     """The logits of an eval-mode classifier for two fixed noise images: saved with it,
     so a rebuilt copy (``imgxfer predict``) can prove it computes the same function
     (weights that load into another architecture variant would not)."""
@@ -432,10 +432,11 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         model, result, seconds = fit_and_evaluate(adapter, encoder, data, split, config, device,
                                                   progress)
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
-        atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(),
-                            {"encoder": config.encoder, "adapter": name,
-                             "classes": json.dumps(list(target.class_names)),
-                             "fingerprint": json.dumps(fingerprint(model, device))})
+        meta = {"encoder": config.encoder, "adapter": name,
+                "classes": json.dumps(list(target.class_names))}
+        if isinstance(model, Classifier):  # a plugin adapter may return a model of its own
+            meta["fingerprint"] = json.dumps(fingerprint(model, device))
+        atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(), meta)
         metrics["adapters"][name] = {"accuracy": result["accuracy"],
                                      "macro_f1": result["macro_f1"],
                                      "train_seconds": round(seconds, 2)}
