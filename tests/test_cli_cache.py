@@ -8,12 +8,17 @@ from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.features import encode
 
 
-def test_cache_shows_and_clears_only_its_files(host, tmp_path, monkeypatch):
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
+def write_two_cache_files(folder, monkeypatch):
+    """Point the feature cache at ``folder`` and fill it with two encodings."""
+    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(folder))
     encoder = SmallCNN(width=4, input_size=16, seed=0)
     for i in range(2):
         encode(encoder, torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(i)),
                "cpu", cache=True)
+
+
+def test_cache_shows_and_clears_only_its_files(host, tmp_path, monkeypatch):
+    write_two_cache_files(tmp_path, monkeypatch)
     (tmp_path / "keep.safetensors").write_bytes(b"not the cache's")
     result = CliRunner().invoke(cli, ["cache"])
     assert result.exit_code == 0, result.output
@@ -35,11 +40,7 @@ def test_cache_bad_limit(host, monkeypatch):
 
 
 def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch):
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
-    encoder = SmallCNN(width=4, input_size=16, seed=0)
-    for i in range(2):
-        encode(encoder, torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(i)),
-               "cpu", cache=True)
+    write_two_cache_files(tmp_path, monkeypatch)
     stuck = sorted(tmp_path.iterdir())[0]
     real_unlink = type(stuck).unlink
 

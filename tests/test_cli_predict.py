@@ -199,13 +199,18 @@ def test_a_damaged_classifier_is_refused_not_used(host, compare_run, tmp_path):
     assert "is damaged: its tensors do not match the checksum saved with them" in result.output
 
 
-def test_a_generator_file_is_not_a_classifier(host, tmp_path):
+def fake_run_file(folder, name, tensors, metadata):
+    """A run folder holding a default config.toml and one hand-made tensors file."""
     from imgxfer.config import RunConfig
     from imgxfer.runfolder import atomic_save_tensors
 
-    (tmp_path / "config.toml").write_text(RunConfig().to_toml())
-    atomic_save_tensors(tmp_path / "generator.safetensors", {"w": torch.zeros(2)},
-                        {"component": "gan", "classes": '["a", "b"]'})
+    (folder / "config.toml").write_text(RunConfig().to_toml())
+    atomic_save_tensors(folder / name, tensors, metadata)
+
+
+def test_a_generator_file_is_not_a_classifier(host, tmp_path):
+    fake_run_file(tmp_path, "generator.safetensors", {"w": torch.zeros(2)},
+                  {"component": "gan", "classes": '["a", "b"]'})
     result = predict("digits", "--from", str(tmp_path / "generator.safetensors"))
     assert result.exit_code == 2
     assert result.output.strip().endswith("is a generator file of `imgxfer run`; give the run "
@@ -234,12 +239,8 @@ def test_a_rebuilt_network_that_computes_something_else_is_refused(host, compare
 
 
 def test_a_plugin_adapters_own_model_is_named(host, tmp_path):
-    from imgxfer.config import RunConfig
-    from imgxfer.runfolder import atomic_save_tensors
-
-    (tmp_path / "config.toml").write_text(RunConfig().to_toml())
-    atomic_save_tensors(tmp_path / "classifier.safetensors", {"body.w": torch.zeros(2)},
-                        {"encoder": "smallcnn", "classes": '["a", "b"]'})
+    fake_run_file(tmp_path, "classifier.safetensors", {"body.w": torch.zeros(2)},
+                  {"encoder": "smallcnn", "classes": '["a", "b"]'})
     result = predict("digits", "--from", str(tmp_path))
     assert result.exit_code == 2
     assert "holds a model other than an encoder with a linear head" in result.output
