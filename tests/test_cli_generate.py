@@ -112,6 +112,16 @@ def test_label_by_name_or_index_and_seed(host, run_folder, tmp_path) -> None:
     assert draw("--label", "0") != by_name
 
 
+def test_a_label_other_than_the_prompts_class_is_warned_about(host, run_folder, tmp_path):
+    result = generate("--from", run_folder, "--prompt", "a dot", "--label", "horizontal",
+                      "--n", 1, "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "warning: the prompt names 'dot' but --label draws 'horizontal'." in result.output
+    result = generate("--from", run_folder, "--prompt", "a dot", "--label", "dot",
+                      "--n", 1, "--out", tmp_path / "o2")
+    assert result.exit_code == 0 and "warning" not in result.output
+
+
 def test_from_the_file_itself(host, run_folder, tmp_path) -> None:
     result = generate("--from", run_folder / "generator.safetensors", "--prompt",
                       "one horizontal bar", "--n", 1, "--out", tmp_path / "out")
@@ -259,6 +269,8 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
     ("an ankle boot", 9),
     ("a t-shirt/top on a hanger", 0),  # "shirt" lies inside the longer match
     ("a shirt", 6),
+    ("a handwritten digit 3", 3),  # digits and number words are the same word
+    ("the digit Three", 3),
 ])
 def test_prompt_names_the_class(prompt: str, expected: int) -> None:
     from imgxfer.datasets.digits import DIGIT_NAMES
@@ -274,3 +286,5 @@ def test_words_must_match_whole() -> None:
         resolve_label("a shirt and a coat", None, FASHION)
     assert resolve_label("anything", "coat", FASHION) == 4
     assert resolve_label("anything", 4, FASHION) == 4
+    assert resolve_label("a seven", None, ["5", "7"]) == 1  # and the other way round
+    assert resolve_label("route 66", None, ["6", "66"]) == 1  # whole numbers only

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import TINY_RUN, FakePlugin, tiny_bars
 from imgxfer.cli import cli
-from imgxfer.commands.predict import load_classifier, predict_proba
+from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,23 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
     assert "accuracy" not in result.output  # nothing labelled
 
+    # --limit stops reading the folder, so later files (here unreadable) are never opened.
+    (photos / "9.png").write_bytes(b"not an image")
+    result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear",
+                     "--limit", "2", "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3 and "unreadable" not in result.output
+
+
+def test_accuracy_leaves_out_classes_the_classifier_does_not_know():
+    rows = [{"label": "dot", "predicted": "dot"}, {"label": "dot", "predicted": "vertical"},
+            {"label": "ring", "predicted": "dot"}, {"predicted": "dot"}]
+    assert accuracy_note(rows, ["dot", "vertical"]) == (
+        "accuracy 0.5000 on 2 labelled images; 1 image of classes it does not know (ring) "
+        "not scored.")
+    assert accuracy_note(rows[2:], ["dot"]).startswith("no accuracy: the labels name only")
+    assert accuracy_note(rows[3:], ["dot"]) == ""
+
 
 def test_choosing_among_several_classifiers(host, compare_run, tmp_path):
     result = predict("tiny-target", "--from", str(compare_run), "-o", str(tmp_path / "p.csv"))
@@ -120,7 +137,7 @@ def test_labels_of_other_classes_and_existing_output(host, compare_run, tmp_path
     result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "--limit",
                      "5", "-o", str(out))
     assert result.exit_code == 0, result.output
-    assert "no accuracy: the labels name classes the classifier does not know" in result.output
+    assert "no accuracy: the labels name only classes the classifier does not know" in result.output
     before = out.read_bytes()
     result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "-o", str(out))
     assert result.exit_code == 2 and "already exists; use --force" in result.output

@@ -128,7 +128,20 @@ def _stage_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout at the end.")
 def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         **flags: Any) -> None:
-    """Run the whole chain: encode, caption, generate, adapt, evaluate, report."""
+    """Run the whole chain: encode, caption, generate, adapt, evaluate, report.
+
+    Each run writes a folder under --out (config.toml, metrics.json, report.html, the
+    classifier and the generator). Options for one stage's plugin go through its
+    --STAGE-opt flag; `imgxfer list` shows every plugin and its options.
+
+    \b
+    Examples:
+      imgxfer run                                   # syndigits -> digits, 10 shots, GAN
+      imgxfer run --target folder:my_images --shots 5 --generator none
+      imgxfer run --compare source-only,finetune,dann --seeds 0,1,2
+      imgxfer run --encoder resnet18 --encoder-opt pretrained=imagenet --adapter linear
+      imgxfer run --config my-run.toml --adapter-steps 300
+    """
     from imgxfer import config as cfg
     from imgxfer.pipeline import execute, prepare, resume_config, run as run_pipeline, run_seeds
     from imgxfer.progress import RichProgress

@@ -21,6 +21,7 @@ import click
 import numpy as np
 import torch
 
+from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 from imgxfer.data import ImageDataset
 from imgxfer.errors import UnknownComponentError, UserError
 from imgxfer.registry import Registry
@@ -106,12 +107,13 @@ def _from_dataset(data: ImageDataset) -> CaptionInput:
                         data.description, notes=list(data.notes), paths=data.paths)
 
 
-def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = None
-                ) -> CaptionInput:
+def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = None,
+                *, limit: int | None = None) -> CaptionInput:
     """A registered dataset name (``digits``, ``folder:PATH``, ``csv:PATH``...) or an
     existing path: a folder with one sub-folder per class (read as ``folder:PATH``), a
     folder of images, or one image file. A registered name wins over a same-named path;
-    write ``./NAME`` for the path."""
+    write ``./NAME`` for the path. ``limit`` stops reading a folder of loose images after
+    that many readable ones (a dataset is read whole; :func:`select` cuts it)."""
     options = dict(options or {})
     if _is_dataset_name(spec, registry):
         return _from_dataset(registry.build("datasets", spec, options))
@@ -130,7 +132,7 @@ def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = 
     if len(folders) >= 2:
         return _from_dataset(registry.build("datasets", f"folder:{spec}", options))
     if images:
-        return _load_loose(images, path, options, what=f"folder {spec!r}")
+        return _load_loose(images, path, options, what=f"folder {spec!r}", limit=limit)
     if folders:
         raise UserError(f"folder {spec!r} holds no images and one sub-folder "
                         f"({folders[0].name!r}); give that sub-folder, or a folder with one "
@@ -145,7 +147,7 @@ def _is_image_name(path: Path) -> bool:
 
 
 def _load_loose(paths: Sequence[Path], root: Path, options: dict[str, Any], *,
-                what: str, single: bool = False) -> CaptionInput:
+                what: str, single: bool = False, limit: int | None = None) -> CaptionInput:
     """Files without classes, read like ``folder:`` files (see imgxfer.datasets.files)."""
     from imgxfer.datasets.files import ImageOptions, Unreadable, read_image
 
@@ -157,6 +159,8 @@ def _load_loose(paths: Sequence[Path], root: Path, options: dict[str, Any], *,
     image_options.check(what)
     arrays, ids, skipped = [], [], []
     for path in paths:
+        if limit is not None and len(arrays) >= limit:
+            break  # a huge folder is not read whole for its first images
         try:
             arrays.append(read_image(path, image_options))
         except Unreadable as exc:
@@ -248,19 +252,16 @@ def _options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
 
 @click.command("caption", short_help="Caption images into a JSONL file.")
 @click.argument("source", metavar="PATH_OR_DATASET")
-@click.option("--out", "-o", metavar="FILE_OR_DIR",
-              help=f"JSONL file to write, or an existing folder to write {DEFAULT_OUT} "
-                   f"into (default ./{DEFAULT_OUT}).")
-@click.option("--limit", type=int, metavar="N", help="Caption only the first N images.")
+@out_option("JSONL", DEFAULT_OUT)
+@limit_option("Caption")
 @click.option("--shots", type=int, metavar="N",
               help="Caption only the first N images of each class (labelled input).")
 @click.option("--captioner", default="template", show_default=True,
               help="Captioner (see `imgxfer list captioners`).")
 @click.option("--captioner-opt", multiple=True, metavar="KEY=VALUE",
               help="Option for the captioner, e.g. attributes=false (repeatable).")
-@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE",
-              help="Option for the dataset, e.g. size=64 (repeatable).")
-@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@dataset_opt_option
+@force_option
 def caption(source: str, out: str | None, limit: int | None, shots: int | None,
             captioner: str, captioner_opt: tuple[str, ...], dataset_opt: tuple[str, ...],
             force: bool) -> None:
@@ -288,7 +289,8 @@ def caption(source: str, out: str | None, limit: int | None, shots: int | None,
     model = registry.build("captioners", captioner, _options(captioner_opt, "--captioner-opt"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_images(source, registry, _options(dataset_opt, "--dataset-opt"))
+        data = load_images(source, registry, _options(dataset_opt, "--dataset-opt"),
+                           limit=limit)
     # Unreadable files are both warned about and noted: say it once.
     messages = list(data.notes) + [str(w.message) for w in caught]
     for message in dict.fromkeys(messages):

@@ -9,7 +9,8 @@ and writes ``DIR/000.png``, ``DIR/001.png``, ... and ``DIR/grid.png`` (all of th
 image).
 
 The class of the images is ``--label`` (a class name or index) or, without it, the one
-class the prompt names (whole words, any case: "a digit seven" -> seven). A prompt that
+class the prompt names (whole words, any case, digits for number words: "a digit seven"
+and "a digit 7" -> seven); a --label other than the class the prompt names is warned about. A prompt that
 names no class, or several, is an error that lists the classes. The prompt itself
 conditions a text-conditioned generator; prompts worded like the run's captions
 (``captions.jsonl``, e.g. "a handwritten digit seven, domain mnist") work best.
@@ -59,6 +60,7 @@ class Generated:
     class_name: str | None
     files: list[Path]
     grid: Path
+    notes: list[str]
 
 
 def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
@@ -132,8 +134,32 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
     return LoadedGenerator(generator, name, path, classes)
 
 
+# "3" and "three" are the same word when a prompt is matched to class names.
+_NUMBERS = dict(zip("zero one two three four five six seven eight nine".split(),
+                    "0123456789"))
+
+
 def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    return [_NUMBERS.get(w, w) for w in _WORD.findall(text.lower())]
+
+
+def prompt_classes(prompt: str, class_names: Sequence[str]) -> list[int]:
+    """The classes whose names appear in ``prompt`` as whole words (any case; digits and
+    number words alike: "a 3" names class "three"). A name inside a longer matching one
+    counts as the longer one: "ankle boot" names "ankle boot", not "boot"."""
+    words = _words(prompt)
+    found: list[tuple[int, int, int]] = []  # (class, start, end) of each match
+    for index, name in enumerate(class_names):
+        name_words = _words(name)
+        size = len(name_words)
+        if not size:
+            continue
+        for start in range(len(words) - size + 1):
+            if words[start:start + size] == name_words:
+                found.append((index, start, start + size))
+    found = [m for m in found if not any(o != m and o[1] <= m[1] and m[2] <= o[2]
+                                         and o[2] - o[1] > m[2] - m[1] for o in found)]
+    return sorted({m[0] for m in found})
 
 
 def resolve_label(prompt: str, label: str | int | None,
@@ -163,20 +189,7 @@ def resolve_label(prompt: str, label: str | int | None,
         raise UserError("the class names of this generator are unknown (no 'classes' metadata "
                         "and no metrics.json beside it), so the prompt cannot name one; "
                         f"pass --label with a class index ({listing}).")
-    words = _words(prompt)
-    found: list[tuple[int, int, int]] = []  # (class, start, end) of each match
-    for index, name in enumerate(class_names):
-        name_words = _words(name)
-        size = len(name_words)
-        if not size:
-            continue
-        for start in range(len(words) - size + 1):
-            if words[start:start + size] == name_words:
-                found.append((index, start, start + size))
-    # A match inside a longer one names the longer class ("ankle boot" holds "boot").
-    found = [m for m in found if not any(o != m and o[1] <= m[1] and m[2] <= o[2]
-                                         and o[2] - o[1] > m[2] - m[1] for o in found)]
-    classes = sorted({m[0] for m in found})
+    classes = prompt_classes(prompt, class_names)
     if len(classes) == 1:
         return classes[0]
     if not classes:
@@ -245,7 +258,12 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
         if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
             old.unlink()
     name = loaded.class_names[index] if loaded.class_names else None
-    return Generated(images, index, name, files, out / "grid.png")
+    notes = []
+    named = prompt_classes(prompt, loaded.class_names) if loaded.class_names else []
+    if named and index not in named:  # --label chose another class than the prompt names
+        notes.append(f"the prompt names {', '.join(repr(loaded.class_names[c]) for c in named)}"
+                     f" but --label draws {name!r}.")
+    return Generated(images, index, name, files, out / "grid.png", notes)
 
 
 @click.command("generate", short_help="Draw images from a run's generator.")
@@ -270,6 +288,8 @@ def generate_command(source: str, prompt: str, label: str | None, n: int, out: s
     """
     # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
     result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     what = f"class {result.class_name!r}" if result.class_name else f"class {result.label}"
     click.echo(f"wrote {len(result.files)} images of {what} to {out} (grid: {result.grid})",
                err=True)

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import click
 import torch
 
+from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
 
@@ -49,22 +50,14 @@ class LoadedClassifier:
     config: Any  # the run's RunConfig
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # damaged: read_tensors says so in one sentence later
-        return {}
-
-
 def find_classifier(source: str | Path, adapter: str | None = None) -> tuple[Path, str | None]:
     """The classifier file of a run folder (or the file itself) and the adapter that
     trained it; a --compare run needs ``adapter`` to choose among its classifiers."""
+    from imgxfer.runfolder import read_metadata
+
     source = Path(source).expanduser()
     if source.is_file():
-        recorded = _metadata(source).get("adapter")
+        recorded = read_metadata(source).get("adapter")
         if adapter is not None and recorded is not None and recorded != adapter:
             raise UserError(f"{str(source)!r} was trained by {recorded!r}, not {adapter!r}.")
         return source, recorded
@@ -81,7 +74,7 @@ def find_classifier(source: str | Path, adapter: str | None = None) -> tuple[Pat
                         "run folder of `imgxfer run`.")
     # The adapter a file records, else the one its name gives (classifier-NAME; a
     # damaged file records nothing and is reported when it is read).
-    by_adapter = {_metadata(f).get("adapter") or f.stem.removeprefix("classifier-"): f
+    by_adapter = {read_metadata(f).get("adapter") or f.stem.removeprefix("classifier-"): f
                   for f in files}
     if adapter is not None:
         if adapter not in by_adapter:
@@ -228,11 +221,16 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
     if not labelled:
         return ""
     unknown = sorted({r["label"] for r in labelled} - set(class_names))
-    if unknown:
-        return (f"no accuracy: the labels name classes the classifier does not know "
+    known = [r for r in labelled if r["label"] in class_names]
+    # Images of classes the classifier cannot predict are left out, not counted wrong.
+    n = len(labelled) - len(known)
+    left_out = (f"; {n} image{'s' if n != 1 else ''} of classes it does not know "
+                f"({', '.join(map(str, unknown))}) not scored" if unknown else "")
+    if not known:
+        return (f"no accuracy: the labels name only classes the classifier does not know "
                 f"({', '.join(map(str, unknown))}).")
-    correct = sum(r["label"] == r["predicted"] for r in labelled)
-    return f"accuracy {correct / len(labelled):.4f} on {len(labelled)} labelled images."
+    correct = sum(r["label"] == r["predicted"] for r in known)
+    return f"accuracy {correct / len(known):.4f} on {len(known)} labelled images{left_out}."
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -251,14 +249,11 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
                    "classifier .safetensors file in one.")
 @click.option("--adapter", metavar="NAME",
               help="Which classifier of a --compare run (see its classifier-NAME files).")
-@click.option("--out", "-o", metavar="FILE_OR_DIR",
-              help=f"CSV file to write, an existing folder to write {DEFAULT_OUT} into "
-                   f"(default ./{DEFAULT_OUT}), or - for standard output.")
-@click.option("--limit", type=int, metavar="N", help="Classify only the first N images.")
-@click.option("--dataset-opt", multiple=True, metavar="KEY=VALUE",
-              help="Option for the dataset or for reading files, e.g. size=64 (repeatable).")
+@out_option("CSV", DEFAULT_OUT, ", or - for standard output")
+@limit_option("Classify")
+@dataset_opt_option
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
-@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@force_option
 def predict_command(source: str, run: str, adapter: str | None, out: str | None,
                     limit: int | None, dataset_opt: tuple[str, ...], device: str,
                     force: bool) -> None:
@@ -295,7 +290,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
         options = {**reading_options(loaded.config), **options}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_images(source, registry, options)
+        data = load_images(source, registry, options, limit=limit)
     for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
         click.echo(f"warning: {message}", err=True)
     data = select(data, limit=limit)
