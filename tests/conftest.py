@@ -46,9 +46,9 @@ class FakePlugin:
 
 @pytest.fixture(autouse=True)
 def feature_cache_dir(tmp_path_factory, monkeypatch):
-    """The linear probes cache features by default: keep every test's cache out of the
-    user's ~/.cache."""
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+    """The linear probes cache features by default: keep every test's cache (and
+    download folder) out of the user's ~/.cache."""
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture

@@ -8,26 +8,28 @@ from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.features import encode
 
 
-def write_two_cache_files(folder, monkeypatch):
-    """Point the feature cache at ``folder`` and fill it with two encodings."""
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(folder))
+def write_two_cache_files(root, monkeypatch):
+    """Point imgxfer's cache at ``root``, fill its feature cache with two encodings and
+    return the feature cache's folder."""
+    monkeypatch.setenv("IMGXFER_CACHE", str(root))
     encoder = SmallCNN(width=4, input_size=16, seed=0)
     for i in range(2):
         encode(encoder, torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(i)),
                "cpu", cache=True)
+    return root / "features"
 
 
 def test_cache_shows_and_clears_only_its_files(host, tmp_path, monkeypatch):
-    write_two_cache_files(tmp_path, monkeypatch)
-    (tmp_path / "keep.safetensors").write_bytes(b"not the cache's")
+    folder = write_two_cache_files(tmp_path, monkeypatch)
+    (folder / "keep.safetensors").write_bytes(b"not the cache's")
     result = CliRunner().invoke(cli, ["cache"])
     assert result.exit_code == 0, result.output
-    assert f"folder: {tmp_path}" in result.output and "files:  2 (" in result.output
+    assert f"folder: {folder}" in result.output and "files:  2 (" in result.output
     assert "limit 2.0 GB" in result.output
 
     result = CliRunner().invoke(cli, ["cache", "--clear"])
     assert result.exit_code == 0 and "removed 2 cached feature file(s)" in result.output
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
+    assert [p.name for p in folder.iterdir()] == ["keep.safetensors"]
     assert "files:  0 (0 B;" in CliRunner().invoke(cli, ["cache"]).output
 
 
@@ -40,8 +42,8 @@ def test_cache_bad_limit(host, monkeypatch):
 
 
 def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch):
-    write_two_cache_files(tmp_path, monkeypatch)
-    stuck = sorted(tmp_path.iterdir())[0]
+    folder = write_two_cache_files(tmp_path, monkeypatch)
+    stuck = sorted(folder.iterdir())[0]
     real_unlink = type(stuck).unlink
 
     def unlink(self, missing_ok=False):
@@ -54,22 +56,22 @@ def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch)
     assert result.exit_code == 1
     assert "removed 1 cached feature file(s)" in result.output
     assert f"could not remove 1 cached feature file(s), e.g. {stuck}" in result.output
-    assert [p for p in tmp_path.iterdir()] == [stuck]
+    assert [p for p in folder.iterdir()] == [stuck]
 
 
 def test_cache_folder_that_is_a_file(host, tmp_path, monkeypatch):
     (tmp_path / "exists.csv").write_text("a,b\n")
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path / "exists.csv"))
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "exists.csv"))
     for args in (["cache"], ["cache", "--clear"]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2
-        assert "IMGXFER_CACHE_DIR" in result.output and "is a file; give a folder" in result.output
+        assert "exists.csv' is a file; set IMGXFER_CACHE to a folder" in result.output
     assert (tmp_path / "exists.csv").read_text() == "a,b\n"
 
 
 def test_a_cache_folder_that_is_a_file_does_not_stop_encoding(tmp_path, monkeypatch):
     (tmp_path / "exists.csv").write_text("a,b\n")
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path / "exists.csv"))
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "exists.csv"))
     encoder = SmallCNN(width=4, input_size=16, seed=0)
     features = encode(encoder, torch.rand(3, 1, 16, 16), "cpu", cache=True)
     assert features.shape == (3, encoder.feature_dim)

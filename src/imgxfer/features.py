@@ -36,7 +36,6 @@ from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
 log = logging.getLogger("imgxfer.features")
 
-CACHE_ENV = "IMGXFER_CACHE_DIR"
 CACHE_MAX_ENV = "IMGXFER_CACHE_MAX_MB"
 CACHE_MAX_MB = 2048
 _ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")  # what the cache writes: nothing else is removed
@@ -46,16 +45,16 @@ CacheOption = Union[bool, str, "os.PathLike[str]", None]
 
 
 def default_cache_dir() -> Path:
-    """``$IMGXFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgxfer/features``, else
-    ``~/.cache/imgxfer/features``."""
-    if os.environ.get(CACHE_ENV):
-        folder = Path(os.environ[CACHE_ENV]).expanduser()
+    """The ``features`` folder of imgxfer's cache folder (``$IMGXFER_CACHE``, else
+    ``$XDG_CACHE_HOME/imgxfer``, else ``~/.cache/imgxfer``), where downloads are kept too."""
+    from imgxfer.datasets.common import cache_dir
+
+    root = cache_dir()
+    for folder in (root, root / "features"):
         if folder.exists() and not folder.is_dir():
-            raise UserError(f"{CACHE_ENV} {str(folder)!r} is a file; give a folder for the "
-                            "feature cache.")
-        return folder
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "imgxfer" / "features"
+            raise UserError(f"the cache folder {str(folder)!r} is a file; set IMGXFER_CACHE "
+                            "to a folder.")
+    return root / "features"
 
 
 def cache_dir_for(cache: CacheOption) -> Path | None:

@@ -178,10 +178,10 @@ def test_probes_share_cached_features(world, tmp_path, monkeypatch):
     and gives the same head; feature_cache=false neither reads nor writes."""
     from imgxfer import features
 
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path))
     data = transfer_data(world, 3)
     first = fit(world, "linear", data, 1)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # source and target shots
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 2  # source and target shots
 
     def no_encoding(*args):
         raise AssertionError("cached features must not be encoded again")

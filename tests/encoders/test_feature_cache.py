@@ -72,11 +72,11 @@ def test_cache_hit_returns_identical_features_without_encoding(
 
 def test_cache_true_uses_the_environment_folder(encoder: SmallCNN, images: torch.Tensor,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMGXFER_CACHE_DIR", str(tmp_path / "env"))
-    assert F.default_cache_dir() == tmp_path / "env"
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "env"))
+    assert F.default_cache_dir() == tmp_path / "env" / "features"
     encode(encoder, images, CPU, cache=True)
-    assert len(cache_files(tmp_path / "env")) == 1
-    monkeypatch.delenv("IMGXFER_CACHE_DIR")
+    assert len(cache_files(tmp_path / "env" / "features")) == 1
+    monkeypatch.delenv("IMGXFER_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert F.default_cache_dir() == tmp_path / "xdg" / "imgxfer" / "features"
     assert F.cache_dir_for(False) is None and F.cache_dir_for(None) is None

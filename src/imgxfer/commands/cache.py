@@ -2,8 +2,9 @@
 
 The linear probes (`linear`, and the initial probes of `lp-ft` and `self-training`) keep
 the features of their frozen encoder there (:mod:`imgxfer.features`), so a second probe
-of the same encoder on the same images reads them instead of encoding again. The folder is ``$IMGXFER_CACHE_DIR`` or
-``~/.cache/imgxfer/features`` and is kept under ``$IMGXFER_CACHE_MAX_MB`` megabytes.
+of the same encoder on the same images reads them instead of encoding again. The folder is
+``$IMGXFER_CACHE/features`` (default ``~/.cache/imgxfer/features``) and is kept under
+``$IMGXFER_CACHE_MAX_MB`` megabytes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _size(n: float) -> str:
 def cache_command(clear: bool) -> None:
     """Show the feature cache (folder, files, size, limit), or clear it.
 
-    The folder is $IMGXFER_CACHE_DIR (default ~/.cache/imgxfer/features); runs keep it
+    The folder is $IMGXFER_CACHE/features (default ~/.cache/imgxfer/features); runs keep it
     under $IMGXFER_CACHE_MAX_MB megabytes (default 2048) by removing the least recently
     used files. Only the cache's own files (64 hex digits + .safetensors) are counted or
     removed; anything else in the folder is left alone.
