@@ -68,6 +68,14 @@ def test_cache_folder_that_is_a_file(host, tmp_path, monkeypatch):
         assert "exists.csv' is a file; set IMGXFER_CACHE to a folder" in result.output
     assert (tmp_path / "exists.csv").read_text() == "a,b\n"
 
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "features").write_text("mine")
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "root"))
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert result.exit_code == 2
+    assert "features' is a file; remove it or set IMGXFER_CACHE" in result.output
+    assert (tmp_path / "root" / "features").read_text() == "mine"
+
 
 def test_a_cache_folder_that_is_a_file_does_not_stop_encoding(tmp_path, monkeypatch):
     (tmp_path / "exists.csv").write_text("a,b\n")

@@ -116,7 +116,7 @@ def test_a_label_other_than_the_prompts_class_is_warned_about(host, run_folder, 
     result = generate("--from", run_folder, "--prompt", "a dot", "--label", "horizontal",
                       "--n", 1, "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
-    assert "warning: the prompt names 'dot' but --label draws 'horizontal'." in result.output
+    assert "warning: the prompt names 'dot', but --label draws 'horizontal'." in result.output
     result = generate("--from", run_folder, "--prompt", "a dot", "--label", "dot",
                       "--n", 1, "--out", tmp_path / "o2")
     assert result.exit_code == 0 and "warning" not in result.output
@@ -288,3 +288,14 @@ def test_words_must_match_whole() -> None:
     assert resolve_label("anything", 4, FASHION) == 4
     assert resolve_label("a seven", None, ["5", "7"]) == 1  # and the other way round
     assert resolve_label("route 66", None, ["6", "66"]) == 1  # whole numbers only
+    assert resolve_label("anything", "seven", ["5", "7"]) == 1
+
+
+@pytest.mark.parametrize("prompt", [
+    "a seven drawn with 2 strokes",  # a number that is no class name as written
+    "a handwritten digit (probably seven, p=0.93), domain mnist",  # a caption's wording
+])
+def test_numbers_in_a_prompt_name_a_class_only_when_nothing_else_does(prompt: str) -> None:
+    from imgxfer.datasets.digits import DIGIT_NAMES
+
+    assert resolve_label(prompt, None, DIGIT_NAMES) == 7

@@ -79,20 +79,24 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
     assert "accuracy" not in result.output  # nothing labelled
 
-    # --limit stops reading the folder, so later files (here unreadable) are never opened.
+    # --limit N reads the first N readable images and stops: an unreadable file among
+    # them is skipped (and said), one after them is never opened.
+    (photos / "0a.png").write_bytes(b"not an image")
     (photos / "9.png").write_bytes(b"not an image")
     result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear",
                      "--limit", "2", "-o", "-")
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 3 and "unreadable" not in result.output
+    assert [line.split(",")[0] for line in result.stdout.splitlines()[1:]] == [
+        str(photos / "0.png"), str(photos / "1.png")]
+    assert "skipped 1 unreadable file (0a.png:" in result.output
 
 
 def test_accuracy_leaves_out_classes_the_classifier_does_not_know():
     rows = [{"label": "dot", "predicted": "dot"}, {"label": "dot", "predicted": "vertical"},
             {"label": "ring", "predicted": "dot"}, {"predicted": "dot"}]
     assert accuracy_note(rows, ["dot", "vertical"]) == (
-        "accuracy 0.5000 on 2 labelled images; 1 image of classes it does not know (ring) "
-        "not scored.")
+        "accuracy 0.5000 on 2 labelled images; 1 image of classes the classifier does not "
+        "know (ring) not scored.")
     assert accuracy_note(rows[2:], ["dot"]).startswith("no accuracy: the labels name only")
     assert accuracy_note(rows[3:], ["dot"]) == ""
 

@@ -131,7 +131,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     """Run the whole chain: encode, caption, generate, adapt, evaluate, report.
 
     Each run writes a folder under --out (config.toml, metrics.json, report.html, the
-    classifier and the generator). Options for one stage's plugin go through its
+    classifier and, when there is one, the generator; with --seeds one seed-K folder per
+    seed and a summary). Options for one stage's plugin go through its
     --STAGE-opt flag; `imgxfer list` shows every plugin and its options.
 
     \b

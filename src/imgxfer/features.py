@@ -50,11 +50,14 @@ def default_cache_dir() -> Path:
     from imgxfer.datasets.common import cache_dir
 
     root = cache_dir()
-    for folder in (root, root / "features"):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"the cache folder {str(folder)!r} is a file; set IMGXFER_CACHE "
-                            "to a folder.")
-    return root / "features"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"the cache folder {str(root)!r} is a file; set IMGXFER_CACHE to a "
+                        "folder.")
+    folder = root / "features"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"the feature cache folder {str(folder)!r} is a file; remove it or "
+                        "set IMGXFER_CACHE to another folder.")
+    return folder
 
 
 def cache_dir_for(cache: CacheOption) -> Path | None:

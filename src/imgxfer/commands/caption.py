@@ -252,7 +252,8 @@ def _options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
 
 @click.command("caption", short_help="Caption images into a JSONL file.")
 @click.argument("source", metavar="PATH_OR_DATASET")
-@out_option("JSONL", DEFAULT_OUT)
+@out_option(f"JSONL file to write, or an existing folder to write {DEFAULT_OUT} into "
+            f"(default ./{DEFAULT_OUT}).")
 @limit_option("Caption")
 @click.option("--shots", type=int, metavar="N",
               help="Caption only the first N images of each class (labelled input).")

@@ -9,8 +9,9 @@ and writes ``DIR/000.png``, ``DIR/001.png``, ... and ``DIR/grid.png`` (all of th
 image).
 
 The class of the images is ``--label`` (a class name or index) or, without it, the one
-class the prompt names (whole words, any case, digits for number words: "a digit seven"
-and "a digit 7" -> seven); a --label other than the class the prompt names is warned about. A prompt that
+class the prompt names (whole words, any case: "a digit seven" -> seven; when no name
+appears as written, the digits 0-9 stand for their number words: "a digit 7" -> seven).
+A --label other than the class the prompt names is warned about. A prompt that
 names no class, or several, is an error that lists the classes. The prompt itself
 conditions a text-conditioned generator; prompts worded like the run's captions
 (``captions.jsonl``, e.g. "a handwritten digit seven, domain mnist") work best.
@@ -25,7 +26,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +38,8 @@ from imgxfer.registry import Registry
 from imgxfer.runfolder import atomic_write_bytes
 
 GENERATOR_FILE = "generator.safetensors"
-_WORD = re.compile(r"\w+")
+# Words of a prompt; a decimal number ("p=0.93") is one word, not "0" and "93".
+_WORD = re.compile(r"\d+(?:\.\d+)+|\w+")
 # What generate writes (000.png, 001.png, ...): only such files are replaced with --force.
 _OUTPUT_NAME = re.compile(r"\d{3,}\.png")
 
@@ -60,7 +62,7 @@ class Generated:
     class_name: str | None
     files: list[Path]
     grid: Path
-    notes: list[str]
+    notes: list[str] = field(default_factory=list)  # warnings for the user
 
 
 def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
@@ -134,23 +136,32 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
     return LoadedGenerator(generator, name, path, classes)
 
 
-# "3" and "three" are the same word when a prompt is matched to class names.
+# Number words and the digits 0-9, matched to each other when nothing matches as written.
 _NUMBERS = dict(zip("zero one two three four five six seven eight nine".split(),
                     "0123456789"))
 
 
-def _words(text: str) -> list[str]:
-    return [_NUMBERS.get(w, w) for w in _WORD.findall(text.lower())]
+def _words(text: str, numerals: bool = False) -> list[str]:
+    words = _WORD.findall(text.lower())
+    return [_NUMBERS.get(w, w) for w in words] if numerals else words
 
 
-def prompt_classes(prompt: str, class_names: Sequence[str]) -> list[int]:
-    """The classes whose names appear in ``prompt`` as whole words (any case; digits and
-    number words alike: "a 3" names class "three"). A name inside a longer matching one
-    counts as the longer one: "ankle boot" names "ankle boot", not "boot"."""
-    words = _words(prompt)
+def prompt_classes(prompt: str, class_names: Sequence[str], numerals: bool = True
+                   ) -> list[int]:
+    """The classes whose names appear in ``prompt`` as whole words, any case. A name
+    inside a longer matching one counts as the longer one: "ankle boot" names "ankle
+    boot", not "boot". Only when no name appears as written, and ``numerals``, are the
+    digits 0-9 and their number words taken as the same word ("a 3" names "three"): a
+    number that is no class ("drawn with 2 strokes") then does not name one."""
+    found = _matches(_words(prompt), [_words(name) for name in class_names])
+    if not found and numerals:
+        found = _matches(_words(prompt, True), [_words(name, True) for name in class_names])
+    return found
+
+
+def _matches(words: list[str], names: list[list[str]]) -> list[int]:
     found: list[tuple[int, int, int]] = []  # (class, start, end) of each match
-    for index, name in enumerate(class_names):
-        name_words = _words(name)
+    for index, name_words in enumerate(names):
         size = len(name_words)
         if not size:
             continue
@@ -184,6 +195,11 @@ def resolve_label(prompt: str, label: str | int | None,
             lowered = [c.lower() for c in class_names]
             if text.lower() in lowered:
                 return lowered.index(text.lower())
+            # "three" draws class "3" (and "3" was taken as an index above).
+            named = [i for i, c in enumerate(class_names)
+                     if _words(text) and _words(c, True) == _words(text, True)]
+            if len(named) == 1:
+                return named[0]
         raise UserError(f"--label {text!r} is not a class; classes: {listing}.")
     if class_names is None:
         raise UserError("the class names of this generator are unknown (no 'classes' metadata "
@@ -259,10 +275,13 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
             old.unlink()
     name = loaded.class_names[index] if loaded.class_names else None
     notes = []
-    named = prompt_classes(prompt, loaded.class_names) if loaded.class_names else []
-    if named and index not in named:  # --label chose another class than the prompt names
-        notes.append(f"the prompt names {', '.join(repr(loaded.class_names[c]) for c in named)}"
-                     f" but --label draws {name!r}.")
+    # --label chose another class than the prompt names (as written: "a 3 px stroke"
+    # is no contradiction of --label seven).
+    named = (prompt_classes(prompt, loaded.class_names, numerals=False)
+             if loaded.class_names else [])
+    if named and index not in named:
+        names = " and ".join(repr(loaded.class_names[c]) for c in named)
+        notes.append(f"the prompt names {names}, but --label draws {name!r}.")
     return Generated(images, index, name, files, out / "grid.png", notes)
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import click
 
 
-def out_option(kind: str, default: str, extra: str = ""):
-    return click.option("--out", "-o", metavar="FILE_OR_DIR",
-                        help=f"{kind} file to write, or an existing folder to write {default} "
-                             f"into (default ./{default}){extra}.")
+def out_option(help: str):
+    return click.option("--out", "-o", metavar="FILE_OR_DIR", help=help)
 
 
 def limit_option(verb: str):

@@ -223,14 +223,16 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
     unknown = sorted({r["label"] for r in labelled} - set(class_names))
     known = [r for r in labelled if r["label"] in class_names]
     # Images of classes the classifier cannot predict are left out, not counted wrong.
-    n = len(labelled) - len(known)
-    left_out = (f"; {n} image{'s' if n != 1 else ''} of classes it does not know "
-                f"({', '.join(map(str, unknown))}) not scored" if unknown else "")
+    names = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
     if not known:
         return (f"no accuracy: the labels name only classes the classifier does not know "
-                f"({', '.join(map(str, unknown))}).")
+                f"({names}).")
+    n = len(labelled) - len(known)
+    left_out = (f"; {n} image{'s' if n != 1 else ''} of classes the classifier does not "
+                f"know ({names}) not scored" if unknown else "")
     correct = sum(r["label"] == r["predicted"] for r in known)
-    return f"accuracy {correct / len(known):.4f} on {len(known)} labelled images{left_out}."
+    return (f"accuracy {correct / len(known):.4f} on {len(known)} labelled "
+            f"image{'s' if len(known) != 1 else ''}{left_out}.")
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -249,7 +251,8 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
                    "classifier .safetensors file in one.")
 @click.option("--adapter", metavar="NAME",
               help="Which classifier of a --compare run (see its classifier-NAME files).")
-@out_option("CSV", DEFAULT_OUT, ", or - for standard output")
+@out_option(f"CSV file to write, an existing folder to write {DEFAULT_OUT} into "
+            f"(default ./{DEFAULT_OUT}), or - for standard output.")
 @limit_option("Classify")
 @dataset_opt_option
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
