@@ -91,6 +91,25 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
     assert "skipped 1 unreadable file (0a.png:" in result.output
 
 
+def test_images_far_darker_than_the_runs_target_are_warned_about(host, compare_run, tmp_path):
+    # The run's target is light with dark shapes (inverted bars); these are the reverse.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(tiny_bars("x", 2, seed=3).images):
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear", "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert "warning: these images are darker on average (0." in result.output
+    assert "read them with --dataset-opt invert=true" in result.output
+    result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear", "-o", "-",
+                     "--dataset-opt", "invert=true")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    # Images like the run's own target raise no warning.
+    result = predict("tiny-target", "--from", str(compare_run), "--adapter", "linear", "-o", "-")
+    assert result.exit_code == 0 and "warning" not in result.output
+
+
 def test_accuracy_leaves_out_classes_the_classifier_does_not_know():
     rows = [{"label": "dot", "predicted": "dot"}, {"label": "dot", "predicted": "vertical"},
             {"label": "ring", "predicted": "dot"}, {"predicted": "dot"}]
@@ -155,9 +174,9 @@ def test_files_are_read_as_the_run_read_its_target_files():
     from imgxfer.config import RunConfig
 
     config = RunConfig(target="folder:scans", source="syndigits")
-    config.options["target"] = {"size": 48, "fit": "pad", "strict": True}
+    config.options["target"] = {"size": 48, "fit": "pad", "invert": True, "strict": True}
     assert reading_options(config) == {"size": 48, "channels": 0, "background": "white",
-                                       "fit": "pad"}
+                                       "fit": "pad", "invert": True}
     config = RunConfig(target="digits")
     config.options["target"] = {"size": 48}  # not a files dataset: its own option
     assert reading_options(config)["size"] == 32

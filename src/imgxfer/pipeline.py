@@ -80,6 +80,14 @@ def fingerprint(model: Classifier, device: torch.device) -> list[list[float]]:
     return [[round(v, 5) for v in row] for row in logits.tolist()]
 
 
+def image_brightness(images: torch.Tensor) -> list[float]:
+    """Mean and std over images of each image's mean pixel value: saved with a
+    classifier, so `imgxfer predict` can tell images far darker or brighter than the
+    run's target images (e.g. dark ink on light paper for a light-on-dark target)."""
+    per_image = images.float().flatten(1).mean(1) if len(images) else torch.zeros(1)
+    return [round(float(per_image.mean()), 4), round(float(per_image.std(correction=0)), 4)]
+
+
 def build(registry: Registry, kind: str, name: str, options: dict[str, Any], seed: int) -> Any:
     """Build a component; a factory that takes ``seed`` gets the run's seed unless the
     user set one."""
@@ -423,6 +431,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
     elif config.compare_synthetic:
         progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
     classifier = None
+    brightness = json.dumps(image_brightness(torch.cat([split.labelled.images,
+                                                        split.unlabelled.images])))
     for i, (name, adapter) in enumerate(plan.adapters.items()):
         # Both fits of a pair start from the same global RNG state (head initialisation),
         # so they differ only in the synthetic images; the run continues afterwards from
@@ -433,7 +443,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
                                                   progress)
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         meta = {"encoder": config.encoder, "adapter": name,
-                "classes": json.dumps(list(target.class_names))}
+                "classes": json.dumps(list(target.class_names)),
+                "target_brightness": brightness}
         if isinstance(model, Classifier):  # a plugin adapter may return a model of its own
             meta["fingerprint"] = json.dumps(fingerprint(model, device))
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(), meta)

@@ -96,6 +96,8 @@ def test_folder_channels_background_and_grey_detection(tmp_path):
     assert ds.images[:2].mean() == pytest.approx(40 / 255, abs=0.02)
     assert ds.images[2:].mean() == pytest.approx(220 / 255, abs=0.02)
     assert folder(str(only_grey), channels=3).images.shape == (4, 3, 32, 32)
+    inverted = folder(str(only_grey), invert=True)  # dark ink on paper -> light on dark
+    torch.testing.assert_close(inverted.images, 1 - ds.images)
 
 
 def test_folder_fit_modes_and_exif_orientation(tmp_path):
@@ -190,6 +192,7 @@ def test_folder_subsample_is_seeded_and_deterministic(tmp_path):
     ({"background": "grey"}, r"background must be one of 'white', 'black'"),
     ({"fit": "zoom"}, r"fit must be one of 'crop', 'pad', 'stretch'"),
     ({"n_per_class": -1}, r"n_per_class must be 0 \(all\) or more"),
+    ({"invert": "yes"}, r"option invert must be true or false, got 'yes'"),
 ])
 def test_invalid_options_are_refused_before_reading(tmp_path, options, message):
     with pytest.raises(UserError, match=message):

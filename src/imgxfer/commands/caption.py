@@ -29,7 +29,8 @@ from imgxfer.registry import Registry
 DEFAULT_OUT = "captions.jsonl"
 # Loose images (no classes) are read at this size, stretched: position and size
 # attributes then describe the whole picture, nothing cropped or padded away.
-LOOSE_OPTIONS = {"size": 64, "channels": 0, "background": "white", "fit": "stretch"}
+LOOSE_OPTIONS = {"size": 64, "channels": 0, "background": "white", "fit": "stretch",
+                 "invert": False}
 
 
 @dataclass

@@ -21,7 +21,7 @@ import csv
 import io
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +48,7 @@ class LoadedClassifier:
     adapter: str
     path: Path
     config: Any  # the run's RunConfig
+    metadata: dict[str, str] = field(default_factory=dict)  # the classifier file's
 
 
 def find_classifier(source: str | Path, adapter: str | None = None) -> tuple[Path, str | None]:
@@ -145,7 +146,8 @@ def load_classifier(source: str | Path, adapter: str | None = None,
                         f"options of its config.toml ({detail}).") from None
     model.eval()
     check_fingerprint(model, metadata, path)
-    return LoadedClassifier(model, classes, adapter or metadata.get("adapter", "?"), path, config)
+    return LoadedClassifier(model, classes, adapter or metadata.get("adapter", "?"), path, config,
+                            metadata)
 
 
 def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Path) -> None:
@@ -171,8 +173,8 @@ def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Pa
 
 def reading_options(config: Any) -> dict[str, Any]:
     """How to read image files for a run: as it read its target files when its target was
-    a ``folder:`` or ``csv:`` dataset (size, channels, background, fit), else with those
-    datasets' defaults, so new images reach the encoder as the training images did."""
+    a ``folder:`` or ``csv:`` dataset (size, channels, background, fit, invert), else with
+    those datasets' defaults, so new images reach the encoder as the training images did."""
     from dataclasses import asdict, fields
 
     from imgxfer.datasets.files import ImageOptions
@@ -235,6 +237,25 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
             f"image{'s' if len(known) != 1 else ''}{left_out}.")
 
 
+def brightness_note(images: torch.Tensor, loaded: LoadedClassifier, files: bool) -> str:
+    """A warning when the images are far darker or brighter on average than the run's
+    target images (beyond 3 std of those, and at least 0.15), or ``""``."""
+    from imgxfer.pipeline import image_brightness
+
+    try:
+        mean, std = (float(v) for v in json.loads(loaded.metadata["target_brightness"]))
+    except (KeyError, ValueError, TypeError):  # older files record none
+        return ""
+    new = image_brightness(images)[0]
+    if not len(images) or abs(new - mean) <= max(3 * std, 0.15):
+        return ""
+    hint = (" If ink and background are the other way round from the run's images, read "
+            "them with --dataset-opt invert=true." if files else "")
+    return (f"these images are {'brighter' if new > mean else 'darker'} on average "
+            f"({new:.2f}) than the run's target images ({mean:.2f} ± {std:.2f}), so the "
+            f"classifier may not fit them.{hint}")
+
+
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["predicted", "confidence"]
@@ -264,9 +285,11 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
 
     PATH_OR_DATASET is what `imgxfer caption` reads: a registered dataset, a folder with
     one sub-folder of images per class, a folder of images or one image file. Files are
-    read as the run read its target files (its size, channels, background and fit
-    options; --dataset-opt overrides them), so images should look like the run's target
-    images (e.g. the same ink and background colours). Each row holds the image's path
+    read as the run read its target files (its size, channels, background, fit and
+    invert options; --dataset-opt overrides them), so images should look like the run's
+    target images (e.g. the same ink and background colours; images far darker or
+    brighter than those are warned about, and --dataset-opt invert=true reads files the
+    other way round). Each row holds the image's path
     (files) or index (datasets), the predicted class, its confidence and, for labelled
     input, the true label; the accuracy is printed.
 
@@ -297,6 +320,9 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
         click.echo(f"warning: {message}", err=True)
     data = select(data, limit=limit)
+    note = brightness_note(data.images, loaded, files)
+    if note:
+        click.echo(f"warning: {note}", err=True)
     given = Path(source).expanduser()
     root = (given if given.is_dir() else given.parent) if files else None
     rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),

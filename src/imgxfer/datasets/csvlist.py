@@ -85,8 +85,8 @@ def read_rows(csv_path: Path, what: str) -> list[tuple[int, str, str]]:
 
 
 def csv_list(path: str, *, size: int = 32, channels: int = 0, background: str = "white",
-             fit: str = "crop", n_per_class: int = 0, seed: int = 0, strict: bool = False,
-             domain: str = "", description: str = "") -> ImageDataset:
+             fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0,
+             strict: bool = False, domain: str = "", description: str = "") -> ImageDataset:
     """Images listed in a CSV file as path,label rows (paths relative to the CSV's folder).
 
     A first row such as ``path,label`` is recognised as a header and skipped. Class names
@@ -98,7 +98,7 @@ def csv_list(path: str, *, size: int = 32, channels: int = 0, background: str = 
     """
     csv_path = Path(path).expanduser()
     what = f"dataset 'csv:{path}'"
-    options = ImageOptions(size, channels, background, fit)
+    options = ImageOptions(size, channels, background, fit, invert)
     options.check(what)
     check_n_per_class(what, n_per_class)
     rows = read_rows(csv_path, what)

@@ -16,7 +16,9 @@ aspect ratio) and converted to floats in [0, 1]:
 - ``channels=0`` (auto) gives 1 channel when every image is greyscale (a greyscale
   mode, or colour channels that differ by at most 2/255 anywhere) and 3 otherwise;
   ``channels=1`` converts colour with the ITU-R 601 luma weights (as Pillow's "L"),
-  ``channels=3`` repeats grey.
+  ``channels=3`` repeats grey;
+- ``invert=True`` turns every value v into 1 - v, last (dark ink on light paper becomes
+  light ink on dark, like MNIST).
 
 A file that Pillow cannot read (not an image, corrupt, truncated) is skipped: the count
 and a few names go into the dataset's ``notes`` (shown in the run report) and a warning;
@@ -57,9 +59,12 @@ class ImageOptions:
     channels: int = 0
     background: str = "white"
     fit: str = "crop"
+    invert: bool = False
 
     def check(self, what: str) -> None:
         check_size(what, self.size)
+        if not isinstance(self.invert, bool):
+            raise UserError(f"{what}: option invert must be true or false, got {self.invert!r}.")
         if self.channels not in (0, 1, 3):
             raise UserError(f"{what}: option channels must be 0 (auto), 1 or 3, got {self.channels}.")
         check_choice(what, "background", self.background, list(BACKGROUNDS))
@@ -150,7 +155,8 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
         array = array / 255.0
     if array.ndim == 3 and np.abs(array - array[..., :1]).max() <= _GREY_TOLERANCE:
         array = array @ _LUMA  # colour mode, grey content
-    return np.clip(array, 0, 1)
+    array = np.clip(array, 0, 1)
+    return 1 - array if options.invert else array
 
 
 def _workers() -> int:

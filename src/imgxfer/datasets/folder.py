@@ -59,7 +59,7 @@ def scan_folder(root: Path, what: str) -> tuple[list[str], list[Item]]:
 
 
 def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "white",
-           fit: str = "crop", n_per_class: int = 0, seed: int = 0, strict: bool = False,
+           fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0, strict: bool = False,
            domain: str = "", description: str = "") -> ImageDataset:
     """Images in PATH/<class>/... (one sub-folder per class, any format Pillow reads).
 
@@ -67,14 +67,15 @@ def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "w
     sub-folders of a class folder included; hidden files and folders (starting with '.')
     are ignored, files directly in PATH too. Options: ``size`` (square side), ``channels``
     (0: 1 if every image is greyscale else 3), ``background`` (``white`` or ``black``,
-    behind transparent pixels), ``fit`` (``crop``, ``pad`` or ``stretch``), ``n_per_class``
+    behind transparent pixels), ``fit`` (``crop``, ``pad`` or ``stretch``), ``invert``
+    (1 - value: dark ink on light paper read as light on dark), ``n_per_class``
     (a seeded random subset of files per class; 0: all), ``strict`` (refuse unreadable
     files instead of skipping them), ``domain`` (default: the folder's name) and
     ``description`` (words for captions, e.g. "chest x-ray").
     """
     root = Path(path).expanduser()
     what = f"dataset 'folder:{path}'"
-    options = ImageOptions(size, channels, background, fit)
+    options = ImageOptions(size, channels, background, fit, invert)
     options.check(what)
     check_n_per_class(what, n_per_class)
     class_names, items = scan_folder(root, what)
