@@ -59,8 +59,8 @@ def scan_folder(root: Path, what: str) -> tuple[list[str], list[Item]]:
 
 
 def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "white",
-           fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0, strict: bool = False,
-           domain: str = "", description: str = "") -> ImageDataset:
+           fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0,
+           strict: bool = False, domain: str = "", description: str = "") -> ImageDataset:
     """Images in PATH/<class>/... (one sub-folder per class, any format Pillow reads).
 
     Class names are the sub-folder names in sorted order; files are read in sorted order,
