@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from imgxfer.budget import Budget
 from imgxfer.config import RunConfig
 from imgxfer.data import TransferData, align_classes, few_shot_split
-from imgxfer.evaluation import classification_metrics
+from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.pipeline import build, resolve_device, seed_everything
 from imgxfer.plugins import get_registry
 from imgxfer.training import predict_logits
@@ -87,6 +87,7 @@ def main() -> None:
                 split = few_shot_split(target, shots, seed=seed)
                 data = TransferData(source, split.labelled, split.unlabelled, None)
                 x_test = encoder.preprocess(split.test.images)
+                x_pool = encoder.preprocess(split.unlabelled.images)
                 for name in adapters:
                     if (shots, name) not in todo:
                         continue  # target-only has nothing to train on at 0 shots
@@ -115,9 +116,12 @@ def main() -> None:
                     pred = predict_logits(model, x_test, device).argmax(1)
                     m = classification_metrics(split.test.labels.tolist(), pred.tolist(),
                                                target.class_names)
+                    # The score without labels, on the unlabelled target images.
+                    im = information_maximization(predict_logits(model, x_pool, device))["im"]
                     row = {"pair": pair, "shots": shots, "seed": seed, "adapter": name,
                            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                           "train_s": seconds, "pretrain_s": pretrain_s, **settings}
+                           "unlabelled_im": im, "train_s": seconds, "pretrain_s": pretrain_s,
+                           **settings}
                     rows.append(row)
                     if out:
                         with out.open("a") as f:

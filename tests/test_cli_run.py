@@ -156,7 +156,7 @@ def test_config_file_values_and_flag_override(host, tmp_path):
 
 
 def test_compare_and_seeds(host, tmp_path):
-    result = invoke(*TINY_RUN, "--generator", "none", "--compare", "finetune,finetune",
+    result = invoke(*TINY_RUN, "--generator", "none", "--compare", "finetune,source-only",
                     "--seeds", "0,1", "--out", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     (parent,) = tmp_path.iterdir()
@@ -168,6 +168,12 @@ def test_compare_and_seeds(host, tmp_path):
     assert row["accuracy_mean"] == pytest.approx(sum(accs) / 2)
     assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     assert "± " in result.output
+    # The score without labels, per seed and over seeds, and the adapter it would choose.
+    ims = [json.loads((parent / f"seed-{s}" / "metrics.json").read_text())
+           ["adapters"]["finetune"]["unlabelled_im"] for s in (0, 1)]
+    assert all(-1 <= im <= 1 for im in ims)
+    assert row["unlabelled_im_mean"] == pytest.approx(sum(ims) / 2)
+    assert "IM: how confident and class-balanced" in result.output
 
 
 def test_bad_seeds(host, tmp_path):
@@ -180,7 +186,7 @@ def test_bad_seeds(host, tmp_path):
 
 def test_help_of_every_command():
     for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"], ["caption"],
-                    ["generate"], ["cache"]):
+                    ["generate"], ["cache"], ["predict"]):
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
 

@@ -175,7 +175,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     else:
         many = run_seeds(config, seeds, progress=progress, registry=registry)
         _print_comparison({n: (r["accuracy_mean"], r["accuracy_std"], r["macro_f1_mean"],
-                               r["macro_f1_std"], r["train_seconds_mean"])
+                               r["macro_f1_std"], r.get("unlabelled_im_mean"),
+                               r["train_seconds_mean"])
                            for n, r in many.summary.items()},
                           f"target test accuracy over seeds {', '.join(map(str, seeds))} (mean ± std)")
         _print_synthetic(many.synthetic_delta, many.generator, seeds=True)
@@ -229,7 +230,8 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 def _print_result(metrics: dict[str, Any], config: Any) -> None:
     target = metrics["target"]
     if len(metrics["adapters"]) > 1:
-        _print_comparison({n: (r["accuracy"], None, r["macro_f1"], None, r["train_seconds"])
+        _print_comparison({n: (r["accuracy"], None, r["macro_f1"], None,
+                               r.get("unlabelled_im"), r["train_seconds"])
                            for n, r in metrics["adapters"].items()},
                           f"adapters on the same split ({target['n_test']} test images)")
         return
@@ -270,16 +272,28 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
 
 
 def _print_comparison(rows: dict[str, tuple], title: str) -> None:
+    """Adapters side by side, with the IM score (no labels; see
+    imgxfer.evaluation.information_maximization) where there were unlabelled images."""
     table = Table(title=title)
-    for col in ("adapter", "accuracy", "macro F1", "train s"):
+    with_im = any(row[4] is not None for row in rows.values())
+    columns = ["adapter", "accuracy", "macro F1"] + (["IM (no labels)"] if with_im else [])
+    for col in columns + ["train s"]:
         table.add_column(col)
 
     def fmt(mean: float, std: float | None) -> str:
         return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
-    for name, (acc, acc_std, f1, f1_std, seconds) in rows.items():
-        table.add_row(name, fmt(acc, acc_std), fmt(f1, f1_std), f"{seconds:.1f}")
+    for name, (acc, acc_std, f1, f1_std, im, seconds) in rows.items():
+        cells = [name, fmt(acc, acc_std), fmt(f1, f1_std)]
+        if with_im:
+            cells.append("–" if im is None else f"{im:.4f}")
+        table.add_row(*cells, f"{seconds:.1f}")
     err.print(table)
+    if with_im:
+        err.print("IM: how confident and class-balanced each classifier is on the unlabelled "
+                  "target images, without labels (higher is better; it favours confident "
+                  "methods, see docs/benchmarks.md for how well it ranks adapters).",
+                  highlight=False)
 
 
 @cli.command(short_help="Show loaded plugins, or the known ones.")

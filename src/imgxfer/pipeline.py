@@ -24,7 +24,7 @@ from imgxfer.classifier import Classifier
 from imgxfer.config import NONE, RunConfig, check_device
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData, align_classes, few_shot_split
 from imgxfer.errors import UserError
-from imgxfer.evaluation import classification_metrics
+from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.plugins import get_registry
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.registry import Registry
@@ -247,7 +247,9 @@ def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Spli
                      config: RunConfig, device: torch.device, progress: Progress
                      ) -> tuple[Any, dict[str, Any], float]:
     """Fit ``adapter`` on a copy of ``encoder`` (adapters train it in place) and evaluate
-    the classifier on the held-out target test split: (model, metrics, train seconds)."""
+    the classifier on the held-out target test split: (model, metrics, train seconds).
+    The metrics include the IM score on the unlabelled target images (``unlabelled_im``,
+    ``None`` without any), which uses no labels."""
     t0 = time.perf_counter()
     model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(config.adapter_steps),
                         progress=progress, device=device)
@@ -255,6 +257,10 @@ def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Spli
     logits = predict_logits(model, encoder.preprocess(split.test.images), device)
     result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
                                     split.test.class_names)
+    result["unlabelled_im"] = None
+    if len(split.unlabelled) and len(split.test.class_names) > 1:
+        pool = predict_logits(model, encoder.preprocess(split.unlabelled.images), device)
+        result["unlabelled_im"] = information_maximization(pool)["im"]
     return model, result, seconds
 
 
@@ -450,6 +456,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(), meta)
         metrics["adapters"][name] = {"accuracy": result["accuracy"],
                                      "macro_f1": result["macro_f1"],
+                                     "unlabelled_im": result["unlabelled_im"],
                                      "train_seconds": round(seconds, 2)}
         log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
                  result["accuracy"], result["macro_f1"], seconds)
@@ -525,9 +532,10 @@ def summarise(runs: list[RunResult]) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
     for name in runs[0].metrics["adapters"]:
         row: dict[str, float] = {"seeds": len(runs)}
-        for key in ("accuracy", "macro_f1", "train_seconds"):
-            mean, std = _mean_std([r.metrics["adapters"][name][key] for r in runs])
-            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+        for key in ("accuracy", "macro_f1", "unlabelled_im", "train_seconds"):
+            values = [r.metrics["adapters"][name].get(key) for r in runs]
+            if all(isinstance(v, (int, float)) for v in values):  # IM needs unlabelled images
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
         summary[name] = row
     return summary
 

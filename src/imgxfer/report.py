@@ -259,8 +259,14 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
     if len(metrics["adapters"]) > 1:
         parts.append("<h3>Adapters compared on the same split</h3><p class='muted'>The first one "
                      "is the run's classifier, shown in the rest of this report.</p>" + _table(
-            ["adapter", "accuracy", "macro F1", "train seconds"],
-            [[n, r["accuracy"], r["macro_f1"], r["train_seconds"]] for n, r in metrics["adapters"].items()]))
+            ["adapter", "accuracy", "macro F1", "IM (no labels)", "train seconds"],
+            [[n, r["accuracy"], r["macro_f1"], "–" if r.get("unlabelled_im") is None
+              else r["unlabelled_im"], r["train_seconds"]]
+             for n, r in metrics["adapters"].items()]))
+        parts.append("<p class='muted'>IM scores each classifier's predictions on the "
+                     "unlabelled target images for confidence and class balance, without "
+                     "labels (higher is better); it favours confident methods. How well it "
+                     "ranks adapters is measured in imgxfer's docs/benchmarks.md.</p>")
     parts.append(_table(["class", "precision", "recall", "F1", "support"],
                         [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
                          for r in target["per_class"]]))
