@@ -128,11 +128,12 @@ def main() -> None:
                             f.write(json.dumps(row) + "\n")
                     print(f"{pair:18s} shots={shots:2d} seed={seed} {name:14s} "
                           f"acc={m['accuracy']:.3f} ({seconds:.0f}s)", flush=True)
+    chosen = [r for r in rows if r["pair"] in pairs and r["seed"] in seeds
+              and r["adapter"] in adapters and all(r.get(k) == v for k, v in settings.items())]
     print()
-    print(markdown_table([r for r in rows if r["pair"] in pairs and r["seed"] in seeds
-                          and r["adapter"] in adapters
-                          and all(r.get(k) == v for k, v in settings.items())], shots_list,
-                         len(seeds), pairs, adapters))
+    print(markdown_table(chosen, shots_list, len(seeds), pairs, adapters))
+    print()
+    print(validator_table(chosen, pairs, shots_list))
 
 
 def reusable(rows: list[dict], pair: str, shots: int, seed: int, name: str,
@@ -174,6 +175,41 @@ def pretrain(encoder, source, args, seed: int, device, cache: Path | None) -> fl
         save_file({**{k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
                    "pretrain_seconds": torch.tensor(seconds)}, path)
     return seconds
+
+
+def validator_table(rows: list[dict], pairs: list[str], shots_list: list[int]) -> str:
+    """How well the IM score (no labels) chooses among the adapters of one split: for each
+    (pair, shots, seed) with IM for at least three adapters, whether its choice is the
+    most accurate one, the accuracy lost against the best, and its advantage over the
+    mean of those adapters, plus the Spearman rank correlation of IM with accuracy."""
+    from scipy.stats import spearmanr
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("unlabelled_im") is not None:
+            groups.setdefault((r["pair"], r["shots"], r["seed"]), []).append(r)
+    lines = ["| pair | shots | splits | adapters | IM picks the best | accuracy lost vs best "
+             "| gain vs adapters' mean | Spearman ρ |", "|---|---|---|---|---|---|---|---|"]
+    for pair in pairs:
+        for shots in shots_list:
+            found = [g for (p, s, _), g in sorted(groups.items()) if (p, s) == (pair, shots)
+                     and len(g) >= 3]
+            if not found:
+                continue
+            hits, lost, gain, rho = 0, [], [], []
+            for g in found:
+                acc = np.array([r["accuracy"] for r in g])
+                im = np.array([r["unlabelled_im"] for r in g])
+                pick = acc[int(im.argmax())]
+                hits += pick == acc.max()
+                lost.append(acc.max() - pick)
+                gain.append(pick - acc.mean())
+                rho.append(spearmanr(im, acc).statistic)
+            names = sorted({r["adapter"] for g in found for r in g})
+            lines.append(f"| {pair} | {shots} | {len(found)} | {', '.join(names)} | "
+                         f"{hits}/{len(found)} | {cell(lost)} | {cell(gain, signed=True)} | "
+                         f"{cell(rho, 2)} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict], shots_list: list[int], n_seeds: int, pairs: list[str],
