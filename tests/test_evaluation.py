@@ -20,6 +20,9 @@ def test_im_rewards_confident_and_balanced_predictions():
     assert information_maximization(collapsed)["im"] == pytest.approx(0, abs=1e-4)
     # In between: balanced but less confident scores lower than confident.
     assert 0 < information_maximization(confident_balanced / 10)["im"] < best["im"]
+    # Never below 0: the mean prediction is at least as uncertain as the average one.
+    noisy = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)) * 3
+    assert 0 <= information_maximization(noisy)["im"] <= 1
 
 
 def test_im_needs_images_and_two_classes():

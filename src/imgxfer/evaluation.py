@@ -39,7 +39,8 @@ def information_maximization(logits: torch.Tensor) -> dict[str, float]:
     """The information-maximisation (IM) score of predictions on unlabelled target images:
     the entropy of the mean prediction (high when every class is predicted about as often)
     minus the mean entropy of each prediction (low when each one is confident), both
-    divided by log(classes), so IM lies in [-1, 1] and higher is better.
+    divided by log(classes). The first is never below the second (entropy is concave), so
+    IM lies in [0, 1]; higher is better.
 
     It needs no labels, so it can compare adapters on a target without test labels
     (Shi & Sha 2012; Musgrave et al. 2022 benchmark it as a domain-adaptation validator).

@@ -246,8 +246,10 @@ def brightness_note(images: torch.Tensor, loaded: LoadedClassifier, files: bool)
         mean, std = (float(v) for v in json.loads(loaded.metadata["target_brightness"]))
     except (KeyError, ValueError, TypeError):  # older files record none
         return ""
+    if not len(images):
+        return ""
     new = image_brightness(images)[0]
-    if not len(images) or abs(new - mean) <= max(3 * std, 0.15):
+    if abs(new - mean) <= max(3 * std, 0.15):
         return ""
     hint = (" If ink and background are the other way round from the run's images, read "
             "them with --dataset-opt invert=true." if files else "")
@@ -289,9 +291,9 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     invert options; --dataset-opt overrides them), so images should look like the run's
     target images (e.g. the same ink and background colours; images far darker or
     brighter than those are warned about, and --dataset-opt invert=true reads files the
-    other way round). Each row holds the image's path
-    (files) or index (datasets), the predicted class, its confidence and, for labelled
-    input, the true label; the accuracy is printed.
+    other way round). Each row holds the image's path (files) or index (datasets), the
+    predicted class, its confidence and, for labelled input, the true label; the accuracy
+    is printed.
 
     \b
     Examples:
