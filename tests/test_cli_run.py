@@ -52,6 +52,10 @@ def test_run_folder_contents(finished_run):
         assert 0.0 <= target[key] <= 1.0
     # Three trivially separable shapes: a working chain is far above chance (1/3).
     assert target["accuracy"] > 0.8, target
+    # ... and confident and balanced on the unlabelled target images, without labels.
+    assert 0 < target["unlabelled_im"] <= 1
+    assert metrics["adapters"]["finetune"]["unlabelled_im"] == target["unlabelled_im"]
+    assert "IM (no labels)" in result.output
     matrix = torch.tensor(target["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum().item() == target["n_test"]
     assert metrics["generator"]["synthetic_images"] == 12

@@ -240,6 +240,8 @@ def _print_result(metrics: dict[str, Any], config: Any) -> None:
         table.add_column(col)
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
         table.add_row(key, f"{target[key]:.4f}")
+    if target.get("unlabelled_im") is not None:
+        table.add_row("IM (no labels)", f"{target['unlabelled_im']:.4f}")
     err.print(table)
 
 
