@@ -33,7 +33,8 @@ def compare_run(tmp_path_factory):
     assert result.exit_code == 0, result.output
     (folder,) = out.iterdir()
     # The run says how to use its classifier, as one copyable line.
-    assert f"imgxfer predict IMAGES --from {folder} --adapter finetune\n" in result.output
+    assert (f"imgxfer predict IMAGES --from {folder} --adapter finetune  (or --adapter linear)\n"
+            in result.output)
     return folder
 
 
@@ -165,6 +166,12 @@ def test_labels_of_other_classes_and_existing_output(host, compare_run, tmp_path
     result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "-o", str(out))
     assert result.exit_code == 2 and "already exists; use --force" in result.output
     assert out.read_bytes() == before
+    # A wrong input is named before the existing output file.
+    result = predict("digits", "--from", str(tmp_path / "nope"), "-o", str(out))
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = predict("digits", "--from", str(compare_run), "--adapter", "linear", "-o", str(out),
+                     "--dataset-opt", "invert")
+    assert result.exit_code == 2 and "expects key=value" in result.output
     assert "--limit must be a positive number" in predict(
         "digits", "--from", str(compare_run), "--limit", "0").output
 

@@ -72,6 +72,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(host, tmp_path, 
 def test_resume_refusals(host, tmp_path):
     result = invoke("--resume", str(tmp_path / "nowhere"))
     assert result.exit_code != 0 and "is not a folder" in result.output
+    (tmp_path / "a-file").write_text("")
+    result = invoke("--resume", str(tmp_path / "a-file"))
+    assert result.exit_code == 2 and "a-file' is not a folder." in result.output
+    assert "Usage:" not in result.output
+    (tmp_path / "a-file").unlink()
     result = invoke("--resume", str(tmp_path))
     assert result.exit_code != 0 and "not a run folder" in result.output
     (tmp_path / "config.toml").write_text("")

@@ -157,6 +157,9 @@ def test_config_file_values_and_flag_override(host, tmp_path):
     assert folder.name.endswith("-fromfile")
     assert "shots = 3" in saved and "adabn = false" in saved and 'name = "none"' in saved
     assert not (folder / "generator.safetensors").exists()
+    report = (folder / "report.html").read_text()  # no generator: nothing said of one
+    body = report.split("<h2>Resolved config</h2>")[0]  # (the config names every option)
+    assert "<h2>Target images</h2>" in body and "synthetic" not in body.lower()
 
 
 def test_compare_and_seeds(host, tmp_path):
@@ -177,7 +180,7 @@ def test_compare_and_seeds(host, tmp_path):
            ["adapters"]["finetune"]["unlabelled_im"] for s in (0, 1)]
     assert all(0 <= im <= 1 for im in ims)
     assert row["unlabelled_im_mean"] == pytest.approx(sum(ims) / 2)
-    assert "IM: how confident and class-balanced" in result.output
+    assert "IM (information maximisation, 0 to 1): how confident" in result.output
 
 
 def test_bad_seeds(host, tmp_path):

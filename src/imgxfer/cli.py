@@ -111,18 +111,19 @@ def _stage_options(f):
 @click.option("--quality/--no-quality", default=None,
               help="Measure the generator (CAS, FID/KID on the test split); on by default.")
 @click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
-@click.option("--encoder-steps", type=int, help="Steps of source training for the encoder.")
-@click.option("--generator-steps", type=int, help="Generator training steps.")
+@click.option("--encoder-steps", type=int,
+              help="Steps of source training for the encoder (default 500).")
+@click.option("--generator-steps", type=int, help="Generator training steps (default 1500).")
 @click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
 @click.option("--gan-budget", metavar="DURATION",
               help="Train the generator for this long, e.g. 3m: sets --generator-time, and "
                    "the step count no longer stops it unless --generator-steps is given.")
-@click.option("--adapter-steps", type=int, help="Adapter training steps.")
+@click.option("--adapter-steps", type=int, help="Adapter training steps (default 400).")
 @click.option("--seed", type=int, help="Seed for everything random (default 0).")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
 @_stage_options
-@click.option("--resume", "resume_folder", type=click.Path(file_okay=False), metavar="RUN_FOLDER",
+@click.option("--resume", "resume_folder", type=click.Path(), metavar="RUN_FOLDER",
               help="Finish an interrupted run in its folder, with its config.toml; the "
                    "generator continues from its last training checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout at the end.")
@@ -186,7 +187,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False, soft_wrap=True)
     seed_folder = folder if seeds is None else folder / f"seed-{seeds[0]}"
     adapters = config.adapter_names()
-    choose = f" --adapter {adapters[0]}" if len(adapters) > 1 else ""
+    choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
+              if len(adapters) > 1 else "")
     err.print(f"classify new images: imgxfer predict IMAGES --from {seed_folder}{choose}",
               highlight=False, soft_wrap=True)
     if as_json:
@@ -292,10 +294,10 @@ def _print_comparison(rows: dict[str, tuple], title: str) -> None:
         table.add_row(*cells, f"{seconds:.1f}")
     err.print(table)
     if with_im:
-        err.print("IM: how confident and class-balanced each classifier is on the unlabelled "
-                  "target images, without labels (higher is better; it favours confident "
-                  "methods, see docs/benchmarks.md for how well it ranks adapters).",
-                  highlight=False)
+        err.print("IM (information maximisation, 0 to 1): how confident and class-balanced "
+                  "each classifier is on the unlabelled target images, without labels "
+                  "(higher is better; it favours confident methods, see docs/benchmarks.md "
+                  "for how well it ranks adapters).", highlight=False)
 
 
 @cli.command(short_help="Show loaded plugins, or the known ones.")

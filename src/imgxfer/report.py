@@ -149,6 +149,11 @@ def _img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _short(value: Any) -> str:
+    """A setup detail for reading: floats to 4 significant digits (0.34, not 0.3400000035)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
@@ -244,10 +249,10 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
         ["source", config.source, f"{data['source']['images']} labelled images, domain {data['source']['domain']}"],
         ["target", config.target, f"{data['target']['labelled']} labelled shots ({config.shots}/class), "
                                   f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
-        ["encoder", config.encoder, ", ".join(f"{k}={v}" for k, v in metrics["encoder"].items() if k != "name")],
+        ["encoder", config.encoder, ", ".join(f"{k}={_short(v)}" for k, v in metrics["encoder"].items() if k != "name")],
         ["captioner", config.captioner, ""],
         ["generator", config.generator, ", ".join(
-            f"{k}={v}" for k, v in metrics.get("generator", {}).items()
+            f"{k}={_short(v)}" for k, v in metrics.get("generator", {}).items()
             if k not in _QUALITY_KEYS and not isinstance(v, (dict, list)))],
         ["adapter", ", ".join(config.adapter_names()), f"{config.adapter_steps} steps"],
     ]))
@@ -261,9 +266,10 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                      "is the run's classifier, shown in the rest of this report.</p>" + _table(
             ["adapter", "accuracy", "macro F1", "IM (no labels)", "train seconds"],
             [[n, r["accuracy"], r["macro_f1"], "–" if r.get("unlabelled_im") is None
-              else r["unlabelled_im"], r["train_seconds"]]
+              else r["unlabelled_im"], f"{r['train_seconds']:.1f}"]
              for n, r in metrics["adapters"].items()]))
-        parts.append("<p class='muted'>IM scores each classifier's predictions on the "
+        parts.append("<p class='muted'>IM (information maximisation, 0 to 1) scores each "
+                     "classifier's predictions on the "
                      "unlabelled target images for confidence and class balance, without "
                      "labels (higher is better); it favours confident methods. How well it "
                      "ranks adapters is measured in imgxfer's docs/benchmarks.md.</p>")
@@ -271,10 +277,15 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                         [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
                          for r in target["per_class"]]))
     parts.append(_img_tag(confusion_plot(target["confusion_matrix"], names), "confusion matrix"))
-    parts.append("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
-                 "labelled target shots (what the generator learned the target from), real "
-                 "held-out target images, then synthetic images.</p>"
-                 + _img_tag(grid, "real and synthetic samples"))
+    if synthetic is not None:
+        parts.append("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
+                     "labelled target shots (what the generator learned the target from), real "
+                     "held-out target images, then synthetic images.</p>"
+                     + _img_tag(grid, "real and synthetic samples"))
+    else:
+        parts.append("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
+                     "target shots, then real held-out target images (no generator in this "
+                     "run).</p>" + _img_tag(grid, "target samples"))
     parts += _generator_sections(metrics)
     history = extras.get("generator_history")
     if history:
@@ -286,15 +297,17 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
               "synthetic": None if synthetic is None else synthetic.images,
               "unlabelled": split.unlabelled.images}
     rows = captioned_images({part: (images.get(part), texts) for part, texts in captions.items()})
-    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set; "
-                 "synthetic images show the prompt they were generated from. All captions "
-                 "are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
+    prompts = " synthetic images show the prompt they were generated from." if synthetic is not None else ""
+    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set;"
+                 f"{prompts} All captions are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
                  "<th>caption</th></tr>" + "".join(
                      f"<tr><td>{html.escape(part)}</td><td>{i}</td><td>"
                      f"{_img_tag(png, f'{part} {i}')}</td><td>{html.escape(text)}</td></tr>"
                      for part, i, png, text in rows) + "</table>")
+    timings = metrics["timings_s"]
     parts.append("<h2>Time per stage (s)</h2>" + _table(
-        list(metrics["timings_s"]), [list(metrics["timings_s"].values())]))
+        list(timings) + ["total"],
+        [[f"{v:.1f}" for v in timings.values()] + [f"{sum(timings.values()):.1f}"]]))
     parts.append("<h2>Resolved config</h2><pre>" + html.escape(config.to_toml()) + "</pre>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>imgxfer run "
             f"{html.escape(config.name)}</title><style>{_CSS}</style></head><body>"

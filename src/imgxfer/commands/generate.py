@@ -302,8 +302,16 @@ def generate_command(source: str, prompt: str, label: str | None, n: int, out: s
                      seed: int, force: bool) -> None:
     """Draw images of one class from the generator of a run.
 
-    The class is --label, or the class the prompt names ("a digit seven" -> seven); a
-    prompt naming no class (or several) without --label is an error listing the classes.
+    The class is --label, or the class the prompt names ("a digit seven" -> seven; "a 7"
+    too, when no class is named as written); a prompt naming no class (or several)
+    without --label is an error listing the classes, and a --label other than the class
+    the prompt names is warned about.
+
+    \b
+    Examples:
+      imgxfer generate --from runs/RUN --prompt "a handwritten digit seven, domain digits" --out sevens
+      imgxfer generate --from runs/RUN --prompt "a 3" --n 64 --seed 1 --out threes
+      imgxfer generate --from runs/RUN/generator.safetensors --prompt "thin strokes" --label 4 --out fours
     """
     # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
     result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force)

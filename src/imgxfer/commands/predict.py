@@ -308,14 +308,15 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     check_count("--limit", limit)
     registry = get_registry()
     check_source(source, registry)
-    path = None if out == "-" else resolve_out(out, force=force, default=DEFAULT_OUT)
     target_device = resolve_device(device)
+    options = _options(dataset_opt, "--dataset-opt")
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)
-    options = _options(dataset_opt, "--dataset-opt")
     files = not _is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
         options = {**reading_options(loaded.config), **options}
+    # The output last among the checks: an existing file must not hide a wrong input.
+    path = None if out == "-" else resolve_out(out, force=force, default=DEFAULT_OUT)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = load_images(source, registry, options, limit=limit)
