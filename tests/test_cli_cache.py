@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 from click.testing import CliRunner
 
+from conftest import TINY_RUN
 from imgxfer.cli import cli
 from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.features import encode
@@ -84,3 +85,13 @@ def test_a_cache_folder_that_is_a_file_does_not_stop_encoding(tmp_path, monkeypa
     features = encode(encoder, torch.rand(3, 1, 16, 16), "cpu", cache=True)
     assert features.shape == (3, encoder.feature_dim)
     assert (tmp_path / "exists.csv").read_text() == "a,b\n"
+
+
+def test_a_run_says_on_screen_that_its_cache_is_off(host, tmp_path, monkeypatch):
+    (tmp_path / "exists.csv").write_text("a,b\n")
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "exists.csv"))
+    result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--generator", "none", "--adapter",
+                                      "linear", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: feature cache off: the cache folder") == 1
+

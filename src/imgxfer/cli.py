@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -164,6 +165,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         _apply_gan_budget(config, gan_budget, flags, config_file)
     registry = _host().registry
     progress = RichProgress(err)
+    _show_warnings_on_screen()
     if seeds is None:
         if resume_folder is not None:
             result = execute(prepare(config, registry), progress=progress,
@@ -218,6 +220,27 @@ def _apply_gan_budget(config: Any, budget: str | None, flags: dict[str, Any],
                    or (config_file is not None and "generator_steps" in cfg.read_toml(config_file)))
     if not steps_given:
         config.generator_steps = TIME_ONLY_STEPS
+
+
+class _ScreenWarnings(logging.Handler):
+    """Warnings the library logs (into run.log) shown on the screen too, each once, e.g.
+    a feature cache that was turned off."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _show_warnings_on_screen() -> None:
+    logger = logging.getLogger("imgxfer")
+    if not any(isinstance(h, _ScreenWarnings) for h in logger.handlers):
+        logger.addHandler(_ScreenWarnings(logging.WARNING))
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
