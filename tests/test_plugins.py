@@ -244,3 +244,6 @@ def test_list_command(host):
     assert {"syndigits", "digits", "tiny-source"} <= set(names)
     assert names["tiny-source"]["plugin"] == "fake"
     assert "n_per_class" in names["syndigits"]["options"]
+    assert names["tiny-source"]["defaults"] == {"n_per_class": 30, "seed": 0}
+    table = CliRunner().invoke(cli, ["list", "datasets"], env={"COLUMNS": "200"}).output
+    assert "n_per_class=30, seed=0" in table  # options with their defaults

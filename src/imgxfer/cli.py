@@ -376,16 +376,19 @@ def list_(kind: str | None, as_json: bool) -> None:
     registry = _host().registry
     kinds = [kind] if kind else list(registry.components)
     rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
-             "description": c.description, "options": c.options()}
+             "description": c.description, "options": c.options(), "defaults": c.defaults()}
             for k in kinds for c in sorted(registry.components[k].values(), key=lambda c: c.name)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, default=repr))  # a plugin's default may be any object
         return
     table = Table(title="registered components")
-    for col in ("kind", "name", "plugin", "description", "options"):
+    for col in ("kind", "name", "plugin", "description", "options (=default)"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["kind"], r["name"], r["plugin"], r["description"], ", ".join(r["options"]))
+        # --STAGE-opt KEY=VALUE takes these; the default shows the value's type too.
+        shown = [f"{o}={json.dumps(r['defaults'][o], default=repr)}" if o in r["defaults"]
+                 else o for o in r["options"]]
+        table.add_row(r["kind"], r["name"], r["plugin"], r["description"], ", ".join(shown))
     out.print(table)
 
 

@@ -35,6 +35,12 @@ class Component:
         return [p.name for p in self._parameters()
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
+    def defaults(self) -> dict[str, Any]:
+        """The options that have a default, with it (an option without one must be given)."""
+        params = {p.name: p for p in self._parameters()}
+        return {name: params[name].default for name in self.options()
+                if params[name].default is not inspect.Parameter.empty}
+
     def build(self, full_name: str, options: dict[str, Any] | None = None) -> Any:
         options = dict(options or {})
         what = f"{SINGULAR[self.kind]} '{full_name}'"
