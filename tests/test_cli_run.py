@@ -69,6 +69,7 @@ def test_run_folder_contents(finished_run):
     assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (folder / "report.html").read_text()
     assert "Target accuracy" in report and "data:image/png;base64," in report
+    assert "<h2>Adapter losses</h2>" in report  # finetune trains with gradient steps
     assert load_file(folder / "classifier.safetensors")  # readable, non-empty
 
 

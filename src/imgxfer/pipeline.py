@@ -447,6 +447,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         twin = copy.deepcopy(adapter) if without is not None else None
         model, result, seconds = fit_and_evaluate(adapter, encoder, data, split, config, device,
                                                   progress)
+        # Per-step losses of adapters that train with gradient steps (TrainedAdapter).
+        extras.setdefault("adapter_history", {})[name] = list(getattr(adapter, "history", []))
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         meta = {"encoder": config.encoder, "adapter": name,
                 "classes": json.dumps(list(target.class_names)),

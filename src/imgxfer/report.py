@@ -131,17 +131,17 @@ def confusion_plot(matrix: list[list[int]], class_names: list[str]) -> bytes:
     return _png(fig)
 
 
-def loss_plot(history: dict[str, list[float]]) -> bytes:
+def loss_plot(history: dict[str, list[float]], title: str = "generator training") -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3))
     for name, values in history.items():
         values = np.asarray(values, dtype=float)
-        k = max(1, len(values) // 100)  # moving average: raw GAN losses are very noisy
+        k = max(1, len(values) // 100)  # moving average: raw per-step losses are noisy
         smooth = np.convolve(values, np.ones(k) / k, mode="valid")
         ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
-    ax.set_title("generator training")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -290,6 +290,12 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
     history = extras.get("generator_history")
     if history:
         parts.append("<h2>Generator losses</h2>" + _img_tag(loss_plot(history), "generator losses"))
+    adapter_history = {k: v for k, v in extras.get("adapter_history", {}).items() if v}
+    if adapter_history:
+        parts.append("<h2>Adapter losses</h2><p class='muted'>The training loss of each "
+                     "adapter that trains with gradient steps (its labelled cross-entropy "
+                     "plus its own domain term), per step.</p>"
+                     + _img_tag(loss_plot(adapter_history, "adapter training"), "adapter losses"))
     captions = extras["captions"]
     source: ImageDataset | None = extras.get("source")
     images = {"source": None if source is None else source.images,

@@ -271,6 +271,7 @@ class TrainedAdapter:
         if extra is not None:
             extra.train()
         step = 0
+        self.history: list[float] = []  # the loss of every step, for the run report
         with progress.task(f"adapter: {self.name}", total=budget.steps) as task:
             while not budget.done(step):
                 loss = torch.zeros((), device=device)
@@ -294,7 +295,8 @@ class TrainedAdapter:
                 opt.step()
                 sched.step()
                 step += 1
-                task.advance(1, loss=loss.item(), **info)
+                self.history.append(loss.item())
+                task.advance(1, loss=self.history[-1], **info)
         if self.adabn and len(pool):
             adapt_batchnorm(model, encoder.preprocess(pool), device)
         model.eval()
