@@ -303,9 +303,9 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
               "synthetic": None if synthetic is None else synthetic.images,
               "unlabelled": split.unlabelled.images}
     rows = captioned_images({part: (images.get(part), texts) for part, texts in captions.items()})
-    prompts = " synthetic images show the prompt they were generated from." if synthetic is not None else ""
-    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set;"
-                 f"{prompts} All captions are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
+    prompts = "; synthetic images show their prompt" if synthetic is not None else ""
+    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set"
+                 f"{prompts}. All captions are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
                  "<th>caption</th></tr>" + "".join(
                      f"<tr><td>{html.escape(part)}</td><td>{i}</td><td>"
                      f"{_img_tag(png, f'{part} {i}')}</td><td>{html.escape(text)}</td></tr>"
