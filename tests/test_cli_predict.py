@@ -65,11 +65,17 @@ def test_predicts_a_labelled_dataset_with_the_chosen_classifier(host, compare_ru
     assert "'finetune'" in result.output
 
 
+def bars_as_pngs(folder, n_per_class: int):
+    """A folder of loose PNGs 0.png, 1.png, ...: tiny bars, light shapes on dark (the
+    reverse of the run's target)."""
+    folder.mkdir()
+    for i, image in enumerate(tiny_bars("x", n_per_class, seed=3).images):
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(tiny_bars("x", 1, seed=3).images):
-        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    photos = bars_as_pngs(tmp_path / "photos", 1)
     out = tmp_path / "p.csv"
     result = predict(str(photos), "--from", str(compare_run / "classifier-linear.safetensors"),
                      "-o", str(out))
@@ -94,10 +100,7 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
 
 def test_images_far_darker_than_the_runs_target_are_warned_about(host, compare_run, tmp_path):
     # The run's target is light with dark shapes (inverted bars); these are the reverse.
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(tiny_bars("x", 2, seed=3).images):
-        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    photos = bars_as_pngs(tmp_path / "photos", 2)
     result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear", "-o", "-")
     assert result.exit_code == 0, result.output
     assert "warning: these images are darker on average (0." in result.output
