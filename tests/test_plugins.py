@@ -247,3 +247,16 @@ def test_list_command(host):
     assert names["tiny-source"]["defaults"] == {"n_per_class": 30, "seed": 0}
     table = CliRunner().invoke(cli, ["list", "datasets"], env={"COLUMNS": "200"}).output
     assert "n_per_class=30, seed=0" in table  # options with their defaults
+
+
+@pytest.mark.parametrize("args, message", [
+    (["list", "widgets"], "'widgets' is not one of 'encoders'"),
+    (["run", "--shots", "abc"], "'abc' is not a valid integer. See 'imgxfer run --help'."),
+    (["frobnicate"], "No such command 'frobnicate'. See 'imgxfer --help'."),
+    (["--bogus"], "No such option '--bogus'. See 'imgxfer --help'."),
+])
+def test_usage_errors_are_one_line(args, message):
+    result = CliRunner().invoke(cli, args, prog_name="imgxfer")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

@@ -72,6 +72,22 @@ class ImgxferGroup(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             raise FriendlyError(str(exc)) from None
+        except click.UsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:  # options of `imgxfer` itself, e.g. `imgxfer --bogus`
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc, None) from None
+
+
+def _one_line(exc: click.UsageError, ctx: click.Context | None) -> FriendlyError:
+    """Click prints usage, a hint and the error on four lines; one sentence and where to
+    look reads better (and has the shape of every other error)."""
+    where = exc.ctx or ctx
+    path = where.command_path if where else "imgxfer"
+    return FriendlyError(f"{exc.format_message()} See '{path} --help'.")
 
 
 @click.group(cls=ImgxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -368,11 +384,12 @@ def plugins(as_json: bool, available: bool) -> None:
 
 
 @cli.command("list", short_help="List registered components.")
-@click.argument("kind", required=False,
+@click.argument("kind", required=False, metavar="[KIND]",
                 type=click.Choice(["encoders", "captioners", "generators", "adapters", "datasets"]))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(kind: str | None, as_json: bool) -> None:
-    """List registered components (all kinds, or one KIND) with descriptions and options."""
+    """List registered components (all kinds, or one KIND: encoders, captioners,
+    generators, adapters or datasets) with descriptions and options."""
     registry = _host().registry
     kinds = [kind] if kind else list(registry.components)
     rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
