@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import TINY_RUN, FakePlugin, tiny_bars
 from imgxfer.cli import cli
+from imgxfer.classnames import match_class
 from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba
 
 
@@ -122,6 +123,31 @@ def test_accuracy_leaves_out_classes_the_classifier_does_not_know():
         "know (ring) not scored.")
     assert accuracy_note(rows[2:], ["dot"]).startswith("no accuracy: the labels name only")
     assert accuracy_note(rows[3:], ["dot"]) == ""
+
+
+def test_class_folders_spelled_otherwise_are_scored_as_the_runs_classes(host, compare_run,
+                                                                        tmp_path):
+    data = tiny_bars("x", 2, seed=3)
+    for i, image in enumerate(data.images):  # light on dark: read with invert=true
+        folder = tmp_path / "scans" / data.class_names[int(data.labels[i])].upper()
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    result = predict(f"folder:{tmp_path / 'scans'}", "--from", str(compare_run), "--adapter",
+                     "linear", "-o", "-", "--dataset-opt", "invert=true")
+    assert result.exit_code == 0, result.output
+    assert "labels read as the run's classes: DOT as dot, HORIZONTAL as horizontal" in result.output
+    assert "accuracy" in result.output and "does not know" not in result.output
+    assert {r.split(",")[-1] for r in result.stdout.splitlines()[1:]} == {
+        "horizontal", "vertical", "dot"}
+
+
+def test_class_names_match_in_any_case_and_as_numbers():
+    assert match_class("Three", ["3", "three"]) == 1  # the same name first
+    assert match_class("3", ["zero", "one", "two", "three"]) == 3
+    assert match_class("seven", ["5", "7"]) == 1
+    assert match_class("COAT", ["coat", "shirt"]) == 0
+    assert match_class("cat", ["Cat", "CAT"]) is None  # two classes in any case
+    assert match_class("66", ["6", "7"]) is None and match_class("", ["a"]) is None
 
 
 def test_choosing_among_several_classifiers(host, compare_run, tmp_path):

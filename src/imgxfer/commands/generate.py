@@ -33,13 +33,12 @@ from typing import Any, Sequence
 import click
 import torch
 
+from imgxfer.classnames import match_class, prompt_classes
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
 from imgxfer.runfolder import atomic_write_bytes
 
 GENERATOR_FILE = "generator.safetensors"
-# Words of a prompt; a decimal number ("p=0.93") is one word, not "0" and "93".
-_WORD = re.compile(r"\d+(?:\.\d+)+|\w+")
 # What generate writes (000.png, 001.png, ...): only such files are replaced with --force.
 _OUTPUT_NAME = re.compile(r"\d{3,}\.png")
 
@@ -136,43 +135,6 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
     return LoadedGenerator(generator, name, path, classes)
 
 
-# Number words and the digits 0-9, matched to each other when nothing matches as written.
-_NUMBERS = dict(zip("zero one two three four five six seven eight nine".split(),
-                    "0123456789"))
-
-
-def _words(text: str, numerals: bool = False) -> list[str]:
-    words = _WORD.findall(text.lower())
-    return [_NUMBERS.get(w, w) for w in words] if numerals else words
-
-
-def prompt_classes(prompt: str, class_names: Sequence[str], numerals: bool = True
-                   ) -> list[int]:
-    """The classes whose names appear in ``prompt`` as whole words, any case. A name
-    inside a longer matching one counts as the longer one: "ankle boot" names "ankle
-    boot", not "boot". Only when no name appears as written, and ``numerals``, are the
-    digits 0-9 and their number words taken as the same word ("a 3" names "three"): a
-    number that is no class ("drawn with 2 strokes") then does not name one."""
-    found = _matches(_words(prompt), [_words(name) for name in class_names])
-    if not found and numerals:
-        found = _matches(_words(prompt, True), [_words(name, True) for name in class_names])
-    return found
-
-
-def _matches(words: list[str], names: list[list[str]]) -> list[int]:
-    found: list[tuple[int, int, int]] = []  # (class, start, end) of each match
-    for index, name_words in enumerate(names):
-        size = len(name_words)
-        if not size:
-            continue
-        for start in range(len(words) - size + 1):
-            if words[start:start + size] == name_words:
-                found.append((index, start, start + size))
-    found = [m for m in found if not any(o != m and o[1] <= m[1] and m[2] <= o[2]
-                                         and o[2] - o[1] > m[2] - m[1] for o in found)]
-    return sorted({m[0] for m in found})
-
-
 def resolve_label(prompt: str, label: str | int | None,
                   class_names: Sequence[str] | None, num_classes: int | None = None) -> int:
     """The class index: ``label`` (a class name, any case, or an index), or else the one
@@ -191,15 +153,10 @@ def resolve_label(prompt: str, label: str | int | None,
             if count is not None and not 0 <= index < count:
                 raise UserError(f"--label {text} is not a class index; classes: {listing}.")
             return index
-        if class_names is not None:
-            lowered = [c.lower() for c in class_names]
-            if text.lower() in lowered:
-                return lowered.index(text.lower())
-            # "three" draws class "3" (and "3" was taken as an index above).
-            named = [i for i, c in enumerate(class_names)
-                     if _words(text) and _words(c, True) == _words(text, True)]
-            if len(named) == 1:
-                return named[0]
+        # Any case, and "three" draws class "3" (a "3" was taken as an index above).
+        named = match_class(text, class_names) if class_names is not None else None
+        if named is not None:
+            return named
         raise UserError(f"--label {text!r} is not a class; classes: {listing}.")
     if class_names is None:
         raise UserError("the class names of this generator are unknown (no 'classes' metadata "

@@ -11,8 +11,8 @@ dataset, a folder with one sub-folder per class, a folder of images or one image
 
 The CSV has one row per image: its ``path`` (files, as the user named the folder) or
 ``index`` (built-in datasets), the ``predicted`` class, its ``confidence`` (softmax
-probability) and, for labelled input, the true ``label``; then the accuracy on the
-labelled images is printed. ``--out -`` writes the CSV to standard output.
+probability) and, for labelled input, the true ``label`` in the run's spelling of the
+class (see :func:`run_class_names`); then the accuracy on the labelled images is printed. ``--out -`` writes the CSV to standard output.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import click
 import torch
 
+from imgxfer.classnames import match_class
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
@@ -200,6 +201,7 @@ def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
     relative to ``root``, the folder they were found in, as the user wrote it), else the
     dataset ``index``; the prediction, its confidence and the label when known."""
     confidence, predicted = proba.max(1)
+    renamed = run_class_names(data.class_names, class_names) if data.labels is not None else {}
     rows = []
     for i in range(len(proba)):
         row: dict[str, Any]
@@ -212,9 +214,18 @@ def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
         row["predicted"] = class_names[int(predicted[i])]
         row["confidence"] = round(float(confidence[i]), 4)
         if data.labels is not None:
-            row["label"] = data.class_names[int(data.labels[i])]
+            name = data.class_names[int(data.labels[i])]
+            row["label"] = renamed.get(name, name)
         rows.append(row)
     return rows
+
+
+def run_class_names(names: Sequence[str], class_names: Sequence[str]) -> dict[str, str]:
+    """The input's class names that mean one of the run's classes under another spelling
+    (any case, "3" for "three"), each with the run's name: a folder "3" is scored as
+    class "three"."""
+    matched = {n: match_class(n, class_names) for n in names if n not in class_names}
+    return {n: class_names[i] for n, i in matched.items() if i is not None}
 
 
 def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
@@ -292,8 +303,8 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     target images (e.g. the same ink and background colours; images far darker or
     brighter than those are warned about, and --dataset-opt invert=true reads files the
     other way round). Each row holds the image's path (files) or index (datasets), the
-    predicted class, its confidence and, for labelled input, the true label; the accuracy
-    is printed.
+    predicted class, its confidence and, for labelled input, the true label (a class
+    folder "3" or "Three" counts as the run's class "three"); the accuracy is printed.
 
     \b
     Examples:
@@ -330,6 +341,10 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     root = (given if given.is_dir() else given.parent) if files else None
     rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
                            loaded.class_names, root)
+    renamed = run_class_names(data.class_names, loaded.class_names) if data.labels is not None else {}
+    if renamed:
+        click.echo("labels read as the run's classes: "
+                   + ", ".join(f"{a} as {b}" for a, b in renamed.items()) + ".", err=True)
     if path is None:
         click.echo(csv_text(rows), nl=False)
     else:
