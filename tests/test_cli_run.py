@@ -175,7 +175,9 @@ def test_compare_and_seeds(host, tmp_path):
             for s in (0, 1)]
     assert row["accuracy_mean"] == pytest.approx(sum(accs) / 2)
     assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
-    assert "± " in result.output
+    table = result.output[result.output.index("target test accuracy over seeds 0, 1"):]
+    finetune_line = next(line for line in table.splitlines() if "finetune" in line)
+    assert finetune_line.count("± ") == 3  # accuracy, macro F1 and IM, each with its std
     # The score without labels, per seed and over seeds, and the adapter it would choose.
     ims = [json.loads((parent / f"seed-{s}" / "metrics.json").read_text())
            ["adapters"]["finetune"]["unlabelled_im"] for s in (0, 1)]

@@ -193,11 +193,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         folder, payload = result.folder, result.metrics
     else:
         many = run_seeds(config, seeds, progress=progress, registry=registry)
-        _print_comparison({n: (r["accuracy_mean"], r["accuracy_std"], r["macro_f1_mean"],
-                               r["macro_f1_std"], r.get("unlabelled_im_mean"),
-                               r["train_seconds_mean"])
-                           for n, r in many.summary.items()},
-                          f"target test accuracy over seeds {', '.join(map(str, seeds))} (mean ± std)")
+        _print_comparison(many.summary, f"target test accuracy over seeds "
+                          f"{', '.join(map(str, seeds))} (mean ± std)", over_seeds=True)
         _print_synthetic(many.synthetic_delta, many.generator, seeds=True)
         folder, payload = many.folder, many.payload(seeds)
     report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
@@ -271,9 +268,7 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 def _print_result(metrics: dict[str, Any], config: Any) -> None:
     target = metrics["target"]
     if len(metrics["adapters"]) > 1:
-        _print_comparison({n: (r["accuracy"], None, r["macro_f1"], None,
-                               r.get("unlabelled_im"), r["train_seconds"])
-                           for n, r in metrics["adapters"].items()},
+        _print_comparison(metrics["adapters"],
                           f"adapters on the same split ({target['n_test']} test images)")
         return
     table = Table(title=f"target test split: {config.target} ({target['n_test']} images)")
@@ -314,23 +309,28 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
     err.print(table)
 
 
-def _print_comparison(rows: dict[str, tuple], title: str) -> None:
-    """Adapters side by side, with the IM score (no labels; see
+def _print_comparison(rows: dict[str, dict[str, Any]], title: str,
+                      over_seeds: bool = False) -> None:
+    """Adapters side by side from their metrics (one run's, or the ``_mean``/``_std``
+    summary over seeds), with the IM score (no labels; see
     imgxfer.evaluation.information_maximization) where there were unlabelled images."""
+    suffix = "_mean" if over_seeds else ""
+    with_im = any(r.get("unlabelled_im" + suffix) is not None for r in rows.values())
     table = Table(title=title)
-    with_im = any(row[4] is not None for row in rows.values())
     columns = ["adapter", "accuracy", "macro F1"] + (["IM (no labels)"] if with_im else [])
     for col in columns + ["train s"]:
         table.add_column(col)
 
-    def fmt(mean: float, std: float | None) -> str:
-        return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+    def fmt(r: dict[str, Any], key: str) -> str:
+        if r.get(key + suffix) is None:
+            return "–"
+        return f"{r[key + suffix]:.4f}" + (f" ± {r[key + '_std']:.4f}" if over_seeds else "")
 
-    for name, (acc, acc_std, f1, f1_std, im, seconds) in rows.items():
-        cells = [name, fmt(acc, acc_std), fmt(f1, f1_std)]
+    for name, r in rows.items():
+        cells = [name, fmt(r, "accuracy"), fmt(r, "macro_f1")]
         if with_im:
-            cells.append("–" if im is None else f"{im:.4f}")
-        table.add_row(*cells, f"{seconds:.1f}")
+            cells.append(fmt(r, "unlabelled_im"))
+        table.add_row(*cells, f"{r['train_seconds' + suffix]:.1f}")
     err.print(table)
     if with_im:
         err.print("IM (information maximisation, 0 to 1): how confident and class-balanced "
