@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,8 +29,8 @@ from imgxfer.registry import Registry
 DEFAULT_OUT = "captions.jsonl"
 # Loose images (no classes) are read at this size, stretched: position and size
 # attributes then describe the whole picture, nothing cropped or padded away.
-LOOSE_OPTIONS = {"size": 64, "channels": 0, "background": "white", "fit": "stretch",
-                 "invert": False}
+# (Otherwise they are read with ImageOptions' defaults, like `folder:` files.)
+LOOSE_OVERRIDES = {"size": 64, "fit": "stretch"}
 
 
 @dataclass
@@ -152,11 +152,12 @@ def _load_loose(paths: Sequence[Path], root: Path, options: dict[str, Any], *,
     """Files without classes, read like ``folder:`` files (see imgxfer.datasets.files)."""
     from imgxfer.datasets.files import ImageOptions, Unreadable, read_image
 
-    unknown = sorted(set(options) - set(LOOSE_OPTIONS))
+    defaults = {**asdict(ImageOptions()), **LOOSE_OVERRIDES}
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise UserError(f"{what}: no option {', '.join(map(repr, unknown))} for loose images; "
-                        f"valid options: {', '.join(LOOSE_OPTIONS)}.")
-    image_options = ImageOptions(**{**LOOSE_OPTIONS, **options})
+                        f"valid options: {', '.join(defaults)}.")
+    image_options = ImageOptions(**{**defaults, **options})
     image_options.check(what)
     arrays, ids, skipped = [], [], []
     for path in paths:
