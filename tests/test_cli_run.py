@@ -70,6 +70,7 @@ def test_run_folder_contents(finished_run):
     report = (folder / "report.html").read_text()
     assert "Target accuracy" in report and "data:image/png;base64," in report
     assert "<h2>Adapter losses</h2>" in report  # finetune trains with gradient steps
+    assert "FID, real reference" in report  # each class with its real floor
     assert load_file(folder / "classifier.safetensors")  # readable, non-empty
 
 

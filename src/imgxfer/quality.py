@@ -250,8 +250,9 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
     ``cas_real_images`` says how many); ``fid``, ``kid_mean``, ``kid_std`` between
     ``real_test`` and ``synthetic`` in ``encoder``'s feature space, and ``fid_real`` /
     ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
-    perfect generator would reach with that many images). With the labelled target
-    ``shots``, also :func:`shot_copying`. The global RNG is left as it was.
+    perfect generator would reach with that many images), overall and in ``per_class``
+    (``fid_real`` / ``kid_real_mean`` beside each class's ``fid`` / ``kid_mean``). With the
+    labelled target ``shots``, also :func:`shot_copying`. The global RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         counts = torch.bincount(synthetic.labels, minlength=synthetic.num_classes).tolist()
@@ -267,12 +268,18 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
         dist = feature_distances(encoder, real_test, synthetic, device, per_class=per_class,
                                  seed=seed)
         out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"])
+        floors: dict[str, dict[str, Any]] = {}
         if len(reference) >= 2:
-            floor = feature_distances(encoder, real_test, reference, device, seed=seed)
+            floor = feature_distances(encoder, real_test, reference, device,
+                                      per_class=per_class, seed=seed)
             out.update(fid_real=floor["fid"], kid_real_mean=floor["kid_mean"])
+            floors = {r["class"]: r for r in floor.get("per_class", [])}
         if shots is not None and len(shots):
             out.update(shot_copying(synthetic, shots, real_test))
-        if per_class:
-            out["per_class"] = dist["per_class"]
+        if per_class:  # each class with its own floor, where the reference has the class
+            out["per_class"] = [{**r, **({"fid_real": floors[r["class"]]["fid"],
+                                          "kid_real_mean": floors[r["class"]]["kid_mean"]}
+                                         if r["class"] in floors else {})}
+                                for r in dist["per_class"]]
         out["feature_space"] = f"{type(encoder).__name__} ({getattr(encoder, 'weights_source', '?')})"
     return out

@@ -202,9 +202,14 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
                 + ([["Nearest real image is a shot", gen["nearest_shot"],
                      gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])))
         if gen.get("per_class"):
-            parts.append("<h3>Per class</h3>" + _table(
-                ["class", "FID", "KID", "real / synthetic images"],
-                [[r["class"], r["fid"], r["kid_mean"], f"{r['n_real']} / {r['n_fake']}"]
+            parts.append("<h3>Per class</h3><p>Each class's synthetic images against its "
+                         "real test images; the real reference column compares as many real "
+                         "training images of the class with the same test images (the floor "
+                         "a perfect generator would reach).</p>" + _table(
+                ["class", "FID", "FID, real reference", "KID", "KID, real reference",
+                 "real / synthetic images"],
+                [[r["class"], r["fid"], r.get("fid_real", "-"), r["kid_mean"],
+                  r.get("kid_real_mean", "-"), f"{r['n_real']} / {r['n_fake']}"]
                  for r in gen["per_class"]]))
     if "filter" in gen:
         f = gen["filter"]
