@@ -199,12 +199,12 @@ def validator_table(rows: list[dict], pairs: list[str], shots_list: list[int]) -
                      and len(g) >= 3]
             if not found:
                 continue
-            hits, lost, gain = choices(found)
+            hits, lost, gain = im_choice_stats(found)
             others = [[r for r in g if r["adapter"] != "self-training"] for g in found]
             others = [g for g in others if len(g) >= 3]
             without = "–"
             if others:
-                o_hits, o_lost, _ = choices(others)
+                o_hits, o_lost, _ = im_choice_stats(others)
                 without = f"{o_hits}/{len(others)}, {cell(o_lost)}"
             rho = [spearmanr([r["unlabelled_im"] for r in g],
                              [r["accuracy"] for r in g]).statistic for g in found]
@@ -215,7 +215,7 @@ def validator_table(rows: list[dict], pairs: list[str], shots_list: list[int]) -
     return "\n".join(lines)
 
 
-def choices(splits: list[list[dict]]) -> tuple[int, list[float], list[float]]:
+def im_choice_stats(splits: list[list[dict]]) -> tuple[int, list[float], list[float]]:
     """For splits of candidate rows: how often the highest IM is the most accurate, the
     accuracy lost against the best, and the gain over the candidates' mean."""
     hits, lost, gain = 0, [], []

@@ -289,6 +289,8 @@ def test_words_must_match_whole() -> None:
     assert resolve_label("a seven", None, ["5", "7"]) == 1  # and the other way round
     assert resolve_label("route 66", None, ["6", "66"]) == 1  # whole numbers only
     assert resolve_label("anything", "seven", ["5", "7"]) == 1
+    with pytest.raises(UserError, match="'CAT' matches several classes \\(cat, Cat\\)"):
+        resolve_label("anything", "CAT", ["cat", "Cat", "dog"])
 
 
 @pytest.mark.parametrize("prompt", [

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import TINY_RUN, FakePlugin, tiny_bars
 from imgxfer.cli import cli
 from imgxfer.classnames import match_class
-from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba
+from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba, run_class_names
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,9 @@ def test_class_names_match_in_any_case_and_as_numbers():
     assert match_class("COAT", ["coat", "shirt"]) == 0
     assert match_class("cat", ["Cat", "CAT"]) is None  # two classes in any case
     assert match_class("66", ["6", "7"]) is None and match_class("", ["a"]) is None
+    assert match_class("T-Shirt/Top", ["t shirt top", "coat"]) == 0  # the same words
+    renamed, ambiguous = run_class_names(["3", "Cat", "dog", "bird"], ["three", "cat", "CAT", "dog"])
+    assert renamed == {"3": "three"} and ambiguous == {"Cat": ["cat", "CAT"]}
 
 
 def test_choosing_among_several_classifiers(host, compare_run, tmp_path):

@@ -187,6 +187,23 @@ def test_compare_and_seeds(host, tmp_path):
     assert "IM (information maximisation, 0 to 1): how confident" in result.output
 
 
+def test_zero_steps_are_refused_where_they_leave_something_untrained(host, tmp_path):
+    result = invoke(*TINY_RUN, "--compare", "linear,finetune", "--adapter-steps", "0",
+                    "--out", str(tmp_path))
+    assert result.exit_code == 2 and "--adapter-steps 0 would leave finetune untrained" in result.output
+    result = invoke(*TINY_RUN, "--generator-steps", "0", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "--generator-steps 0 would leave the generator 'gan'" in result.output
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder
+    # The linear probe is solved to convergence: a step count does not apply to it.
+    from imgxfer.config import from_mapping
+    from imgxfer.pipeline import prepare
+
+    config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,
+                           "generator": "none", "adapter": "linear", "adapter_steps": 0,
+                           "generator_steps": 0, "encoder_steps": 0, "out": str(tmp_path)})
+    assert list(prepare(config, host.registry).adapters) == ["linear"]
+
+
 def test_bad_seeds(host, tmp_path):
     result = invoke(*TINY_RUN, "--seeds", "0,x", "--out", str(tmp_path))
     assert result.exit_code == 2 and "--seeds expects integers" in result.output

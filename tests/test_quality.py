@@ -92,7 +92,8 @@ def test_generator_quality_keys_and_rng_untouched():
     assert 0 <= out["cas"] <= 1 and 0 <= out["cas_real"] <= 1 and out["cas_real_images"] == 12
     # Each class beside its own real floor (4 real pool images of it against the test).
     assert [r["class"] for r in out["per_class"]] == real_test.class_names
-    assert all(r["fid_real"] >= 0 and "kid_real_mean" in r for r in out["per_class"])
+    assert all(r["fid_real"] >= 0 and "kid_real_mean" in r and r["n_reference"] == 4
+               for r in out["per_class"])
     subset = matched_real_subset(pool, [1, 0, 5])
     assert subset.class_counts() == [1, 0, 5]
 

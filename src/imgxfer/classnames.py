@@ -20,18 +20,22 @@ def words(text: str, numerals: bool = False) -> list[str]:
     return [_NUMBERS.get(w, w) for w in found] if numerals else found
 
 
-def match_class(name: str, class_names: Sequence[str]) -> int | None:
-    """The index of the one class ``name`` means: the same name, else the same in any
-    case, else the same with digits for number words ("3" means "three"); None when no
-    class, or more than one, matches."""
+def class_matches(name: str, class_names: Sequence[str]) -> list[int]:
+    """The classes ``name`` may mean, from the first rule that finds any: the same name,
+    else the same in any case, else the same words with digits for number words ("3"
+    means "three", "T-shirt/top" means "t shirt top"). More than one: ambiguous."""
     for key in (lambda s: s, str.lower, lambda s: words(s, True) or None):
         wanted = key(name.strip())
         hits = [i for i, c in enumerate(class_names) if wanted is not None and key(c) == wanted]
-        if len(hits) == 1:
-            return hits[0]
         if hits:
-            return None
-    return None
+            return hits
+    return []
+
+
+def match_class(name: str, class_names: Sequence[str]) -> int | None:
+    """The index of the one class ``name`` means (see :func:`class_matches`), or None."""
+    hits = class_matches(name, class_names)
+    return hits[0] if len(hits) == 1 else None
 
 
 def prompt_classes(prompt: str, class_names: Sequence[str], numerals: bool = True

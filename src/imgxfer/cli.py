@@ -72,14 +72,23 @@ class ImgxferGroup(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             raise FriendlyError(str(exc)) from None
+        except _SHOW_HELP:
+            raise
         except click.UsageError as exc:
             raise _one_line(exc, ctx) from None
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:  # options of `imgxfer` itself, e.g. `imgxfer --bogus`
             return super().make_context(info_name, args, parent, **extra)
+        except _SHOW_HELP:
+            raise
         except click.UsageError as exc:
             raise _one_line(exc, None) from None
+
+
+# A group called without arguments shows its help; Click >= 8.2 does that by raising a
+# UsageError subclass, which must stay the help it is.
+_SHOW_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _one_line(exc: click.UsageError, ctx: click.Context | None) -> FriendlyError:
@@ -87,7 +96,9 @@ def _one_line(exc: click.UsageError, ctx: click.Context | None) -> FriendlyError
     look reads better (and has the shape of every other error)."""
     where = exc.ctx or ctx
     path = where.command_path if where else "imgxfer"
-    return FriendlyError(f"{exc.format_message()} See '{path} --help'.")
+    message = exc.format_message().rstrip()
+    end = "" if message.endswith((".", "?", "!")) else "."
+    return FriendlyError(f"{message}{end} See '{path} --help'.")
 
 
 @click.group(cls=ImgxferGroup, context_settings={"help_option_names": ["-h", "--help"]})

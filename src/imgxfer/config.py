@@ -99,14 +99,6 @@ class RunConfig:
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
-        # 0 encoder steps is a real choice (a pretrained backbone, or a random-features
-        # baseline); an untrained classifier head or generator only produces noise.
-        if self.adapter_steps == 0:
-            raise UserError("adapter_steps must be 1 or more: every adapter trains at least "
-                            "the classifier head.")
-        if self.generator_steps == 0 and self.generator != NONE:
-            raise UserError("generator_steps must be 1 or more with a generator (an untrained "
-                            "one draws noise); use --generator none to skip generation.")
         check_device(self.device)
 
     def to_toml(self) -> str:

@@ -68,7 +68,9 @@ def register_generators(register: Register) -> None:
     {"label", "text"}), ``fit(data, *, budget, progress, device)`` where ``data`` is a
     :class:`imgxfer.data.GeneratorData`, ``sample(prompts, labels, n=None) ->
     tensor[N,C,H,W]`` in [0, 1], and ``state_dict()`` / ``load_state_dict(state)``
-    holding tensors only (they are saved as safetensors).
+    holding tensors only (they are saved as safetensors). A generator that is usable
+    without training (e.g. a pretrained diffusion model) sets ``trains_by_steps = False``,
+    so ``--generator-steps 0`` is accepted for it.
     """
 
 
@@ -80,7 +82,9 @@ def register_adapters(register: Register) -> None:
     "target_labelled", "target_unlabelled", "synthetic"}: what it trains on) and
     ``fit(encoder, data, *, budget, progress, device) -> classifier`` where ``data`` is a
     :class:`imgxfer.data.TransferData` and ``classifier`` an ``nn.Module`` mapping images
-    (already preprocessed for the encoder) to class logits.
+    (already preprocessed for the encoder) to class logits. An adapter that ignores the
+    step budget (e.g. a probe solved to convergence) sets ``trains_by_steps = False``, so
+    ``--adapter-steps 0`` is accepted for it.
     """
 
 

@@ -163,7 +163,25 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
                 for name in config.adapter_names()}
     generator = (build(registry, "generators", config.generator, config.options["generator"],
                        config.seed) if config.generator != NONE else None)
+    check_zero_steps(config, adapters, generator)
     return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_time)
+
+
+def check_zero_steps(config: RunConfig, adapters: dict[str, Any], generator: Any) -> None:
+    """0 adapter or generator steps would leave a component that trains by steps
+    untrained (a classifier head that never saw a label, a generator that draws noise),
+    so it is refused; components marked ``trains_by_steps = False`` (the linear probe,
+    solved to convergence) ignore the count. 0 encoder steps is a real choice: a
+    pretrained backbone as it is, or a random-features baseline."""
+    if config.adapter_steps == 0:
+        stepped = [n for n, a in adapters.items() if getattr(a, "trains_by_steps", True)]
+        if stepped:
+            raise UserError(f"--adapter-steps 0 would leave {', '.join(stepped)} untrained "
+                            "(a classifier head that never saw a label); give 1 or more.")
+    if (config.generator_steps == 0 and generator is not None
+            and getattr(generator, "trains_by_steps", True)):
+        raise UserError(f"--generator-steps 0 would leave the generator {config.generator!r} "
+                        "untrained (it would draw noise); give 1 or more, or --generator none.")
 
 
 def synthesis_prompts(captioner: Any, labels: torch.Tensor, labelled: ImageDataset,

@@ -251,7 +251,8 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
     ``real_test`` and ``synthetic`` in ``encoder``'s feature space, and ``fid_real`` /
     ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
     perfect generator would reach with that many images), overall and in ``per_class``
-    (``fid_real`` / ``kid_real_mean`` beside each class's ``fid`` / ``kid_mean``). With the
+    (``fid_real`` / ``kid_real_mean`` from ``n_reference`` images beside each class's
+    ``fid`` / ``kid_mean``). With the
     labelled target ``shots``, also :func:`shot_copying`. The global RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
@@ -278,7 +279,8 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
             out.update(shot_copying(synthetic, shots, real_test))
         if per_class:  # each class with its own floor, where the reference has the class
             out["per_class"] = [{**r, **({"fid_real": floors[r["class"]]["fid"],
-                                          "kid_real_mean": floors[r["class"]]["kid_mean"]}
+                                          "kid_real_mean": floors[r["class"]]["kid_mean"],
+                                          "n_reference": floors[r["class"]]["n_fake"]}
                                          if r["class"] in floors else {})}
                                 for r in dist["per_class"]]
         out["feature_space"] = f"{type(encoder).__name__} ({getattr(encoder, 'weights_source', '?')})"

@@ -203,13 +203,15 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
                      gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])))
         if gen.get("per_class"):
             parts.append("<h3>Per class</h3><p>Each class's synthetic images against its "
-                         "real test images; the real reference column compares as many real "
-                         "training images of the class with the same test images (the floor "
-                         "a perfect generator would reach).</p>" + _table(
+                         "real test images; the real reference compares real training images "
+                         "of the class (as many as there are synthetic ones, where the "
+                         "training split has them) with the same test images: the floor a "
+                         "perfect generator would reach.</p>" + _table(
                 ["class", "FID", "FID, real reference", "KID", "KID, real reference",
-                 "real / synthetic images"],
+                 "test / synthetic / reference images"],
                 [[r["class"], r["fid"], r.get("fid_real", "-"), r["kid_mean"],
-                  r.get("kid_real_mean", "-"), f"{r['n_real']} / {r['n_fake']}"]
+                  r.get("kid_real_mean", "-"),
+                  f"{r['n_real']} / {r['n_fake']} / {r.get('n_reference', 0)}"]
                  for r in gen["per_class"]]))
     if "filter" in gen:
         f = gen["filter"]

@@ -106,6 +106,7 @@ class LinearProbe:
     """
 
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
+    trains_by_steps = False  # solved to convergence: --adapter-steps does not apply
 
     def __init__(self, c: float = 1.0, max_iter: int = 1000, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,

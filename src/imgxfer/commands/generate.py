@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import click
 import torch
 
-from imgxfer.classnames import match_class, prompt_classes
+from imgxfer.classnames import class_matches, prompt_classes
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
 from imgxfer.runfolder import atomic_write_bytes
@@ -154,9 +154,12 @@ def resolve_label(prompt: str, label: str | int | None,
                 raise UserError(f"--label {text} is not a class index; classes: {listing}.")
             return index
         # Any case, and "three" draws class "3" (a "3" was taken as an index above).
-        named = match_class(text, class_names) if class_names is not None else None
-        if named is not None:
-            return named
+        named = class_matches(text, class_names) if class_names is not None else []
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise UserError(f"--label {text!r} matches several classes "
+                            f"({', '.join(class_names[i] for i in named)}); write one as it is.")
         raise UserError(f"--label {text!r} is not a class; classes: {listing}.")
     if class_names is None:
         raise UserError("the class names of this generator are unknown (no 'classes' metadata "

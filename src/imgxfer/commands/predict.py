@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import click
 import torch
 
-from imgxfer.classnames import match_class
+from imgxfer.classnames import class_matches
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
@@ -196,12 +196,14 @@ def predict_proba(loaded: LoadedClassifier, images: torch.Tensor,
 
 
 def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
-                    root: Path | None = None) -> list[dict[str, Any]]:
+                    root: Path | None = None, renamed: dict[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
     """One row per image: ``path`` for images read from files (loose files are named
     relative to ``root``, the folder they were found in, as the user wrote it), else the
-    dataset ``index``; the prediction, its confidence and the label when known."""
+    dataset ``index``; the prediction, its confidence and the label when known, in the
+    run's spelling where ``renamed`` (from :func:`run_class_names`) has one."""
     confidence, predicted = proba.max(1)
-    renamed = run_class_names(data.class_names, class_names) if data.labels is not None else {}
+    renamed = renamed or {}
     rows = []
     for i in range(len(proba)):
         row: dict[str, Any]
@@ -220,12 +222,22 @@ def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
     return rows
 
 
-def run_class_names(names: Sequence[str], class_names: Sequence[str]) -> dict[str, str]:
+def run_class_names(names: Sequence[str], class_names: Sequence[str]
+                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """The input's class names that mean one of the run's classes under another spelling
-    (any case, "3" for "three"), each with the run's name: a folder "3" is scored as
-    class "three"."""
-    matched = {n: match_class(n, class_names) for n in names if n not in class_names}
-    return {n: class_names[i] for n, i in matched.items() if i is not None}
+    (any case, "3" for "three": :func:`imgxfer.classnames.class_matches`), each with the
+    run's name, so a folder "3" is scored as class "three"; and those that could mean
+    several of the run's classes, with them (left unscored)."""
+    renamed, ambiguous = {}, {}
+    for name in names:
+        if name in class_names:
+            continue
+        hits = [class_names[i] for i in class_matches(name, class_names)]
+        if len(hits) == 1:
+            renamed[name] = hits[0]
+        elif hits:
+            ambiguous[name] = hits
+    return renamed, ambiguous
 
 
 def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
@@ -339,12 +351,16 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
         click.echo(f"warning: {note}", err=True)
     given = Path(source).expanduser()
     root = (given if given.is_dir() else given.parent) if files else None
-    rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
-                           loaded.class_names, root)
-    renamed = run_class_names(data.class_names, loaded.class_names) if data.labels is not None else {}
+    renamed, ambiguous = ({}, {}) if data.labels is None else run_class_names(
+        data.class_names, loaded.class_names)
     if renamed:
         click.echo("labels read as the run's classes: "
                    + ", ".join(f"{a} as {b}" for a, b in renamed.items()) + ".", err=True)
+    for name, hits in ambiguous.items():
+        click.echo(f"warning: label {name!r} could mean several of the run's classes "
+                   f"({', '.join(hits)}); its images are not scored.", err=True)
+    rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
+                           loaded.class_names, root, renamed)
     if path is None:
         click.echo(csv_text(rows), nl=False)
     else:
