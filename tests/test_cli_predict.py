@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import TINY_RUN, FakePlugin, tiny_bars
 from imgxfer.cli import cli
-from imgxfer.classnames import match_class
+from imgxfer.classnames import class_matches
 from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba, run_class_names
 
 
@@ -142,13 +142,13 @@ def test_class_folders_spelled_otherwise_are_scored_as_the_runs_classes(host, co
 
 
 def test_class_names_match_in_any_case_and_as_numbers():
-    assert match_class("Three", ["3", "three"]) == 1  # the same name first
-    assert match_class("3", ["zero", "one", "two", "three"]) == 3
-    assert match_class("seven", ["5", "7"]) == 1
-    assert match_class("COAT", ["coat", "shirt"]) == 0
-    assert match_class("cat", ["Cat", "CAT"]) is None  # two classes in any case
-    assert match_class("66", ["6", "7"]) is None and match_class("", ["a"]) is None
-    assert match_class("T-Shirt/Top", ["t shirt top", "coat"]) == 0  # the same words
+    assert class_matches("Three", ["3", "three"]) == [1]  # the same name first
+    assert class_matches("3", ["zero", "one", "two", "three"]) == [3]
+    assert class_matches("seven", ["5", "7"]) == [1]
+    assert class_matches("COAT", ["coat", "shirt"]) == [0]
+    assert class_matches("cat", ["Cat", "CAT"]) == [0, 1]  # ambiguous in any case
+    assert class_matches("66", ["6", "7"]) == [] and class_matches("", ["a"]) == []
+    assert class_matches("T-Shirt/Top", ["t shirt top", "coat"]) == [0]  # the same words
     renamed, ambiguous = run_class_names(["3", "Cat", "dog", "bird"], ["three", "cat", "CAT", "dog"])
     assert renamed == {"3": "three"} and ambiguous == {"Cat": ["cat", "CAT"]}
 

@@ -32,12 +32,6 @@ def class_matches(name: str, class_names: Sequence[str]) -> list[int]:
     return []
 
 
-def match_class(name: str, class_names: Sequence[str]) -> int | None:
-    """The index of the one class ``name`` means (see :func:`class_matches`), or None."""
-    hits = class_matches(name, class_names)
-    return hits[0] if len(hits) == 1 else None
-
-
 def prompt_classes(prompt: str, class_names: Sequence[str], numerals: bool = True
                    ) -> list[int]:
     """The classes whose names appear in ``prompt`` as whole words, any case. A name

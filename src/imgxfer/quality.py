@@ -252,8 +252,8 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
     ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
     perfect generator would reach with that many images), overall and in ``per_class``
     (``fid_real`` / ``kid_real_mean`` from ``n_reference`` images beside each class's
-    ``fid`` / ``kid_mean``). With the
-    labelled target ``shots``, also :func:`shot_copying`. The global RNG is left as it was.
+    ``fid`` / ``kid_mean``). With the labelled target ``shots``, also
+    :func:`shot_copying`. The global RNG is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         counts = torch.bincount(synthetic.labels, minlength=synthetic.num_classes).tolist()
@@ -277,11 +277,12 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
             floors = {r["class"]: r for r in floor.get("per_class", [])}
         if shots is not None and len(shots):
             out.update(shot_copying(synthetic, shots, real_test))
-        if per_class:  # each class with its own floor, where the reference has the class
-            out["per_class"] = [{**r, **({"fid_real": floors[r["class"]]["fid"],
-                                          "kid_real_mean": floors[r["class"]]["kid_mean"],
-                                          "n_reference": floors[r["class"]]["n_fake"]}
-                                         if r["class"] in floors else {})}
-                                for r in dist["per_class"]]
+        if per_class:  # each class beside its own floor, where the reference has the class
+            out["per_class"] = []
+            for r in dist["per_class"]:
+                f = floors.get(r["class"])
+                out["per_class"].append(r if f is None else {
+                    **r, "fid_real": f["fid"], "kid_real_mean": f["kid_mean"],
+                    "n_reference": f["n_fake"]})
         out["feature_space"] = f"{type(encoder).__name__} ({getattr(encoder, 'weights_source', '?')})"
     return out

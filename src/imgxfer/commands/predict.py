@@ -12,7 +12,8 @@ dataset, a folder with one sub-folder per class, a folder of images or one image
 The CSV has one row per image: its ``path`` (files, as the user named the folder) or
 ``index`` (built-in datasets), the ``predicted`` class, its ``confidence`` (softmax
 probability) and, for labelled input, the true ``label`` in the run's spelling of the
-class (see :func:`run_class_names`); then the accuracy on the labelled images is printed. ``--out -`` writes the CSV to standard output.
+class (see :func:`run_class_names`); then the accuracy on the labelled images is
+printed. ``--out -`` writes the CSV to standard output.
 """
 
 from __future__ import annotations
