@@ -208,6 +208,27 @@ def test_labels_of_other_classes_and_existing_output(host, compare_run, tmp_path
         "digits", "--from", str(compare_run), "--limit", "0").output
 
 
+def test_files_for_a_run_on_glyph_data_are_put_in_its_layout(host, compare_run, tmp_path):
+    """A run whose target was in the glyph layout (digits, mnist) records it in the
+    classifier file; loose files are then read with fit=glyph, and it says so."""
+    from imgxfer.runfolder import atomic_save_tensors, read_tensors
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text((compare_run / "config.toml").read_text())
+    tensors, metadata = read_tensors(compare_run / "classifier-linear.safetensors")
+    assert metadata["target_layout"] == ""  # the tiny bars are read as they are
+    metadata.pop("checksum", None)
+    atomic_save_tensors(run / "classifier.safetensors", tensors,
+                        {**metadata, "target_layout": "glyph"})
+    photos = bars_as_pngs(tmp_path / "photos", 1)
+    result = predict(str(photos), "--from", str(run), "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert "reading the images in the glyph layout of the run's target" in result.output
+    result = predict(str(photos), "--from", str(run), "-o", "-", "--dataset-opt", "fit=crop")
+    assert result.exit_code == 0 and "glyph layout" not in result.output
+
+
 def test_files_are_read_as_the_run_read_its_target_files():
     from imgxfer.commands.predict import reading_options
     from imgxfer.config import RunConfig
@@ -219,6 +240,9 @@ def test_files_are_read_as_the_run_read_its_target_files():
     config = RunConfig(target="digits")
     config.options["target"] = {"size": 48}  # not a files dataset: its own option
     assert reading_options(config)["size"] == 32
+    # digits is in the glyph layout (the classifier file says so): new files are put in it.
+    assert reading_options(config, "glyph")["fit"] == "glyph"
+    assert reading_options(RunConfig(target="folder:scans"), "glyph")["fit"] == "crop"
 
 
 def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_path,

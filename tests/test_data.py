@@ -77,6 +77,15 @@ def test_file_paths_follow_split_and_alignment_into_captions(tmp_path):
     assert all(r["path"].split("/")[2] == r["label"] for r in rows if r["set"] == "target")
 
 
+def test_glyph_layout_of_the_digit_datasets_survives_splitting():
+    from imgxfer.datasets.digits import digits
+
+    data = digits()
+    assert data.layout == "glyph"
+    split = few_shot_split(data, 2, seed=0)
+    assert split.labelled.layout == split.test.layout == "glyph"
+
+
 def test_paths_must_match_images():
     with pytest.raises(ValueError, match="paths"):
         ImageDataset(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"], "x", paths=["p"])

@@ -25,6 +25,8 @@ class ImageDataset:
     notes: list[str] = field(default_factory=list)
     # The file each image was read from (folder:, csv: datasets); None for built-in data.
     paths: list[str] | None = None
+    # "glyph": placed in the MNIST layout (imgxfer.datasets.layout); "" for as read.
+    layout: str = ""
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -50,7 +52,8 @@ class ImageDataset:
     def subset(self, index: torch.Tensor) -> "ImageDataset":
         paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
         return ImageDataset(self.images[index], self.labels[index], list(self.class_names),
-                            self.domain, self.description, list(self.notes), paths)
+                            self.domain, self.description, list(self.notes), paths,
+                            self.layout)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()

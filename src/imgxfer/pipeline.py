@@ -470,7 +470,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         meta = {"encoder": config.encoder, "adapter": name,
                 "classes": json.dumps(list(target.class_names)),
-                "target_brightness": brightness}
+                "target_brightness": brightness, "target_layout": target.layout}
         if isinstance(model, Classifier):  # a plugin adapter may return a model of its own
             meta["fingerprint"] = json.dumps(fingerprint(model, device))
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(), meta)

@@ -123,6 +123,30 @@ def test_folder_fit_modes_and_exif_orientation(tmp_path):
     assert folder(str(root), fit="pad").images[1, 0, :6].min() > 0.99  # white bands
 
 
+def test_folder_glyph_fit_puts_ink_in_the_mnist_layout(tmp_path):
+    """Dark strokes on white paper, small and off-centre in a big scan: with invert and
+    fit=glyph they come out like digits/mnist images (ink box 20/28 of the side, centred
+    by mass), in both a greyscale and an RGB file."""
+    root = tmp_path / "scans"
+    for cls, mode in (("grey", "L"), ("colour", "RGB")):
+        (root / cls).mkdir(parents=True)
+        scan = Image.new(mode, (200, 120), 255 if mode == "L" else (250, 250, 250))
+        scan.paste(0 if mode == "L" else (0, 0, 0), (10, 20, 30, 80))  # a 20 x 60 bar
+        scan.save(root / cls / "scan.png")
+    data = folder(str(root), fit="glyph", invert=True, size=28)
+    assert data.layout == "glyph" and folder(str(root)).layout == ""
+    for image in data.images:
+        ink = image.mean(0) > 0.5
+        ys, xs = torch.nonzero(ink, as_tuple=True)
+        assert ys.max() - ys.min() + 1 == 20  # the long side: 20/28 of 28 pixels
+        assert 6 <= xs.max() - xs.min() + 1 <= 8  # the aspect kept (20 x 60 -> ~7 x 20)
+        mass = image.mean(0)
+        cy = (mass.sum(1) * torch.arange(28)).sum() / mass.sum()
+        cx = (mass.sum(0) * torch.arange(28)).sum() / mass.sum()
+        assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+    assert data.images.shape[1] == 1  # the colour file was grey content
+
+
 def test_folder_strict_refuses_the_first_unreadable_file(tmp_path):
     root = make_tree(tmp_path / "pets")
     with pytest.raises(UserError, match=r"cannot read image 'cat/d_cut\.jpg' \(image file is "

@@ -173,16 +173,22 @@ def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Pa
                         f"`imgxfer list encoders`).")
 
 
-def reading_options(config: Any) -> dict[str, Any]:
+def reading_options(config: Any, target_layout: str = "") -> dict[str, Any]:
     """How to read image files for a run: as it read its target files when its target was
     a ``folder:`` or ``csv:`` dataset (size, channels, background, fit, invert), else with
-    those datasets' defaults, so new images reach the encoder as the training images did."""
+    those datasets' defaults, so new images reach the encoder as the training images did;
+    a built-in target in the glyph layout (digits, mnist: ``target_layout``, from the
+    classifier file) has its new files put in that layout too (``fit=glyph``)."""
     from dataclasses import asdict, fields
 
     from imgxfer.datasets.files import ImageOptions
+    from imgxfer.datasets.layout import GLYPH
 
     keys = {f.name for f in fields(ImageOptions)}
-    used = config.options.get("target", {}) if config.target.startswith(("folder:", "csv:")) else {}
+    if config.target.startswith(("folder:", "csv:")):
+        used = config.options.get("target", {})
+    else:
+        used = {"fit": GLYPH} if target_layout == GLYPH else {}
     return {**asdict(ImageOptions()), **{k: v for k, v in used.items() if k in keys}}
 
 
@@ -338,7 +344,13 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     loaded = load_classifier(run, adapter, registry)
     files = not _is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
-        options = {**reading_options(loaded.config), **options}
+        layout = loaded.metadata.get("target_layout", "")
+        run_options = reading_options(loaded.config, layout)
+        if "fit" not in options and layout and run_options["fit"] == layout:
+            click.echo(f"reading the images in the {layout} layout of the run's target "
+                       f"{loaded.config.target!r} (fit={layout}; --dataset-opt fit=crop reads "
+                       "them as they are).", err=True)
+        options = {**run_options, **options}
     # The output last among the checks: an existing file must not hide a wrong input.
     path = None if out == "-" else resolve_out(out, force=force, default=DEFAULT_OUT)
     with warnings.catch_warnings(record=True) as caught:

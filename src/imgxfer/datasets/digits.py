@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from imgxfer.data import ImageDataset
-from imgxfer.datasets.layout import fit_to_box
+from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -72,7 +72,7 @@ def syndigits(*, n_per_class: int = 400, size: int = 32, noise: float = 0.05,
     boxed = _jitter(boxed, rng)
     boxed = (boxed + noise * torch.from_numpy(rng.standard_normal(boxed.shape)).float()).clamp(0, 1)
     return ImageDataset(boxed, torch.tensor(labels), list(DIGIT_NAMES), "syndigits",
-                        description="rendered digit")
+                        description="rendered digit", layout=GLYPH)
 
 
 def _jitter(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -98,5 +98,5 @@ def digits(*, size: int = 32) -> ImageDataset:
                                           align_corners=False).clamp(0, 1)
     return ImageDataset(fit_to_box(raw, canvas=size, threshold=0.2),
                         torch.from_numpy(bunch.target), list(DIGIT_NAMES), "digits",
-                        description="handwritten digit")
+                        description="handwritten digit", layout=GLYPH)
 

@@ -4,7 +4,8 @@ shared by the ``folder:`` and ``csv:`` datasets.
 Each image is decoded with Pillow, turned upright by its EXIF orientation, brought to
 ``size`` x ``size`` (``fit``: ``crop`` scales the short side to ``size`` and crops the
 centre, ``pad`` scales the long side and pads with the background, ``stretch`` ignores the
-aspect ratio) and converted to floats in [0, 1]:
+aspect ratio, ``glyph`` puts handwriting and other glyphs into the MNIST layout of the
+built-in digit datasets, see below) and converted to floats in [0, 1]:
 
 - transparency (RGBA, LA, palette images with a transparent colour) is composited onto
   the ``background`` colour, ``white`` by default (what an image viewer shows) or
@@ -17,8 +18,12 @@ aspect ratio) and converted to floats in [0, 1]:
   mode, or colour channels that differ by at most 2/255 anywhere) and 3 otherwise;
   ``channels=1`` converts colour with the ITU-R 601 luma weights (as Pillow's "L"),
   ``channels=3`` repeats grey;
-- ``invert=True`` turns every value v into 1 - v, last (dark ink on light paper becomes
-  light ink on dark, like MNIST).
+- ``invert=True`` turns every value v into 1 - v (dark ink on light paper becomes
+  light ink on dark, like MNIST);
+- ``fit=glyph``, last: the ink (where the value, after ``invert``, exceeds 0.2) is cut
+  out by its bounding box, scaled to 20/28 of ``size`` and centred by its centre of mass
+  (:func:`imgxfer.datasets.layout.fit_to_box`), so scans of digits or letters look like
+  ``digits``/``mnist`` images; the dataset's ``layout`` is then ``"glyph"``.
 
 A file that Pillow cannot read (not an image, corrupt, truncated) is skipped: the count
 and a few names go into the dataset's ``notes`` (shown in the run report) and a warning;
@@ -41,9 +46,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgxfer.data import ImageDataset
 from imgxfer.datasets.common import check_choice, check_size, one_line
+from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
-FITS = ("crop", "pad", "stretch")
+FITS = ("crop", "pad", "stretch", GLYPH)
+_GLYPH_THRESHOLD = 0.2  # ink, after invert: above the paper's grain in scans
 BACKGROUNDS = {"white": 255, "black": 0}
 # Two 8-bit levels of difference between colour channels still count as grey (JPEG).
 _GREY_TOLERANCE = 2.5 / 255
@@ -149,14 +156,24 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
         image = _flatten(image, background)
     except ValueError as exc:  # a mode Pillow cannot convert (HSV, LAB...)
         raise Unreadable(f"image mode {image.mode} is not supported ({one_line(exc)})") from None
-    image = _fit(image, options, background)
+    if options.fit == GLYPH:  # cut out below, on the inverted values; bound the work here
+        image.thumbnail((4 * options.size,) * 2, Image.Resampling.BILINEAR)
+    else:
+        image = _fit(image, options, background)
     array = np.asarray(image, dtype=np.float32)
     if image.mode != "F":
         array = array / 255.0
     if array.ndim == 3 and np.abs(array - array[..., :1]).max() <= _GREY_TOLERANCE:
         array = array @ _LUMA  # colour mode, grey content
     array = np.clip(array, 0, 1)
-    return 1 - array if options.invert else array
+    array = 1 - array if options.invert else array
+    if options.fit == GLYPH:
+        chw = torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1)
+                                                    .transpose(2, 0, 1)))
+        boxed = fit_to_box(chw[None], canvas=options.size, threshold=_GLYPH_THRESHOLD)[0]
+        array = boxed.numpy().transpose(1, 2, 0)
+        array = array[..., 0] if array.shape[2] == 1 else array
+    return array
 
 
 def _workers() -> int:
@@ -209,7 +226,8 @@ def load_items(items: Sequence[Item], class_names: Sequence[str], options: Image
     stacked = np.stack([_to_channels(a, channels) for a in arrays])
     return ImageDataset(torch.from_numpy(stacked), torch.from_numpy(labels), list(class_names),
                         domain, description=description, notes=notes,
-                        paths=[str(item.path) for item in kept])
+                        paths=[str(item.path) for item in kept],
+                        layout=GLYPH if options.fit == GLYPH else "")
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:

@@ -67,9 +67,10 @@ def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "w
     sub-folders of a class folder included; hidden files and folders (starting with '.')
     are ignored, files directly in PATH too. Options: ``size`` (square side), ``channels``
     (0: 1 if every image is greyscale else 3), ``background`` (``white`` or ``black``,
-    behind transparent pixels), ``fit`` (``crop``, ``pad`` or ``stretch``), ``invert``
-    (1 - value: dark ink on light paper read as light on dark), ``n_per_class``
-    (a seeded random subset of files per class; 0: all), ``strict`` (refuse unreadable
+    behind transparent pixels), ``fit`` (``crop``, ``pad``, ``stretch`` or ``glyph``: the
+    MNIST layout, see :mod:`imgxfer.datasets.files`), ``invert`` (1 - value: dark ink on
+    light paper read as light on dark), ``n_per_class`` (a seeded random subset of files
+    per class; 0: all), ``strict`` (refuse unreadable
     files instead of skipping them), ``domain`` (default: the folder's name) and
     ``description`` (words for captions, e.g. "chest x-ray").
     """

@@ -14,27 +14,34 @@ import torch.nn.functional as F
 MNIST_BOX = 20 / 28
 
 
+# What a dataset in this layout sets as ImageDataset.layout (imgxfer predict then reads
+# new image files the same way: fit=glyph).
+GLYPH = "glyph"
+
+
 def fit_to_box(images: torch.Tensor, canvas: int = 32, box: float = MNIST_BOX,
                threshold: float = 0.1) -> torch.Tensor:
-    """[N,1,h,w] ink-on-black in [0,1] -> [N,1,canvas,canvas] in the MNIST layout."""
-    out = torch.zeros(len(images), 1, canvas, canvas)
+    """[N,C,h,w] ink-on-black in [0,1] -> [N,C,canvas,canvas] in the MNIST layout (the
+    ink is where the channels' mean exceeds ``threshold``)."""
+    out = torch.zeros(len(images), images.shape[1], canvas, canvas)
     side = round(canvas * box)
-    for i, img in enumerate(images[:, 0]):
-        ys, xs = torch.nonzero(img > threshold, as_tuple=True)
+    for i, img in enumerate(images):
+        ys, xs = torch.nonzero(img.mean(0) > threshold, as_tuple=True)
         if len(ys) == 0:
             continue
-        crop = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-        h, w = crop.shape
+        crop = img[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        h, w = crop.shape[1:]
         scale = side / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        crop = F.interpolate(crop[None, None], size=(nh, nw), mode="bilinear",
-                             antialias=True, align_corners=False)[0, 0].clamp(0, 1)
+        crop = F.interpolate(crop[None], size=(nh, nw), mode="bilinear",
+                             antialias=True, align_corners=False)[0].clamp(0, 1)
         # Centre of mass of the resized crop goes to the canvas centre (as MNIST does).
-        total = crop.sum().clamp_min(1e-6)
-        cy = (crop.sum(1) * torch.arange(nh)).sum() / total
-        cx = (crop.sum(0) * torch.arange(nw)).sum() / total
+        mass = crop.mean(0)
+        total = mass.sum().clamp_min(1e-6)
+        cy = (mass.sum(1) * torch.arange(nh)).sum() / total
+        cx = (mass.sum(0) * torch.arange(nw)).sum() / total
         top = int(round(canvas / 2 - cy.item() - 0.5))
         left = int(round(canvas / 2 - cx.item() - 0.5))
         top, left = min(max(top, 0), canvas - nh), min(max(left, 0), canvas - nw)
-        out[i, 0, top:top + nh, left:left + nw] = crop
+        out[i, :, top:top + nh, left:left + nw] = crop
     return out

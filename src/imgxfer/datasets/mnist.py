@@ -9,7 +9,7 @@ import torch
 from imgxfer.data import ImageDataset
 from imgxfer.datasets.common import check_size, per_class_subsample
 from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.layout import fit_to_box
+from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
 
@@ -44,4 +44,4 @@ def mnist(*, size: int = 32, n_per_class: int = 0, seed: int = 0) -> ImageDatase
     raw = torch.from_numpy(pixels[keep].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     return ImageDataset(fit_to_box(raw, canvas=size), torch.from_numpy(labels[keep]),
                         list(DIGIT_NAMES), "mnist", description="handwritten digit",
-                        notes=notes)
+                        notes=notes, layout=GLYPH)

@@ -20,7 +20,7 @@ from imgxfer.datasets.common import (cache_dir, check_choice, check_size, compac
                                      download_timeout, one_line, per_class_subsample,
                                      resize_square)
 from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.layout import fit_to_box
+from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
 EMNIST_VARIANTS = ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
@@ -161,4 +161,5 @@ def torchvision_dataset(name: str, *, split: str = "train", root: str = "",
         domain = f"EMNIST-{variant}"
         description = "handwritten digit" if class_names == DIGIT_NAMES else description
     return ImageDataset(images, torch.from_numpy(labels[keep]), class_names, domain,
-                        description=description, notes=notes)
+                        description=description, notes=notes,
+                        layout=GLYPH if spec.glyph else "")
