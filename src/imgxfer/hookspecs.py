@@ -93,7 +93,9 @@ def register_datasets(register: Register) -> None:
     """Register datasets.
 
     The factory returns an :class:`imgxfer.data.ImageDataset` (images as a float tensor
-    in [0, 1], integer labels, class names and the domain name). Family names such as
+    in [0, 1], integer labels, class names and the domain name; ``layout="glyph"`` when
+    the images are in the MNIST layout of :mod:`imgxfer.datasets.layout`, so `imgxfer
+    predict` puts new files of a run on it in that layout too). Family names such as
     ``folder:`` receive the rest of the name (a path) as first positional argument.
     """
 
