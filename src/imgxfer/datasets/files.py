@@ -168,10 +168,9 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
     array = np.clip(array, 0, 1)
     array = 1 - array if options.invert else array
     if options.fit == GLYPH:
-        chw = torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1)
-                                                    .transpose(2, 0, 1)))
+        chw = torch.from_numpy(np.atleast_3d(array)).permute(2, 0, 1)  # [H,W(,3)] -> [C,H,W]
         boxed = fit_to_box(chw[None], canvas=options.size, threshold=_GLYPH_THRESHOLD)[0]
-        array = boxed.numpy().transpose(1, 2, 0)
+        array = boxed.permute(1, 2, 0).numpy()
         array = array[..., 0] if array.shape[2] == 1 else array
     return array
 
