@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +70,15 @@ class ImgxferGroup(click.Group):
             err.print(f"[yellow]warning:[/] plugin commands unavailable: {exc}", highlight=False)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            raise FriendlyError(str(exc)) from None
-        except _SHOW_HELP:
-            raise
-        except click.UsageError as exc:
-            raise _one_line(exc, ctx) from None
+        with _usage_in_one_line(ctx):
+            try:
+                return super().invoke(ctx)
+            except UserError as exc:
+                raise FriendlyError(str(exc)) from None
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
-        try:  # options of `imgxfer` itself, e.g. `imgxfer --bogus`
+        with _usage_in_one_line(None):  # options of `imgxfer` itself, e.g. `imgxfer --bogus`
             return super().make_context(info_name, args, parent, **extra)
-        except _SHOW_HELP:
-            raise
-        except click.UsageError as exc:
-            raise _one_line(exc, None) from None
 
 
 # A group called without arguments shows its help; Click >= 8.2 does that by raising a
@@ -91,14 +86,20 @@ class ImgxferGroup(click.Group):
 _SHOW_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _one_line(exc: click.UsageError, ctx: click.Context | None) -> FriendlyError:
+@contextlib.contextmanager
+def _usage_in_one_line(ctx: click.Context | None) -> Iterator[None]:
     """Click prints usage, a hint and the error on four lines; one sentence and where to
     look reads better (and has the shape of every other error)."""
-    where = exc.ctx or ctx
-    path = where.command_path if where else "imgxfer"
-    message = exc.format_message().rstrip()
-    end = "" if message.endswith((".", "?", "!")) else "."
-    return FriendlyError(f"{message}{end} See '{path} --help'.")
+    try:
+        yield
+    except _SHOW_HELP:
+        raise
+    except click.UsageError as exc:
+        where = exc.ctx or ctx
+        path = where.command_path if where else "imgxfer"
+        message = exc.format_message().rstrip()
+        end = "" if message.endswith((".", "?", "!")) else "."
+        raise FriendlyError(f"{message}{end} See '{path} --help'.") from None
 
 
 @click.group(cls=ImgxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -311,13 +312,17 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
     for col in ("adapter", "with", "without", "delta"):
         table.add_column(col)
     for name, r in delta.items():
-        if seeds:
-            table.add_row(name, *(f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}"
-                                  for k in ("with", "without")),
-                          f"{r['delta_mean']:+.4f} ± {r['delta_std']:.4f}")
-        else:
-            table.add_row(name, f"{r['with']:.4f}", f"{r['without']:.4f}", f"{r['delta']:+.4f}")
+        table.add_row(name, _value(r, "with", seeds), _value(r, "without", seeds),
+                      _value(r, "delta", seeds, sign="+"))
     err.print(table)
+
+
+def _value(r: dict[str, Any], key: str, over_seeds: bool, sign: str = "") -> str:
+    """``r[key]``, or ``r[key_mean] ± r[key_std]`` over seeds; "–" where not measured."""
+    value = r.get(key + ("_mean" if over_seeds else ""))
+    if value is None:
+        return "–"
+    return f"{value:{sign}.4f}" + (f" ± {r[key + '_std']:.4f}" if over_seeds else "")
 
 
 def _print_comparison(rows: dict[str, dict[str, Any]], title: str,
@@ -332,15 +337,10 @@ def _print_comparison(rows: dict[str, dict[str, Any]], title: str,
     for col in columns + ["train s"]:
         table.add_column(col)
 
-    def fmt(r: dict[str, Any], key: str) -> str:
-        if r.get(key + suffix) is None:
-            return "–"
-        return f"{r[key + suffix]:.4f}" + (f" ± {r[key + '_std']:.4f}" if over_seeds else "")
-
     for name, r in rows.items():
-        cells = [name, fmt(r, "accuracy"), fmt(r, "macro_f1")]
+        cells = [name, _value(r, "accuracy", over_seeds), _value(r, "macro_f1", over_seeds)]
         if with_im:
-            cells.append(fmt(r, "unlabelled_im"))
+            cells.append(_value(r, "unlabelled_im", over_seeds))
         table.add_row(*cells, f"{r['train_seconds' + suffix]:.1f}")
     err.print(table)
     if with_im:
