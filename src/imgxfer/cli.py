@@ -207,7 +207,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         many = run_seeds(config, seeds, progress=progress, registry=registry)
         _print_comparison(many.summary, f"target test accuracy over seeds "
                           f"{', '.join(map(str, seeds))} (mean ± std)", over_seeds=True)
-        _print_synthetic(many.synthetic_delta, many.generator, seeds=True)
+        _print_synthetic(many.synthetic_delta, many.generator, over_seeds=True)
         folder, payload = many.folder, many.payload(seeds)
     report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
     # soft_wrap: paths and commands stay on one line, whole, for copying.
@@ -294,7 +294,7 @@ def _print_result(metrics: dict[str, Any], config: Any) -> None:
 
 
 def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | None,
-                     seeds: bool = False) -> None:
+                     over_seeds: bool = False) -> None:
     """Generator quality (CAS, FID/KID) and, with --compare-synthetic, the accuracy with
     and without the generated images per adapter."""
     if generator and "cas_mean" in generator:  # over seeds
@@ -308,12 +308,12 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
     if not delta:
         return
     table = Table(title="target test accuracy with and without synthetic images"
-                        + (" (mean ± std over seeds)" if seeds else ""))
+                        + (" (mean ± std over seeds)" if over_seeds else ""))
     for col in ("adapter", "with", "without", "delta"):
         table.add_column(col)
     for name, r in delta.items():
-        table.add_row(name, _value(r, "with", seeds), _value(r, "without", seeds),
-                      _value(r, "delta", seeds, sign="+"))
+        table.add_row(name, _value(r, "with", over_seeds), _value(r, "without", over_seeds),
+                      _value(r, "delta", over_seeds, sign="+"))
     err.print(table)
 
 
