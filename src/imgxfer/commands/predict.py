@@ -31,6 +31,7 @@ import torch
 
 from imgxfer.classnames import class_matches
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
+from imgxfer.datasets.layout import GLYPH
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
 
@@ -182,7 +183,6 @@ def reading_options(config: Any, target_layout: str = "") -> dict[str, Any]:
     from dataclasses import asdict, fields
 
     from imgxfer.datasets.files import ImageOptions
-    from imgxfer.datasets.layout import GLYPH
 
     keys = {f.name for f in fields(ImageOptions)}
     if config.target.startswith(("folder:", "csv:")):
@@ -344,11 +344,10 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     loaded = load_classifier(run, adapter, registry)
     files = not _is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
-        layout = loaded.metadata.get("target_layout", "")
-        run_options = reading_options(loaded.config, layout)
-        if "fit" not in options and layout and run_options["fit"] == layout:
-            click.echo(f"reading the images in the {layout} layout of the run's target "
-                       f"{loaded.config.target!r} (fit={layout}; --dataset-opt fit=crop reads "
+        run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
+        if "fit" not in options and run_options["fit"] == GLYPH:
+            click.echo(f"reading the images in the {GLYPH} layout of the run's target "
+                       f"{loaded.config.target!r} (fit={GLYPH}; --dataset-opt fit=crop reads "
                        "them as they are).", err=True)
         options = {**run_options, **options}
     # The output last among the checks: an existing file must not hide a wrong input.

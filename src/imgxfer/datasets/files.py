@@ -139,6 +139,9 @@ def _fit(image: Image.Image, options: ImageOptions, background: int) -> Image.Im
         return image.resize(target, method)
     if options.fit == "crop":
         return ImageOps.fit(image, target, method)
+    if options.fit == GLYPH:  # laid out after invert (read_image); only bound the work here
+        image.thumbnail((4 * options.size,) * 2, method)
+        return image
     colour: float | int | tuple[int, ...] = background
     if image.mode == "F":
         colour = background / 255.0
@@ -156,10 +159,7 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
         image = _flatten(image, background)
     except ValueError as exc:  # a mode Pillow cannot convert (HSV, LAB...)
         raise Unreadable(f"image mode {image.mode} is not supported ({one_line(exc)})") from None
-    if options.fit == GLYPH:  # cut out below, on the inverted values; bound the work here
-        image.thumbnail((4 * options.size,) * 2, Image.Resampling.BILINEAR)
-    else:
-        image = _fit(image, options, background)
+    image = _fit(image, options, background)
     array = np.asarray(image, dtype=np.float32)
     if image.mode != "F":
         array = array / 255.0
