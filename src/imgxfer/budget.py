@@ -1,4 +1,4 @@
-"""Training budgets: a number of optimisation steps, optionally capped by wall-clock time."""
+"""Training budgets: a number of optimisation steps and/or a wall-clock time."""
 
 from __future__ import annotations
 
@@ -27,21 +27,25 @@ def parse_duration(text: str | float | int) -> float:
 
 @dataclass
 class Budget:
-    """Stop after ``steps`` steps or ``seconds`` seconds, whichever comes first."""
+    """Stop after ``steps`` steps or ``seconds`` seconds, whichever comes first.
+    ``steps=None`` is a time-only budget (then ``seconds`` is required); use
+    ``total=budget.steps`` for a progress bar (``None`` draws one without an end)."""
 
-    steps: int
+    steps: int | None
     seconds: float | None = None
     _start: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
+        if self.steps is not None and self.steps < 0:
             raise UserError(f"a step budget cannot be negative, got {self.steps}.")
+        if self.steps is None and self.seconds is None:
+            raise ValueError("a budget needs steps, seconds or both")
 
     def start(self) -> "Budget":
         self._start = time.monotonic()
         return self
 
     def done(self, step: int) -> bool:
-        if step >= self.steps:
+        if self.steps is not None and step >= self.steps:
             return True
         return self.seconds is not None and time.monotonic() - self._start >= self.seconds

@@ -54,7 +54,7 @@ class RunConfig:
     test_fraction: float = 0.3
     synthetic_per_class: int = 100
     encoder_steps: int = 500
-    generator_steps: int = 1500
+    generator_steps: int = 1500  # 0 with generator_time: no step cap, time only
     generator_time: str = ""  # optional wall-clock cap, e.g. "3m"
     adapter_steps: int = 400
     seed: int = 0

@@ -13,7 +13,9 @@ Every ``register_*`` hook receives a ``register`` callable owned by the host::
   after the prefix is passed to the factory as its first positional argument.
 - ``factory`` is called with keyword options (from ``--encoder-opt key=value`` or the
   component's TOML table) and returns the component; unknown options are refused before
-  it is called, by inspecting its signature.
+  it is called, by inspecting its signature. A ``seed`` keyword receives the run's seed.
+  What the component must provide is in :mod:`imgxfer.protocols`; a component that lacks
+  a required member is refused when built, in one sentence naming the plugin.
 - ``description`` is one line shown by ``imgxfer list``; the factory's docstring is used
   when it is empty.
 
@@ -35,62 +37,40 @@ Register = Callable[..., None]
 
 @hookspec
 def register_encoders(register: Register) -> None:
-    """Register image encoders.
-
-    The factory returns an ``torch.nn.Module`` whose ``forward(x[B,C,H,W]) -> [B,D]`` and
-    which has the attributes ``feature_dim`` (D), ``input_size`` ((H, W)),
-    ``in_channels``, ``weights_source`` (a short text: "random", "imagenet", a path...) and
-    the method ``preprocess(images) -> tensor`` mapping float images in [0, 1] of any
-    channel count and size to what ``forward`` expects. An optional
-    ``pretrain(source, *, budget, progress, device)`` trains it on labelled source data.
-    """
+    """Register image encoders: the factory returns an ``nn.Module`` with the members of
+    :class:`imgxfer.protocols.Encoder` (``forward``, ``feature_dim``, ``input_size``,
+    ``in_channels``, ``weights_source``, ``preprocess``; ``pretrain`` when it declares
+    ``pretrains = True``). Check one with :func:`imgxfer.testing.check_encoder`."""
 
 
 @hookspec
 def register_captioners(register: Register) -> None:
-    """Register captioners (image -> text).
-
-    The factory returns an object with ``caption(images, labels=None, *, class_names,
-    domain, description="", classifier=None) -> list[str]``. ``images`` is a float tensor
-    [N,C,H,W] in [0, 1], or ``None`` when only labels are given (the captions then serve
-    as prompts for the generator). ``labels`` may be ``None`` (unlabelled images); a
-    captioner may then call ``classifier(images) -> probabilities [N, classes]`` to
-    describe its prediction. ``description`` is the dataset's words for its images
-    ("handwritten digit").
-    """
+    """Register captioners (image -> text): the factory returns an object with the
+    ``caption`` method of :class:`imgxfer.protocols.Captioner`. Check one with
+    :func:`imgxfer.testing.check_captioner`."""
 
 
 @hookspec
 def register_generators(register: Register) -> None:
-    """Register generators (captions/prompts -> synthetic images).
-
-    The factory returns an object with ``conditioning`` (a set drawn from
-    {"label", "text"}), ``fit(data, *, budget, progress, device)`` where ``data`` is a
-    :class:`imgxfer.data.GeneratorData`, ``sample(prompts, labels, n=None) ->
-    tensor[N,C,H,W]`` in [0, 1], and ``state_dict()`` / ``load_state_dict(state)``
-    holding tensors only (they are saved as safetensors). A generator that is usable
-    without training (e.g. a pretrained diffusion model) sets ``trains_by_steps = False``,
-    so ``--generator-steps 0`` is accepted for it.
-    """
+    """Register generators (captions/prompts -> synthetic labelled images): the factory
+    returns an object with the members of :class:`imgxfer.protocols.Generator`
+    (``conditioning``, ``fit(data, *, budget, progress, device) -> FitResult``,
+    ``sample(prompts, labels, *, seed, device)``, ``state_dict``/``load_state_dict``) and
+    declares its optional abilities there (``trains_by_steps``, ``resumable``). Check one
+    with :func:`imgxfer.testing.check_generator`."""
 
 
 @hookspec
 def register_adapters(register: Register) -> None:
-    """Register transfer methods (adapters).
-
-    The factory returns an object with ``uses`` (a set drawn from {"source",
-    "target_labelled", "target_unlabelled", "synthetic"}: what it trains on) and
-    ``fit(encoder, data, *, budget, progress, device) -> classifier`` where ``data`` is a
-    :class:`imgxfer.data.TransferData` and ``classifier`` an ``nn.Module`` mapping images
-    (already preprocessed for the encoder) to class logits. An adapter that ignores the
-    step budget (e.g. a probe solved to convergence) sets ``trains_by_steps = False``, so
-    ``--adapter-steps 0`` is accepted for it.
-    """
+    """Register transfer methods (adapters): the factory returns an object with the
+    members of :class:`imgxfer.protocols.Adapter` (``uses`` and ``fit(encoder, data, *,
+    budget, progress, device) -> Classifier``; ``trains_by_steps = False`` for a method
+    that ignores the step count). Check one with :func:`imgxfer.testing.check_adapter`."""
 
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register datasets.
+    """Register datasets (check one with :func:`imgxfer.testing.check_dataset`).
 
     The factory returns an :class:`imgxfer.data.ImageDataset` (images as a float tensor
     in [0, 1], integer labels, class names and the domain name; ``layout="glyph"`` when

@@ -5,7 +5,6 @@ wrapper around :func:`run`."""
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import random
@@ -27,6 +26,7 @@ from imgxfer.errors import UserError
 from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.plugins import get_registry
 from imgxfer.progress import NullProgress, Progress
+from imgxfer.protocols import FitResult, checkpoint_args, declared
 from imgxfer.registry import Registry
 from imgxfer.runfolder import (atomic_save_tensors, atomic_write_json, atomic_write_text,
                                check_out_dir, create_run_dir)
@@ -89,8 +89,8 @@ def image_brightness(images: torch.Tensor) -> list[float]:
 
 
 def build(registry: Registry, kind: str, name: str, options: dict[str, Any], seed: int) -> Any:
-    """Build a component; a factory that takes ``seed`` gets the run's seed unless the
-    user set one."""
+    """Build a component (checked against its protocol); a factory that takes ``seed``
+    gets the run's seed unless the user set one."""
     component = registry.get(kind, name)
     if "seed" in component.options() and "seed" not in options:
         options = {**options, "seed": seed}
@@ -131,7 +131,7 @@ class Plan:
     captioner: Any
     generator: Any
     adapters: dict[str, Any]
-    generator_time: float | None
+    generator_budget: Budget | None
 
 
 def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
@@ -151,6 +151,9 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
     for kind, name in lookups:
         registry.get(kind, name)
     gen_time = parse_duration(config.generator_time) if config.generator_time else None
+    # generator_steps = 0 with a time is a time-only budget (imgxfer run --generator-budget).
+    gen_budget = Budget(config.generator_steps or None, gen_time) if (
+        config.generator_steps or gen_time) else None
 
     seed_everything(config.seed)
     source, split = load_data(config, registry)
@@ -164,7 +167,7 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
     generator = (build(registry, "generators", config.generator, config.options["generator"],
                        config.seed) if config.generator != NONE else None)
     check_zero_steps(config, adapters, generator)
-    return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_time)
+    return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_budget)
 
 
 def check_zero_steps(config: RunConfig, adapters: dict[str, Any], generator: Any) -> None:
@@ -174,14 +177,15 @@ def check_zero_steps(config: RunConfig, adapters: dict[str, Any], generator: Any
     solved to convergence) ignore the count. 0 encoder steps is a real choice: a
     pretrained backbone as it is, or a random-features baseline."""
     if config.adapter_steps == 0:
-        stepped = [n for n, a in adapters.items() if getattr(a, "trains_by_steps", True)]
+        stepped = [n for n, a in adapters.items() if declared(a, "trains_by_steps", "adapters")]
         if stepped:
             raise UserError(f"--adapter-steps 0 would leave {', '.join(stepped)} untrained "
                             "(a classifier head that never saw a label); give 1 or more.")
-    if (config.generator_steps == 0 and generator is not None
-            and getattr(generator, "trains_by_steps", True)):
+    if (config.generator_steps == 0 and not config.generator_time and generator is not None
+            and declared(generator, "trains_by_steps", "generators")):
         raise UserError(f"--generator-steps 0 would leave the generator {config.generator!r} "
-                        "untrained (it would draw noise); give 1 or more, or --generator none.")
+                        "untrained (it would draw noise); give 1 or more, a time with "
+                        "--generator-budget, or --generator none.")
 
 
 def synthesis_prompts(captioner: Any, labels: torch.Tensor, labelled: ImageDataset,
@@ -262,15 +266,20 @@ def generator_quality_metrics(encoder: Any, synthetic: ImageDataset, split: Spli
 
 
 def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Split,
-                     config: RunConfig, device: torch.device, progress: Progress
-                     ) -> tuple[Any, dict[str, Any], float]:
+                     config: RunConfig, device: torch.device, progress: Progress,
+                     name: str = "") -> tuple[Any, dict[str, Any], float]:
     """Fit ``adapter`` on a copy of ``encoder`` (adapters train it in place) and evaluate
     the classifier on the held-out target test split: (model, metrics, train seconds).
     The metrics include the IM score on the unlabelled target images (``unlabelled_im``,
     ``None`` without any), which uses no labels."""
     t0 = time.perf_counter()
-    model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(config.adapter_steps),
-                        progress=progress, device=device)
+    model = adapter.fit(copy.deepcopy(encoder).to(device), data,
+                        budget=Budget(config.adapter_steps).start(), progress=progress,
+                        device=device)
+    if not isinstance(model, Classifier):
+        raise UserError(f"adapter {name!r} returned a {type(model).__name__}, not an imgxfer.classifier.Classifier "
+                        "(the encoder and a linear head, which classifier.safetensors holds and "
+                        "imgxfer predict rebuilds); see imgxfer.protocols.Adapter.")
     seconds = time.perf_counter() - t0
     logits = predict_logits(model, encoder.preprocess(split.test.images), device)
     result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
@@ -280,6 +289,24 @@ def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Spli
         pool = predict_logits(model, encoder.preprocess(split.unlabelled.images), device)
         result["unlabelled_im"] = information_maximization(pool)["im"]
     return model, result, seconds
+
+
+def check_images(images: Any, count: int, name: str) -> torch.Tensor:
+    """A generator's samples as the protocol promises them (``count`` float images
+    ``[N, C, H, W]`` in [0, 1] on the CPU), or one sentence naming what is wrong."""
+    problem = ""
+    if not isinstance(images, torch.Tensor):
+        problem = f"returned a {type(images).__name__}, not a tensor"
+    elif images.ndim != 4 or len(images) != count:
+        problem = f"returned shape {tuple(images.shape)} for {count} prompts"
+    elif not images.is_floating_point():
+        problem = f"returned {images.dtype} images, not float in [0, 1]"
+    elif len(images) and (images.min() < 0 or images.max() > 1 or not images.isfinite().all()):
+        problem = "returned values outside [0, 1]"
+    if problem:
+        raise UserError(f"generator {name!r} broke its protocol: sample {problem} "
+                        "(see imgxfer.protocols.Generator).")
+    return images.cpu()
 
 
 def synthetic_delta(with_: dict[str, Any], without: dict[str, Any], n_synthetic: int
@@ -339,13 +366,39 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
     with _log_to(folder / "run.log"):
         log.info("imgxfer %s, run folder %s, device %s%s", __version__, folder, plan.device,
                  " (resumed)" if resume else "")
-        return _run_stages(plan, folder, progress, resume)
+        (folder / FAILED).unlink(missing_ok=True)  # a resumed run is no longer failed
+        try:
+            return _run_stages(plan, folder, progress, resume)
+        except BaseException as error:
+            mark_failed(folder, error)
+            raise
+
+
+# Written into a run folder whose run stopped on an error (the error's type and message;
+# run.log has the traceback). A finished run has metrics.json instead.
+FAILED = "failed.json"
+
+
+def mark_failed(folder: Path, error: BaseException) -> None:
+    """Record in ``folder`` that its run stopped on ``error``: ``failed.json`` and, with
+    the traceback, run.log. An interrupted run (Ctrl-C) is recorded as such, and either
+    can be continued with ``imgxfer run --resume``."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    if interrupted:
+        log.error("run interrupted")
+    elif isinstance(error, UserError):
+        log.error("run stopped: %s", error)
+    else:
+        log.error("run failed", exc_info=error)
+    atomic_write_json(folder / FAILED, {
+        "status": "interrupted" if interrupted else "failed",
+        "error": type(error).__name__, "message": str(error),
+        "resume": f"imgxfer run --resume {folder}"})
 
 
 def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = False) -> RunResult:
     config, device, source, split = plan.config, plan.device, plan.source, plan.split
     encoder, captioner, generator = plan.encoder, plan.captioner, plan.generator
-    gen_time = plan.generator_time
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {"imgxfer_version": __version__, "seed": config.seed,
                                "device": str(device)}
@@ -365,11 +418,13 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
     # 1. encoder: trained on the source if it knows how (pretrained backbones skip this).
     t0 = time.perf_counter()
     encoder = encoder.to(device)
-    if hasattr(encoder, "pretrain") and config.encoder_steps > 0:
-        metrics["encoder"] = encoder.pretrain(source, budget=Budget(config.encoder_steps),
-                                              progress=progress, device=device)
-    else:
-        metrics["encoder"] = {}
+    metrics["encoder"] = {}
+    if declared(encoder, "pretrains", "encoders") and config.encoder_steps > 0:
+        metrics["encoder"] = dict(encoder.pretrain(source, budget=Budget(config.encoder_steps),
+                                                   progress=progress, device=device) or {})
+    elif config.encoder_steps != RunConfig.encoder_steps and config.encoder_steps > 0:
+        log.warning("encoder %s does not train on the source (it has no pretrain), so "
+                    "encoder_steps = %d is not used.", config.encoder, config.encoder_steps)
     metrics["encoder"].update(name=config.encoder, feature_dim=int(encoder.feature_dim),
                               weights=str(encoder.weights_source))
     timings["encoder"] = time.perf_counter() - t0
@@ -400,18 +455,22 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         )
         # Generators that can checkpoint their training do so into the run folder, so an
         # interrupted run continues there (``imgxfer run --resume FOLDER``).
-        checkpointing = "checkpoint" in inspect.signature(generator.fit).parameters
-        resumable = {"checkpoint": folder / TRAINING_CHECKPOINT, "resume": resume} if checkpointing else {}
-        if resume and not checkpointing:
+        resumable = checkpoint_args(generator, folder / TRAINING_CHECKPOINT, resume)
+        if resume and not resumable:
             progress.log(f"{config.generator} cannot resume its training; it starts again.")
-        history = generator.fit(gdata, budget=Budget(config.generator_steps, gen_time),
-                                progress=progress, device=device, **resumable) or {}
+        budget = plan.generator_budget or Budget(0)
+        fitted = generator.fit(gdata, budget=budget.start(), progress=progress, device=device,
+                               **resumable)
+        if not isinstance(fitted, FitResult):
+            raise UserError(f"generator {config.generator!r} broke its protocol: fit returned "
+                            f"{type(fitted).__name__}, not an imgxfer.protocols.FitResult.")
         timings["generator_fit"] = time.perf_counter() - t0
         labels = torch.arange(target.num_classes).repeat_interleave(config.synthetic_per_class)
         prompts = synthesis_prompts(captioner, labels, split.labelled, captions["target"],
                                     seed=config.seed)
         t0 = time.perf_counter()
-        images = generator.sample(prompts, labels, seed=config.seed) if len(labels) else None
+        images = (check_images(generator.sample(prompts, labels, seed=config.seed, device=device),
+                               len(labels), config.generator) if len(labels) else None)
         timings["generator_sample"] = time.perf_counter() - t0
         if images is not None:
             synthetic = ImageDataset(images, labels, list(target.class_names),
@@ -419,12 +478,13 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             captions["synthetic"] = prompts
         # The options it actually used (defaults included, when it can say) and the class
         # names, so `imgxfer generate` rebuilds it even if defaults change later.
-        used = getattr(generator, "resolved_options", lambda: config.options["generator"])()
+        resolved = getattr(generator, "resolved_options", None)  # optional (imgxfer.protocols)
+        used = resolved() if callable(resolved) else config.options["generator"]
         atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
                             {"component": config.generator, "options": json.dumps(used),
                              "classes": json.dumps(list(target.class_names))})
         metrics["generator"] = {"name": config.generator,
-                                "steps": len(history.get("g_loss", [])),
+                                "steps": fitted.steps,
                                 "synthetic_images": 0 if synthetic is None else len(synthetic)}
         if synthetic is not None and config.synthetic_filter > 0:
             t0 = time.perf_counter()
@@ -442,7 +502,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
                 encoder, synthetic, split, steps=config.quality_steps, seed=config.seed,
                 device=device))
             timings["generator_quality"] = time.perf_counter() - t0
-        extras["generator_history"] = history
+        extras["generator_history"] = fitted.losses
         log.info("generator %s: %s", config.generator,
                  {k: v for k, v in metrics["generator"].items() if k != "per_class"})
 
@@ -464,17 +524,20 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         rng_state = torch.get_rng_state()
         twin = copy.deepcopy(adapter) if without is not None else None
         model, result, seconds = fit_and_evaluate(adapter, encoder, data, split, config, device,
-                                                  progress)
+                                                  progress, name)
         # Per-step losses of adapters that train with gradient steps (TrainedAdapter).
-        extras.setdefault("adapter_history", {})[name] = list(getattr(adapter, "history", []))
+        extras.setdefault("adapter_history", {})[name] = list(declared(adapter, "history",
+                                                                       "adapters"))
         suffix = "" if len(plan.adapters) == 1 else f"-{name.replace('/', '_')}"
         meta = {"encoder": config.encoder, "adapter": name,
                 "classes": json.dumps(list(target.class_names)),
                 "target_brightness": brightness, "target_layout": target.layout}
-        if isinstance(model, Classifier):  # a plugin adapter may return a model of its own
-            meta["fingerprint"] = json.dumps(fingerprint(model, device))
+        meta["fingerprint"] = json.dumps(fingerprint(model, device))
         atomic_save_tensors(folder / f"classifier{suffix}.safetensors", model.state_dict(), meta)
-        metrics["adapters"][name] = {"accuracy": result["accuracy"],
+        metrics["adapters"][name] = {
+            "steps": config.adapter_steps if declared(adapter, "trains_by_steps", "adapters")
+            else None,  # None: it does not train by steps (a probe solved to convergence)
+            "accuracy": result["accuracy"],
                                      "macro_f1": result["macro_f1"],
                                      "unlabelled_im": result["unlabelled_im"],
                                      "train_seconds": round(seconds, 2)}
@@ -495,7 +558,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.set_rng_state(rng_state)
                     _, other, seconds = fit_and_evaluate(twin, encoder, without, split,
-                                                         config, device, progress)
+                                                         config, device, progress, name)
                 timings[f"adapter:{name} (no synthetic)"] = seconds
             metrics["synthetic_delta"][name] = {**synthetic_delta(result, other, len(synthetic)),
                                                 "same_fit": same_fit}

@@ -149,6 +149,16 @@ def _img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _adapter_steps(adapters: dict[str, dict[str, Any]]) -> str:
+    """'400 steps', or per adapter where they differ: a probe solved to convergence (steps
+    None) trains by no step count. Runs from before the key count as stepped."""
+    said = {n: "no steps" if "steps" in r and r["steps"] is None else f"{r.get('steps', '?')} steps"
+            for n, r in adapters.items()}
+    if len(set(said.values())) == 1:
+        return next(iter(said.values()))
+    return "; ".join(f"{n}: {v}" for n, v in said.items())
+
+
 def _short(value: Any) -> str:
     """A setup detail for reading: floats to 4 significant digits (0.34, not 0.3400000035)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -261,7 +271,7 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
         ["generator", config.generator, ", ".join(
             f"{k}={_short(v)}" for k, v in metrics.get("generator", {}).items()
             if k not in _QUALITY_KEYS and not isinstance(v, (dict, list)))],
-        ["adapter", ", ".join(config.adapter_names()), f"{config.adapter_steps} steps"],
+        ["adapter", ", ".join(config.adapter_names()), _adapter_steps(metrics["adapters"])],
     ]))
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")

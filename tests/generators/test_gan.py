@@ -179,7 +179,9 @@ def test_augmentations_move_and_cut_images_and_pass_gradients() -> None:
 def test_fit_reports_progress_and_returns_one_finite_loss_per_step() -> None:
     gan = ConditionalGAN(**TINY)
     progress = _RecordingProgress()
-    history = gan.fit(_dark_bright(), budget=Budget(7), progress=progress, device="cpu")
+    result = gan.fit(_dark_bright(), budget=Budget(7), progress=progress, device="cpu")
+    history = result.losses
+    assert result.steps == 7
     assert progress.tasks == [("generator: gan", 7)]
     assert len(progress.advances) == 7 and {"d_loss", "g_loss"} <= set(progress.advances[-1])
     assert set(history) == {"d_loss", "g_loss"}
@@ -358,8 +360,9 @@ def test_resume_after_a_step_budget_gives_the_same_weights(tmp_path, uninterrupt
     _fit(ConditionalGAN(**TINY, checkpoint_every=4), 6, checkpoint=path)
     assert _checkpoint_step(path) == 6
     resumed = ConditionalGAN(**TINY, checkpoint_every=4)
-    history = _fit(resumed, 13, checkpoint=path, resume=True)
-    assert history == uninterrupted.history and len(history["g_loss"]) == 13
+    result = _fit(resumed, 13, checkpoint=path, resume=True)
+    assert result.losses == uninterrupted.history and len(result.losses["g_loss"]) == 13
+    assert result.steps == 13
     assert _same_weights(resumed, uninterrupted)
     assert _checkpoint_step(path) == 13
 
@@ -391,7 +394,7 @@ def test_checkpoint_every_may_differ_on_resume(tmp_path, uninterrupted) -> None:
 
 def test_resume_without_a_checkpoint_starts_anew(tmp_path) -> None:
     gan = ConditionalGAN(**TINY)
-    history = _fit(gan, 3, checkpoint=tmp_path / "gan.safetensors", resume=True)
+    history = _fit(gan, 3, checkpoint=tmp_path / "gan.safetensors", resume=True).losses
     assert len(history["g_loss"]) == 3 and _checkpoint_step(tmp_path / "gan.safetensors") == 3
 
 
@@ -402,16 +405,16 @@ def test_time_already_spent_counts_against_the_time_budget(tmp_path) -> None:
     _fit(ConditionalGAN(**TINY), 4, checkpoint=path)
     spent = float(read_checkpoint(path)[1]["elapsed_s"])
     gan = ConditionalGAN(**TINY)
-    history = gan.fit(_dark_bright(), budget=Budget(100, spent), progress=NullProgress(),
+    result = gan.fit(_dark_bright(), budget=Budget(100, spent), progress=NullProgress(),
                       device="cpu", checkpoint=path, resume=True)
-    assert len(history["g_loss"]) == 4  # the time was all used before the interruption
+    assert len(result.losses["g_loss"]) == 4 == result.steps  # the time was all used before the interruption
 
 
 def test_time_only_budget_shows_no_step_total() -> None:
     progress = _RecordingProgress()
-    history = ConditionalGAN(**TINY).fit(_dark_bright(), budget=Budget(10**9, 0.2),
+    history = ConditionalGAN(**TINY).fit(_dark_bright(), budget=Budget(None, 0.2),
                                          progress=progress, device="cpu")
-    assert progress.tasks == [("generator: gan", None)] and len(history["g_loss"]) >= 1
+    assert progress.tasks == [("generator: gan", None)] and len(history.losses["g_loss"]) >= 1
 
 
 @pytest.mark.parametrize("options, words", [
@@ -533,7 +536,7 @@ def test_cdc_carries_the_source_variety_into_the_target_domain() -> None:
         for seed in (0, 1):  # a mean over classes and two trainings: one can be unlucky
             gan = ConditionalGAN(**{**TINY, "cdc": cdc, "seed": seed})
             history = _fit(gan, STEER_STEPS, data)
-            assert all(math.isfinite(v) for v in history["g_loss"])
+            assert all(math.isfinite(v) for v in history.losses["g_loss"])
             kl[cdc] += sum(relative_similarity_kl(
                 gan.sample(["source bar"], [c], n=32, seed=0),
                 gan.sample(["target bar"], [c], n=32, seed=0)).item() for c in (0, 1)) / 4

@@ -86,7 +86,7 @@ def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
 def load_generator(source: str | Path, registry: Registry | None = None) -> LoadedGenerator:
     """Rebuild the generator saved in a run folder (its ``generator.safetensors``) or in
     a generator file, through the registry, with the options recorded beside it."""
-    from imgxfer.generators.gan import TRAINING_FORMAT
+    from imgxfer.protocols import declared
     from imgxfer.runfolder import read_tensors
     from imgxfer.plugins import get_registry
 
@@ -103,14 +103,15 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
         raise UserError(f"--from {str(source)!r} does not exist; give a run folder or a "
                         f"{GENERATOR_FILE} file.")
     tensors, metadata = read_tensors(path, what="generator file")
-    if metadata.get("format") == TRAINING_FORMAT:
+    # Training checkpoints record format = "<something>.training" (imgxfer.protocols).
+    if metadata.get("format", "").endswith(".training"):
         raise UserError(f"{str(path)!r} is a training checkpoint, not a finished generator; "
                         "resume the run to finish training, then generate from its "
                         f"{GENERATOR_FILE}.")
-    name = metadata.get("component") or ("gan" if "meta.architecture" in tensors else None)
-    if name is None:
+    name = metadata.get("component")
+    if not name:
         raise UserError(f"{str(path)!r} was not saved by an imgxfer generator (it records "
-                        "no component name).")
+                        "no generator name in its 'component' metadata).")
     try:
         options = json.loads(metadata.get("options") or "{}")
     except ValueError:
@@ -128,7 +129,7 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
     generator = component.build(name, options)
     generator.load_state_dict(tensors)
     classes = _read_classes(path, metadata)
-    count = getattr(generator, "num_classes", None)
+    count = declared(generator, "num_classes", "generators")
     if classes is not None and count is not None and len(classes) != count:
         raise UserError(f"{str(path)!r} holds a generator of {count} classes, but its run "
                         f"lists {len(classes)} ({', '.join(classes)}).")
@@ -207,17 +208,22 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
              label: str | int | None = None, seed: int = 0, force: bool = False,
-             registry: Registry | None = None) -> Generated:
+             device: str = "auto", registry: Registry | None = None) -> Generated:
     """Draw ``n`` images of one class from a saved generator and write them as PNGs
     (``out/000.png``, ...) plus ``out/grid.png``. Everything ``imgxfer generate`` does."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n must be a whole number of images, 1 or more; got {n!r}.")
     out = Path(out)
     _check_out(out, force)  # before the slower loading
+    from imgxfer.pipeline import check_images, resolve_device
+    from imgxfer.protocols import declared
+
+    where = resolve_device(device)
     loaded = load_generator(source, registry)
     index = resolve_label(prompt, label, loaded.class_names,
-                          getattr(loaded.generator, "num_classes", None))
-    images = loaded.generator.sample([prompt], [index], n=n, seed=seed)
+                          declared(loaded.generator, "num_classes", "generators"))
+    images = check_images(loaded.generator.sample([prompt] * n, [index] * n, seed=seed,
+                                                  device=where), n, loaded.name)
     _prepare_out(out, force)
     width = max(3, len(str(n - 1)))
     files = []
@@ -258,8 +264,10 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the noise: the same seed draws the same images.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
+@click.option("--device", default="auto", show_default=True,
+              help="Where to sample: auto, cpu, cuda, cuda:N or mps.")
 def generate_command(source: str, prompt: str, label: str | None, n: int, out: str,
-                     seed: int, force: bool) -> None:
+                     seed: int, force: bool, device: str) -> None:
     """Draw images of one class from the generator of a run.
 
     The class is --label, or the class the prompt names ("a digit seven" -> seven; "a 7"
@@ -274,7 +282,8 @@ def generate_command(source: str, prompt: str, label: str | None, n: int, out: s
       imgxfer generate --from runs/RUN/generator.safetensors --prompt "thin strokes" --label 4 --out fours
     """
     # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
-    result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force)
+    result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force,
+                      device=device)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     what = f"class {result.class_name!r}" if result.class_name else f"class {result.label}"

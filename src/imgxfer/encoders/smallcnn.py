@@ -53,6 +53,8 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
 
+    pretrains = True  # has pretrain() (imgxfer.protocols.Encoder)
+
     def pretrain(self, source: ImageDataset, *, budget: Budget, progress: Progress = NullProgress(),
                  device: torch.device = torch.device("cpu")) -> dict[str, float]:
         """Supervised training on the source with a temporary linear head; 10% of the

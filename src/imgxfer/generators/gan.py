@@ -74,6 +74,7 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.progress import Progress
+from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
 AUGMENTATIONS = ("color", "translation", "cutout")
@@ -343,7 +344,9 @@ class ConditionalGAN:
     ``load_state_dict`` restores the sampler only.
     """
 
-    conditioning = {"label", "text"}
+    conditioning = frozenset({"label", "text"})
+    # fit(checkpoint=..., resume=...) saves and continues its training (imgxfer.protocols).
+    resumable = True
 
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
@@ -393,9 +396,10 @@ class ConditionalGAN:
 
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
             device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
-            resume: bool = False) -> dict[str, list[float]]:
-        """Train on ``data`` until ``budget`` is spent; return the loss curves (one
-        ``d_loss`` and one ``g_loss`` per step, also kept in ``self.history``).
+            resume: bool = False) -> FitResult:
+        """Train on ``data`` until ``budget`` is spent; return the steps trained and the
+        loss curves (one ``d_loss`` and one ``g_loss`` per step, also kept in
+        ``self.history``).
 
         With ``checkpoint`` (a file path), the whole training state is saved there
         atomically every ``checkpoint_every`` steps and at the end (the format is
@@ -471,8 +475,7 @@ class ConditionalGAN:
         left = None if budget.seconds is None else budget.seconds - state.elapsed
         run_budget = Budget(budget.steps, left).start()
         started, elapsed_before, saved_at = time.monotonic(), state.elapsed, state.step
-        total = budget.steps if budget.steps < 10 ** 8 else None  # huge: time-only budget
-        with progress.task("generator: gan", total=total) as task:
+        with progress.task("generator: gan", total=budget.steps) as task:
             if state.step:
                 task.advance(state.step)
             while not run_budget.done(state.step):
@@ -537,7 +540,7 @@ class ConditionalGAN:
         # so that a saved and reloaded generator gives bit-identical images.
         self._sampler = sampler.cpu()
         self.history = history
-        return history
+        return FitResult(state.step, history)
 
     # -- training checkpoints -----------------------------------------------------------
 
@@ -669,9 +672,12 @@ class ConditionalGAN:
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], labels: Sequence[int] | torch.Tensor,
-               n: int | None = None, *, seed: int = 0) -> torch.Tensor:
+               n: int | None = None, *, seed: int = 0,
+               device: torch.device | str = "cpu") -> torch.Tensor:
         """Images ``[N, C, H, W]`` in [0, 1] on the CPU, one per prompt (``n`` per prompt
-        when given), from the averaged generator; the same ``seed`` gives the same images."""
+        when given), from the averaged generator; the same ``seed`` gives the same images.
+        The generator is small, so it samples on the CPU whatever ``device`` is: the noise
+        and the images are then the same on every machine."""
         if self._sampler is None:
             raise RuntimeError("generator is not trained")
         prompts = list(prompts)

@@ -1,0 +1,292 @@
+"""Contract checks for components: what a plugin author calls from their own tests.
+
+Each ``check_<kind>(factory, *args, **options)`` builds the component the way imgxfer does
+(through a registry entry, so options are refused by name before the factory runs), runs
+it on tiny data and asserts what :mod:`imgxfer.protocols` promises: members, shapes,
+value ranges, determinism for a seed, and a state-dict round trip through safetensors.
+It returns the component it built, for further checks of the author's own. A broken
+promise is an ``AssertionError`` that says which one::
+
+    from imgxfer.testing import check_encoder
+    from imgxfer_mine import MyEncoder
+
+    def test_my_encoder_keeps_the_protocol():
+        check_encoder(MyEncoder, width=8)
+
+imgxfer's own tests run these over every registered component, built-in and first-party.
+``args`` is the rest of a family name (``folder:PATH`` -> ``"PATH"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from imgxfer.budget import Budget
+from imgxfer.classifier import Classifier
+from imgxfer.data import GeneratorData, ImageDataset, TransferData
+from imgxfer.errors import UserError
+from imgxfer.progress import NullProgress
+from imgxfer.protocols import FitResult, declared
+from imgxfer.registry import Component
+
+__all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter",
+           "check_dataset", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
+
+CPU = torch.device("cpu")
+SHAPES = ["bar", "column", "dot"]
+
+
+def tiny_shapes(domain: str, *, n_per_class: int = 12, size: int = 16, channels: int = 1,
+                seed: int = 0, invert: bool = False) -> ImageDataset:
+    """Three separable shapes (a bar, a column, a dot) with jitter and noise; ``invert``
+    gives a shifted domain (dark shapes on light)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(3 * n_per_class, 1, size, size)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    for i, y in enumerate(labels.tolist()):
+        o = int(torch.randint(2, size - 5, (1,), generator=g))
+        if y == 0:
+            images[i, 0, o:o + 2, 2:-2] = 1
+        elif y == 1:
+            images[i, 0, 2:-2, o:o + 2] = 1
+        else:
+            images[i, 0, o:o + 3, o:o + 3] = 1
+    images = (images + 0.1 * torch.rand(images.shape, generator=g)).clamp(0, 1)
+    images = (1 - images if invert else images).expand(-1, channels, -1, -1).contiguous()
+    return ImageDataset(images, labels, list(SHAPES), domain, description="tiny shape")
+
+
+def tiny_generator_data(*, size: int = 16, channels: int = 1) -> GeneratorData:
+    """Source shapes plus three target shots per class, captioned, as a run passes them."""
+    source = tiny_shapes("shapes", n_per_class=12, size=size, channels=channels)
+    target = tiny_shapes("inverted", n_per_class=3, size=size, channels=channels, seed=1,
+                         invert=True)
+    captions = [f"a tiny shape {SHAPES[y]}, domain {d.domain}"
+                for d in (source, target) for y in d.labels.tolist()]
+    return GeneratorData(torch.cat([source.images, target.images]),
+                         torch.cat([source.labels, target.labels]), captions,
+                         [source.domain] * len(source) + [target.domain] * len(target),
+                         list(SHAPES), target.domain)
+
+
+def tiny_transfer_data(*, size: int = 16, channels: int = 1) -> TransferData:
+    """Labelled source shapes, two labelled target shots per class, unlabelled target
+    images and a few synthetic ones: every set an adapter may use."""
+    target = tiny_shapes("inverted", n_per_class=10, size=size, channels=channels, seed=1,
+                         invert=True)
+    per_class = [torch.nonzero(target.labels == c).flatten() for c in range(3)]
+    shots = torch.cat([i[:2] for i in per_class])
+    rest = torch.cat([i[2:] for i in per_class])
+    synthetic = tiny_shapes("synthetic-inverted", n_per_class=2, size=size, channels=channels,
+                            seed=2, invert=True)
+    return TransferData(tiny_shapes("shapes", n_per_class=12, size=size, channels=channels),
+                        target.subset(shots), target.subset(rest), synthetic)
+
+
+def _entry(kind: str, factory: Callable[..., Any], args: tuple[Any, ...]) -> Component:
+    """A registry entry for ``factory``, so it is built exactly as imgxfer builds it (a
+    family when it takes the rest of a name)."""
+    return Component(kind, "check:" if args else "check", factory, "check", "")
+
+
+def _build(kind: str, factory: Callable[..., Any], args: tuple[Any, ...],
+           options: dict[str, Any], seed: int = 0) -> Any:
+    entry = _entry(kind, factory, args)
+    if "seed" in entry.options() and "seed" not in options:
+        options = {**options, "seed": seed}
+    torch.manual_seed(seed)  # for factories that draw from the global generator
+    return entry.build("check:" + str(args[0]) if args else "check", options)
+
+
+def _check_refuses_unknown_options(kind: str, factory: Callable[..., Any],
+                                   args: tuple[Any, ...]) -> None:
+    entry = _entry(kind, factory, args)
+    if any(p.kind is p.VAR_KEYWORD for p in entry._parameters()):
+        return  # it takes any option: refusing is the factory's own business
+    try:
+        entry.build("check:" + str(args[0]) if args else "check", {"no_such_option": 1})
+    except UserError as error:
+        assert "no_such_option" in str(error), f"the refusal does not name the option: {error}"
+    else:
+        raise AssertionError("an unknown option was accepted")
+
+
+def _round_trip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` written to a safetensors file and read back, as run folders keep it."""
+    from imgxfer.runfolder import atomic_save_tensors, read_tensors
+
+    for key, value in state.items():
+        assert isinstance(key, str) and isinstance(value, torch.Tensor), \
+            f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "state.safetensors"
+        atomic_save_tensors(path, state)
+        return read_tensors(path)[0]
+
+
+# --------------------------------------------------------------------------- encoders
+def check_encoder(factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """An encoder maps images of any channel count and size, through ``preprocess``, to
+    finite ``[B, feature_dim]`` features, the same for the same seed and after a state
+    round trip; ``pretrain`` (when declared) trains on tiny source data."""
+    encoder = _build("encoders", factory, args, options)
+    assert isinstance(encoder, torch.nn.Module), "an encoder must be a torch.nn.Module"
+    assert isinstance(encoder.feature_dim, int) and encoder.feature_dim > 0, "feature_dim"
+    assert len(tuple(encoder.input_size)) == 2, "input_size must be (H, W)"
+    assert isinstance(encoder.weights_source, str) and encoder.weights_source, "weights_source"
+    encoder.eval()
+    features = {}
+    for channels in (1, 3):
+        images = torch.rand(2, channels, 20, 24, generator=torch.Generator().manual_seed(0))
+        x = encoder.preprocess(images)
+        assert x.shape[0] == 2 and x.shape[1] == encoder.in_channels, \
+            f"preprocess gave shape {tuple(x.shape)} for {channels}-channel images"
+        with torch.no_grad():
+            features[channels] = out = encoder(x)
+        assert out.shape == (2, encoder.feature_dim), f"forward gave shape {tuple(out.shape)}"
+        assert out.isfinite().all(), "forward gave non-finite features"
+    again = _build("encoders", factory, args, options).eval()
+    x = encoder.preprocess(torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert torch.allclose(again(x), features[1], atol=1e-5), \
+            "two encoders built with the same seed compute different features"
+        again.load_state_dict(_round_trip(encoder.state_dict()))
+        assert torch.allclose(again(x), features[1], atol=1e-6), "state_dict round trip"
+    if declared(encoder, "pretrains", "encoders"):
+        result = encoder.pretrain(tiny_shapes("shapes", size=16), budget=Budget(2).start(),
+                                  progress=NullProgress(), device=CPU)
+        json.dumps(result or {})  # merged into metrics.json
+    _check_refuses_unknown_options("encoders", factory, args)
+    return encoder
+
+
+# --------------------------------------------------------------------------- captioners
+def check_captioner(factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """One non-empty caption per image or label, with and without images, for unlabelled
+    images with a classifier's guess, and the same captions for the same input."""
+    captioner = _build("captioners", factory, args, options)
+    data = tiny_shapes("shapes", n_per_class=2)
+    kw = {"class_names": data.class_names, "domain": data.domain,
+          "description": data.description}
+
+    def captions(*call: Any, **extra: Any) -> list[str]:
+        out = captioner.caption(*call, **kw, **extra)
+        assert isinstance(out, list) and len(out) == len(data), \
+            f"caption returned {type(out).__name__} of length {len(out)} for {len(data)} images"
+        assert all(isinstance(c, str) and c.strip() for c in out), "empty or non-text caption"
+        return out
+
+    labelled = captions(data.images, data.labels)
+    assert captions(data.images, data.labels) == labelled, "captions are not deterministic"
+    captions(None, data.labels)
+    captions(data.images, None,
+             classifier=lambda images: torch.full((len(images), 3), 1 / 3))
+    _check_refuses_unknown_options("captioners", factory, args)
+    return captioner
+
+
+# --------------------------------------------------------------------------- generators
+def check_generator(factory: Callable[..., Any], *args: Any, steps: int = 2,
+                    data: GeneratorData | None = None, **options: Any) -> Any:
+    """``fit`` returns a :class:`FitResult`; ``sample`` gives one float image in [0, 1] per
+    prompt on the CPU, the same for the same seed, other images for another seed, and the
+    same again from a fresh generator loaded from the saved state."""
+    data = data or tiny_generator_data()
+    generator = _build("generators", factory, args, options)
+    conditioning = set(generator.conditioning)
+    assert conditioning and conditioning <= {"label", "text"}, f"conditioning {conditioning}"
+    budget = Budget(steps if declared(generator, "trains_by_steps", "generators") else 0)
+    result = generator.fit(data, budget=budget.start(), progress=NullProgress(), device=CPU)
+    assert isinstance(result, FitResult), f"fit returned {type(result).__name__}, not FitResult"
+    assert result.steps >= 0 and all(isinstance(v, list) for v in result.losses.values())
+    prompts = [f"a tiny shape {SHAPES[y]}, domain {data.target_domain}" for y in (0, 1, 2, 0)]
+    labels = torch.tensor([0, 1, 2, 0])
+    images = generator.sample(prompts, labels, seed=3, device=CPU)
+    assert isinstance(images, torch.Tensor) and images.ndim == 4 and len(images) == 4, \
+        f"sample gave {getattr(images, 'shape', type(images))} for 4 prompts"
+    assert images.is_floating_point() and images.device.type == "cpu", "float images on the CPU"
+    assert images.min() >= 0 and images.max() <= 1, "images outside [0, 1]"
+    assert torch.equal(images, generator.sample(prompts, labels, seed=3, device=CPU)), \
+        "the same seed drew other images"
+    assert not torch.equal(images, generator.sample(prompts, labels, seed=4, device=CPU)), \
+        "another seed drew the same images"
+    count = declared(generator, "num_classes", "generators")
+    assert count in (None, len(data.class_names)), f"num_classes {count}"
+    state = _round_trip(generator.state_dict())
+    fresh = _build("generators", factory, args, options)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.sample(prompts, labels, seed=3, device=CPU), images, atol=1e-5), \
+        "a generator loaded from the saved state draws other images"
+    resolved = getattr(generator, "resolved_options", None)
+    if callable(resolved):
+        json.dumps(resolved())  # recorded in generator.safetensors' metadata
+    _check_refuses_unknown_options("generators", factory, args)
+    return generator
+
+
+# --------------------------------------------------------------------------- adapters
+def _tiny_encoder() -> Any:
+    from imgxfer.encoders.smallcnn import SmallCNN
+
+    return SmallCNN(width=4, input_size=16, in_channels=1, seed=0)
+
+
+def check_adapter(factory: Callable[..., Any], *args: Any, steps: int = 3,
+                  encoder: Any = None, data: TransferData | None = None,
+                  **options: Any) -> Any:
+    """``uses`` names known sets; ``fit`` returns a :class:`Classifier` giving finite logits
+    for every class, the same for the same seed, and the same after a state round trip
+    into a fresh classifier (what ``imgxfer predict`` does)."""
+    data = data or tiny_transfer_data()
+    encoder = encoder if encoder is not None else _tiny_encoder()
+
+    def fit() -> Classifier:
+        adapter = _build("adapters", factory, args, options)
+        uses = set(adapter.uses)
+        assert uses and uses <= {"source", "target_labelled", "target_unlabelled",
+                                 "synthetic"}, f"uses {uses}"
+        torch.manual_seed(0)
+        model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(steps).start(),
+                            progress=NullProgress(), device=CPU)
+        assert isinstance(model, Classifier), \
+            f"fit returned a {type(model).__name__}, not an imgxfer.classifier.Classifier"
+        return model.eval()
+
+    model, twin = fit(), fit()
+    x = encoder.preprocess(data.target_unlabelled.images)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (len(x), len(data.class_names)), f"logits {tuple(logits.shape)}"
+        assert logits.isfinite().all(), "non-finite logits"
+        assert torch.allclose(twin(x), logits, atol=1e-5), "the same seed fitted another model"
+        rebuilt = Classifier(copy.deepcopy(encoder), len(data.class_names)).eval()
+        rebuilt.load_state_dict(_round_trip(model.state_dict()))
+        assert torch.allclose(rebuilt(x), logits, atol=1e-5), "state_dict round trip"
+    _check_refuses_unknown_options("adapters", factory, args)
+    return model
+
+
+# --------------------------------------------------------------------------- datasets
+def check_dataset(factory: Callable[..., Any], *args: Any, **options: Any) -> ImageDataset:
+    """An :class:`ImageDataset` of float images in [0, 1], labels indexing at least two
+    class names, a domain name, and the same images when built twice."""
+    data = _build("datasets", factory, args, options)
+    assert isinstance(data, ImageDataset), f"a {type(data).__name__}, not an ImageDataset"
+    assert len(data) > 0, "no images"
+    assert data.images.is_floating_point() and data.images.ndim == 4, "float [N, C, H, W]"
+    assert data.images.shape[1] in (1, 3), f"{data.images.shape[1]} channels"
+    assert data.images.min() >= 0 and data.images.max() <= 1, "images outside [0, 1]"
+    assert int(data.labels.min()) >= 0 and int(data.labels.max()) < data.num_classes
+    assert all(isinstance(c, str) and c for c in data.class_names), "class names"
+    assert isinstance(data.domain, str) and data.domain, "domain"
+    again = _build("datasets", factory, args, options)
+    assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels), \
+        "two builds gave other images"
+    _check_refuses_unknown_options("datasets", factory, args)
+    return data

@@ -1,0 +1,106 @@
+"""imgxfer.testing's contract checks over every registered component: the built-ins and
+the first-party plugins installed beside imgxfer (as timm tests every registered model).
+A new component is checked without touching this file; a new *family* needs an argument
+here (or a line saying which plugin's tests check it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgxfer import testing
+from imgxfer.plugins import PluginHost
+
+HOST = PluginHost({}).load_all()  # the built-ins plus every installed imgxfer plugin
+REGISTRY = HOST.registry
+
+# Small options, so each check takes a second or two on a CPU.
+OPTIONS = {
+    "encoders": {"smallcnn": {"width": 4, "input_size": 16}, "*": {"input_size": 32}},
+    "generators": {"gan": {"width": 8, "image_size": 16, "batch_size": 8}},
+    "adapters": {"*": {"batch_size": 8}, "linear": {}, "lp-ft": {"batch_size": 8}},
+    "datasets": {"syndigits": {"n_per_class": 3, "size": 16}, "mnist": {"n_per_class": 3},
+                 "fashion-mnist": {"n_per_class": 3, "download": False}, "digits": {}},
+    "captioners": {},
+}
+# The rest of a family name, by family; families checked in their own plugin's tests.
+FAMILY_ARGS = {"timm/": "test_resnet"}
+CHECKED_BY_THEIR_PLUGIN = {"diffusers:": "plugins/imgxfer-diffusers/tests"}
+CHECKS = {"encoders": testing.check_encoder, "captioners": testing.check_captioner,
+          "generators": testing.check_generator, "adapters": testing.check_adapter,
+          "datasets": testing.check_dataset}
+
+
+def _options(kind: str, name: str, component) -> dict:
+    table = OPTIONS[kind]
+    options = dict(table.get(name, table.get("*", {})))
+    return {k: v for k, v in options.items() if k in component.options()}
+
+
+def _cases() -> list:
+    cases = []
+    for kind in CHECKS:
+        for name in REGISTRY.names(kind):
+            component = REGISTRY.get(kind, name)
+            if name in CHECKED_BY_THEIR_PLUGIN or name in ("folder:", "csv:", "torchvision:"):
+                continue  # below, or with files of their own
+            cases.append(pytest.param(kind, name, id=f"{kind}-{name}"))
+    return cases
+
+
+@pytest.mark.parametrize("kind, name", _cases())
+def test_registered_component_keeps_its_protocol(kind, name) -> None:
+    component = REGISTRY.get(kind, name)
+    if component.is_family and name not in FAMILY_ARGS:
+        pytest.fail(f"family {name!r} of plugin {component.plugin!r} has no argument in "
+                    "FAMILY_ARGS (or a line in CHECKED_BY_THEIR_PLUGIN)")
+    if name == "fashion-mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
+    args = (FAMILY_ARGS[name],) if component.is_family else ()
+    CHECKS[kind](component.factory, *args, **_options(kind, name, component))
+
+
+def _write_images(folder: Path) -> None:
+    from PIL import Image
+
+    for c, cls in enumerate(("a", "b")):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = torch.zeros(12, 12, dtype=torch.uint8)
+            pixels[2 + i:6 + i, 3 * c:3 * c + 4] = 255
+            Image.fromarray(pixels.numpy(), mode="L").save(folder / cls / f"{i}.png")
+
+
+def test_file_datasets_keep_their_protocol(tmp_path) -> None:
+    _write_images(tmp_path / "images")
+    testing.check_dataset(REGISTRY.get("datasets", "folder:").factory,
+                          str(tmp_path / "images"), size=16)
+    rows = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}"
+                             for p in sorted((tmp_path / "images").rglob("*.png"))]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    testing.check_dataset(REGISTRY.get("datasets", "csv:").factory, str(tmp_path / "list.csv"),
+                          size=16)
+
+
+def test_every_family_is_covered() -> None:
+    """A family registered by an installed plugin is checked here or by its plugin."""
+    families = {n for kind in CHECKS for n in REGISTRY.names(kind) if n.endswith(("/", ":"))}
+    covered = set(FAMILY_ARGS) | set(CHECKED_BY_THEIR_PLUGIN) | {"folder:", "csv:",
+                                                                 "torchvision:"}
+    assert families <= covered, f"families without a contract check: {families - covered}"
+
+
+def test_a_broken_component_fails_its_check_by_name() -> None:
+    """The checks can fail: a generator whose samples leave [0, 1] is caught."""
+    gan = REGISTRY.get("generators", "gan").factory
+
+    def too_bright(**options):
+        generator = gan(**options)
+        sample = generator.sample
+        generator.sample = lambda *a, **k: sample(*a, **k) * 2 + 0.1
+        return generator
+
+    with pytest.raises(AssertionError, match=r"outside \[0, 1\]"):
+        testing.check_generator(too_bright, width=8, image_size=16, batch_size=8)
