@@ -132,6 +132,7 @@ def test_a_generator_and_adapter_from_the_docs_run_end_to_end(docs_host, tmp_pat
     out = tmp_path / "drawn"
     result = invoke("generate", "--from", folder, "--prompt", "a dot", "--n", 3, "--out", out)
     assert result.exit_code == 0, result.output
+    assert "follows the class only" in result.output  # conditioning = {"label"}
     assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "002.png", "grid.png"]
 
     result = invoke("predict", folder / "samples.png", "--from", folder, "-o", "-")

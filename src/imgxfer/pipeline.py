@@ -484,6 +484,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
                             {"component": config.generator, "options": json.dumps(used),
                              "classes": json.dumps(list(target.class_names))})
         metrics["generator"] = {"name": config.generator,
+                                "conditioning": sorted(generator.conditioning),
                                 "steps": fitted.steps,
                                 "synthetic_images": 0 if synthetic is None else len(synthetic)}
         if synthetic is not None and config.synthetic_filter > 0:

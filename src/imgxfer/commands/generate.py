@@ -241,6 +241,9 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
             old.unlink()
     name = loaded.class_names[index] if loaded.class_names else None
     notes = []
+    if "text" not in loaded.generator.conditioning:
+        notes.append(f"the generator {loaded.name!r} follows the class only; the prompt's "
+                     "other words do not change the images.")
     # --label chose another class than the prompt names (as written: "a 3 px stroke"
     # is no contradiction of --label seven).
     named = (prompt_classes(prompt, loaded.class_names, numerals=False)
