@@ -214,7 +214,7 @@ def test_bad_seeds(host, tmp_path):
 
 def test_help_of_every_command():
     for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"], ["caption"],
-                    ["generate"], ["cache"], ["predict"]):
+                    ["generate"], ["cache"], ["predict"], ["plugin"], ["plugin", "new"]):
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
 

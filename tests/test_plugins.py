@@ -7,6 +7,7 @@ import json
 import types
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import imgxfer
@@ -34,9 +35,26 @@ def module_with(**hooks):
     return module
 
 
+class _FakeEncoder(torch.nn.Module):
+    """The members of imgxfer.protocols.Encoder, nothing more."""
+
+    in_channels, input_size, weights_source = 1, (4, 4), "random"
+
+    def __init__(self, width: int, model: str = "", weights: str | None = None) -> None:
+        super().__init__()
+        self.width = self.feature_dim = width
+        self.model, self.weights_source = model, weights or "random"
+
+    def preprocess(self, images):
+        return images[:, :1]
+
+    def forward(self, x):
+        return x.flatten(1)[:, :self.feature_dim]
+
+
 def good_plugin():
     def register_encoders(register):
-        register("fake-enc", lambda width=2: ("enc", width), description="a fake encoder")
+        register("fake-enc", lambda width=2: _FakeEncoder(width), description="a fake encoder")
     return module_with(register_encoders=register_encoders)
 
 
@@ -77,7 +95,7 @@ def test_fake_plugin_fixture_components(host):
 def test_entry_point_plugin_loaded(entry_points):
     entry_points(FakeEntryPoint("good", good_plugin))
     host = PluginHost({}).load_all()
-    assert host.registry.build("encoders", "fake-enc", {"width": 3}) == ("enc", 3)
+    assert host.registry.build("encoders", "fake-enc", {"width": 3}).width == 3
     assert host.plugins["good"].source == "entry point"
 
 
@@ -157,18 +175,20 @@ def test_unknown_component_message_lists_names(host):
 def test_family_names_pass_the_rest_to_the_factory():
     host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
     host.add(module_with(register_encoders=lambda register: register(
-        "fam/", lambda model, size=1: (model, size))), "fam")
-    assert host.registry.build("encoders", "fam/resnet18", {"size": 2}) == ("resnet18", 2)
+        "fam/", lambda model, size=1: _FakeEncoder(size, model))), "fam")
+    built = host.registry.build("encoders", "fam/resnet18", {"size": 2})
+    assert (built.model, built.width) == ("resnet18", 2)
 
 
 def test_family_factory_with_positional_only_name():
     def make(model, /, *, pretrained=None):
-        return model, pretrained
+        return _FakeEncoder(1, model, pretrained)
 
     host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
     host.add(module_with(register_encoders=lambda register: register("fam/", make)), "fam")
     assert host.registry.get("encoders", "fam/x").options() == ["pretrained"]
-    assert host.registry.build("encoders", "fam/x", {"pretrained": "imagenet"}) == ("x", "imagenet")
+    built = host.registry.build("encoders", "fam/x", {"pretrained": "imagenet"})
+    assert (built.model, built.weights_source) == ("x", "imagenet")
 
 
 def test_option_of_the_wrong_type_is_refused(host):

@@ -144,9 +144,10 @@ def _stage_options(f):
               help="Steps of source training for the encoder (default 500).")
 @click.option("--generator-steps", type=int, help="Generator training steps (default 1500).")
 @click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
-@click.option("--gan-budget", metavar="DURATION",
+@click.option("--generator-budget", "--gan-budget", "generator_budget", metavar="DURATION",
               help="Train the generator for this long, e.g. 3m: sets --generator-time, and "
-                   "the step count no longer stops it unless --generator-steps is given.")
+                   "the step count no longer stops it unless --generator-steps is given "
+                   "(--gan-budget is the old name).")
 @click.option("--adapter-steps", type=int, help="Adapter training steps (default 400).")
 @click.option("--seed", type=int, help="Seed for everything random (default 0).")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
@@ -184,13 +185,13 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
             raise UserError("--resume takes everything from the run folder's config.toml; "
                             "give no other run options with it.")
     seeds = _parse_seeds(flags.pop("seeds"))
-    gan_budget = flags.pop("gan_budget")
+    generator_budget = flags.pop("generator_budget")
     if resume_folder is not None:
         config = resume_config(Path(resume_folder))
     else:
         config = cfg.load(config_file) if config_file else cfg.RunConfig()
         config = cfg.apply_overrides(config, flags, options)
-        _apply_gan_budget(config, gan_budget, flags, config_file)
+        _apply_generator_budget(config, generator_budget, flags, config_file)
     registry = _host().registry
     progress = RichProgress(err)
     _show_warnings_on_screen()
@@ -222,15 +223,11 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         click.echo(json.dumps(payload, indent=2))
 
 
-# --gan-budget without --generator-steps: a step count no budget reaches (time-only).
-TIME_ONLY_STEPS = 10 ** 9
-
-
-def _apply_gan_budget(config: Any, budget: str | None, flags: dict[str, Any],
-                      config_file: str | None) -> None:
-    """``--gan-budget 3m``: the generator trains for three minutes (``generator_time``),
-    however many steps that is, unless ``--generator-steps`` or the config file caps the
-    steps too."""
+def _apply_generator_budget(config: Any, budget: str | None, flags: dict[str, Any],
+                            config_file: str | None) -> None:
+    """``--generator-budget 3m``: the generator trains for three minutes
+    (``generator_time``), however many steps that is (``generator_steps = 0``: no step
+    cap), unless ``--generator-steps`` or the config file caps the steps too."""
     if budget is None:
         return
     from imgxfer import config as cfg
@@ -238,13 +235,13 @@ def _apply_gan_budget(config: Any, budget: str | None, flags: dict[str, Any],
 
     parse_duration(budget)  # a bad duration is one sentence, before anything is loaded
     if flags.get("generator_time") not in (None, budget):
-        raise UserError("--gan-budget and --generator-time both set the generator's time; "
-                        "give one of them.")
+        raise UserError("--generator-budget and --generator-time both set the generator's "
+                        "time; give one of them.")
     config.generator_time = budget
     steps_given = (flags.get("generator_steps") is not None
                    or (config_file is not None and "generator_steps" in cfg.read_toml(config_file)))
     if not steps_given:
-        config.generator_steps = TIME_ONLY_STEPS
+        config.generator_steps = 0
 
 
 class _ScreenWarnings(logging.Handler):
@@ -427,18 +424,24 @@ def install(name: str, upgrade: bool) -> None:
     """Install a plugin listed in registry.toml (see `imgxfer plugins --available`)."""
     from imgxfer.install import install as do_install
 
-    target = do_install(name, upgrade=upgrade)
-    err.print(f"installed plugin {name!r} from {target}", highlight=False)
+    with err.status(f"installing plugin {name!r} with pip..."):
+        result = do_install(name, upgrade=upgrade)
+    for line in result.summary():
+        click.echo(line, err=line.startswith("warning:"))
 
 
-@cli.command(short_help="Uninstall a plugin listed in registry.toml.")
+@cli.command(short_help="Uninstall an installed plugin.")
 @click.argument("name")
 def uninstall(name: str) -> None:
-    """Uninstall a plugin listed in registry.toml."""
+    """Uninstall the distribution that provides plugin NAME: a name from registry.toml,
+    an installed plugin's name as `imgxfer plugins` shows it, or its distribution name.
+    Plugins are not loaded for this, so a broken one can always be removed."""
     from imgxfer.install import uninstall as do_uninstall
 
-    package = do_uninstall(name)
-    err.print(f"uninstalled plugin {name!r} ({package})", highlight=False)
+    removed = do_uninstall(name)
+    eps = removed.entry_points
+    click.echo(f"uninstalled {removed.distribution} {removed.version}"
+               + (f" (plugin{'s' if len(eps) > 1 else ''} {', '.join(eps)})" if eps else ""))
 
 
 def main() -> None:

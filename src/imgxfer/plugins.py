@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
 from imgxfer import __version__, hookspecs
-from imgxfer.registry import KINDS, Registry
+from imgxfer.errors import UnknownComponentError
+from imgxfer.registry import KINDS, SINGULAR, Component, Registry
 
 ENTRY_POINT_GROUP = "imgxfer"
 BUILTIN = "builtin"
@@ -52,6 +54,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass
+class HintingRegistry(Registry):
+    """A :class:`Registry` whose unknown-name error says which known plugin would provide
+    the name, when ``hint(kind, name)`` knows one (see :meth:`PluginHost.missing_plugin`)."""
+
+    hint: Callable[[str, str], str | None] | None = field(default=None, repr=False,
+                                                          compare=False)
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return super().get(kind, name)
+        except UnknownComponentError:
+            hint = self.hint(kind, name) if self.hint is not None else None
+            if not hint:
+                raise
+        raise UnknownComponentError(f"unknown {SINGULAR[kind]} {name!r}: {hint}.")
+
+
 class PluginHost:
     """A pluggy manager plus the registry its plugins filled and a record of each plugin."""
 
@@ -59,8 +79,39 @@ class PluginHost:
         self.env = os.environ if env is None else env
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.registry = Registry()
+        self.registry = HintingRegistry(hint=self.missing_plugin)
         self.plugins: dict[str, PluginInfo] = {}
+
+    def missing_plugin(self, kind: str, name: str) -> str | None:
+        """For a component name no loaded plugin registered: the plugin of registry.toml
+        that would provide it (its name is the component's name, or the family prefix
+        before ``/`` or ``:``, and it has components of this kind) and what to do, as it is
+        not installed, failed to load or was not selected; ``None`` when there is none."""
+        try:
+            from imgxfer.install import installed_plugins, known_plugins, normalise_name
+
+            prefix = re.split(r"[/:]", name, maxsplit=1)[0]
+            plugin = known_plugins().get(prefix)
+            if plugin is None or plugin.builtin or kind not in plugin.kinds:
+                return None
+            if plugin.installed_version() is None:
+                return (f"it comes from plugin {plugin.name!r}, which is not installed; "
+                        f"install it with `imgxfer install {plugin.name}`")
+            dist = installed_plugins().get(normalise_name(plugin.requirement))
+            names = dist.entry_points if dist is not None else [plugin.name]
+            infos = [self.plugins[n] for n in names if n in self.plugins]
+            failed = [i for i in infos if i.status != "ok"]
+            if failed:
+                return (f"it comes from plugin {failed[0].name!r}, which is installed but "
+                        f"failed to load ({failed[0].error}); see `imgxfer plugins`")
+            if not infos:
+                why = ("IMGXFER_LOAD_PLUGINS does not name it" if "IMGXFER_LOAD_PLUGINS"
+                       in self.env else "see `imgxfer plugins`")
+                return (f"it comes from plugin {plugin.name!r}, which is installed but not "
+                        f"loaded ({why})")
+        except Exception:  # a hint must never hide the error it decorates
+            return None
+        return None
 
     # -- loading -----------------------------------------------------------------------
     def load_all(self) -> "PluginHost":

@@ -55,7 +55,9 @@ class Component:
         args = [full_name[len(self.name):]] if self.is_family else []
         if self.is_family and not args[0]:
             raise UserError(f"{what} needs a value after '{self.name}'.")
-        return self.factory(*args, **options)
+        from imgxfer.protocols import check_component  # torch-heavy; loaded on first build
+
+        return check_component(self.kind, self.factory(*args, **options), full_name, self.plugin)
 
 
 def _check_option(what: str, param: inspect.Parameter | None, key: str, value: Any) -> None:
