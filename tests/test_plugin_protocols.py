@@ -65,7 +65,23 @@ class NearestMean:
         return model
 
 
+class Pixels(torch.nn.Module):
+    """An encoder without pretrain: the 8x8 grey pixels as features."""
+
+    feature_dim, input_size, in_channels, weights_source = 64, (8, 8), 1, "none"
+
+    def preprocess(self, images):
+        return torch.nn.functional.interpolate(images.mean(1, keepdim=True), size=(8, 8))
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
 class DocsPlugin:
+    @imgxfer.hookimpl
+    def register_encoders(self, register):
+        register("pixels", Pixels)
+
     @imgxfer.hookimpl
     def register_generators(self, register):
         register("mean", MeanGenerator)
@@ -173,3 +189,11 @@ def test_a_run_that_crashes_marks_its_folder_failed(docs_host, tmp_path) -> None
                       "resume": f"imgxfer run --resume {folder}"}
     log = (folder / "run.log").read_text()
     assert "run failed" in log and "Traceback" in log and "a bug inside the plugin" in log
+
+
+def test_encoder_steps_for_an_encoder_that_does_not_pretrain_are_said(docs_host, tmp_path) -> None:
+    result = invoke("run", "--source", "tiny-source", "--target", "tiny-target", "--shots", 3,
+                    "--encoder", "pixels", "--encoder-steps", "7",
+                    "--generator", "none", "--adapter", "nearest-mean", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "encoder pixels does not train on the source" in " ".join(result.output.split())
