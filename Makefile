@@ -14,10 +14,11 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --editable .
 	touch $@
 
-# Test tools, and the timm plugin installed the way a user installs it (not editable).
-$(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py)
+# Test tools, and the first-party plugins installed the way a user installs them (not editable).
+$(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py) plugins/imgxfer-diffusers/pyproject.toml $(wildcard plugins/imgxfer-diffusers/src/imgxfer_diffusers/*.py)
 	$(BIN)/pip install --quiet --editable '.[test]'
 	$(BIN)/pip install --quiet './plugins/imgxfer-timm[lite0]'
+	$(BIN)/pip install --quiet './plugins/imgxfer-diffusers[test]'
 	touch $@
 
 run: $(VENV)/.installed-run

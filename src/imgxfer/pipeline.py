@@ -277,9 +277,10 @@ def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Spli
                         budget=Budget(config.adapter_steps).start(), progress=progress,
                         device=device)
     if not isinstance(model, Classifier):
-        raise UserError(f"adapter {name!r} returned a {type(model).__name__}, not an imgxfer.classifier.Classifier "
-                        "(the encoder and a linear head, which classifier.safetensors holds and "
-                        "imgxfer predict rebuilds); see imgxfer.protocols.Adapter.")
+        raise UserError(f"adapter {name!r} returned a {type(model).__name__}, not an "
+                        "imgxfer.classifier.Classifier (the encoder and a linear head, which "
+                        "classifier.safetensors holds and imgxfer predict rebuilds); see "
+                        "imgxfer.protocols.Adapter.")
     seconds = time.perf_counter() - t0
     logits = predict_logits(model, encoder.preprocess(split.test.images), device)
     result = classification_metrics(split.test.labels.tolist(), logits.argmax(1).tolist(),
@@ -289,6 +290,24 @@ def fit_and_evaluate(adapter: Any, encoder: Any, data: TransferData, split: Spli
         pool = predict_logits(model, encoder.preprocess(split.unlabelled.images), device)
         result["unlabelled_im"] = information_maximization(pool)["im"]
     return model, result, seconds
+
+
+def train_generator(plan: Plan, data: GeneratorData, folder: Path, progress: Progress,
+                    resume: bool) -> FitResult:
+    """Fit the plan's generator within its budget. One that declares ``resumable``
+    checkpoints its training into the run folder, so an interrupted run continues there
+    (``imgxfer run --resume FOLDER``)."""
+    name, generator = plan.config.generator, plan.generator
+    resumable = checkpoint_args(generator, folder / TRAINING_CHECKPOINT, resume)
+    if resume and not resumable:
+        progress.log(f"{name} cannot resume its training; it starts again.")
+    budget = plan.generator_budget or Budget(0)
+    fitted = generator.fit(data, budget=budget.start(), progress=progress, device=plan.device,
+                           **resumable)
+    if not isinstance(fitted, FitResult):
+        raise UserError(f"generator {name!r} broke its protocol: fit returned "
+                        f"{type(fitted).__name__}, not an imgxfer.protocols.FitResult.")
+    return fitted
 
 
 def check_images(images: Any, count: int, name: str) -> torch.Tensor:
@@ -453,17 +472,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
             class_names=list(target.class_names), target_domain=target.domain,
         )
-        # Generators that can checkpoint their training do so into the run folder, so an
-        # interrupted run continues there (``imgxfer run --resume FOLDER``).
-        resumable = checkpoint_args(generator, folder / TRAINING_CHECKPOINT, resume)
-        if resume and not resumable:
-            progress.log(f"{config.generator} cannot resume its training; it starts again.")
-        budget = plan.generator_budget or Budget(0)
-        fitted = generator.fit(gdata, budget=budget.start(), progress=progress, device=device,
-                               **resumable)
-        if not isinstance(fitted, FitResult):
-            raise UserError(f"generator {config.generator!r} broke its protocol: fit returned "
-                            f"{type(fitted).__name__}, not an imgxfer.protocols.FitResult.")
+        fitted = train_generator(plan, gdata, folder, progress, resume)
         timings["generator_fit"] = time.perf_counter() - t0
         labels = torch.arange(target.num_classes).repeat_interleave(config.synthetic_per_class)
         prompts = synthesis_prompts(captioner, labels, split.labelled, captions["target"],
