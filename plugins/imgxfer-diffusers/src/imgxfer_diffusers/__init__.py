@@ -1,0 +1,33 @@
+"""imgxfer-diffusers: diffusion generators built from Hugging Face diffusers.
+
+- ``diffusion``: a small class-, domain- and caption-conditioned diffusion model trained
+  from scratch in the run (:class:`~imgxfer_diffusers.diffusion.DiffusionGenerator`);
+- ``diffusers:PATH``: a pretrained Stable Diffusion pipeline read from a local folder,
+  used without training (:class:`~imgxfer_diffusers.pretrained.PretrainedPipeline`).
+
+imgxfer finds this module through the entry point ``diffusers = "imgxfer_diffusers"`` in
+group ``imgxfer`` and calls its ``register_generators`` hook. Importing it does not import
+diffusers or transformers (they take seconds to import); building a generator does.
+"""
+
+from __future__ import annotations
+
+import imgxfer
+from imgxfer.hookspecs import Register
+
+from imgxfer_diffusers.diffusion import DiffusionGenerator
+from imgxfer_diffusers.pretrained import PretrainedPipeline
+
+__version__ = "0.1.0"
+__all__ = ["DiffusionGenerator", "PretrainedPipeline", "register_generators", "__version__"]
+
+
+@imgxfer.hookimpl
+def register_generators(register: Register) -> None:
+    register("diffusion", DiffusionGenerator,
+             description="Diffusion model (diffusers UNet2DModel) trained in the run, "
+                         "conditioned on class, domain and caption")
+    # A family: the registry hands everything after "diffusers:" (the folder) to it.
+    register("diffusers:", PretrainedPipeline,
+             description="Pretrained Stable Diffusion pipeline from a local folder "
+                         "(diffusers:PATH), used without training")
