@@ -19,7 +19,9 @@ REGISTRY = HOST.registry
 # Small options, so each check takes a second or two on a CPU.
 OPTIONS = {
     "encoders": {"smallcnn": {"width": 4, "input_size": 16}, "*": {"input_size": 32}},
-    "generators": {"gan": {"width": 8, "image_size": 16, "batch_size": 8}},
+    "generators": {"gan": {"width": 8, "image_size": 16, "batch_size": 8},
+                   "diffusion": {"width": 8, "image_size": 8, "batch_size": 8,
+                                 "sample_steps": 3}},
     "adapters": {"*": {"batch_size": 8}, "linear": {}, "lp-ft": {"batch_size": 8}},
     "datasets": {"syndigits": {"n_per_class": 3, "size": 16}, "mnist": {"n_per_class": 3},
                  "fashion-mnist": {"n_per_class": 3, "download": False}, "digits": {}},

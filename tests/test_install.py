@@ -126,6 +126,15 @@ def test_install_runs_pip_quietly_and_summarises(pip_calls, world):
     assert world.probe_calls == [["timm"]]
 
 
+def test_install_adds_the_extras_registry_toml_names(pip_calls, world):
+    assert install.known_plugins()["diffusers"].extras == ["sd"]
+    world.installed = {"imgxfer-diffusers": InstalledPlugin("imgxfer-diffusers", "0.1.0",
+                                                            ["diffusers"])}
+    result = CliRunner().invoke(cli, ["install", "diffusers"])
+    assert result.exit_code == 0, result.output
+    assert pip_calls[0][4].endswith("plugins/imgxfer-diffusers[sd]")
+
+
 def test_install_from_index_outside_a_checkout(pip_calls, world, monkeypatch, tmp_path):
     monkeypatch.setattr(install, "CHECKOUT_ROOT", tmp_path)
     world.version = "0.1.0"

@@ -34,6 +34,8 @@ class KnownPlugin:
     requirement: str = ""
     path: str = ""
     builtin: bool = False
+    # Optional dependencies installed with it (pip's "[a,b]"), e.g. what a part needs.
+    extras: list[str] = field(default_factory=list)
 
     def local_path(self) -> Path | None:
         """The plugin's folder in this checkout, if imgxfer runs from one."""
@@ -212,6 +214,7 @@ def install(name: str, *, upgrade: bool = False) -> InstallResult:
     plugin = resolve(name)
     local = plugin.local_path()
     target = str(local) if local is not None else plugin.requirement
+    target += f"[{','.join(plugin.extras)}]" if plugin.extras else ""
     # Outside a checkout pip asks the package index, where a plugin may not be published
     # (imgxfer's own plugins are not, yet): say where else it can come from.
     hint = "" if local is not None or not plugin.path else (

@@ -14,7 +14,9 @@ promise is an ``AssertionError`` that says which one::
         check_encoder(MyEncoder, width=8)
 
 imgxfer's own tests run these over every registered component, built-in and first-party.
-``args`` is the rest of a family name (``folder:PATH`` -> ``"PATH"``).
+``args`` is the rest of a family name (``folder:PATH`` -> ``"PATH"``); the keywords of
+each check that are not options of the component are named ``fit_steps``, ``data`` and
+``encoder``.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def check_captioner(factory: Callable[..., Any], *args: Any, **options: Any) -> 
 
 
 # --------------------------------------------------------------------------- generators
-def check_generator(factory: Callable[..., Any], *args: Any, steps: int = 2,
+def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
                     data: GeneratorData | None = None, **options: Any) -> Any:
     """``fit`` returns a :class:`FitResult`; ``sample`` gives one float image in [0, 1] per
     prompt on the CPU, the same for the same seed, other images for another seed, and the
@@ -201,7 +203,7 @@ def check_generator(factory: Callable[..., Any], *args: Any, steps: int = 2,
     generator = _build("generators", factory, args, options)
     conditioning = set(generator.conditioning)
     assert conditioning and conditioning <= {"label", "text"}, f"conditioning {conditioning}"
-    budget = Budget(steps if declared(generator, "trains_by_steps", "generators") else 0)
+    budget = Budget(fit_steps if declared(generator, "trains_by_steps", "generators") else 0)
     result = generator.fit(data, budget=budget.start(), progress=NullProgress(), device=CPU)
     assert isinstance(result, FitResult), f"fit returned {type(result).__name__}, not FitResult"
     assert result.steps >= 0 and all(isinstance(v, list) for v in result.losses.values())
@@ -237,7 +239,7 @@ def _tiny_encoder() -> Any:
     return SmallCNN(width=4, input_size=16, in_channels=1, seed=0)
 
 
-def check_adapter(factory: Callable[..., Any], *args: Any, steps: int = 3,
+def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
                   encoder: Any = None, data: TransferData | None = None,
                   **options: Any) -> Any:
     """``uses`` names known sets; ``fit`` returns a :class:`Classifier` giving finite logits
@@ -252,7 +254,7 @@ def check_adapter(factory: Callable[..., Any], *args: Any, steps: int = 3,
         assert uses and uses <= {"source", "target_labelled", "target_unlabelled",
                                  "synthetic"}, f"uses {uses}"
         torch.manual_seed(0)
-        model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(steps).start(),
+        model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(fit_steps).start(),
                             progress=NullProgress(), device=CPU)
         assert isinstance(model, Classifier), \
             f"fit returned a {type(model).__name__}, not an imgxfer.classifier.Classifier"

@@ -218,6 +218,6 @@ def test_invalid_options_are_refused_by_name(options: dict[str, Any], message: s
 
 
 def test_generator_contract() -> None:
-    testing = pytest.importorskip("imgxfer.testing",
-                                  reason="imgxfer.testing (the contract checks) is not there yet")
+    from imgxfer import testing
+
     testing.check_generator(DiffusionGenerator, **TINY)

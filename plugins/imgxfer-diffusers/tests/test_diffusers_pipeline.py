@@ -5,7 +5,6 @@ made from a vocabulary written here: the hub is never contacted), saved with
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -196,9 +195,6 @@ def test_cuda_half_precision(registry: Registry, sd_folder: Path) -> None:
 
 
 def test_generator_contract(sd_folder: Path) -> None:
-    testing = pytest.importorskip("imgxfer.testing",
-                                  reason="imgxfer.testing (the contract checks) is not there yet")
-    # check_generator's own ``steps`` is the training budget, so the pipeline's steps
-    # (and a small image size, for speed) are bound here.
-    testing.check_generator(functools.partial(PretrainedPipeline, steps=2, image_size=32),
-                            str(sd_folder))
+    from imgxfer import testing
+
+    testing.check_generator(PretrainedPipeline, str(sd_folder), steps=2, image_size=32)

@@ -339,7 +339,7 @@ class DiffusionGenerator:
         if checkpoint is not None and resume and checkpoint.exists():
             self._load_training(checkpoint, state)
             progress.log(f"{_NAME}: resumed from {checkpoint} at step {state.step}")
-        draw_rng, rng = state.generators["draw"], state.generators["noise"]
+        draw_rng = state.generators["draw"]
 
         budget.start()
         started, elapsed_before, saved_at = time.monotonic(), state.elapsed, state.step
@@ -349,32 +349,18 @@ class DiffusionGenerator:
             return (budget.seconds is not None
                     and elapsed_before + time.monotonic() - started >= budget.seconds)
 
-        steps = budget.steps
-        total = steps if steps is not None and steps < 10 ** 8 else None
         net.train()
-        with progress.task(f"generator: {_NAME}", total=total) as task:
+        with progress.task(f"generator: {_NAME}", total=budget.steps) as task:
             if state.step:
                 task.advance(state.step)
             while not budget.done(state.step) and not out_of_time():
                 index = torch.multinomial(draw_weights, self.batch_size, replacement=True,
                                           generator=draw_rng)
-                x0 = images[index].to(device)
-                token = tokens[index].to(device)
-                text = caption_ids[caption_of[index]].to(device)
-                noise = torch.randn(x0.shape, generator=rng, device=device)
-                t = torch.randint(0, self.train_timesteps, (len(x0),), generator=rng,
-                                  device=device)
-                keep = (torch.rand(len(x0), generator=rng, device=device)
-                        >= self.cond_dropout).float()
-                token = torch.where(keep > 0, token, torch.full_like(token, net.null))
-                noisy = scheduler.add_noise(x0, noise, t)
-                loss = F.mse_loss(net(noisy, t, net.embed(token, text, keep)), noise)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                ema.step(net.parameters())
+                loss = self._train_step(state, scheduler, images[index].to(device),
+                                        tokens[index].to(device),
+                                        caption_ids[caption_of[index]].to(device))
                 state.step += 1
-                state.history["loss"].append(loss.item())
+                state.history["loss"].append(loss)
                 if checkpoint is not None and state.step % self.checkpoint_every == 0:
                     state.elapsed = elapsed_before + time.monotonic() - started
                     self._save_training(checkpoint, state)
@@ -390,6 +376,24 @@ class DiffusionGenerator:
         self._output_size = (int(data.images.shape[-2]), int(data.images.shape[-1]))
         self.history = state.history
         return FitResult(state.step, {"loss": list(state.history["loss"])})
+
+    def _train_step(self, state: "_TrainingState", scheduler: Any, x0: torch.Tensor,
+                    token: torch.Tensor, text: torch.Tensor) -> float:
+        """One denoising step on a batch: noise at a random timestep, the condition
+        dropped to the null token with probability ``cond_dropout`` (for guidance), the
+        noise predicted, AdamW and the EMA updated. Returns the loss."""
+        net, rng, device = state.net, state.generators["noise"], x0.device
+        noise = torch.randn(x0.shape, generator=rng, device=device)
+        t = torch.randint(0, self.train_timesteps, (len(x0),), generator=rng, device=device)
+        keep = (torch.rand(len(x0), generator=rng, device=device) >= self.cond_dropout).float()
+        token = torch.where(keep > 0, token, torch.full_like(token, net.null))
+        noisy = scheduler.add_noise(x0, noise, t)
+        loss = F.mse_loss(net(noisy, t, net.embed(token, text, keep)), noise)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.ema.step(net.parameters())
+        return loss.item()
 
     # -- training checkpoints -----------------------------------------------------------
 
