@@ -130,8 +130,8 @@ def measure(setup: SeedSetup, variant: str, args: argparse.Namespace) -> dict[st
                           domains=[train.domain] * len(train), class_names=train.class_names,
                           target_domain=train.domain)
     t0 = time.perf_counter()
-    history = gan.fit(gdata, budget=Budget(args.max_steps, args.seconds), progress=progress,
-                      device=device)
+    fitted = gan.fit(gdata, budget=Budget(args.max_steps, args.seconds), progress=progress,
+                     device=device)
     fit_s = time.perf_counter() - t0
     labels = torch.arange(train.num_classes).repeat_interleave(args.per_class)
     prompts = synthesis_prompts(setup.captioner, labels, train, setup.captions, seed=seed)
@@ -143,7 +143,7 @@ def measure(setup: SeedSetup, variant: str, args: argparse.Namespace) -> dict[st
                                             seed=seed, device=device)
         dist = feature_distances(setup.encoder, setup.test, synthetic, device, seed=seed)
     return {"seed": seed, "variant": variant, **settings(args),
-            "gan_steps": len(history["g_loss"]), "fit_s": round(fit_s, 1),
+            "gan_steps": fitted.steps, "fit_s": round(fit_s, 1),
             "quality_s": round(time.perf_counter() - t0, 1), "cas": cas, **setup.reference,
             "fid": dist["fid"], "kid_mean": dist["kid_mean"], "kid_std": dist["kid_std"]}
 

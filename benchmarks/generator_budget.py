@@ -104,6 +104,31 @@ def measure(setup: SeedSetup, name: str, budget: str, args: argparse.Namespace
             "kid_mean": dist["kid_mean"], "kid_std": dist["kid_std"]}
 
 
+def measure_floor(setup: SeedSetup, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The real training images (as many per class as a generator draws) taken down to
+    ``size`` px and back, as the diffusion generator's samples are: the best CAS and FID a
+    generator working at that size could reach here. Needs no training budget."""
+    from imgxfer.quality import (classification_accuracy_score, feature_distances,
+                                 matched_real_subset)
+    import torch.nn.functional as F
+
+    seed, device, train = setup.seed, setup.device, setup.train
+    real = matched_real_subset(train, [args.per_class] * train.num_classes, seed=seed)
+    small = F.interpolate(real.images, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    images = F.interpolate(small, size=real.images.shape[-2:], mode="bilinear",
+                           align_corners=False).clamp(0, 1)
+    floor = ImageDataset(images, real.labels, list(real.class_names), f"real@{size}px")
+    with torch.random.fork_rng(devices=[]):
+        cas = classification_accuracy_score(floor, setup.test, steps=args.cas_steps, seed=seed,
+                                            device=device)
+        dist = feature_distances(setup.encoder, setup.test, floor, device, seed=seed)
+    return {"generator": f"real@{size}px", "budget": "-", "seed": seed, **settings(args),
+            "options": {}, "steps": 0, "fit_s": 0, "sample_s": 0, "sampled": len(floor),
+            "sample_s_per_1000": 0, "cas": cas, **setup.reference, "fid": dist["fid"],
+            "kid_mean": dist["kid_mean"], "kid_std": dist["kid_std"]}
+
+
 def table(rows: list[dict[str, Any]], generators: list[str], budgets: list[str]) -> str:
     """One row per (budget, generator), mean ± std over seeds; ratios to the first
     generator of the same budget (CAS, FID, steps and sampling time)."""
@@ -152,6 +177,9 @@ def main() -> None:
     ap.add_argument("--diffusion-opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="benchmarks/results/generator_budget.jsonl")
+    ap.add_argument("--real-floor", type=int, metavar="PX",
+                    help="instead of training: real images round-tripped through PX pixels "
+                         "(the ceiling of a generator working at PX), one row per seed")
     ap.add_argument("--table-only", action="store_true",
                     help="print the table of the lines in --out and stop")
     args = ap.parse_args()
@@ -175,6 +203,13 @@ def main() -> None:
                 and all(r.get(k) == v for k, v in same.items())
                 and r.get("options") == resolved[r["generator"]]]
 
+    if args.real_floor:
+        rows = [measure_floor(SeedSetup(seed, args, args.device, mnist()), args.real_floor, args)
+                for seed in seeds]
+        with Path(args.out).open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        print(table(rows, [f"real@{args.real_floor}px"], ["-"]))
+        return
     if not args.table_only:
         data = None
         for seed in seeds:

@@ -9,7 +9,12 @@ import importlib.metadata as md
 import os
 import subprocess
 import sys
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest

@@ -487,8 +487,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             captions["synthetic"] = prompts
         # The options it actually used (defaults included, when it can say) and the class
         # names, so `imgxfer generate` rebuilds it even if defaults change later.
-        resolved = getattr(generator, "resolved_options", None)  # optional (imgxfer.protocols)
-        used = resolved() if callable(resolved) else config.options["generator"]
+        resolved = declared(generator, "resolved_options", "generators")
+        used = resolved() if resolved is not None else config.options["generator"]
         atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
                             {"component": config.generator, "options": json.dumps(used),
                              "classes": json.dumps(list(target.class_names))})
@@ -557,8 +557,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             metrics["target"], classifier = result, model
         timings[f"adapter:{name}"] = seconds
         if twin is not None:
-            uses = getattr(adapter, "uses", None)
-            same_fit = uses is not None and "synthetic" not in uses
+            same_fit = "synthetic" not in adapter.uses
             if same_fit:
                 other = result  # it never reads synthetic images: the same fit
             else:

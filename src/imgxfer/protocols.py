@@ -12,9 +12,9 @@ them with the defaults listed here.
 
 What every ``fit`` receives:
 
-- ``budget`` (:class:`imgxfer.budget.Budget`): ``budget.steps`` is an ``int`` or ``None``
-  (time only), ``budget.seconds`` a float or ``None``; call ``budget.start()`` when
-  training starts and stop when ``budget.done(step)`` is true.
+- ``budget`` (:class:`imgxfer.budget.Budget`): ``budget.steps`` (an ``int``; for a
+  generator also ``None``, a time-only budget) and ``budget.seconds`` (a float or
+  ``None``); stop when ``budget.done(step)`` is true. The core starts the clock.
 - ``progress`` (:class:`imgxfer.progress.Progress`): ``with progress.task(text,
   total=budget.steps) as task: task.advance(1, loss=...)`` and ``progress.log(text)``.
 - ``device`` (``torch.device``): where to train. The core moves an encoder to the device
@@ -88,7 +88,11 @@ class Captioner(Protocol):
     (unlabelled images); the captioner may then call ``classifier(images) ->
     probabilities [N, classes]`` to describe its guess. ``description`` is the dataset's
     words for its images ("handwritten digit"). One caption per image (or label),
-    deterministic for the same input."""
+    deterministic for the same input.
+
+    Optional: ``attributes(images) -> list[dict[str, float]]``, the measured values a
+    caption was written from, one dict per image (``imgxfer caption`` writes them to
+    captions.jsonl beside the text)."""
 
     def caption(self, images: torch.Tensor | None, labels: torch.Tensor | None = None, *,
                 class_names: Sequence[str], domain: str, description: str = "",
@@ -118,7 +122,7 @@ class Generator(Protocol):
     - ``resumable = True``: ``fit`` also takes ``checkpoint: Path`` and ``resume: bool``,
       saves its whole training state there atomically while it trains and, with
       ``resume``, continues from it (``imgxfer run --resume``).
-    - ``resolved_options() -> dict``: every option with its value, defaults included, so
+    - ``resolved_options() -> dict`` (a method): every option with its value, defaults included, so
       ``imgxfer generate`` rebuilds the same generator if defaults change later (the
       run's options are recorded when it is absent).
     - ``options_from_state(state) -> dict``, a static method of the *factory* (when the
@@ -187,13 +191,14 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Declared abilities and their defaults when a component does not declare them.
 OPTIONAL: dict[str, dict[str, Any]] = {
     "encoders": {"pretrains": False},
-    "captioners": {},
-    "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None},
+    "captioners": {"attributes": None},
+    "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None,
+                   "resolved_options": None},
     "adapters": {"trains_by_steps": True, "history": ()},
 }
-# A declared ability and the method it promises.
-IMPLIES: dict[str, dict[str, str]] = {"encoders": {"pretrains": "pretrain"},
-                                      "generators": {"resumable": "fit"}}
+# A declared ability and the method it promises (a resumable generator's fit taking
+# checkpoint= and resume= is exercised by imgxfer.testing.check_generator).
+IMPLIES: dict[str, dict[str, str]] = {"encoders": {"pretrains": "pretrain"}}
 KIND_OF = {"encoders": "encoder", "captioners": "captioner", "generators": "generator",
            "adapters": "adapter", "datasets": "dataset"}
 
@@ -215,6 +220,9 @@ def check_component(kind: str, component: Any, name: str, plugin: str) -> Any:
     if isinstance(component, (type, types.FunctionType, types.MethodType, functools.partial)):
         raise UserError(f"{what}: its factory returned {component!r}, not a component "
                         "(see imgxfer.protocols).")
+    if kind == "encoders" and not isinstance(component, torch.nn.Module):
+        raise UserError(f"{what} is a {type(component).__name__}, not a torch.nn.Module "
+                        "(see imgxfer.protocols.Encoder).")
     missing = [m for m in REQUIRED[kind] if not hasattr(component, m)]
     missing += [method for ability, method in IMPLIES.get(kind, {}).items()
                 if declared(component, ability, kind) and not hasattr(component, method)]

@@ -151,8 +151,8 @@ def _img_tag(png: bytes, alt: str) -> str:
 
 def _adapter_steps(adapters: dict[str, dict[str, Any]]) -> str:
     """'400 steps', or per adapter where they differ: a probe solved to convergence (steps
-    None) trains by no step count. Runs from before the key count as stepped."""
-    said = {n: "no steps" if "steps" in r and r["steps"] is None else f"{r.get('steps', '?')} steps"
+    None) trains by no step count."""
+    said = {n: "no steps" if r["steps"] is None else f"{r['steps']} steps"
             for n, r in adapters.items()}
     if len(set(said.values())) == 1:
         return next(iter(said.values()))

@@ -225,11 +225,30 @@ def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
     fresh.load_state_dict(state)
     assert torch.allclose(fresh.sample(prompts, labels, seed=3, device=CPU), images, atol=1e-5), \
         "a generator loaded from the saved state draws other images"
-    resolved = getattr(generator, "resolved_options", None)
-    if callable(resolved):
+    resolved = declared(generator, "resolved_options", "generators")
+    if resolved is not None:
         json.dumps(resolved())  # recorded in generator.safetensors' metadata
+    if declared(generator, "resumable", "generators"):
+        _check_resumes(factory, args, options, data, fit_steps)
     _check_refuses_unknown_options("generators", factory, args)
     return generator
+
+
+def _check_resumes(factory: Callable[..., Any], args: tuple[Any, ...],
+                   options: dict[str, Any], data: GeneratorData, fit_steps: int) -> None:
+    """A generator that declares ``resumable`` writes its training checkpoint when given
+    one, continues from it with ``resume=True``, and counts the steps before it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.safetensors"
+        first = _build("generators", factory, args, options)
+        first.fit(data, budget=Budget(fit_steps).start(), progress=NullProgress(), device=CPU,
+                  checkpoint=path)
+        assert path.is_file(), "fit(checkpoint=path) wrote no checkpoint"
+        again = _build("generators", factory, args, options)
+        result = again.fit(data, budget=Budget(fit_steps + 1).start(), progress=NullProgress(),
+                           device=CPU, checkpoint=path, resume=True)
+        assert result.steps == fit_steps + 1, \
+            f"resumed at step {fit_steps} for a budget of {fit_steps + 1}, it ended at {result.steps}"
 
 
 # --------------------------------------------------------------------------- adapters
@@ -281,6 +300,7 @@ def check_dataset(factory: Callable[..., Any], *args: Any, **options: Any) -> Im
     data = _build("datasets", factory, args, options)
     assert isinstance(data, ImageDataset), f"a {type(data).__name__}, not an ImageDataset"
     assert len(data) > 0, "no images"
+    assert data.num_classes >= 2, "fewer than two classes"
     assert data.images.is_floating_point() and data.images.ndim == 4, "float [N, C, H, W]"
     assert data.images.shape[1] in (1, 3), f"{data.images.shape[1]} channels"
     assert data.images.min() >= 0 and data.images.max() <= 1, "images outside [0, 1]"

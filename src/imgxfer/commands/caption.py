@@ -223,8 +223,10 @@ def caption_rows(captioner: Any, data: CaptionInput) -> list[dict[str, Any]]:
     when the captioner offers ``attributes()``."""
     captions = captioner.caption(data.images, data.labels, class_names=data.class_names,
                                  domain=data.domain, description=data.description)
-    measure = getattr(captioner, "attributes", None)
-    attributes = measure(data.images) if callable(measure) else None
+    from imgxfer.protocols import declared
+
+    measure = declared(captioner, "attributes", "captioners")
+    attributes = measure(data.images) if measure is not None else None
     rows = []
     for i, text in enumerate(captions):
         row: dict[str, Any] = {data.id_key: data.ids[i]}

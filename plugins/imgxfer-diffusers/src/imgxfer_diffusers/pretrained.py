@@ -107,6 +107,9 @@ class PretrainedPipeline:
         if dtype not in DTYPES:
             raise UserError(f"diffusers: dtype must be one of {', '.join(DTYPES)}, "
                             f"got {dtype!r}.")
+        if dtype != "float32" and not torch.cuda.is_available():
+            raise UserError(f"diffusers: dtype {dtype} needs a CUDA device and there is none "
+                            "here; use dtype=float32.")
         if image_size is not None and (isinstance(image_size, bool)
                                        or int(image_size) != image_size
                                        or image_size < 8 or image_size % 8):
