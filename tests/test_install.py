@@ -313,6 +313,16 @@ def test_unknown_component_of_an_uninstalled_plugin_hints_install(host, monkeypa
     assert result.output.strip() == f"error: {caught.value}"
 
 
+@pytest.mark.parametrize("name", ["diffusion", "diffusers:/models/sd15"])
+def test_a_component_registry_toml_lists_hints_its_plugin(host, monkeypatch, name):
+    """--generator diffusion is not named after its plugin: registry.toml's components
+    say where it comes from."""
+    monkeypatch.setattr(install.KnownPlugin, "installed_version", lambda self: None)
+    with pytest.raises(UnknownComponentError, match="it comes from plugin 'diffusers', "
+                       "which is not installed; install it with `imgxfer install diffusers`"):
+        host.registry.get("generators", name)
+
+
 def test_hint_for_an_installed_plugin_that_is_not_loaded(host, monkeypatch):
     monkeypatch.setattr(install.KnownPlugin, "installed_version", lambda self: "0.1.0")
     monkeypatch.setattr(install, "installed_plugins", lambda: {

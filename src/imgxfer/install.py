@@ -36,6 +36,9 @@ class KnownPlugin:
     builtin: bool = False
     # Optional dependencies installed with it (pip's "[a,b]"), e.g. what a part needs.
     extras: list[str] = field(default_factory=list)
+    # Component names it registers (families end in / or :), for the hint an unknown
+    # name gets when the plugin is not installed.
+    components: list[str] = field(default_factory=list)
 
     def local_path(self) -> Path | None:
         """The plugin's folder in this checkout, if imgxfer runs from one."""

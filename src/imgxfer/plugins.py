@@ -91,7 +91,12 @@ class PluginHost:
             from imgxfer.install import installed_plugins, known_plugins, normalise_name
 
             prefix = re.split(r"[/:]", name, maxsplit=1)[0]
-            plugin = known_plugins().get(prefix)
+            known = known_plugins()
+            # By the plugin's name ("timm/..."), else by the components it lists.
+            plugin = known.get(prefix) or next(
+                (p for p in known.values() if name in p.components
+                 or any(c.endswith(("/", ":")) and name.startswith(c) for c in p.components)),
+                None)
             if plugin is None or plugin.builtin or kind not in plugin.kinds:
                 return None
             if plugin.installed_version() is None:

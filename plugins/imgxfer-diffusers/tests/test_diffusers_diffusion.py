@@ -221,3 +221,50 @@ def test_generator_contract() -> None:
     from imgxfer import testing
 
     testing.check_generator(DiffusionGenerator, **TINY)
+
+
+def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -> None:
+    """The generator through the whole chain, as a user runs it: `imgxfer run` writes a
+    run folder with generator.safetensors; an interrupted run resumes from the training
+    checkpoint in its folder; `imgxfer generate` rebuilds the generator from the file."""
+    import json
+
+    from click.testing import CliRunner
+    from imgxfer import pipeline, plugins
+    from imgxfer.cli import cli
+
+    monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "cache"))  # the probe's feature cache
+    monkeypatch.setattr(plugins, "_HOST",
+                        PluginHost({"IMGXFER_LOAD_PLUGINS": "diffusers"}).load_all())
+    args = ["run", "--source", "syndigits", "--source-opt", "n_per_class=6", "--target",
+            "digits", "--shots", "2", "--encoder-opt", "width=4", "--encoder-opt",
+            "input_size=16", "--encoder-steps", "5", "--generator", "diffusion",
+            *[f"--generator-opt={k}={v}" for k, v in TINY.items()], "--generator-steps", "6",
+            "--synthetic-per-class", "2", "--adapter", "linear", "--no-quality",
+            "--out", str(tmp_path / "runs")]
+
+    # Interrupted right after the generator's training: the run folder holds the
+    # checkpoint (every 2 steps) and failed.json, no metrics.json.
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "check_images", interrupted)
+        result = CliRunner().invoke(cli, args)
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert isinstance(result.exception, KeyboardInterrupt)
+    assert json.loads((folder / "failed.json").read_text())["status"] == "interrupted"
+    assert (folder / pipeline.TRAINING_CHECKPOINT).is_file()
+
+    result = CliRunner().invoke(cli, ["run", "--resume", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "diffusion: resumed from" in result.output
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["generator"]["name"] == "diffusion" and metrics["generator"]["steps"] == 6
+    assert not (folder / "failed.json").exists()
+
+    out = tmp_path / "sevens"
+    result = CliRunner().invoke(cli, ["generate", "--from", str(folder), "--prompt",
+                                      "a handwritten digit seven", "--n", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "002.png", "grid.png"]

@@ -56,7 +56,6 @@ over it, so an interrupted write leaves the previous checkpoint whole), and
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -73,6 +72,8 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
+from imgxfer.generators.training import (check_training_metadata, data_signature,
+                                         draw_weights, strip_prefix)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -246,37 +247,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                         remedy="; delete it to start that training from the beginning")
 
 
-def _data_signature(data: GeneratorData, channels: int) -> dict[str, Any]:
-    """What a resumed run must share with the interrupted one: classes, image count and
-    channels, and a fingerprint of the images, labels, captions and domains."""
-    digest = hashlib.sha256()
-    digest.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
-    digest.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
-    digest.update(json.dumps([data.captions, data.domains, data.target_domain]).encode())
-    return {"classes": list(data.class_names), "channels": channels,
-            "images": len(data.images), "target_domain": data.target_domain,
-            "fingerprint": digest.hexdigest()[:32]}
-
-
-def _data_differences(saved: dict[str, Any], ours: dict[str, Any]) -> str:
-    """The differences between two data signatures, in words ("" when there are none)."""
-    parts = []
-    if len(saved.get("classes", [])) != len(ours["classes"]):
-        parts.append(f"{len(saved.get('classes', []))} classes (not {len(ours['classes'])})")
-    elif saved.get("classes") != ours["classes"]:
-        parts.append(f"classes {', '.join(map(str, saved.get('classes', [])))} "
-                     f"(not {', '.join(ours['classes'])})")
-    for key, unit in (("channels", "channels"), ("images", "images")):
-        if saved.get(key) != ours[key]:
-            parts.append(f"{saved.get(key)} {unit} (not {ours[key]})")
-    if saved.get("target_domain") != ours["target_domain"]:
-        parts.append(f"target domain {saved.get('target_domain')!r} "
-                     f"(not {ours['target_domain']!r})")
-    if not parts and saved.get("fingerprint") != ours["fingerprint"]:
-        parts.append("the same shapes but other images, labels or captions")
-    return "; ".join(parts)
-
-
 @dataclass
 class _CaptionPairs:
     """Per class, the distinct captions of its source and of its target images (indices
@@ -319,10 +289,6 @@ def relative_similarity_kl(reference: torch.Tensor, adapted: torch.Tensor) -> to
 
     p = F.softmax(similarities(reference), dim=1)
     return F.kl_div(F.log_softmax(similarities(adapted), dim=1), p, reduction="batchmean")
-
-
-def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class ConditionalGAN:
@@ -431,7 +397,7 @@ class ConditionalGAN:
         position = {c: i for i, c in enumerate(captions)}
         caption_of = torch.tensor([position[c] for c in data.captions])
         caption_ids = token_ids(captions)
-        draw_weights = self._draw_weights(data.domains, data.target_domain)
+        draw_weights = draw_weights(data.domains, data.target_domain, self.target_weight)
         pairs = _caption_pairs(labels, caption_of, data.domains, data.target_domain,
                                len(data.class_names)) if self.cdc > 0 else None
 
@@ -459,7 +425,7 @@ class ConditionalGAN:
             optimizers={"opt_g": opt_g, "opt_d": opt_d},
             generators={"draw": draw_rng, "noise": rng},
             history={"d_loss": [], "g_loss": []},
-            data=_data_signature(data, int(images.shape[1])), device=device.type)
+            data=data_signature(data, channels=int(images.shape[1])), device=device.type)
         if checkpoint is not None and resume and checkpoint.exists():
             self._load_training(checkpoint, state)
             progress.log(f"gan: resumed from {checkpoint} at step {state.step}")
@@ -570,37 +536,17 @@ class ConditionalGAN:
         the same options and data."""
         tensors, meta = read_checkpoint(path)
         where = f"the gan checkpoint {str(path)!r}"
-        if meta.get("format") != TRAINING_FORMAT:
-            raise UserError(f"{where} is not a gan training checkpoint (it has no "
-                            f"format={TRAINING_FORMAT} metadata).")
-        if meta.get("version") != str(_TRAINING_VERSION):
-            raise UserError(f"{where} has format version {meta.get('version')}; this imgxfer "
-                            f"reads version {_TRAINING_VERSION}.")
-        try:
-            saved = json.loads(meta["options"])
-            data = json.loads(meta["data"])
-            step, elapsed = int(meta["step"]), float(meta["elapsed_s"])
-        except (KeyError, ValueError) as error:
-            raise UserError(f"{where} has damaged metadata ({error}).") from None
         ours = {k: v for k, v in self.resolved_options().items() if k not in _NOT_COMPARED}
-        differ = [f"{k}={saved.get(k)!r} (not {v!r})" for k, v in ours.items()
-                  if saved.get(k) != v]
-        if differ:
-            raise UserError(f"{where} was trained with other options: {', '.join(differ)}; "
-                            "resume with the same options or start a new run.")
-        differ = _data_differences(data, state.data)
-        if differ:
-            raise UserError(f"{where} was trained on other data: {differ}; resume with the "
-                            "same data or start a new run.")
-        if meta.get("device", state.device) != state.device:
-            raise UserError(f"{where} was trained on {meta.get('device')}; resume it on "
-                            f"{meta.get('device')} too (not {state.device}), or start anew.")
+        values = check_training_metadata(
+            meta, where=where, format=TRAINING_FORMAT, version=_TRAINING_VERSION, options=ours,
+            data=state.data, device=state.device, numbers={"step": int, "elapsed_s": float})
+        step, elapsed = values["step"], values["elapsed_s"]
         try:
             for prefix, module in state.modules.items():
-                module.load_state_dict(_strip(tensors, prefix + "."))
+                module.load_state_dict(strip_prefix(tensors, prefix + "."))
             for prefix, optimizer in state.optimizers.items():
                 saved_state: dict[int, dict[str, torch.Tensor]] = {}
-                for key, value in _strip(tensors, prefix + ".").items():
+                for key, value in strip_prefix(tensors, prefix + ".").items():
                     index, name = key.split(".", 1)
                     saved_state.setdefault(int(index), {})[name] = value
                 current = optimizer.state_dict()
@@ -640,16 +586,6 @@ class ConditionalGAN:
             reference = gen_net(z, classes, caption_ids[source].expand(_CDC_BATCH, -1).to(device))
         adapted = gen_net(z, classes, caption_ids[target].expand(_CDC_BATCH, -1).to(device))
         return relative_similarity_kl(reference, adapted)
-
-    def _draw_weights(self, domains: Sequence[str], target: str) -> torch.Tensor:
-        """Per-image draw probability: ``target_weight`` in all for the target images."""
-        is_target = torch.tensor([d == target for d in domains])
-        n_target = int(is_target.sum())
-        n_other = len(domains) - n_target
-        if n_target == 0 or n_other == 0:
-            return torch.ones(len(domains))
-        return torch.where(is_target, self.target_weight / n_target,
-                           (1 - self.target_weight) / n_other)
 
     def _standing_statistics(self, sampler: _Generator,
                              draw: Callable[[], tuple[torch.Tensor, ...]],

@@ -48,7 +48,6 @@ diffusers is imported only when a generator is built, not when this module is.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -63,6 +62,8 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
+from imgxfer.generators.training import (check_training_metadata, data_signature,
+                                         draw_weights, strip_prefix)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -144,31 +145,6 @@ class _TrainingState:
     history: dict[str, list[float]] = field(default_factory=lambda: {"loss": []})
     step: int = 0
     elapsed: float = 0.0
-
-
-def _data_signature(data: GeneratorData) -> dict[str, Any]:
-    """What a resumed run must share with the interrupted one."""
-    digest = hashlib.sha256()
-    digest.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
-    digest.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
-    digest.update(json.dumps([data.captions, data.domains, data.target_domain]).encode())
-    return {"classes": list(data.class_names), "shape": list(data.images.shape[1:]),
-            "images": len(data.images), "target_domain": data.target_domain,
-            "fingerprint": digest.hexdigest()[:32]}
-
-
-def _data_differences(saved: dict[str, Any], ours: dict[str, Any]) -> str:
-    parts = []
-    for key in ("classes", "shape", "images", "target_domain"):
-        if saved.get(key) != ours[key]:
-            parts.append(f"{key} {saved.get(key)!r} (not {ours[key]!r})")
-    if not parts and saved.get("fingerprint") != ours["fingerprint"]:
-        parts.append("the same shapes but other images, labels or captions")
-    return "; ".join(parts)
-
-
-def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class DiffusionGenerator:
@@ -281,16 +257,6 @@ class DiffusionGenerator:
                                    mode="bilinear", antialias=True, align_corners=False)
         return images.clamp(0, 1) * 2 - 1
 
-    def _draw_weights(self, domains: Sequence[str], target: str) -> torch.Tensor:
-        """Per-image draw probability: ``target_weight`` in all for the target images."""
-        is_target = torch.tensor([d == target for d in domains])
-        n_target = int(is_target.sum())
-        n_other = len(domains) - n_target
-        if n_target == 0 or n_other == 0:
-            return torch.ones(len(domains))
-        return torch.where(is_target, self.target_weight / n_target,
-                           (1 - self.target_weight) / n_other)
-
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
             device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
             resume: bool = False) -> FitResult:
@@ -325,7 +291,7 @@ class DiffusionGenerator:
         position = {c: i for i, c in enumerate(captions)}
         caption_of = torch.tensor([position[c] for c in data.captions])
         caption_ids = token_ids(captions)
-        draw_weights = self._draw_weights(data.domains, data.target_domain)
+        draw_weights = draw_weights(data.domains, data.target_domain, self.target_weight)
 
         net = self._build(channels, num_classes).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.0)
@@ -335,7 +301,7 @@ class DiffusionGenerator:
             net=net, ema=ema, optimizer=optimizer,
             generators={"draw": torch.Generator().manual_seed(self.seed),
                         "noise": torch.Generator(device=device).manual_seed(self.seed)},
-            data=_data_signature(data), device=device.type)
+            data=data_signature(data, shape=list(data.images.shape[1:])), device=device.type)
         if checkpoint is not None and resume and checkpoint.exists():
             self._load_training(checkpoint, state)
             progress.log(f"{_NAME}: resumed from {checkpoint} at step {state.step}")
@@ -419,35 +385,15 @@ class DiffusionGenerator:
         tensors, meta = read_tensors(path, what="checkpoint", remedy="; delete it to start "
                                      "that training from the beginning")
         where = f"the {_NAME} checkpoint {str(path)!r}"
-        if meta.get("format") != TRAINING_FORMAT:
-            raise UserError(f"{where} is not a {_NAME} training checkpoint (it has no "
-                            f"format={TRAINING_FORMAT} metadata).")
-        if meta.get("version") != str(_TRAINING_VERSION):
-            raise UserError(f"{where} has format version {meta.get('version')}; this plugin "
-                            f"reads version {_TRAINING_VERSION}.")
-        try:
-            saved = json.loads(meta["options"])
-            data = json.loads(meta["data"])
-            step, ema_step = int(meta["step"]), int(meta["ema_step"])
-            elapsed = float(meta["elapsed_s"])
-        except (KeyError, ValueError) as error:
-            raise UserError(f"{where} has damaged metadata ({error}).") from None
         ours = {k: v for k, v in self.resolved_options().items() if k not in _NOT_COMPARED}
-        differ = [f"{k}={saved.get(k)!r} (not {v!r})" for k, v in ours.items()
-                  if saved.get(k) != v]
-        if differ:
-            raise UserError(f"{where} was trained with other options: {', '.join(differ)}; "
-                            "resume with the same options or start a new run.")
-        differ_data = _data_differences(data, state.data)
-        if differ_data:
-            raise UserError(f"{where} was trained on other data: {differ_data}; resume with "
-                            "the same data or start a new run.")
-        if meta.get("device", state.device) != state.device:
-            raise UserError(f"{where} was trained on {meta.get('device')}; resume it on "
-                            f"{meta.get('device')} too (not {state.device}), or start anew.")
+        values = check_training_metadata(
+            meta, where=where, format=TRAINING_FORMAT, version=_TRAINING_VERSION, options=ours,
+            data=state.data, device=state.device,
+            numbers={"step": int, "ema_step": int, "elapsed_s": float})
+        step, ema_step, elapsed = values["step"], values["ema_step"], values["elapsed_s"]
         try:
-            state.net.load_state_dict(_strip(tensors, "net."))
-            shadow = _strip(tensors, "ema.")
+            state.net.load_state_dict(strip_prefix(tensors, "net."))
+            shadow = strip_prefix(tensors, "ema.")
             if len(shadow) != len(state.ema.shadow_params):
                 raise ValueError(f"{len(shadow)} averaged tensors, not "
                                  f"{len(state.ema.shadow_params)}")
@@ -455,7 +401,7 @@ class DiffusionGenerator:
                 param.copy_(shadow[str(i)])
             state.ema.optimization_step = ema_step
             saved_state: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in _strip(tensors, "opt.").items():
+            for key, value in strip_prefix(tensors, "opt.").items():
                 index, name = key.split(".", 1)
                 saved_state.setdefault(int(index), {})[name] = value
             current = state.optimizer.state_dict()
@@ -578,7 +524,7 @@ class DiffusionGenerator:
         channels, height, width = (int(v) for v in state["meta.image_shape"])
         sampler = self._build(channels, int(state["meta.num_classes"][0]))
         try:
-            sampler.load_state_dict(_strip(state, "ema."))
+            sampler.load_state_dict(strip_prefix(state, "ema."))
         except RuntimeError as error:
             first = str(error).strip().splitlines()[-1].strip()
             raise UserError(f"this {_NAME} checkpoint does not fit the generator: "

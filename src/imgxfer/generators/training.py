@@ -1,0 +1,101 @@
+"""Helpers for generators that train in the run and resume from a checkpoint: a
+fingerprint of the data (a resumed run must see the same data), the differences between
+two fingerprints in words, and the per-image draw weights that give the few target images
+their share of each batch. The built-in GAN and the diffusers plugin's ``diffusion``
+generator use them, so both resume under the same rules; plugin authors may too."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+import torch
+
+from imgxfer.data import GeneratorData
+
+
+def data_signature(data: GeneratorData, **shape: Any) -> dict[str, Any]:
+    """What a resumed training must share with the interrupted one: the classes, the image
+    count, the target domain, ``shape`` (e.g. ``channels=1``) and a fingerprint of the
+    images, labels, captions and domains."""
+    digest = hashlib.sha256()
+    digest.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
+    digest.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
+    digest.update(json.dumps([data.captions, data.domains, data.target_domain]).encode())
+    return {"classes": list(data.class_names), **shape, "images": len(data.images),
+            "target_domain": data.target_domain, "fingerprint": digest.hexdigest()[:32]}
+
+
+def data_differences(saved: dict[str, Any], ours: dict[str, Any]) -> str:
+    """The differences between two :func:`data_signature` results, in words ("" when
+    there are none)."""
+    parts = []
+    theirs = saved.get("classes", [])
+    if len(theirs) != len(ours["classes"]):
+        parts.append(f"{len(theirs)} classes (not {len(ours['classes'])})")
+    elif theirs != ours["classes"]:
+        parts.append(f"classes {', '.join(map(str, theirs))} (not {', '.join(ours['classes'])})")
+    for key, value in ours.items():
+        if key in ("classes", "fingerprint") or saved.get(key) == value:
+            continue
+        if isinstance(value, int):  # "2 channels (not 1)"
+            parts.append(f"{saved.get(key)} {key} (not {value})")
+        else:  # "target domain 'mnist' (not 'digits')"
+            parts.append(f"{key.replace('_', ' ')} {saved.get(key)!r} (not {value!r})")
+    if not parts and saved.get("fingerprint") != ours["fingerprint"]:
+        parts.append("the same shapes but other images, labels or captions")
+    return "; ".join(parts)
+
+
+def draw_weights(domains: Sequence[str], target: str, target_weight: float) -> torch.Tensor:
+    """Per-image draw probability: ``target_weight`` in all for the images of the
+    ``target`` domain, the rest for the others (uniform when there is only one domain)."""
+    is_target = torch.tensor([d == target for d in domains])
+    n_target = int(is_target.sum())
+    n_other = len(domains) - n_target
+    if n_target == 0 or n_other == 0:
+        return torch.ones(len(domains))
+    return torch.where(is_target, target_weight / n_target, (1 - target_weight) / n_other)
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, without it (a module's state in a
+    checkpoint that holds several)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def check_training_metadata(meta: dict[str, str], *, where: str, format: str, version: int,
+                            options: dict[str, Any], data: dict[str, Any], device: str,
+                            numbers: dict[str, type]) -> dict[str, Any]:
+    """Check a training checkpoint's metadata before resuming from it: its ``format`` and
+    ``version``, that it was trained with ``options`` (the ones that change training) on
+    ``data`` (a :func:`data_signature`) and ``device``; return the entries named in
+    ``numbers`` converted (``{"step": int, "elapsed_s": float}``). Anything else is a
+    :class:`UserError` that starts with ``where`` ("the gan checkpoint 'path'")."""
+    from imgxfer.errors import UserError
+
+    if meta.get("format") != format:
+        raise UserError(f"{where} is not a {format.split('.')[1]} training checkpoint (it "
+                        f"has no format={format} metadata).")
+    if meta.get("version") != str(version):
+        raise UserError(f"{where} has format version {meta.get('version')}; this version of "
+                        f"the generator reads version {version}.")
+    try:
+        saved, trained_on = json.loads(meta["options"]), json.loads(meta["data"])
+        values = {key: kind(meta[key]) for key, kind in numbers.items()}
+    except (KeyError, ValueError) as error:
+        raise UserError(f"{where} has damaged metadata ({error}).") from None
+    differ = [f"{k}={saved.get(k)!r} (not {v!r})" for k, v in options.items()
+              if saved.get(k) != v]
+    if differ:
+        raise UserError(f"{where} was trained with other options: {', '.join(differ)}; "
+                        "resume with the same options or start a new run.")
+    differ_data = data_differences(trained_on, data)
+    if differ_data:
+        raise UserError(f"{where} was trained on other data: {differ_data}; resume with the "
+                        "same data or start a new run.")
+    if meta.get("device", device) != device:
+        raise UserError(f"{where} was trained on {meta.get('device')}; resume it on "
+                        f"{meta.get('device')} too (not {device}), or start anew.")
+    return values
