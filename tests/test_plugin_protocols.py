@@ -197,3 +197,15 @@ def test_encoder_steps_for_an_encoder_that_does_not_pretrain_are_said(docs_host,
                     "--generator", "none", "--adapter", "nearest-mean", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert "encoder pixels does not train on the source" in " ".join(result.output.split())
+
+
+def test_the_plugin_api_is_public_from_the_package() -> None:
+    from imgxfer.budget import Budget
+    from imgxfer.classifier import Classifier
+    from imgxfer.progress import NullProgress, Progress
+
+    assert (imgxfer.Budget, imgxfer.Classifier, imgxfer.Progress, imgxfer.NullProgress) == (
+        Budget, Classifier, Progress, NullProgress)
+    assert imgxfer.FitResult(3).losses == {}
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        imgxfer.Nope
