@@ -148,8 +148,9 @@ def test_invalid_options_are_user_errors(options: dict, words: str) -> None:
 
 
 def test_target_images_get_target_weight_of_each_draw() -> None:
-    gan = ConditionalGAN(target_weight=0.4)
-    weights = gan._draw_weights(["s"] * 90 + ["t"] * 10, "t")
+    from imgxfer.generators.training import draw_weights
+
+    weights = draw_weights(["s"] * 90 + ["t"] * 10, "t", 0.4)
     assert math.isclose(float(weights[90:].sum() / weights.sum()), 0.4, rel_tol=1e-6)
 
 

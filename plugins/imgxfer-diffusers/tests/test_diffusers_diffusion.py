@@ -252,7 +252,7 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
         patch.setattr(pipeline, "check_images", interrupted)
         result = CliRunner().invoke(cli, args)
     (folder,) = (tmp_path / "runs").iterdir()
-    assert isinstance(result.exception, KeyboardInterrupt)
+    assert result.exit_code != 0  # click turns Ctrl-C into "Aborted!"
     assert json.loads((folder / "failed.json").read_text())["status"] == "interrupted"
     assert (folder / pipeline.TRAINING_CHECKPOINT).is_file()
 

@@ -397,7 +397,7 @@ class ConditionalGAN:
         position = {c: i for i, c in enumerate(captions)}
         caption_of = torch.tensor([position[c] for c in data.captions])
         caption_ids = token_ids(captions)
-        draw_weights = draw_weights(data.domains, data.target_domain, self.target_weight)
+        weights = draw_weights(data.domains, data.target_domain, self.target_weight)
         pairs = _caption_pairs(labels, caption_of, data.domains, data.target_domain,
                                len(data.class_names)) if self.cdc > 0 else None
 
@@ -431,7 +431,7 @@ class ConditionalGAN:
             progress.log(f"gan: resumed from {checkpoint} at step {state.step}")
 
         def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            index = torch.multinomial(draw_weights, self.batch_size, replacement=True,
+            index = torch.multinomial(weights, self.batch_size, replacement=True,
                                       generator=draw_rng)
             return (images[index].to(device), labels[index].to(device),
                     caption_ids[caption_of[index]].to(device))

@@ -291,7 +291,7 @@ class DiffusionGenerator:
         position = {c: i for i, c in enumerate(captions)}
         caption_of = torch.tensor([position[c] for c in data.captions])
         caption_ids = token_ids(captions)
-        draw_weights = draw_weights(data.domains, data.target_domain, self.target_weight)
+        weights = draw_weights(data.domains, data.target_domain, self.target_weight)
 
         net = self._build(channels, num_classes).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.0)
@@ -320,7 +320,7 @@ class DiffusionGenerator:
             if state.step:
                 task.advance(state.step)
             while not budget.done(state.step) and not out_of_time():
-                index = torch.multinomial(draw_weights, self.batch_size, replacement=True,
+                index = torch.multinomial(weights, self.batch_size, replacement=True,
                                           generator=draw_rng)
                 loss = self._train_step(state, scheduler, images[index].to(device),
                                         tokens[index].to(device),
