@@ -73,7 +73,8 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.generators.training import (check_training_metadata, data_signature,
-                                         draw_weights, strip_prefix)
+                                         draw_weights, load_optimizer, load_progress,
+                                         optimizer_tensors, progress_tensors, strip_prefix)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -516,13 +517,8 @@ class ConditionalGAN:
         for prefix, module in state.modules.items():
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         for prefix, optimizer in state.optimizers.items():
-            for index, values in optimizer.state_dict()["state"].items():
-                for name, value in values.items():
-                    tensors[f"{prefix}.{index}.{name}"] = torch.as_tensor(value)
-        for name, generator in state.generators.items():
-            tensors[f"rng.{name}"] = generator.get_state()
-        for name, values in state.history.items():
-            tensors[f"history.{name}"] = torch.tensor(values, dtype=torch.float64)
+            tensors.update(optimizer_tensors(prefix, optimizer))
+        tensors.update(progress_tensors(state.generators, state.history))
         metadata = {"format": TRAINING_FORMAT, "version": str(_TRAINING_VERSION),
                     "step": str(state.step), "elapsed_s": repr(float(state.elapsed)),
                     "device": state.device,
@@ -545,17 +541,8 @@ class ConditionalGAN:
             for prefix, module in state.modules.items():
                 module.load_state_dict(strip_prefix(tensors, prefix + "."))
             for prefix, optimizer in state.optimizers.items():
-                saved_state: dict[int, dict[str, torch.Tensor]] = {}
-                for key, value in strip_prefix(tensors, prefix + ".").items():
-                    index, name = key.split(".", 1)
-                    saved_state.setdefault(int(index), {})[name] = value
-                current = optimizer.state_dict()
-                # The hyper-parameters (param_groups) follow from the options, checked above.
-                optimizer.load_state_dict({"state": saved_state,
-                                           "param_groups": current["param_groups"]})
-            for name, generator in state.generators.items():
-                generator.set_state(tensors[f"rng.{name}"])
-            history = {name: tensors[f"history.{name}"].tolist() for name in state.history}
+                load_optimizer(tensors, prefix, optimizer)
+            history = load_progress(tensors, state.generators, list(state.history))
         except (KeyError, RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
             raise UserError(f"{where} does not fit this generator: {first or error!r}") from None

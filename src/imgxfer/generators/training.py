@@ -99,3 +99,42 @@ def check_training_metadata(meta: dict[str, str], *, where: str, format: str, ve
         raise UserError(f"{where} was trained on {meta.get('device')}; resume it on "
                         f"{meta.get('device')} too (not {device}), or start anew.")
     return values
+
+
+def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimiser's per-parameter state as flat tensors ``<prefix>.<index>.<name>``
+    (e.g. Adam's ``step``, ``exp_avg``); its hyper-parameters follow from the options."""
+    return {f"{prefix}.{index}.{name}": torch.as_tensor(value)
+            for index, values in optimizer.state_dict()["state"].items()
+            for name, value in values.items()}
+
+
+def load_optimizer(tensors: dict[str, torch.Tensor], prefix: str,
+                   optimizer: torch.optim.Optimizer) -> None:
+    """Restore the state :func:`optimizer_tensors` saved, keeping the current
+    hyper-parameters (``param_groups``)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in strip_prefix(tensors, prefix + ".").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state,
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def progress_tensors(generators: dict[str, torch.Generator],
+                     history: dict[str, list[float]]) -> dict[str, torch.Tensor]:
+    """Random generator states (``rng.<name>``) and loss curves (``history.<name>``,
+    float64): what besides weights makes a resumed run continue exactly."""
+    tensors = {f"rng.{name}": g.get_state() for name, g in generators.items()}
+    tensors.update({f"history.{name}": torch.tensor(values, dtype=torch.float64)
+                    for name, values in history.items()})
+    return tensors
+
+
+def load_progress(tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator],
+                  names: Sequence[str]) -> dict[str, list[float]]:
+    """Set the random generators from :func:`progress_tensors`; return the loss curves
+    named ``names``."""
+    for name, generator in generators.items():
+        generator.set_state(tensors[f"rng.{name}"])
+    return {name: tensors[f"history.{name}"].tolist() for name in names}

@@ -63,7 +63,8 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.generators.training import (check_training_metadata, data_signature,
-                                         draw_weights, strip_prefix)
+                                         draw_weights, load_optimizer, load_progress,
+                                         optimizer_tensors, progress_tensors, strip_prefix)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -367,13 +368,8 @@ class DiffusionGenerator:
         tensors: dict[str, torch.Tensor] = {
             f"net.{k}": v for k, v in state.net.state_dict().items()}
         tensors.update({f"ema.{i}": p for i, p in enumerate(state.ema.shadow_params)})
-        for index, values in state.optimizer.state_dict()["state"].items():
-            for name, value in values.items():
-                tensors[f"opt.{index}.{name}"] = torch.as_tensor(value)
-        for name, generator in state.generators.items():
-            tensors[f"rng.{name}"] = generator.get_state()
-        for name, values in state.history.items():
-            tensors[f"history.{name}"] = torch.tensor(values, dtype=torch.float64)
+        tensors.update(optimizer_tensors("opt", state.optimizer))
+        tensors.update(progress_tensors(state.generators, state.history))
         metadata = {"format": TRAINING_FORMAT, "version": str(_TRAINING_VERSION),
                     "step": str(state.step), "ema_step": str(state.ema.optimization_step),
                     "elapsed_s": repr(float(state.elapsed)), "device": state.device,
@@ -400,16 +396,8 @@ class DiffusionGenerator:
             for i, param in enumerate(state.ema.shadow_params):
                 param.copy_(shadow[str(i)])
             state.ema.optimization_step = ema_step
-            saved_state: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in strip_prefix(tensors, "opt.").items():
-                index, name = key.split(".", 1)
-                saved_state.setdefault(int(index), {})[name] = value
-            current = state.optimizer.state_dict()
-            state.optimizer.load_state_dict({"state": saved_state,
-                                             "param_groups": current["param_groups"]})
-            for name, generator in state.generators.items():
-                generator.set_state(tensors[f"rng.{name}"])
-            history = {name: tensors[f"history.{name}"].tolist() for name in state.history}
+            load_optimizer(tensors, "opt", state.optimizer)
+            history = load_progress(tensors, state.generators, list(state.history))
         except (KeyError, RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
             raise UserError(f"{where} does not fit this generator: {first or error!r}.") from None
