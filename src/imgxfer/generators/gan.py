@@ -72,9 +72,10 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (check_training_metadata, data_signature,
-                                         draw_weights, load_optimizer, load_progress,
-                                         optimizer_tensors, progress_tensors, strip_prefix)
+from imgxfer.generators.training import (check_fit_inputs, check_training_metadata,
+                                         data_signature, draw_weights, load_optimizer,
+                                         load_progress, optimizer_tensors, progress_tensors,
+                                         strip_prefix, to_model_range)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -378,19 +379,8 @@ class ConditionalGAN:
         checkpoint from other options or other data is refused with a :class:`UserError`.
         """
         device = torch.device(device)
-        n_images = len(data.images)
-        if n_images == 0:
-            raise UserError("gan: there are no images to learn from.")
-        if not (len(data.labels) == len(data.captions) == len(data.domains) == n_images):
-            raise ValueError("GeneratorData: images, labels, captions and domains differ in length")
+        checkpoint = check_fit_inputs("gan", data, checkpoint)
         labels = data.labels.long()
-        if labels.min() < 0 or labels.max() >= len(data.class_names):
-            raise ValueError("GeneratorData: labels must index class_names")
-        if checkpoint is not None:
-            checkpoint = Path(checkpoint)
-            if not checkpoint.parent.is_dir():
-                raise UserError(f"gan: the folder of the checkpoint {str(checkpoint)!r} "
-                                "does not exist.")
         # The data stays on the CPU and batches travel: a large set need not fit the device.
         images = self._prepare(data.images)
         captions = sorted(set(data.captions))
@@ -552,11 +542,7 @@ class ConditionalGAN:
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] -> ``image_size`` squares in [-1, 1] (the tanh range)."""
-        images = images.float()
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size),
-                                   mode="bilinear", antialias=True, align_corners=False)
-        return images.clamp(0, 1) * 2 - 1
+        return to_model_range(images, self.image_size)
 
     def _consistency(self, gen_net: _Generator, pairs: "_CaptionPairs",
                      caption_ids: torch.Tensor, draw_rng: torch.Generator,

@@ -138,3 +138,39 @@ def load_progress(tensors: dict[str, torch.Tensor], generators: dict[str, torch.
     for name, generator in generators.items():
         generator.set_state(tensors[f"rng.{name}"])
     return {name: tensors[f"history.{name}"].tolist() for name in names}
+
+
+def check_fit_inputs(name: str, data: GeneratorData, checkpoint: Any) -> Any:
+    """What ``fit`` must refuse before it builds anything: no images (a user's mistake,
+    one sentence), inconsistent data (a caller's bug) and a checkpoint path whose folder
+    does not exist. Returns the checkpoint as a ``Path`` (or ``None``)."""
+    from pathlib import Path
+
+    from imgxfer.errors import UserError
+
+    n_images = len(data.images)
+    if n_images == 0:
+        raise UserError(f"{name}: there are no images to learn from.")
+    if not (len(data.labels) == len(data.captions) == len(data.domains) == n_images):
+        raise ValueError("GeneratorData: images, labels, captions and domains differ in length")
+    if data.labels.min() < 0 or data.labels.max() >= len(data.class_names):
+        raise ValueError("GeneratorData: labels must index class_names")
+    if checkpoint is None:
+        return None
+    checkpoint = Path(checkpoint)
+    if not checkpoint.parent.is_dir():
+        raise UserError(f"{name}: the folder of the checkpoint {str(checkpoint)!r} does not "
+                        "exist.")
+    return checkpoint
+
+
+def to_model_range(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images in [0, 1] -> ``size`` x ``size`` squares in [-1, 1] (antialiased
+    resize), what both built-in-style generators learn from."""
+    import torch.nn.functional as F
+
+    images = images.float()
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)
+    return images.clamp(0, 1) * 2 - 1

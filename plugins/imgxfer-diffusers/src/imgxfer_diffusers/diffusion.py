@@ -62,9 +62,10 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (check_training_metadata, data_signature,
-                                         draw_weights, load_optimizer, load_progress,
-                                         optimizer_tensors, progress_tensors, strip_prefix)
+from imgxfer.generators.training import (check_fit_inputs, check_training_metadata,
+                                         data_signature, draw_weights, load_optimizer,
+                                         load_progress, optimizer_tensors, progress_tensors,
+                                         strip_prefix, to_model_range)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -252,11 +253,7 @@ class DiffusionGenerator:
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] -> ``image_size`` squares in [-1, 1]."""
-        images = images.float()
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size),
-                                   mode="bilinear", antialias=True, align_corners=False)
-        return images.clamp(0, 1) * 2 - 1
+        return to_model_range(images, self.image_size)
 
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
             device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
@@ -270,20 +267,9 @@ class DiffusionGenerator:
         from diffusers.training_utils import EMAModel
 
         device = torch.device(device)
-        n_images = len(data.images)
-        if n_images == 0:
-            raise UserError(f"{_NAME}: there are no images to learn from.")
-        if not (len(data.labels) == len(data.captions) == len(data.domains) == n_images):
-            raise ValueError("GeneratorData: images, labels, captions and domains differ in length")
+        checkpoint = check_fit_inputs(_NAME, data, checkpoint)
         num_classes = len(data.class_names)
         labels = data.labels.long()
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError("GeneratorData: labels must index class_names")
-        if checkpoint is not None:
-            checkpoint = Path(checkpoint)
-            if not checkpoint.parent.is_dir():
-                raise UserError(f"{_NAME}: the folder of the checkpoint {str(checkpoint)!r} "
-                                "does not exist.")
         images = self._prepare(data.images)  # stays on the CPU; batches travel
         channels = int(images.shape[1])
         is_target = torch.tensor([d == data.target_domain for d in data.domains])
