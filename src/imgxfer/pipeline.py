@@ -21,13 +21,16 @@ from imgxfer import __version__
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.classifier import Classifier
 from imgxfer.config import NONE, RunConfig, check_device
-from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData, align_classes, few_shot_split
+from imgxfer.data import (GeneratorData, ImageDataset, Split, TransferData, align_classes,
+                          drop_shared_origins, few_shot_split)
+from imgxfer.encoders.preprocess import match_channels
 from imgxfer.errors import UserError
 from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.plugins import get_registry
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.protocols import FitResult, checkpoint_args, declared
 from imgxfer.registry import Registry
+from imgxfer.synthesis import check_mode, synthesise, synthesis_prompts  # noqa: F401
 from imgxfer.runfolder import (atomic_save_tensors, atomic_write_json, atomic_write_text,
                                check_out_dir, create_run_dir)
 from imgxfer.training import predict_logits
@@ -110,10 +113,26 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
+def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDataset,
+                         target: ImageDataset) -> RunConfig:
+    """The config with the encoder's ``in_channels`` set to the run's image channels (the
+    most of source and target) when its factory defaults it to 0 (auto) and the user did
+    not set it, so colour targets (mnist-m) get a colour encoder while greyscale runs
+    stay greyscale; config.toml then records it, so ``imgxfer predict`` rebuilds it."""
+    options = config.options["encoder"]
+    defaults = registry.get("encoders", config.encoder).defaults()
+    if defaults.get("in_channels") != 0 or "in_channels" in options:
+        return config
+    channels = max(int(source.images.shape[1]), int(target.images.shape[1]))
+    channels = 3 if channels >= 3 else 1
+    return replace(config, options={**config.options,
+                                    "encoder": {**options, "in_channels": channels}})
+
+
 def load_data(config: RunConfig, registry: Registry) -> tuple[ImageDataset, Split]:
     source = build(registry, "datasets", config.source, config.options["source"], config.seed)
     target = build(registry, "datasets", config.target, config.options["target"], config.seed + 1)
-    source = align_classes(source, target)
+    source = drop_shared_origins(align_classes(source, target), target)
     split = few_shot_split(target, config.shots, test_fraction=config.test_fraction,
                            seed=config.seed)
     return source, split
@@ -157,6 +176,7 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
 
     seed_everything(config.seed)
     source, split = load_data(config, registry)
+    config = resolve_auto_options(config, registry, source, split.test)
     encoder = build(registry, "encoders", config.encoder, config.options["encoder"], config.seed)
     captioner = build(registry, "captioners", config.captioner, config.options["captioner"], config.seed)
     # The [adapter] options belong to the adapter named there; compared ones use defaults.
@@ -167,6 +187,8 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
     generator = (build(registry, "generators", config.generator, config.options["generator"],
                        config.seed) if config.generator != NONE else None)
     check_zero_steps(config, adapters, generator)
+    if generator is not None:
+        check_mode(config.synthesis, generator, config.generator, registry)
     return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_budget)
 
 
@@ -186,31 +208,6 @@ def check_zero_steps(config: RunConfig, adapters: dict[str, Any], generator: Any
         raise UserError(f"--generator-steps 0 would leave the generator {config.generator!r} "
                         "untrained (it would draw noise); give 1 or more, a time with "
                         "--generator-budget, or --generator none.")
-
-
-def synthesis_prompts(captioner: Any, labels: torch.Tensor, labelled: ImageDataset,
-                      labelled_captions: list[str], *, seed: int = 0) -> list[str]:
-    """One prompt per synthetic label: the caption of a (seeded) randomly chosen labelled
-    target image of that class, so prompts carry what the captioner saw in target images
-    (style, stroke, layout); for a class without labelled images, the captioner's
-    image-free caption of the label."""
-    g = torch.Generator().manual_seed(seed)
-    by_class = {c: torch.nonzero(labelled.labels == c).flatten()
-                for c in range(labelled.num_classes)}
-    missing = [i for i, y in enumerate(labels.tolist()) if not len(by_class[y])]
-    fallback = (captioner.caption(None, labels[missing], class_names=labelled.class_names,
-                                  domain=labelled.domain, description=labelled.description)
-                if missing else [])
-    fallback_of = dict(zip(missing, fallback))
-    prompts = []
-    for i, y in enumerate(labels.tolist()):
-        pool = by_class[y]
-        if len(pool):
-            j = int(pool[torch.randint(len(pool), (1,), generator=g)])
-            prompts.append(labelled_captions[j])
-        else:
-            prompts.append(fallback_of[i])
-    return prompts
 
 
 def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset, split: Split,
@@ -310,7 +307,7 @@ def train_generator(plan: Plan, data: GeneratorData, folder: Path, progress: Pro
     return fitted
 
 
-def check_images(images: Any, count: int, name: str) -> torch.Tensor:
+def check_images(images: Any, count: int, name: str, method: str = "sample") -> torch.Tensor:
     """A generator's samples as the protocol promises them (``count`` float images
     ``[N, C, H, W]`` in [0, 1] on the CPU), or one sentence naming what is wrong."""
     problem = ""
@@ -323,7 +320,7 @@ def check_images(images: Any, count: int, name: str) -> torch.Tensor:
     elif len(images) and (images.min() < 0 or images.max() > 1 or not images.isfinite().all()):
         problem = "returned values outside [0, 1]"
     if problem:
-        raise UserError(f"generator {name!r} broke its protocol: sample {problem} "
+        raise UserError(f"generator {name!r} broke its protocol: {method} {problem} "
                         "(see imgxfer.protocols.Generator).")
     return images.cpu()
 
@@ -466,21 +463,29 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
     if generator is not None:
         t0 = time.perf_counter()
         gdata = GeneratorData(
-            images=torch.cat([source.images, split.labelled.images]),
+            # One tensor: source images take the target's channel count (grey mnist
+            # digits beside colour mnist-m ones become grey RGB).
+            images=torch.cat([match_channels(source.images, int(target.images.shape[1])),
+                              split.labelled.images]),
             labels=torch.cat([source.labels, split.labelled.labels]),
             captions=captions["source"] + captions["target"],
             domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
             class_names=list(target.class_names), target_domain=target.domain,
+            synthesis=config.synthesis,
+            unlabelled=split.unlabelled.images if config.synthesis == "translate" else None,
         )
         fitted = train_generator(plan, gdata, folder, progress, resume)
         timings["generator_fit"] = time.perf_counter() - t0
-        labels = torch.arange(target.num_classes).repeat_interleave(config.synthetic_per_class)
-        prompts = synthesis_prompts(captioner, labels, split.labelled, captions["target"],
-                                    seed=config.seed)
         t0 = time.perf_counter()
-        images = (check_images(generator.sample(prompts, labels, seed=config.seed, device=device),
-                               len(labels), config.generator) if len(labels) else None)
+        made = synthesise(config.synthesis, generator, captioner, source, split,
+                          captions["target"], per_class=config.synthetic_per_class,
+                          seed=config.seed, device=device)
+        labels, prompts = made.labels, made.prompts
+        images = (None if made.images is None else
+                  check_images(made.images, len(labels), config.generator,
+                               "sample" if made.inputs is None else "edit"))
         timings["generator_sample"] = time.perf_counter() - t0
+        extras["synthesis_inputs"] = made.inputs
         if images is not None:
             synthetic = ImageDataset(images, labels, list(target.class_names),
                                      f"synthetic-{target.domain}", target.description)
@@ -492,7 +497,7 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
         atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
                             {"component": config.generator, "options": json.dumps(used),
                              "classes": json.dumps(list(target.class_names))})
-        metrics["generator"] = {"name": config.generator,
+        metrics["generator"] = {"name": config.generator, "synthesis": config.synthesis,
                                 "conditioning": sorted(generator.conditioning),
                                 "steps": fitted.steps,
                                 "synthetic_images": 0 if synthetic is None else len(synthetic)}
@@ -501,6 +506,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
             synthetic, kept, metrics["generator"]["filter"] = filter_synthetic(
                 synthetic, encoder, source, split, config.synthetic_filter, device)
             captions["synthetic"] = [p for p, k in zip(prompts, kept.tolist()) if k]
+            if made.inputs is not None:
+                extras["synthesis_inputs"] = made.inputs.subset(torch.nonzero(kept).flatten())
             metrics["generator"]["synthetic_images"] = 0 if synthetic is None else len(synthetic)
             timings["synthetic_filter"] = time.perf_counter() - t0
         if synthetic is not None and config.quality and len(synthetic) < 2:
@@ -645,7 +652,7 @@ def summarise_synthetic(runs: list[RunResult]) -> tuple[dict[str, dict[str, floa
                 row[f"{key}_mean"], row[f"{key}_std"] = mean, std
             delta[name] = row
     generator: dict[str, float] = {}
-    for key in ("cas", "cas_real", "fid", "kid_mean", "fid_real", "kid_real_mean"):
+    for key in ("cas", "cas_real", "label_kept", "fid", "kid_mean", "fid_real", "kid_real_mean"):
         values = [r.metrics.get("generator", {}).get(key) for r in runs]
         if values and all(isinstance(v, (int, float)) for v in values):
             generator[f"{key}_mean"], generator[f"{key}_std"] = _mean_std(values)

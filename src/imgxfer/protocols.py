@@ -132,6 +132,15 @@ class Generator(Protocol):
       ``format = "<name>.training"``, so ``imgxfer generate`` refuses it by name.
     - ``num_classes``: the classes a trained or loaded generator draws (``None`` if
       unknown), checked against the run's class list when loading.
+    - ``synthesis``: the subset of :data:`imgxfer.data.SYNTHESIS_MODES` it can do
+      (default ``{"text"}``). ``fit`` reads the mode the run asks for in
+      ``data.synthesis``. ``"shots"`` or ``"translate"`` promise
+      ``edit(images, labels, prompts, *, seed, device) -> tensor [N, C, H, W]``: one
+      image per input image ([N, C, H, W] in [0, 1], of any size and channel count),
+      turned into the target domain while keeping what its label ``labels[i]`` names,
+      following ``prompts[i]``; in [0, 1], on the CPU; the same ``seed`` gives the same
+      images. ``shots`` passes the labelled target images, ``translate`` labelled source
+      images (``fit`` then had target-domain images in ``data.unlabelled``).
     """
 
     conditioning: frozenset[str] | set[str]
@@ -193,7 +202,7 @@ OPTIONAL: dict[str, dict[str, Any]] = {
     "encoders": {"pretrains": False},
     "captioners": {"attributes": None},
     "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None,
-                   "resolved_options": None},
+                   "resolved_options": None, "synthesis": frozenset({"text"})},
     "adapters": {"trains_by_steps": True, "history": ()},
 }
 # A declared ability and the method it promises (a resumable generator's fit taking
@@ -226,6 +235,9 @@ def check_component(kind: str, component: Any, name: str, plugin: str) -> Any:
     missing = [m for m in REQUIRED[kind] if not hasattr(component, m)]
     missing += [method for ability, method in IMPLIES.get(kind, {}).items()
                 if declared(component, ability, kind) and not hasattr(component, method)]
+    if (kind == "generators" and set(declared(component, "synthesis", kind)) - {"text"}
+            and not hasattr(component, "edit")):
+        missing.append("edit (its synthesis declares image-to-image modes)")
     if missing:
         raise UserError(f"{what} breaks the {KIND_OF[kind]} protocol: it has no "
                         f"{', '.join(missing)} (see imgxfer.protocols.{KIND_OF[kind].title()}).")

@@ -196,6 +196,22 @@ def classification_accuracy_score(train: ImageDataset, test: ImageDataset, *,
                              torch.device(device))
 
 
+def label_agreement(synthetic: ImageDataset, reference: ImageDataset, real_test: ImageDataset,
+                    *, steps: int, seed: int, device: torch.device | str) -> dict[str, float]:
+    """The CAS classifier trained on real target images (``reference``, used for measuring
+    only): ``cas_real``, its accuracy on ``real_test``, and ``label_kept``, how often it
+    gives a synthetic image the label it was made for. For translated source images this
+    says how often translation kept the digit (or object) its label names; a generator
+    that keeps labels as well as real images carry them scores near ``cas_real``."""
+    size = max(8, int(real_test.images.shape[-1]))
+    model = train_classifier(reference, steps=steps, input_size=size, seed=seed, device=device)
+    device = torch.device(device)
+    return {"cas_real": evaluate_accuracy(model, model.encoder.preprocess(real_test.images),
+                                          real_test.labels, device),
+            "label_kept": evaluate_accuracy(model, model.encoder.preprocess(synthetic.images),
+                                            synthetic.labels, device)}
+
+
 def matched_real_subset(pool: ImageDataset, counts: Sequence[int], *, seed: int = 0) -> ImageDataset:
     """A seeded subset of ``pool`` with ``counts[c]`` images of class ``c`` (all of the
     class when it has fewer): the real reference set for CAS real."""
@@ -261,11 +277,11 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
         out: dict[str, Any] = {
             "cas": classification_accuracy_score(synthetic, real_test, steps=cas_steps,
                                                  seed=seed, device=device),
-            "cas_real": classification_accuracy_score(reference, real_test, steps=cas_steps,
-                                                      seed=seed, device=device),
             "cas_real_images": len(reference),
             "cas_steps": cas_steps,
         }
+        out.update(label_agreement(synthetic, reference, real_test, steps=cas_steps,
+                                   seed=seed, device=device))
         dist = feature_distances(encoder, real_test, synthetic, device, per_class=per_class,
                                  seed=seed)
         out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"])

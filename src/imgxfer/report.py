@@ -182,7 +182,7 @@ th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;over
 # Shown in "Generator quality", not in the setup table.
 _QUALITY_KEYS = {"name", "cas", "cas_real", "cas_real_images", "cas_steps", "fid", "kid_mean",
                  "kid_std", "fid_real", "kid_real_mean", "feature_space", "nearest_shot",
-                 "nearest_shot_real"}
+                 "nearest_shot_real", "label_kept"}
 
 
 def _generator_sections(metrics: dict[str, Any]) -> list[str]:
@@ -210,7 +210,10 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
                  ["KID (encoder features)", f"{gen['kid_mean']:.4f} ± {gen['kid_std']:.4f}",
                   gen.get("kid_real_mean", "-")]]
                 + ([["Nearest real image is a shot", gen["nearest_shot"],
-                     gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])))
+                     gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])
+                + ([["Label kept (the real-data CAS classifier agrees; real: its test "
+                     "accuracy)", gen["label_kept"], gen["cas_real"]]]
+                   if "label_kept" in gen else [])))
         if gen.get("per_class"):
             parts.append("<h3>Per class</h3><p>Each class's synthetic images against its "
                          "real test images; the real reference compares real training images "
@@ -241,6 +244,25 @@ def _generator_sections(metrics: dict[str, Any]) -> list[str]:
                            + (" (does not read them)" if r.get("same_fit") else "")]
                           for n, r in delta.items()]))
     return parts
+
+
+_MADE_FROM = {"shots": "the labelled target shots", "translate": "labelled source images"}
+
+
+def _synthesis_origins(names: list[str], extras: dict[str, Any], gen: dict[str, Any]
+                       ) -> list[str]:
+    """For --synthesis shots / translate: each synthetic image beside the real image it
+    was made from (the k-th image of a class on the left became the k-th on the right)."""
+    inputs: ImageDataset | None = extras.get("synthesis_inputs")
+    synthetic: ImageDataset | None = extras.get("synthetic")
+    mode = gen.get("synthesis", "text")
+    if inputs is None or synthetic is None or mode not in _MADE_FROM:
+        return []
+    grid = sample_grid(names, {"made from": inputs, "synthetic": synthetic}, per_class=6)
+    return [f"<h2>What the synthetic images were made from</h2><p class='muted'>--synthesis "
+            f"{mode}: the generator edited {_MADE_FROM[mode]}, keeping their labels. One row "
+            "per class: six input images, then the six synthetic images made from them, in "
+            "the same order.</p>" + _img_tag(grid, "inputs and their synthetic images")]
 
 
 def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -303,6 +325,7 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
         parts.append("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
                      "target shots, then real held-out target images (no generator in this "
                      "run).</p>" + _img_tag(grid, "target samples"))
+    parts += _synthesis_origins(names, extras, metrics.get("generator", {}))
     parts += _generator_sections(metrics)
     history = extras.get("generator_history")
     if history:

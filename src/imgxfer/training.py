@@ -66,10 +66,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
     """Logits for already-preprocessed images, in eval mode, batched; returned on CPU."""
     was_training = model.training
     model.eval()
+    # An empty batch still goes through once, so the result is [0, classes], not [0].
     out = [model(images[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, len(images), batch_size)]
+           for i in range(0, max(1, len(images)), batch_size)]
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out)
 
 
 def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

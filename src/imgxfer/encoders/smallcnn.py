@@ -28,14 +28,17 @@ class SmallCNN(nn.Module):
     Three conv blocks and global average pooling; BatchNorm everywhere so that adapters
     can re-estimate target statistics (AdaBN)."""
 
-    def __init__(self, width: int = 32, input_size: int = 32, in_channels: int = 1,
+    def __init__(self, width: int = 32, input_size: int = 32, in_channels: int = 0,
                  lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
-        if width < 4 or input_size < 8 or in_channels not in (1, 3):
+        if width < 4 or input_size < 8 or in_channels not in (0, 1, 3):
             raise UserError(
-                "smallcnn needs width >= 4, input_size >= 8 and in_channels 1 or 3, got "
+                "smallcnn needs width >= 4, input_size >= 8 and in_channels 0 (auto), 1 or 3, got "
                 f"width={width}, input_size={input_size}, in_channels={in_channels}."
             )
+        # 0 (auto): `imgxfer run` sets the run's image channels (pipeline.resolve_auto_options);
+        # built alone it reads greyscale.
+        in_channels = in_channels or 1
         torch.manual_seed(seed)
         self.features = nn.Sequential(_block(in_channels, width), _block(width, 2 * width),
                                       _block(2 * width, 4 * width))

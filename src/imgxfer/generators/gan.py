@@ -71,6 +71,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
+from imgxfer.generators import translation
 from imgxfer.generators.text import HashedTextEncoder, token_ids
 from imgxfer.generators.training import (check_fit_inputs, check_training_metadata,
                                          data_signature, draw_weights, load_optimizer,
@@ -306,7 +307,9 @@ class ConditionalGAN:
     term (0 turns it off); ``cdc`` weight of the cross-domain consistency term (0: off);
     ``augment`` comma-separated DiffAugment policy from color,
     translation, cutout ("" for none); ``checkpoint_every`` steps between training
-    checkpoints when ``fit`` is given a checkpoint path; ``seed``.
+    checkpoints when ``fit`` is given a checkpoint path; ``content_weight`` weight of the
+    class-keeping loss when it learns to translate (``--synthesis translate``, see
+    :mod:`imgxfer.generators.translation`); ``seed``.
 
     ``fit`` trains new networks, or resumes from its own training checkpoint;
     ``load_state_dict`` restores the sampler only.
@@ -315,12 +318,16 @@ class ConditionalGAN:
     conditioning = frozenset({"label", "text"})
     # fit(checkpoint=..., resume=...) saves and continues its training (imgxfer.protocols).
     resumable = True
+    # text: sample from prompts; translate: edit source images into the target's style
+    # (imgxfer.generators.translation). Variations of the shots it cannot draw: a GAN has
+    # no way back from an image to its noise short of a latent search.
+    synthesis = frozenset({"text", "translate"})
 
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
                  ema: float = 0.999, target_weight: float = 0.25, diversity: float = 0.2,
                  cdc: float = 0.0, augment: str = "translation", checkpoint_every: int = 250,
-                 seed: int = 0) -> None:
+                 content_weight: float = 1.0, seed: int = 0) -> None:
         for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
                             ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
             if int(value) != value or value < 1:
@@ -335,6 +342,8 @@ class ConditionalGAN:
             raise UserError(f"gan: diversity must be zero or more, got {diversity!r}.")
         if not cdc >= 0:
             raise UserError(f"gan: cdc must be zero or more, got {cdc!r}.")
+        if not content_weight >= 0:
+            raise UserError(f"gan: content_weight must be zero or more, got {content_weight!r}.")
         _doublings(image_size)
         policy = tuple(p.strip() for p in augment.split(",") if p.strip())
         unknown = sorted(set(policy) - set(AUGMENTATIONS))
@@ -347,8 +356,11 @@ class ConditionalGAN:
         self.diversity, self.cdc = float(diversity), float(cdc)
         self.augment, self.seed = policy, int(seed)
         self.checkpoint_every = int(checkpoint_every)
+        self.content_weight = float(content_weight)
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
         self._sampler: _Generator | None = None
+        self._translator: translation.Translator | None = None
+        self._translator_classes = 0
 
     # -- training ---------------------------------------------------------------------
 
@@ -360,7 +372,8 @@ class ConditionalGAN:
                 "ema": self.ema, "target_weight": self.target_weight,
                 "diversity": self.diversity, "cdc": self.cdc,
                 "augment": ",".join(self.augment),
-                "checkpoint_every": self.checkpoint_every, "seed": self.seed}
+                "checkpoint_every": self.checkpoint_every,
+                "content_weight": self.content_weight, "seed": self.seed}
 
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
             device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
@@ -380,6 +393,10 @@ class ConditionalGAN:
         """
         device = torch.device(device)
         checkpoint = check_fit_inputs("gan", data, checkpoint)
+        if data.synthesis == "translate":
+            if resume:
+                progress.log("gan: translation training does not resume; it starts again.")
+            return self._fit_translator(data, budget, progress, device)
         labels = data.labels.long()
         # The data stays on the CPU and batches travel: a large set need not fit the device.
         images = self._prepare(data.images)
@@ -501,6 +518,33 @@ class ConditionalGAN:
 
     # -- training checkpoints -----------------------------------------------------------
 
+    def _fit_translator(self, data: GeneratorData, budget: Budget, progress: Progress,
+                        device: torch.device) -> FitResult:
+        """``--synthesis translate``: train a source-to-target translator (PixelDA) with
+        this GAN's width, noise size, learning rate, batch size and seed."""
+        prepared = translation.TranslationData.from_generator_data(data, self.image_size)
+        result = translation.fit_translator(
+            prepared, width=self.width, z_dim=self.z_dim, lr=self.lr,
+            batch_size=self.batch_size, content_weight=self.content_weight,
+            diversity=self.diversity, seed=self.seed,
+            budget=budget, progress=progress, device=device)
+        self._translator = result.translator.cpu().requires_grad_(False)
+        self._translator_classes = len(data.class_names)
+        self.history = result.history
+        return FitResult(result.steps, result.history)
+
+    def edit(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+             prompts: Sequence[str], *, seed: int = 0,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+        """``--synthesis translate``: each image in the target's style (its class kept by
+        training, so ``labels`` and ``prompts`` are not read), on the CPU like ``sample``."""
+        if self._translator is None:
+            raise UserError("gan: this generator was not trained to translate images "
+                            "(train it with --synthesis translate); it draws images from "
+                            "prompts with sample.")
+        return translation.translate(self._translator, images, seed=seed,
+                                     device=torch.device("cpu"))
+
     def _save_training(self, path: str | Path, state: _TrainingState) -> None:
         """Write ``state`` to ``path`` atomically, as the module docstring describes."""
         tensors: dict[str, torch.Tensor] = {}
@@ -587,6 +631,9 @@ class ConditionalGAN:
         when given), from the averaged generator; the same ``seed`` gives the same images.
         The generator is small, so it samples on the CPU whatever ``device`` is: the noise
         and the images are then the same on every machine."""
+        if self._sampler is None and self._translator is not None:
+            raise UserError("gan: this generator was trained to translate images "
+                            "(--synthesis translate); it draws no images from prompts.")
         if self._sampler is None:
             raise RuntimeError("generator is not trained")
         prompts = list(prompts)
@@ -613,7 +660,11 @@ class ConditionalGAN:
     # -- checkpoints ------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged generator plus ``meta.*`` shapes and options that rebuild it."""
+        """The averaged generator plus ``meta.*`` shapes and options that rebuild it (or,
+        trained to translate, the translator: ``translator.*`` and ``meta.translator``)."""
+        if self._translator is not None:
+            return {"meta.version": torch.tensor([_STATE_VERSION]),
+                    **translation.translator_state(self._translator, self._translator_classes)}
         if self._sampler is None:
             raise RuntimeError("generator is not trained")
         state = {f"ema.{k}": v.detach().cpu().contiguous()
@@ -629,6 +680,8 @@ class ConditionalGAN:
     @property
     def num_classes(self) -> int | None:
         """Classes the sampler draws (``None`` before ``fit`` or ``load_state_dict``)."""
+        if self._translator is not None:
+            return self._translator_classes
         return None if self._sampler is None else self._sampler.class_embed.num_embeddings
 
     @staticmethod
@@ -637,6 +690,9 @@ class ConditionalGAN:
         ``width``, ``embed_dim``, ``image_size``), so a loader can rebuild the generator
         when the options it recorded leave them at defaults that may since have changed.
         Empty for a file without the ``meta.*`` entries."""
+        if translation.META in state:
+            shape = translation.translator_shape(state)
+            return {k: shape[k] for k in ("z_dim", "width", "image_size")}
         if "meta.architecture" not in state or "meta.image_shape" not in state:
             return {}
         z_dim, width, embed_dim = (int(v) for v in state["meta.architecture"])
@@ -645,6 +701,8 @@ class ConditionalGAN:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a sampler saved by :meth:`state_dict` with the same architecture options."""
+        if translation.META in state:
+            return self._load_translator(state)
         needed = ("meta.version", "meta.image_shape", "meta.num_classes", "meta.architecture")
         if any(k not in state for k in needed):
             raise UserError("this checkpoint was not saved by the gan generator "
@@ -674,3 +732,16 @@ class ConditionalGAN:
             raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
         self._sampler = sampler.eval().requires_grad_(False)
 
+    def _load_translator(self, state: dict[str, torch.Tensor]) -> None:
+        shape = translation.translator_shape(state)
+        ours = {"z_dim": self.z_dim, "width": self.width, "image_size": self.image_size}
+        differ = ", ".join(f"{k}={shape[k]} (not {v})" for k, v in ours.items() if shape[k] != v)
+        if differ:
+            raise UserError(f"this gan translator was trained with {differ}; create the "
+                            "generator with the same options to load it.")
+        try:
+            self._translator = translation.load_translator(state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
+        self._translator_classes = shape["classes"]

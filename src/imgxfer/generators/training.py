@@ -23,7 +23,13 @@ def data_signature(data: GeneratorData, **shape: Any) -> dict[str, Any]:
     digest.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
     digest.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
     digest.update(json.dumps([data.captions, data.domains, data.target_domain]).encode())
-    return {"classes": list(data.class_names), **shape, "images": len(data.images),
+    extra: dict[str, Any] = {}
+    if data.synthesis != "text":  # text runs keep the fingerprints they always had
+        extra["synthesis"] = data.synthesis
+    if data.unlabelled is not None and len(data.unlabelled):
+        digest.update(data.unlabelled.detach().cpu().float().contiguous().numpy().tobytes())
+        extra["unlabelled_images"] = len(data.unlabelled)
+    return {"classes": list(data.class_names), **shape, "images": len(data.images), **extra,
             "target_domain": data.target_domain, "fingerprint": digest.hexdigest()[:32]}
 
 
@@ -151,6 +157,10 @@ def check_fit_inputs(name: str, data: GeneratorData, checkpoint: Any) -> Any:
     n_images = len(data.images)
     if n_images == 0:
         raise UserError(f"{name}: there are no images to learn from.")
+    if data.synthesis == "translate" and (data.unlabelled is None or not len(data.unlabelled)):
+        raise UserError(f"{name}: --synthesis translate needs target-domain images to learn "
+                        "the target's style from, and the target has none besides its test "
+                        "split; lower --shots or give a larger target.")
     if not (len(data.labels) == len(data.captions) == len(data.domains) == n_images):
         raise ValueError("GeneratorData: images, labels, captions and domains differ in length")
     if data.labels.min() < 0 or data.labels.max() >= len(data.class_names):

@@ -32,6 +32,16 @@ Target images (those of ``data.target_domain``) are drawn with probability
 this generator makes target images; the prompt's words condition them through the caption
 embedding.
 
+Image-to-image (``edit``, for ``--synthesis shots`` and ``translate``) is SDEdit (Meng et
+al. 2022), as DA-Fusion (Trabucco et al. 2023) uses it: the input image is noised to the
+timestep ``strength`` of the way along the sampling schedule and denoised from there, so
+its layout (the digit, the object) survives and its appearance is redrawn. ``shots``
+denoises with the target class token and the prompt, guided. For ``translate`` the model
+also learns the unlabelled target images (``data.unlabelled``) under the null token, and
+only target images have their condition dropped, so the null token means "a target-domain
+image"; translation denoises a source image with it (the class is kept by the noised
+input, not by a class token: at 0 shots no target class token was ever trained).
+
 ``state_dict()`` is the finished sampler (``ema.*`` weights, ``meta.*`` shapes and
 architecture). ``fit(checkpoint=path)`` writes the whole training state atomically to one
 safetensors file every ``checkpoint_every`` steps and at the end, and
@@ -76,7 +86,7 @@ _STATE_VERSION = 1
 TRAINING_FORMAT = "imgxfer.diffusion.training"
 _TRAINING_VERSION = 1
 # Options that do not change what training computes, so a checkpoint may differ in them.
-_NOT_COMPARED = ("checkpoint_every", "sample_steps", "guidance_scale", "sampler")
+_NOT_COMPARED = ("checkpoint_every", "sample_steps", "guidance_scale", "sampler", "strength")
 SAMPLERS = ("ddim", "dpm")
 _BETA_SCHEDULE = "squaredcos_cap_v2"
 # GroupNorm groups and attention head size of the UNet: ``width`` must be a multiple.
@@ -160,7 +170,8 @@ class DiffusionGenerator:
     learning rate; ``train_timesteps`` noise levels of the DDPM schedule;
     ``sample_steps`` denoising steps when sampling; ``sampler`` ``ddim`` or ``dpm``
     (DPM-Solver++); ``guidance_scale`` classifier-free guidance (1: none);
-    ``cond_dropout`` share of training examples without class and caption; ``ema``
+    ``cond_dropout`` share of training examples without class and caption; ``strength``
+    how far an edited image is noised (0: returned as it is, 1: drawn anew); ``ema``
     decay of the averaged weights samples come from; ``target_weight`` share of each batch
     drawn from the target domain; ``checkpoint_every`` steps between training
     checkpoints; ``seed``.
@@ -169,13 +180,14 @@ class DiffusionGenerator:
     conditioning = frozenset({"label", "text"})
     trains_by_steps = True
     resumable = True
+    synthesis = frozenset({"text", "shots", "translate"})
 
     def __init__(self, *, image_size: int = 16, width: int = 16, layers_per_block: int = 1,
                  embed_dim: int = 32, batch_size: int = 64, lr: float = 1e-3,
                  train_timesteps: int = 1000, sample_steps: int = 15, sampler: str = "ddim",
                  guidance_scale: float = 1.5, cond_dropout: float = 0.1, ema: float = 0.999,
                  target_weight: float = 0.25, checkpoint_every: int = 250,
-                 seed: int = 0) -> None:
+                 strength: float = 0.5, seed: int = 0) -> None:
         for name, value in (("image_size", image_size), ("width", width),
                             ("layers_per_block", layers_per_block), ("embed_dim", embed_dim),
                             ("batch_size", batch_size), ("train_timesteps", train_timesteps),
@@ -208,6 +220,8 @@ class DiffusionGenerator:
             raise UserError(f"{_NAME}: ema must be in [0, 1), got {ema!r}.")
         if not 0 <= target_weight <= 1:
             raise UserError(f"{_NAME}: target_weight must be in [0, 1], got {target_weight!r}.")
+        if not 0 < strength <= 1:
+            raise UserError(f"{_NAME}: strength must be in (0, 1], got {strength!r}.")
         self.image_size, self.width = int(image_size), int(width)
         self.layers_per_block, self.embed_dim = int(layers_per_block), int(embed_dim)
         self.batch_size, self.lr = int(batch_size), float(lr)
@@ -215,7 +229,8 @@ class DiffusionGenerator:
         self.sampler, self.guidance_scale = sampler, float(guidance_scale)
         self.cond_dropout, self.ema = float(cond_dropout), float(ema)
         self.target_weight, self.checkpoint_every = float(target_weight), int(checkpoint_every)
-        self.seed = int(seed)
+        self.seed, self.strength = int(seed), float(strength)
+        self._translates = False  # trained for --synthesis translate (edit uses the null token)
         _diffusers()  # fail here, when the generator is built, if it is missing
         self.history: dict[str, list[float]] = {"loss": []}
         self._sampler: _Denoiser | None = None
@@ -230,7 +245,8 @@ class DiffusionGenerator:
                 "sampler": self.sampler, "guidance_scale": self.guidance_scale,
                 "cond_dropout": self.cond_dropout, "ema": self.ema,
                 "target_weight": self.target_weight,
-                "checkpoint_every": self.checkpoint_every, "seed": self.seed}
+                "checkpoint_every": self.checkpoint_every, "strength": self.strength,
+                "seed": self.seed}
 
     @property
     def num_classes(self) -> int | None:
@@ -269,16 +285,13 @@ class DiffusionGenerator:
         device = torch.device(device)
         checkpoint = check_fit_inputs(_NAME, data, checkpoint)
         num_classes = len(data.class_names)
-        labels = data.labels.long()
-        images = self._prepare(data.images)  # stays on the CPU; batches travel
+        images, tokens, texts, domains, force = self._training_set(data)
         channels = int(images.shape[1])
-        is_target = torch.tensor([d == data.target_domain for d in data.domains])
-        tokens = labels + num_classes * is_target.long()
-        captions = sorted(set(data.captions))
+        captions = sorted(set(texts))
         position = {c: i for i, c in enumerate(captions)}
-        caption_of = torch.tensor([position[c] for c in data.captions])
+        caption_of = torch.tensor([position[c] for c in texts])
         caption_ids = token_ids(captions)
-        weights = draw_weights(data.domains, data.target_domain, self.target_weight)
+        weights = draw_weights(domains, data.target_domain, self.target_weight)
 
         net = self._build(channels, num_classes).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.0)
@@ -311,7 +324,8 @@ class DiffusionGenerator:
                                           generator=draw_rng)
                 loss = self._train_step(state, scheduler, images[index].to(device),
                                         tokens[index].to(device),
-                                        caption_ids[caption_of[index]].to(device))
+                                        caption_ids[caption_of[index]].to(device),
+                                        None if force is None else force[index].to(device))
                 state.step += 1
                 state.history["loss"].append(loss)
                 if checkpoint is not None and state.step % self.checkpoint_every == 0:
@@ -327,18 +341,45 @@ class DiffusionGenerator:
         ema.copy_to(sampler.parameters())
         self._sampler = sampler.cpu().eval().requires_grad_(False)
         self._output_size = (int(data.images.shape[-2]), int(data.images.shape[-1]))
+        self._translates = data.synthesis == "translate"
         self.history = state.history
         return FitResult(state.step, {"loss": list(state.history["loss"])})
 
+    def _training_set(self, data: GeneratorData) -> tuple[torch.Tensor, torch.Tensor,
+                                                           list[str], list[str],
+                                                           torch.Tensor | None]:
+        """Images (model range), condition tokens, captions and domains to learn, and per
+        image whether its condition is always kept (1), always dropped (0) or dropped at
+        random (-1); ``None`` (all at random) unless the run translates, when unlabelled
+        target images join under the null token and source images keep their condition."""
+        num_classes = len(data.class_names)
+        images = self._prepare(data.images)  # stays on the CPU; batches travel
+        is_target = torch.tensor([d == data.target_domain for d in data.domains])
+        tokens = data.labels.long() + num_classes * is_target.long()
+        if data.synthesis != "translate" or data.unlabelled is None:
+            return images, tokens, list(data.captions), list(data.domains), None
+        from imgxfer.encoders.preprocess import match_channels
+
+        extra = self._prepare(match_channels(data.unlabelled.float(), int(images.shape[1])))
+        force = torch.cat([torch.where(is_target, -1, 1), torch.zeros(len(extra), dtype=torch.long)])
+        return (torch.cat([images, extra]),
+                torch.cat([tokens, torch.full((len(extra),), 2 * num_classes)]),
+                list(data.captions) + [""] * len(extra),
+                list(data.domains) + [data.target_domain] * len(extra), force)
+
     def _train_step(self, state: "_TrainingState", scheduler: Any, x0: torch.Tensor,
-                    token: torch.Tensor, text: torch.Tensor) -> float:
+                    token: torch.Tensor, text: torch.Tensor,
+                    force: torch.Tensor | None = None) -> float:
         """One denoising step on a batch: noise at a random timestep, the condition
-        dropped to the null token with probability ``cond_dropout`` (for guidance), the
-        noise predicted, AdamW and the EMA updated. Returns the loss."""
+        dropped to the null token with probability ``cond_dropout`` (for guidance) unless
+        ``force`` says otherwise, the noise predicted, AdamW and the EMA updated. Returns
+        the loss."""
         net, rng, device = state.net, state.generators["noise"], x0.device
         noise = torch.randn(x0.shape, generator=rng, device=device)
         t = torch.randint(0, self.train_timesteps, (len(x0),), generator=rng, device=device)
         keep = (torch.rand(len(x0), generator=rng, device=device) >= self.cond_dropout).float()
+        if force is not None:
+            keep = torch.where(force >= 0, force.float(), keep)
         token = torch.where(keep > 0, token, torch.full_like(token, net.null))
         noisy = scheduler.add_noise(x0, noise, t)
         loss = F.mse_loss(net(noisy, t, net.embed(token, text, keep)), noise)
@@ -423,31 +464,84 @@ class DiffusionGenerator:
         # All the noise first, on the CPU: the images do not depend on the chunking or
         # on the device's random generator.
         noise = torch.randn(len(labels), *shape, generator=torch.Generator().manual_seed(seed))
-        guided = self.guidance_scale != 1
         out = [torch.empty(0, net.channels, *(self._output_size or shape[1:]))]
         for start in range(0, len(labels), _SAMPLE_CHUNK):
             part = slice(start, start + _SAMPLE_CHUNK)
-            n = len(labels[part])
-            cond = net.embed((labels[part] + k).to(device), token_ids(prompts[part]).to(device),
-                             torch.ones(n, device=device))
-            if guided:
-                null = net.embed(torch.full((1,), net.null, device=device),
-                                 token_ids([""]).to(device), torch.zeros(1, device=device))
-                cond = torch.cat([cond, null.expand(n, -1)])
-            scheduler = self._sample_scheduler()
-            x = noise[part].to(device)
-            for t in scheduler.timesteps:
-                eps = net(torch.cat([x, x]) if guided else x, t.to(device), cond)
-                if guided:
-                    eps_c, eps_u = eps.chunk(2)
-                    eps = eps_u + self.guidance_scale * (eps_c - eps_u)
-                x = scheduler.step(eps, t, x).prev_sample
-            x = ((x + 1) / 2).clamp(0, 1)
-            if self._output_size is not None and x.shape[-2:] != self._output_size:
-                x = F.interpolate(x, size=self._output_size, mode="bilinear",
-                                  align_corners=False).clamp(0, 1)
-            out.append(x.cpu())
+            cond, guided = self._condition(net, labels[part], prompts[part], device)
+            out.append(self._denoise(net, noise[part].to(device), cond, guided, 0))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+             prompts: Sequence[str], *, seed: int = 0,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+        """SDEdit: each image noised ``strength`` of the way along the sampling schedule and
+        denoised into the target domain (``shots``: with its label and prompt, guided;
+        trained to ``translate``: with the null token, the target domain's own); [N, C, H,
+        W] in [0, 1] on the CPU at the training images' size; the same ``seed`` gives the
+        same images."""
+        from imgxfer.encoders.preprocess import match_channels
+
+        if self._sampler is None:
+            raise RuntimeError("generator is not trained")
+        device = torch.device(device)
+        net = self._sampler.to(device)
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        prompts = list(prompts)
+        if not (len(images) == len(labels) == len(prompts)):
+            raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(prompts)} "
+                             "prompts")
+        x0 = self._prepare(match_channels(images.float(), net.channels))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        steps = len(self._sample_scheduler().timesteps)
+        first = min(steps - 1, round(steps * (1 - self.strength)))
+        out = [torch.empty(0, net.channels, *(self._output_size or x0.shape[-2:]))]
+        for start in range(0, len(labels), _SAMPLE_CHUNK):
+            part = slice(start, start + _SAMPLE_CHUNK)
+            if self._translates:
+                null = torch.full((len(labels[part]),), net.null, device=device)
+                cond = net.embed(null, token_ids([""] * len(null)).to(device),
+                                 torch.zeros(len(null), device=device))
+                guided = False
+            else:
+                cond, guided = self._condition(net, labels[part], prompts[part], device)
+            t = self._sample_scheduler().timesteps[first]
+            x = self._sample_scheduler().add_noise(x0[part], noise[part], t.view(1))
+            out.append(self._denoise(net, x.to(device), cond, guided, first))
+        return torch.cat(out)
+
+    def _condition(self, net: _Denoiser, labels: torch.Tensor, prompts: list[str],
+                   device: torch.device) -> tuple[torch.Tensor, bool]:
+        """Target-domain class tokens and captions, with the null condition appended when
+        guidance is on."""
+        n, k = len(labels), net.num_classes
+        cond = net.embed((labels + k).to(device), token_ids(prompts).to(device),
+                         torch.ones(n, device=device))
+        guided = self.guidance_scale != 1
+        if guided:
+            null = net.embed(torch.full((1,), net.null, device=device),
+                             token_ids([""]).to(device), torch.zeros(1, device=device))
+            cond = torch.cat([cond, null.expand(n, -1)])
+        return cond, guided
+
+    def _denoise(self, net: _Denoiser, x: torch.Tensor, cond: torch.Tensor, guided: bool,
+                 first: int) -> torch.Tensor:
+        """Run the sampling schedule from its ``first`` step on ``x``; images in [0, 1] on
+        the CPU at the output size."""
+        scheduler = self._sample_scheduler()
+        if first and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(first * scheduler.order)
+        for t in scheduler.timesteps[first:]:
+            eps = net(torch.cat([x, x]) if guided else x, t.to(x.device), cond)
+            if guided:
+                eps_c, eps_u = eps.chunk(2)
+                eps = eps_u + self.guidance_scale * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x).prev_sample
+        x = ((x + 1) / 2).clamp(0, 1)
+        if self._output_size is not None and x.shape[-2:] != self._output_size:
+            x = F.interpolate(x, size=self._output_size, mode="bilinear",
+                              align_corners=False).clamp(0, 1)
+        return x.cpu()
 
     # -- finished sampler -------------------------------------------------------------
 
@@ -462,6 +556,7 @@ class DiffusionGenerator:
             "meta.version": torch.tensor([_STATE_VERSION]),
             "meta.image_shape": torch.tensor([self._sampler.channels, *out]),
             "meta.num_classes": torch.tensor([self._sampler.num_classes]),
+            "meta.translates": torch.tensor([int(self._translates)]),
             "meta.architecture": torch.tensor([self.image_size, self.width,
                                                self.layers_per_block, self.embed_dim,
                                                self.train_timesteps]),
@@ -505,3 +600,4 @@ class DiffusionGenerator:
                             f"{first}") from None
         self._sampler = sampler.eval().requires_grad_(False)
         self._output_size = (height, width)
+        self._translates = bool(int(state.get("meta.translates", torch.zeros(1))[0]))
