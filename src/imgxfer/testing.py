@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -230,8 +231,38 @@ def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
         json.dumps(resolved())  # recorded in generator.safetensors' metadata
     if declared(generator, "resumable", "generators"):
         _check_resumes(factory, args, options, data, fit_steps)
+    for mode in sorted(set(declared(generator, "synthesis", "generators")) - {"text"}):
+        _check_edits(factory, args, options, data, mode, fit_steps)
     _check_refuses_unknown_options("generators", factory, args)
     return generator
+
+
+def _check_edits(factory: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any],
+                 data: GeneratorData, mode: str, fit_steps: int) -> None:
+    """A generator that declares ``shots`` or ``translate`` trains for it (``translate``
+    with unlabelled target images) and ``edit`` gives one float image in [0, 1] per input
+    on the CPU, the same for the same seed, and the same from a generator loaded from the
+    saved state."""
+    is_target = torch.tensor([d == data.target_domain for d in data.domains])
+    unlabelled = data.images[is_target] if mode == "translate" else None
+    data = replace(data, synthesis=mode, unlabelled=unlabelled)
+    generator = _build("generators", factory, args, options)
+    budget = Budget(fit_steps if declared(generator, "trains_by_steps", "generators") else 0)
+    generator.fit(data, budget=budget.start(), progress=NullProgress(), device=CPU)
+    pick = torch.nonzero(is_target if mode == "shots" else ~is_target).flatten()[:4]
+    inputs, labels = data.images[pick], data.labels[pick]
+    prompts = [f"a tiny shape {SHAPES[y]}, domain {data.target_domain}" for y in labels.tolist()]
+    images = generator.edit(inputs, labels, prompts, seed=3, device=CPU)
+    assert isinstance(images, torch.Tensor) and images.ndim == 4 and len(images) == len(pick), \
+        f"edit ({mode}) gave {getattr(images, 'shape', type(images))} for {len(pick)} images"
+    assert images.is_floating_point() and images.device.type == "cpu", "float images on the CPU"
+    assert images.min() >= 0 and images.max() <= 1, f"edit ({mode}) gave values outside [0, 1]"
+    assert torch.equal(images, generator.edit(inputs, labels, prompts, seed=3, device=CPU)), \
+        f"edit ({mode}): the same seed gave other images"
+    fresh = _build("generators", factory, args, options)
+    fresh.load_state_dict(_round_trip(generator.state_dict()))
+    assert torch.allclose(fresh.edit(inputs, labels, prompts, seed=3, device=CPU), images,
+                          atol=1e-5), f"edit ({mode}): a loaded generator gives other images"
 
 
 def _check_resumes(factory: Callable[..., Any], args: tuple[Any, ...],

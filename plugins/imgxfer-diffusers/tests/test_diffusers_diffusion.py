@@ -268,3 +268,51 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
                                       "a handwritten digit seven", "--n", "3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "002.png", "grid.png"]
+
+
+# -- image-to-image (SDEdit) for --synthesis shots and translate -------------------------
+
+def _fitted(data: GeneratorData, steps: int = 3, **options: Any) -> DiffusionGenerator:
+    gen = DiffusionGenerator(**{**TINY, **options})
+    gen.fit(data, budget=Budget(steps).start(), progress=NullProgress())
+    return gen
+
+
+def test_edit_strength_sets_how_much_of_the_input_survives():
+    data = tiny_data()
+    images, labels = data.images[:6], data.labels[:6]
+    prompts = ["p"] * 6
+    light = _fitted(data, strength=0.05, sample_steps=20).edit(images, labels, prompts, seed=0)
+    full = _fitted(data, strength=1.0, sample_steps=20).edit(images, labels, prompts, seed=0)
+    assert light.shape == images.shape and 0 <= light.min() and light.max() <= 1
+    # A light edit stays near its input (the model is barely trained: a full redraw is noise).
+    assert (light - images).abs().mean() < 0.5 * (full - images).abs().mean()
+
+
+def test_translate_learns_unlabelled_target_images_under_the_null_token():
+    from dataclasses import replace
+
+    data = tiny_data()
+    unlabelled = torch.rand(5, 1, 12, 12)
+    gen = DiffusionGenerator(**TINY)
+    plain = gen._training_set(data)
+    assert plain[4] is None and len(plain[0]) == len(data.images)
+    images, tokens, texts, domains, force = gen._training_set(
+        replace(data, synthesis="translate", unlabelled=unlabelled))
+    n, null = len(data.images), 2 * len(CLASSES)
+    assert len(images) == n + 5 and (tokens[n:] == null).all() and texts[n:] == [""] * 5
+    is_target = torch.tensor([d == data.target_domain for d in data.domains])
+    assert (force[:n][~is_target] == 1).all() and (force[:n][is_target] == -1).all()
+    assert (force[n:] == 0).all() and set(domains[n:]) == {data.target_domain}
+    gen.fit(replace(data, synthesis="translate", unlabelled=unlabelled),
+            budget=Budget(2).start(), progress=NullProgress())
+    fresh = DiffusionGenerator(**TINY)
+    fresh.load_state_dict(gen.state_dict())
+    assert fresh._translates
+    out = gen.edit(data.images[:3], data.labels[:3], ["p"] * 3, seed=1)
+    assert torch.equal(out, fresh.edit(data.images[:3], data.labels[:3], ["p"] * 3, seed=1))
+
+
+def test_strength_is_checked():
+    with pytest.raises(UserError, match="strength must be in \\(0, 1\\]"):
+        DiffusionGenerator(strength=0)

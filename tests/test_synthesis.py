@@ -1,0 +1,140 @@
+"""--synthesis text|shots|translate: which images a generator edits, the modes a generator
+declares, the GAN's translator, and the run end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import TINY_RUN, tiny_bars
+from imgxfer.budget import Budget
+from imgxfer.cli import cli
+from imgxfer.config import RunConfig
+from imgxfer.data import few_shot_split
+from imgxfer.errors import UserError
+from imgxfer.generators.gan import ConditionalGAN
+from imgxfer.progress import NullProgress
+from imgxfer.protocols import check_component
+from imgxfer.synthesis import check_mode, edit_inputs
+from imgxfer.testing import tiny_generator_data
+
+CPU = torch.device("cpu")
+
+
+def _split(shots=2):
+    return few_shot_split(tiny_bars("target", n_per_class=10, invert=True), shots, seed=0)
+
+
+def test_shots_mode_edits_each_labelled_image_in_turn():
+    split = _split(shots=2)
+    inputs = edit_inputs("shots", tiny_bars("source"), split, per_class=5, seed=0)
+    assert inputs.domain == "target" and inputs.class_counts() == [5, 5, 5]
+    for c in range(3):
+        shots = split.labelled.images[split.labelled.labels == c]
+        picked = inputs.images[inputs.labels == c]
+        # 5 edits of 2 shots: each shot 2 or 3 times, no other image.
+        uses = [sum(torch.equal(p, s) for p in picked) for s in shots]
+        assert sorted(uses) == [2, 3]
+
+
+def test_translate_mode_draws_source_images_without_repeats():
+    source = tiny_bars("source", n_per_class=6)
+    inputs = edit_inputs("translate", source, _split(shots=0), per_class=4, seed=0)
+    assert inputs.domain == "source" and inputs.class_counts() == [4, 4, 4]
+    assert len({tuple(x.flatten().tolist()) for x in inputs.images}) == 12
+    more = edit_inputs("translate", source, _split(shots=0), per_class=9, seed=0)
+    assert more.class_counts() == [9, 9, 9]  # past the class's 6, it starts over
+    assert torch.equal(inputs.images, edit_inputs("translate", source, _split(0), 4, 0).images)
+
+
+def test_a_mode_the_generator_cannot_do_is_one_sentence(host):
+    with pytest.raises(UserError, match=r"generator 'gan' cannot do --synthesis shots "
+                                        r"\(it does text, translate\)"):
+        check_mode("shots", ConditionalGAN(), "gan", host.registry)
+    check_mode("translate", ConditionalGAN(), "gan", host.registry)
+
+
+def test_config_allows_zero_shots_only_for_translate():
+    RunConfig(shots=0, synthesis="translate").validate()
+    with pytest.raises(UserError, match="--shots 0 leaves no labelled target images for the "
+                                        "generator 'gan' to edit"):
+        RunConfig(shots=0, synthesis="shots").validate()
+    with pytest.raises(UserError, match="synthesis must be one of text, shots, translate"):
+        RunConfig(synthesis="paint").validate()
+
+
+def test_a_generator_that_declares_edits_must_have_edit():
+    class NoEdit:
+        conditioning = frozenset({"label"})
+        synthesis = frozenset({"text", "shots"})
+
+        def fit(self, *a, **k): ...
+        def sample(self, *a, **k): ...
+        def state_dict(self): ...
+        def load_state_dict(self, s): ...
+
+    with pytest.raises(UserError, match="it has no edit"):
+        check_component("generators", NoEdit(), "noedit", "p")
+
+
+def test_gan_translator_trains_translates_and_round_trips():
+    data = tiny_generator_data()
+    is_target = torch.tensor([d == data.target_domain for d in data.domains])
+    data = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    gan = ConditionalGAN(width=8, image_size=16, batch_size=8)
+    result = gan.fit(data, budget=Budget(3).start(), progress=NullProgress(), device=CPU)
+    assert result.steps == 3 and set(result.losses) == {"d_loss", "g_loss", "content_loss"}
+    source = data.images[~is_target][:5]
+    out = gan.edit(source, data.labels[:5], ["p"] * 5, seed=1, device=CPU)
+    assert out.shape == (5, 1, 16, 16) and 0 <= out.min() and out.max() <= 1
+    assert not torch.equal(out, gan.edit(source, data.labels[:5], ["p"] * 5, seed=2, device=CPU))
+    with pytest.raises(UserError, match="trained to translate images"):
+        gan.sample(["p"], [0], seed=0)
+    fresh = ConditionalGAN(width=8, image_size=16)
+    fresh.load_state_dict(gan.state_dict())
+    assert fresh.num_classes == 3
+    assert torch.equal(fresh.edit(source, data.labels[:5], ["p"] * 5, seed=1, device=CPU), out)
+    assert ConditionalGAN.options_from_state(gan.state_dict()) == {"z_dim": 64, "width": 8,
+                                                                   "image_size": 16}
+    with pytest.raises(UserError, match="was trained with width=8 \\(not 16\\)"):
+        ConditionalGAN(width=16, image_size=16).load_state_dict(gan.state_dict())
+
+
+def test_gan_translate_needs_target_images_and_a_text_gan_cannot_edit():
+    data = replace(tiny_generator_data(), synthesis="translate")
+    with pytest.raises(UserError, match="--synthesis translate needs target-domain images"):
+        ConditionalGAN().fit(data, budget=Budget(1).start(), progress=NullProgress())
+    gan = ConditionalGAN(width=8, image_size=16, batch_size=8)
+    gan.fit(tiny_generator_data(), budget=Budget(1).start(), progress=NullProgress())
+    with pytest.raises(UserError, match="was not trained to translate images"):
+        gan.edit(torch.zeros(1, 1, 16, 16), [0], ["p"], seed=0)
+
+
+def test_run_translate_at_zero_shots_end_to_end(host, tmp_path):
+    args = [a if a != "3" else "0" for a in TINY_RUN]  # --shots 0
+    result = CliRunner().invoke(cli, ["run", *args, "--synthesis", "translate",
+                                      "--compare-synthetic", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (folder,) = tmp_path.iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    gen = metrics["generator"]
+    assert gen["synthesis"] == "translate" and gen["synthetic_images"] == 12
+    assert 0 <= gen["label_kept"] <= 1 and 0 <= gen["cas_real"] <= 1
+    assert "finetune" in metrics["synthetic_delta"]
+    page = (folder / "report.html").read_text()
+    assert "What the synthetic images were made from" in page
+    assert "labelled source images" in page and "Label kept" in page
+    assert 'synthesis = "translate"' in (folder / "config.toml").read_text()
+
+
+def test_run_refuses_a_mode_the_generator_cannot_do(host, tmp_path):
+    result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--synthesis", "shots",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "cannot do --synthesis shots" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+    bad = CliRunner().invoke(cli, ["run", *TINY_RUN, "--synthesis", "paint"])
+    assert bad.exit_code == 2 and "Invalid value for '--synthesis'" in bad.output
