@@ -197,6 +197,9 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         config = cfg.load(config_file) if config_file else cfg.RunConfig()
         config = cfg.apply_overrides(config, flags, options)
         _apply_generator_budget(config, generator_budget, flags, config_file)
+        if config.name == cfg.RunConfig.name and not flags.get("name"):
+            # The default name follows the pair, so run folders say what they hold.
+            config.name = f"{config.source}-to-{config.target}"
     registry = _host().registry
     progress = RichProgress(err)
     _show_warnings_on_screen()

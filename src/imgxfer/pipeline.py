@@ -412,6 +412,88 @@ def mark_failed(folder: Path, error: BaseException) -> None:
         "resume": f"imgxfer run --resume {folder}"})
 
 
+def generator_data(config: RunConfig, source: ImageDataset, split: Split,
+                   captions: dict[str, list[str]]) -> GeneratorData:
+    """What the generator learns from: source images and target shots with their captions,
+    and for ``--synthesis translate`` the unlabelled target images too."""
+    target = split.test
+    return GeneratorData(
+        # One tensor: source images take the target's channel count (grey mnist digits
+        # beside colour mnist-m ones become grey RGB).
+        images=torch.cat([match_channels(source.images, int(target.images.shape[1])),
+                          split.labelled.images]),
+        labels=torch.cat([source.labels, split.labelled.labels]),
+        captions=captions["source"] + captions["target"],
+        domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
+        class_names=list(target.class_names), target_domain=target.domain,
+        synthesis=config.synthesis,
+        unlabelled=split.unlabelled.images if config.synthesis == "translate" else None)
+
+
+def save_generator(folder: Path, config: RunConfig, generator: Any,
+                   class_names: list[str]) -> None:
+    """generator.safetensors, with the options it actually used (defaults included, when
+    it can say) and the class names, so `imgxfer generate` rebuilds it even if defaults
+    change later."""
+    resolved = declared(generator, "resolved_options", "generators")
+    used = resolved() if resolved is not None else config.options["generator"]
+    atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
+                        {"component": config.generator, "options": json.dumps(used),
+                         "classes": json.dumps(list(class_names))})
+
+
+def _generate(plan: Plan, encoder: Any, captions: dict[str, list[str]], folder: Path,
+              progress: Progress, resume: bool, timings: dict[str, float],
+              extras: dict[str, Any]) -> tuple[ImageDataset | None, dict[str, Any]]:
+    """Train the generator, synthesise (``--synthesis``), save it, filter and measure the
+    images: the synthetic set (``None`` if nothing is left) and metrics.json's
+    ``generator`` section."""
+    config, generator, source, split = plan.config, plan.generator, plan.source, plan.split
+    target, device = split.test, plan.device
+    t0 = time.perf_counter()
+    fitted = train_generator(plan, generator_data(config, source, split, captions), folder,
+                             progress, resume)
+    timings["generator_fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    made = synthesise(config.synthesis, generator, plan.captioner, source, split,
+                      captions["target"], per_class=config.synthetic_per_class,
+                      seed=config.seed, device=device)
+    synthetic = None if made.images is None else ImageDataset(
+        check_images(made.images, len(made.labels), config.generator,
+                     "sample" if made.inputs is None else "edit"),
+        made.labels, list(target.class_names), f"synthetic-{target.domain}",
+        target.description)
+    timings["generator_sample"] = time.perf_counter() - t0
+    extras["synthesis_inputs"], extras["generator_history"] = made.inputs, fitted.losses
+    if synthetic is not None:
+        captions["synthetic"] = made.prompts
+    save_generator(folder, config, generator, target.class_names)
+    metrics = {"name": config.generator, "synthesis": config.synthesis,
+               "conditioning": sorted(generator.conditioning), "steps": fitted.steps,
+               "synthetic_images": 0 if synthetic is None else len(synthetic)}
+    if synthetic is not None and config.synthetic_filter > 0:
+        t0 = time.perf_counter()
+        synthetic, kept, metrics["filter"] = filter_synthetic(
+            synthetic, encoder, source, split, config.synthetic_filter, device)
+        captions["synthetic"] = [p for p, k in zip(made.prompts, kept.tolist()) if k]
+        if made.inputs is not None:
+            extras["synthesis_inputs"] = made.inputs.subset(torch.nonzero(kept).flatten())
+        metrics["synthetic_images"] = 0 if synthetic is None else len(synthetic)
+        timings["synthetic_filter"] = time.perf_counter() - t0
+    if synthetic is not None and config.quality and len(synthetic) < 2:
+        progress.log("generator quality not measured: fewer than two synthetic images.")
+    elif synthetic is not None and config.quality:
+        progress.log("measuring the generator: CAS (two small classifiers) and FID/KID")
+        t0 = time.perf_counter()
+        metrics.update(generator_quality_metrics(encoder, synthetic, split,
+                                                 steps=config.quality_steps,
+                                                 seed=config.seed, device=device))
+        timings["generator_quality"] = time.perf_counter() - t0
+    log.info("generator %s: %s", config.generator,
+             {k: v for k, v in metrics.items() if k != "per_class"})
+    return synthetic, metrics
+
+
 def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = False) -> RunResult:
     config, device, source, split = plan.config, plan.device, plan.source, plan.split
     encoder, captioner, generator = plan.encoder, plan.captioner, plan.generator
@@ -461,67 +543,8 @@ def _run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fal
     synthetic = None
     extras: dict[str, Any] = {}
     if generator is not None:
-        t0 = time.perf_counter()
-        gdata = GeneratorData(
-            # One tensor: source images take the target's channel count (grey mnist
-            # digits beside colour mnist-m ones become grey RGB).
-            images=torch.cat([match_channels(source.images, int(target.images.shape[1])),
-                              split.labelled.images]),
-            labels=torch.cat([source.labels, split.labelled.labels]),
-            captions=captions["source"] + captions["target"],
-            domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
-            class_names=list(target.class_names), target_domain=target.domain,
-            synthesis=config.synthesis,
-            unlabelled=split.unlabelled.images if config.synthesis == "translate" else None,
-        )
-        fitted = train_generator(plan, gdata, folder, progress, resume)
-        timings["generator_fit"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        made = synthesise(config.synthesis, generator, captioner, source, split,
-                          captions["target"], per_class=config.synthetic_per_class,
-                          seed=config.seed, device=device)
-        labels, prompts = made.labels, made.prompts
-        images = (None if made.images is None else
-                  check_images(made.images, len(labels), config.generator,
-                               "sample" if made.inputs is None else "edit"))
-        timings["generator_sample"] = time.perf_counter() - t0
-        extras["synthesis_inputs"] = made.inputs
-        if images is not None:
-            synthetic = ImageDataset(images, labels, list(target.class_names),
-                                     f"synthetic-{target.domain}", target.description)
-            captions["synthetic"] = prompts
-        # The options it actually used (defaults included, when it can say) and the class
-        # names, so `imgxfer generate` rebuilds it even if defaults change later.
-        resolved = declared(generator, "resolved_options", "generators")
-        used = resolved() if resolved is not None else config.options["generator"]
-        atomic_save_tensors(folder / "generator.safetensors", generator.state_dict(),
-                            {"component": config.generator, "options": json.dumps(used),
-                             "classes": json.dumps(list(target.class_names))})
-        metrics["generator"] = {"name": config.generator, "synthesis": config.synthesis,
-                                "conditioning": sorted(generator.conditioning),
-                                "steps": fitted.steps,
-                                "synthetic_images": 0 if synthetic is None else len(synthetic)}
-        if synthetic is not None and config.synthetic_filter > 0:
-            t0 = time.perf_counter()
-            synthetic, kept, metrics["generator"]["filter"] = filter_synthetic(
-                synthetic, encoder, source, split, config.synthetic_filter, device)
-            captions["synthetic"] = [p for p, k in zip(prompts, kept.tolist()) if k]
-            if made.inputs is not None:
-                extras["synthesis_inputs"] = made.inputs.subset(torch.nonzero(kept).flatten())
-            metrics["generator"]["synthetic_images"] = 0 if synthetic is None else len(synthetic)
-            timings["synthetic_filter"] = time.perf_counter() - t0
-        if synthetic is not None and config.quality and len(synthetic) < 2:
-            progress.log("generator quality not measured: fewer than two synthetic images.")
-        elif synthetic is not None and config.quality:
-            progress.log("measuring the generator: CAS (two small classifiers) and FID/KID")
-            t0 = time.perf_counter()
-            metrics["generator"].update(generator_quality_metrics(
-                encoder, synthetic, split, steps=config.quality_steps, seed=config.seed,
-                device=device))
-            timings["generator_quality"] = time.perf_counter() - t0
-        extras["generator_history"] = fitted.losses
-        log.info("generator %s: %s", config.generator,
-                 {k: v for k, v in metrics["generator"].items() if k != "per_class"})
+        synthetic, metrics["generator"] = _generate(plan, encoder, captions, folder, progress,
+                                                    resume, timings, extras)
 
     # 4. adapters: each starts from the same source-trained encoder and the same data.
     data = TransferData(source, split.labelled, split.unlabelled, synthetic)
