@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgxfer.config import RunConfig, load
+from imgxfer.config import RunConfig, load, same_run
 from imgxfer.pipeline import run
 
 
@@ -29,16 +28,6 @@ def cell(values: list[float], digits: int = 3, signed: bool = False) -> str:
     return f"{m:{'+' if signed else ''}.{digits}f} ± {s:.{digits}f}"
 
 
-def same_settings(saved: RunConfig, asked: RunConfig) -> bool:
-    """Whether a finished run's config is ``asked``, apart from the options the run
-    resolved itself (smallcnn's auto ``in_channels``); keys added to RunConfig since then
-    load with their defaults."""
-    saved_encoder = dict(saved.options.get("encoder", {}))
-    if "in_channels" not in asked.options.get("encoder", {}):
-        saved_encoder.pop("in_channels", None)
-    return replace(saved, options={**saved.options, "encoder": saved_encoder}) == asked
-
-
 def run_once(config: RunConfig, folder: Path) -> tuple[dict[str, Any], bool]:
     """Run ``config`` into ``folder`` unless an earlier invocation finished it there; returns
     the run's metrics and whether it ran now. A finished folder made with other settings
@@ -46,7 +35,8 @@ def run_once(config: RunConfig, folder: Path) -> tuple[dict[str, Any], bool]:
     interrupted run and is started again."""
     done = folder / "metrics.json"
     if done.is_file():
-        if not same_settings(load(folder / "config.toml"), config):
+        # Keys added to RunConfig since a folder was written load with their defaults.
+        if not same_run(load(folder / "config.toml"), config):
             raise SystemExit(f"{folder} was run with other settings; give another output folder.")
         return json.loads(done.read_text()), False
     if folder.exists():

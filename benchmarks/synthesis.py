@@ -60,7 +60,7 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
                                    compare=adapters, compare_synthetic=True)))
         for name, extra in cells:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                out.append((name, RunConfig(name=name, seed=seed, out=str(ROOT),
+                out.append((name, RunConfig(name=name, seed=seed, out="results/synthesis",
                                             **{**base, **extra})))
     return out
 

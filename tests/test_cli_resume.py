@@ -101,3 +101,35 @@ def test_resume_refuses_a_folder_of_another_config(host, tmp_path):
         execute(prepare(RunConfig(source="tiny-source", target="tiny-target", shots=3,
                                   out=str(tmp_path))), folder=folder, resume=True)
     assert (folder / "config.toml").read_text() == RunConfig(shots=5).to_toml()
+
+
+def test_a_folder_interrupted_before_synthesis_and_auto_channels_resumes(host, tmp_path,
+                                                                         monkeypatch):
+    """A run interrupted by an older imgxfer: its config.toml has no ``synthesis`` and no
+    resolved ``in_channels``, its GAN checkpoint no ``content_weight``."""
+    from safetensors.torch import save_file
+
+    def crash_after_step_4(self, path, state):
+        real_save(self, path, state)
+        if state.step == 4:
+            raise Crash
+
+    real_save = gan_module.ConditionalGAN._save_training
+    monkeypatch.setattr(gan_module.ConditionalGAN, "_save_training", crash_after_step_4)
+    assert isinstance(invoke(*RUN, "--out", str(tmp_path)).exception, Crash)
+    monkeypatch.undo()
+    (folder,) = tmp_path.iterdir()
+    config = (folder / "config.toml").read_text()
+    assert "in_channels = 1" in config and 'synthesis = "text"' in config
+    (folder / "config.toml").write_text(config.replace("in_channels = 1\n", "")
+                                        .replace('synthesis = "text"\n', ""))
+    checkpoint = folder / "generator-train.safetensors"
+    from safetensors import safe_open
+    with safe_open(checkpoint, "pt") as f:
+        meta = f.metadata()
+    options = json.loads(meta["options"])
+    del options["content_weight"]
+    save_file(load_file(checkpoint), checkpoint, {**meta, "options": json.dumps(options)})
+    resumed = invoke("--resume", str(folder))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output

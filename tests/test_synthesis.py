@@ -115,7 +115,8 @@ def test_gan_translate_needs_target_images_and_a_text_gan_cannot_edit():
 
 
 def test_run_translate_at_zero_shots_end_to_end(host, tmp_path):
-    args = [a if a != "3" else "0" for a in TINY_RUN]  # --shots 0
+    at = TINY_RUN.index("--shots") + 1
+    args = TINY_RUN[:at] + ["0"] + TINY_RUN[at + 1:]
     result = CliRunner().invoke(cli, ["run", *args, "--synthesis", "translate",
                                       "--compare-synthetic", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -138,3 +139,37 @@ def test_run_refuses_a_mode_the_generator_cannot_do(host, tmp_path):
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
     bad = CliRunner().invoke(cli, ["run", *TINY_RUN, "--synthesis", "paint"])
     assert bad.exit_code == 2 and "Invalid value for '--synthesis'" in bad.output
+
+
+def test_translator_trains_with_a_batch_of_one():
+    data = tiny_generator_data()
+    is_target = torch.tensor([d == data.target_domain for d in data.domains])
+    data = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    gan = ConditionalGAN(width=8, image_size=16, batch_size=1)
+    result = gan.fit(data, budget=Budget(2).start(), progress=NullProgress(), device=CPU)
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in result.losses.values())
+
+
+def test_one_network_at_a_time():
+    data = tiny_generator_data()
+    is_target = torch.tensor([d == data.target_domain for d in data.domains])
+    translate = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    gan = ConditionalGAN(width=8, image_size=16, batch_size=8)
+    gan.fit(translate, budget=Budget(1).start(), progress=NullProgress())
+    gan.fit(data, budget=Budget(1).start(), progress=NullProgress())  # text after translate
+    assert "meta.translator" not in gan.state_dict() and gan.sample(["p"], [0]).shape[0] == 1
+    gan.fit(translate, budget=Budget(1).start(), progress=NullProgress())
+    assert "meta.translator" in gan.state_dict()
+    with pytest.raises(UserError, match="trained to translate"):
+        gan.sample(["p"], [0])
+
+
+def test_synthesis_needs_a_generator_and_translate_needs_unlabelled_images(host, tmp_path):
+    with pytest.raises(UserError, match="--synthesis translate makes images with a generator"):
+        RunConfig(generator="none", synthesis="translate").validate()
+    at = TINY_RUN.index("--shots") + 1  # 30 per class, 9 held out: 21 shots leave none
+    args = TINY_RUN[:at] + ["21"] + TINY_RUN[at + 1:]
+    result = CliRunner().invoke(cli, ["run", *args, "--synthesis", "translate",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "leave none besides the test split" in result.output
+    assert not list(tmp_path.iterdir())  # refused before a folder was made

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,14 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from imgxfer.data import SYNTHESIS_MODES
 from imgxfer.errors import UserError
 
 STAGES = ("source", "target", "encoder", "captioner", "generator", "adapter")
 NONE = "none"  # generator = "none" skips generation
+# How a run makes synthetic images (``--synthesis``): ``text`` draws them from prompts
+# (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
+# labelled source images into the target domain's style (both Generator.edit).
+SYNTHESIS_MODES = ("text", "shots", "translate")
 
 
 @dataclass
@@ -87,6 +90,9 @@ class RunConfig:
         if self.synthesis not in SYNTHESIS_MODES:
             raise UserError(f"synthesis must be one of {', '.join(SYNTHESIS_MODES)}, got "
                             f"{self.synthesis!r}.")
+        if self.synthesis != "text" and self.generator == NONE:
+            raise UserError(f"--synthesis {self.synthesis} makes images with a generator, so "
+                            "it needs one (not --generator none).")
         if self.shots == 0 and self.generator != NONE and self.synthesis != "translate":
             raise UserError(
                 f"--shots 0 leaves no labelled target images for the generator {self.generator!r} "
@@ -136,6 +142,21 @@ def _check_type(key: str, value: Any, where: str) -> Any:
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{where}: {key} must be {expected.__name__}, got {value!r}.")
     return value
+
+
+def same_run(saved: RunConfig, current: RunConfig) -> bool:
+    """Whether ``current`` is the run a saved config.toml describes: equal apart from
+    ``out`` (where run folders go, not what runs) and the encoder options a run resolves
+    itself (smallcnn's ``in_channels`` 0, auto) where either config leaves them to the run,
+    so folders written before an option was resolved still resume and compare."""
+    def normal(config: RunConfig, auto: bool) -> RunConfig:
+        encoder = dict(config.options.get("encoder", {}))
+        if auto:
+            encoder.pop("in_channels", None)
+        return replace(config, out="", options={**config.options, "encoder": encoder})
+
+    auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))
+    return normal(saved, auto) == normal(current, auto)
 
 
 def from_mapping(data: dict[str, Any], where: str = "config") -> RunConfig:

@@ -118,22 +118,31 @@ def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
                         source.layout, source.origins)
 
 
-def drop_shared_origins(source: ImageDataset, target: ImageDataset) -> ImageDataset:
-    """``source`` without the images made from the same originals as a target image
-    (``mnist`` and ``mnist-m`` share MNIST digits), so that no test image is a
-    transformed copy of a training image. Noted in the source's notes."""
+def separate_origins(source: ImageDataset, target: ImageDataset
+                     ) -> tuple[ImageDataset, ImageDataset]:
+    """Source and target without images made from the same originals (``mnist`` and
+    ``mnist-m`` share MNIST digits), so that no test image is a transformed copy of a
+    training image: the shared ones leave the source, or the target when that would
+    leave no source (``mnist-m`` -> ``mnist``). Noted in the dataset's notes."""
     if source.origins is None or target.origins is None:
-        return source
+        return source, target
     shared = set(source.origins) & set(target.origins)
     if not shared:
-        return source
-    keep = torch.tensor([o not in shared for o in source.origins])
-    if not keep.any():
-        raise UserError(f"every image of source {source.domain!r} is made from the same "
-                        f"originals as target {target.domain!r}; choose another source.")
-    kept = source.subset(torch.nonzero(keep).flatten())
-    kept.notes.append(f"{len(shared)} {source.domain} images were left out of the source: "
-                      f"{target.domain} is made from the same originals.")
+        return source, target
+    if any(o not in shared for o in source.origins):
+        return _without(source, shared, "source", target.domain), target
+    if any(o not in shared for o in target.origins):
+        return source, _without(target, shared, "target", source.domain)
+    raise UserError(f"source {source.domain!r} and target {target.domain!r} are made from "
+                    "the same originals, image for image; choose another pair.")
+
+
+def _without(data: ImageDataset, shared: set[str], role: str, other: str) -> ImageDataset:
+    assert data.origins is not None
+    keep = torch.tensor([o not in shared for o in data.origins])
+    kept = data.subset(torch.nonzero(keep).flatten())
+    kept.notes.append(f"{int((~keep).sum())} {data.domain} images were left out of the "
+                      f"{role}: {other} is made from the same originals.")
     return kept
 
 @dataclass
@@ -150,20 +159,14 @@ class TransferData:
         return self.target_labelled.class_names
 
 
-# How a run makes synthetic images (``--synthesis``): ``text`` draws them from prompts
-# (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
-# labelled source images into the target domain's style (both Generator.edit).
-SYNTHESIS_MODES = ("text", "shots", "translate")
-
-
 @dataclass
 class GeneratorData:
     """Labelled, captioned images from several domains for a generator to learn from.
 
     ``synthesis`` says what the run will ask of the generator afterwards (one of
-    :data:`SYNTHESIS_MODES`), so it can train for it; ``unlabelled`` holds target-domain
-    images without labels (the style a ``translate`` generator learns; ``None`` or empty
-    when there are none)."""
+    :data:`imgxfer.config.SYNTHESIS_MODES`), so it can train for it; ``unlabelled`` holds
+    target-domain images without labels (the style a ``translate`` generator learns;
+    ``None`` or empty when there are none)."""
 
     images: torch.Tensor
     labels: torch.Tensor

@@ -20,9 +20,9 @@ import torch
 from imgxfer import __version__
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.classifier import Classifier
-from imgxfer.config import NONE, RunConfig, check_device
+from imgxfer.config import NONE, RunConfig, check_device, same_run
 from imgxfer.data import (GeneratorData, ImageDataset, Split, TransferData, align_classes,
-                          drop_shared_origins, few_shot_split)
+                          few_shot_split, separate_origins)
 from imgxfer.encoders.preprocess import match_channels
 from imgxfer.errors import UserError
 from imgxfer.evaluation import classification_metrics, information_maximization
@@ -121,7 +121,7 @@ def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDat
     stay greyscale; config.toml then records it, so ``imgxfer predict`` rebuilds it."""
     options = config.options["encoder"]
     defaults = registry.get("encoders", config.encoder).defaults()
-    if defaults.get("in_channels") != 0 or "in_channels" in options:
+    if defaults.get("in_channels") != 0 or options.get("in_channels", 0) != 0:
         return config
     channels = max(int(source.images.shape[1]), int(target.images.shape[1]))
     channels = 3 if channels >= 3 else 1
@@ -132,7 +132,7 @@ def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDat
 def load_data(config: RunConfig, registry: Registry) -> tuple[ImageDataset, Split]:
     source = build(registry, "datasets", config.source, config.options["source"], config.seed)
     target = build(registry, "datasets", config.target, config.options["target"], config.seed + 1)
-    source = drop_shared_origins(align_classes(source, target), target)
+    source, target = separate_origins(align_classes(source, target), target)
     split = few_shot_split(target, config.shots, test_fraction=config.test_fraction,
                            seed=config.seed)
     return source, split
@@ -189,6 +189,10 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Plan:
     check_zero_steps(config, adapters, generator)
     if generator is not None:
         check_mode(config.synthesis, generator, config.generator, registry)
+    if generator is not None and config.synthesis == "translate" and not len(split.unlabelled):
+        raise UserError("--synthesis translate learns the target's style from its unlabelled "
+                        f"images, and {config.shots} shots per class leave none besides the "
+                        "test split; lower --shots.")
     return Plan(config, device, source, split, encoder, captioner, generator, adapters, gen_budget)
 
 
@@ -375,7 +379,7 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
         folder = create_run_dir(config.out, config.name)
     elif not resume:
         folder.mkdir(parents=True)
-    elif resume_config(folder).to_toml() != config.to_toml():
+    elif not same_run(resume_config(folder), config):
         raise UserError(f"--resume: {str(folder)!r} holds a run of another config; it is "
                         "left as it is.")
     atomic_write_text(folder / "config.toml", config.to_toml())

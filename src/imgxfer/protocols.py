@@ -132,7 +132,7 @@ class Generator(Protocol):
       ``format = "<name>.training"``, so ``imgxfer generate`` refuses it by name.
     - ``num_classes``: the classes a trained or loaded generator draws (``None`` if
       unknown), checked against the run's class list when loading.
-    - ``synthesis``: the subset of :data:`imgxfer.data.SYNTHESIS_MODES` it can do
+    - ``synthesis``: the subset of :data:`imgxfer.config.SYNTHESIS_MODES` it can do
       (default ``{"text"}``). ``fit`` reads the mode the run asks for in
       ``data.synthesis``. ``"shots"`` or ``"translate"`` promise
       ``edit(images, labels, prompts, *, seed, device) -> tensor [N, C, H, W]``: one

