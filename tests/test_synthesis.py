@@ -173,3 +173,32 @@ def test_synthesis_needs_a_generator_and_translate_needs_unlabelled_images(host,
                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "leave none besides the test split" in result.output
     assert not list(tmp_path.iterdir())  # refused before a folder was made
+
+
+def test_generate_edits_images_with_a_translate_run(host, tmp_path):
+    at = TINY_RUN.index("--shots") + 1
+    args = TINY_RUN[:at] + ["0"] + TINY_RUN[at + 1:]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["run", *args, "--synthesis", "translate", "--no-quality",
+                               "--out", str(tmp_path / "runs")]).exit_code == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    result = runner.invoke(cli, ["generate", "--from", str(folder), "--images", "tiny-source",
+                                 "--n", "5", "--out", str(tmp_path / "edited")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "edited").glob("0*.png"))) == 5
+    assert "wrote 5 images" in result.output
+    refused = runner.invoke(cli, ["generate", "--from", str(folder), "--prompt", "a dot",
+                                  "--out", str(tmp_path / "drawn")])
+    assert refused.exit_code == 2 and "trained to translate images" in refused.output
+    missing = runner.invoke(cli, ["generate", "--from", str(folder), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "--prompt is needed" in missing.output
+
+
+def test_generate_refuses_to_edit_with_a_text_generator(host, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["run", *TINY_RUN, "--no-quality",
+                               "--out", str(tmp_path / "runs")]).exit_code == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    result = runner.invoke(cli, ["generate", "--from", str(folder), "--images", "tiny-source",
+                                 "--out", str(tmp_path / "edited")])
+    assert result.exit_code == 2 and "draws from prompts only" in result.output

@@ -57,7 +57,7 @@ class LoadedGenerator:
 @dataclass
 class Generated:
     images: torch.Tensor
-    label: int
+    label: int  # -1: edited images of several classes
     class_name: str | None
     files: list[Path]
     grid: Path
@@ -206,11 +206,14 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise UserError(f"--out {str(out)!r} cannot be created: a parent is a file.") from None
 
 
-def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
+def generate(source: str | Path, prompt: str | None, *, n: int, out: str | Path,
              label: str | int | None = None, seed: int = 0, force: bool = False,
-             device: str = "auto", registry: Registry | None = None) -> Generated:
+             device: str = "auto", registry: Registry | None = None,
+             images: str | None = None) -> Generated:
     """Draw ``n`` images of one class from a saved generator and write them as PNGs
-    (``out/000.png``, ...) plus ``out/grid.png``. Everything ``imgxfer generate`` does."""
+    (``out/000.png``, ...) plus ``out/grid.png``. Everything ``imgxfer generate`` does.
+    With ``images`` (a dataset name or image files, as ``imgxfer caption`` reads them),
+    edit the first ``n`` of them instead (:func:`edit_images`)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n must be a whole number of images, 1 or more; got {n!r}.")
     out = Path(out)
@@ -220,25 +223,16 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
 
     where = resolve_device(device)
     loaded = load_generator(source, registry)
+    if images is not None:
+        return edit_images(loaded, images, prompt or "", n=n, out=out, label=label,
+                           seed=seed, force=force, device=where, registry=registry)
+    if not prompt:
+        raise UserError("--prompt is needed: what to draw (or --images, to edit images).")
     index = resolve_label(prompt, label, loaded.class_names,
                           declared(loaded.generator, "num_classes", "generators"))
-    images = check_images(loaded.generator.sample([prompt] * n, [index] * n, seed=seed,
-                                                  device=where), n, loaded.name)
-    _prepare_out(out, force)
-    width = max(3, len(str(n - 1)))
-    files = []
-    for i, image in enumerate(images):
-        path = out / f"{i:0{width}d}.png"
-        atomic_write_bytes(path, _png(image))
-        files.append(path)
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
-    atomic_write_bytes(out / "grid.png", _png(grid[:images.shape[1]]))
-    # Only now that the new set is complete: no stale 099.png from an earlier, larger --n.
-    for old in set(out.iterdir()) - set(files):
-        if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
-            old.unlink()
+    drawn = check_images(loaded.generator.sample([prompt] * n, [index] * n, seed=seed,
+                                                 device=where), n, loaded.name)
+    files = _write_images(out, drawn, force)
     name = loaded.class_names[index] if loaded.class_names else None
     notes = []
     if "text" not in loaded.generator.conditioning:
@@ -251,14 +245,87 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
     if named and index not in named:
         names = " and ".join(repr(loaded.class_names[c]) for c in named)
         notes.append(f"the prompt names {names}, but --label draws {name!r}.")
-    return Generated(images, index, name, files, out / "grid.png", notes)
+    return Generated(drawn, index, name, files, out / "grid.png", notes)
+
+
+def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out: Path,
+                label: str | int | None, seed: int, force: bool, device: Any,
+                registry: Registry | None) -> Generated:
+    """The first ``n`` images of ``spec`` edited by a generator trained for ``--synthesis
+    shots`` or ``translate`` (source images into the target's style). Each keeps its own
+    label where ``spec`` is a labelled dataset whose classes the generator knows, else
+    ``--label``'s."""
+    from imgxfer.commands.caption import load_images
+    from imgxfer.pipeline import check_images
+    from imgxfer.plugins import get_registry
+    from imgxfer.protocols import declared
+
+    modes = set(declared(loaded.generator, "synthesis", "generators")) - {"text"}
+    if not modes or not hasattr(loaded.generator, "edit"):
+        raise UserError(f"the generator {loaded.name!r} draws from prompts only; it cannot "
+                        "edit images (give --prompt instead of --images).")
+    data = load_images(spec, registry or get_registry(), limit=n)
+    count = min(n, len(data.images))
+    labels = _edit_labels(data, label, prompt, loaded, count)
+    edited = check_images(loaded.generator.edit(data.images[:count], labels, [prompt] * count,
+                                                seed=seed, device=device),
+                          count, loaded.name, "edit")
+    files = _write_images(out, edited, force)
+    notes = [] if count == n else [
+        f"{spec} holds {count} image{'s' if count != 1 else ''}, fewer than --n {n}."]
+    first = int(labels[0]) if len(set(labels.tolist())) == 1 else -1
+    name = loaded.class_names[first] if loaded.class_names and first >= 0 else None
+    return Generated(edited, first, name, files, out / "grid.png", notes)
+
+
+def _edit_labels(data: Any, label: str | int | None, prompt: str, loaded: LoadedGenerator,
+                 count: int) -> torch.Tensor:
+    from imgxfer.protocols import declared
+
+    if label is not None or data.labels is None:
+        if label is None:
+            raise UserError("these images have no labels: give --label, the class to keep.")
+        index = resolve_label(prompt, label, loaded.class_names,
+                              declared(loaded.generator, "num_classes", "generators"))
+        return torch.full((count,), index, dtype=torch.long)
+    names = loaded.class_names or []
+    unknown = sorted(set(data.class_names) - set(names))
+    if unknown:
+        raise UserError(f"the generator {loaded.name!r} does not know the class"
+                        f"{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                        "of these images; give --label.")
+    return torch.tensor([names.index(data.class_names[y]) for y in data.labels[:count]])
+
+
+def _write_images(out: Path, images: torch.Tensor, force: bool) -> list[Path]:
+    """``out/000.png``, ... and ``out/grid.png``; stale numbered files of an earlier, larger
+    set are removed once the new set is complete."""
+    n = len(images)
+    _prepare_out(out, force)
+    width = max(3, len(str(n - 1)))
+    files = []
+    for i, image in enumerate(images):
+        path = out / f"{i:0{width}d}.png"
+        atomic_write_bytes(path, _png(image))
+        files.append(path)
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
+    atomic_write_bytes(out / "grid.png", _png(grid[:images.shape[1]]))
+    for old in set(out.iterdir()) - set(files):
+        if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
+            old.unlink()
+    return files
 
 
 @click.command("generate", short_help="Draw images from a run's generator.")
 @click.option("--from", "source", required=True, metavar="RUN_FOLDER_OR_FILE",
               help="A run folder of `imgxfer run`, or its generator.safetensors.")
-@click.option("--prompt", required=True,
+@click.option("--prompt",
               help='What to draw, e.g. "a handwritten digit seven"; it may name the class.')
+@click.option("--images", metavar="DATASET_OR_PATH",
+              help="Edit these images instead (a generator trained with --synthesis shots "
+                   "or translate): a dataset name, a folder or an image file; the first --n.")
 @click.option("--label", metavar="NAME_OR_INDEX",
               help="The class to draw (name or index); default: the class the prompt names.")
 @click.option("--n", "n", type=int, default=16, show_default=True, help="How many images.")
@@ -269,8 +336,9 @@ def generate(source: str | Path, prompt: str, *, n: int, out: str | Path,
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
 @click.option("--device", default="auto", show_default=True,
               help="Where to sample: auto, cpu, cuda, cuda:N or mps.")
-def generate_command(source: str, prompt: str, label: str | None, n: int, out: str,
-                     seed: int, force: bool, device: str) -> None:
+def generate_command(source: str, prompt: str | None, images: str | None,
+                     label: str | None, n: int, out: str, seed: int, force: bool,
+                     device: str) -> None:
     """Draw images of one class from the generator of a run.
 
     The class is --label, or the class the prompt names ("a digit seven" -> seven; "a 7"
@@ -283,12 +351,14 @@ def generate_command(source: str, prompt: str, label: str | None, n: int, out: s
       imgxfer generate --from runs/RUN --prompt "a handwritten digit seven, domain digits" --out sevens
       imgxfer generate --from runs/RUN --prompt "a 3" --n 64 --seed 1 --out threes
       imgxfer generate --from runs/RUN/generator.safetensors --prompt "thin strokes" --label 4 --out fours
+      imgxfer generate --from runs/TRANSLATE_RUN --images mnist --n 64 --out mnist-in-target-style
     """
     # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
     result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force,
-                      device=device)
+                      device=device, images=images)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
-    what = f"class {result.class_name!r}" if result.class_name else f"class {result.label}"
+    what = (f"class {result.class_name!r}" if result.class_name else
+            "several classes" if result.label < 0 else f"class {result.label}")
     click.echo(f"wrote {len(result.files)} images of {what} to {out} (grid: {result.grid})",
                err=True)
