@@ -201,4 +201,4 @@ def test_generate_refuses_to_edit_with_a_text_generator(host, tmp_path):
     (folder,) = (tmp_path / "runs").iterdir()
     result = runner.invoke(cli, ["generate", "--from", str(folder), "--images", "tiny-source",
                                  "--out", str(tmp_path / "edited")])
-    assert result.exit_code == 2 and "draws from prompts only" in result.output
+    assert result.exit_code == 2 and "was not trained to translate images" in result.output
