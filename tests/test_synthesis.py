@@ -81,10 +81,16 @@ def test_a_generator_that_declares_edits_must_have_edit():
         check_component("generators", NoEdit(), "noedit", "p")
 
 
-def test_gan_translator_trains_translates_and_round_trips():
+def _translate_data():
+    """The contract kit's tiny data as a translate run passes it (target shots also as
+    the unlabelled target images), and which images are the target's."""
     data = tiny_generator_data()
     is_target = torch.tensor([d == data.target_domain for d in data.domains])
-    data = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    return replace(data, synthesis="translate", unlabelled=data.images[is_target]), is_target
+
+
+def test_gan_translator_trains_translates_and_round_trips():
+    data, is_target = _translate_data()
     gan = ConditionalGAN(width=8, image_size=16, batch_size=8)
     result = gan.fit(data, budget=Budget(3).start(), progress=NullProgress(), device=CPU)
     assert result.steps == 3 and set(result.losses) == {"d_loss", "g_loss", "content_loss"}
@@ -142,9 +148,7 @@ def test_run_refuses_a_mode_the_generator_cannot_do(host, tmp_path):
 
 
 def test_translator_trains_with_a_batch_of_one():
-    data = tiny_generator_data()
-    is_target = torch.tensor([d == data.target_domain for d in data.domains])
-    data = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    data, is_target = _translate_data()
     gan = ConditionalGAN(width=8, image_size=16, batch_size=1)
     result = gan.fit(data, budget=Budget(2).start(), progress=NullProgress(), device=CPU)
     assert all(torch.isfinite(torch.tensor(v)).all() for v in result.losses.values())
@@ -152,8 +156,7 @@ def test_translator_trains_with_a_batch_of_one():
 
 def test_one_network_at_a_time():
     data = tiny_generator_data()
-    is_target = torch.tensor([d == data.target_domain for d in data.domains])
-    translate = replace(data, synthesis="translate", unlabelled=data.images[is_target])
+    translate, _ = _translate_data()
     gan = ConditionalGAN(width=8, image_size=16, batch_size=8)
     gan.fit(translate, budget=Budget(1).start(), progress=NullProgress())
     gan.fit(data, budget=Budget(1).start(), progress=NullProgress())  # text after translate
