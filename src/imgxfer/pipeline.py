@@ -30,9 +30,9 @@ from imgxfer.plugins import get_registry
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.protocols import FitResult, checkpoint_args, declared
 from imgxfer.registry import Registry
-from imgxfer.synthesis import check_mode, synthesise, synthesis_prompts  # noqa: F401
 from imgxfer.runfolder import (atomic_save_tensors, atomic_write_json, atomic_write_text,
                                check_out_dir, create_run_dir)
+from imgxfer.synthesis import check_mode, synthesise, synthesis_prompts  # noqa: F401
 from imgxfer.training import predict_logits
 
 log = logging.getLogger("imgxfer")

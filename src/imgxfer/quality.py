@@ -14,6 +14,11 @@ feature-space FID / KID between real and synthetic images.
   so it is near 0 (and may be slightly negative) for two samples of one distribution,
   whatever their size; FID is biased upwards for small samples.
 
+- **Label kept**: how often CAS real's classifier (trained on real target images, used
+  for measuring only) gives a synthetic image the label it was made for, beside its
+  accuracy on the real test images. For ``--synthesis translate`` it says how often the
+  translation kept the source image's class.
+
 - **Shot copying**: whether the generator draws new target images or copies its few
   labelled target shots. For each synthetic image, its nearest real target image of the
   same class (pixel L2, among the shots and the test split) is a shot or not;
