@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import imgxfer
 from conftest import TINY_RUN, tiny_bars
 from imgxfer.budget import Budget
 from imgxfer.cli import cli
@@ -205,3 +206,37 @@ def test_generate_refuses_to_edit_with_a_text_generator(host, tmp_path):
     result = runner.invoke(cli, ["generate", "--from", str(folder), "--images", "tiny-source",
                                  "--out", str(tmp_path / "edited")])
     assert result.exit_code == 2 and "was not trained to translate images" in result.output
+
+
+class ColourPlugin:
+    """A colour target: the tiny bars on a coloured background."""
+
+    @imgxfer.hookimpl
+    def register_datasets(self, register):
+        def tiny_colour(n_per_class=30, seed=0):
+            grey = tiny_bars("tiny-colour", n_per_class, seed=seed + 7)
+            tint = torch.tensor([0.9, 0.3, 0.1]).view(1, 3, 1, 1)
+            return replace(grey, images=grey.images * tint + (1 - grey.images) * tint.flip(1))
+
+        register("tiny-colour", tiny_colour, description="bars on colour (target)")
+
+
+def test_a_colour_target_gets_a_colour_smallcnn_that_predict_rebuilds(host, tmp_path):
+    host.add(ColourPlugin(), "colour")
+    at = TINY_RUN.index("--target") + 1
+    args = TINY_RUN[:at] + ["tiny-colour"] + TINY_RUN[at + 1:]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", *args, "--generator", "none",
+                                 "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert "in_channels = 3" in (folder / "config.toml").read_text()
+    assert folder.name.endswith("tiny-source-to-tiny-colour")  # the default name: the pair
+    predicted = runner.invoke(cli, ["predict", "tiny-colour", "--from", str(folder),
+                                    "--out", str(tmp_path / "p.csv")])
+    assert predicted.exit_code == 0, predicted.output
+    grey = runner.invoke(cli, ["run", *TINY_RUN, "--generator", "none",
+                               "--out", str(tmp_path / "grey")])
+    assert grey.exit_code == 0
+    (grey_folder,) = (tmp_path / "grey").iterdir()
+    assert "in_channels = 1" in (grey_folder / "config.toml").read_text()
