@@ -118,5 +118,5 @@ def mnist_m(*, size: int = 32, n_per_class: int = 0, seed: int = 0) -> ImageData
                      "are not those of the original MNIST-M."]
     index = torch.from_numpy(keep)
     return ImageDataset(images[index].clone(), labels[index].clone(), list(DIGIT_NAMES),
-                        "mnist-m", description="handwritten digit on a colour photograph",
+                        "mnist-m", description="colour handwritten digit",
                         notes=notes, layout=GLYPH, origins=[origins[i] for i in keep])
