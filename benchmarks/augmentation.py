@@ -46,8 +46,8 @@ def run_one(args: argparse.Namespace, source: str, target: str, shots: int, seed
     if not ran:
         print(f"{source}->{target} shots={shots} seed={seed}: done earlier ({folder})", flush=True)
         return metrics
-    line = "  ".join(f"{a}: {d['without']:.3f} -> {d['with']:.3f} ({d['delta']:+.3f})"
-                     for a, d in metrics["synthetic_delta"].items())
+    line = "  ".join(f"{a}: {d.without:.3f} -> {d.with_:.3f} ({d.delta:+.3f})"
+                     for a, d in (metrics.synthetic_delta or {}).items())
     print(f"{source}->{target} shots={shots} seed={seed}: {line}  "
           f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     return metrics
@@ -82,12 +82,13 @@ def main() -> None:
         for shots in shots_list:
             for seed in seeds:
                 metrics = run_one(args, source, target, shots, seed, adapters)
-                gen = metrics.get("generator", {})
-                for adapter, d in metrics["synthetic_delta"].items():
+                gen = metrics.generator
+                for adapter, d in (metrics.synthetic_delta or {}).items():
                     rows.append({"pair": pair, "shots": shots, "seed": seed, "adapter": adapter,
-                                 "with": d["with"], "without": d["without"], "delta": d["delta"],
-                                 "synthetic_images": d["synthetic_images"],
-                                 **{k: gen.get(k) for k in ("cas", "cas_real", "fid", "kid_mean")}})
+                                 "with": d.with_, "without": d.without, "delta": d.delta,
+                                 "synthetic_images": d.synthetic_images,
+                                 **{k: getattr(gen, k, None)
+                                    for k in ("cas", "cas_real", "fid", "kid_mean")}})
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)

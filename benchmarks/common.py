@@ -3,15 +3,15 @@ resumes (a finished folder is read back, an interrupted one is run again)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgxfer.config import RunConfig, load, same_run
+from imgxfer.metrics import RunMetrics
 from imgxfer.pipeline import run
+from imgxfer.plugins import get_registry
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -28,7 +28,7 @@ def cell(values: list[float], digits: int = 3, signed: bool = False) -> str:
     return f"{m:{'+' if signed else ''}.{digits}f} ± {s:.{digits}f}"
 
 
-def run_once(config: RunConfig, folder: Path) -> tuple[dict[str, Any], bool]:
+def run_once(config: RunConfig, folder: Path) -> tuple[RunMetrics, bool]:
     """Run ``config`` into ``folder`` unless an earlier invocation finished it there; returns
     the run's metrics and whether it ran now. A finished folder made with other settings
     stops the script (give another output folder); an unfinished one is this script's own
@@ -38,8 +38,8 @@ def run_once(config: RunConfig, folder: Path) -> tuple[dict[str, Any], bool]:
         # Keys added to RunConfig since a folder was written load with their defaults.
         if not same_run(load(folder / "config.toml"), config):
             raise SystemExit(f"{folder} was run with other settings; give another output folder.")
-        return json.loads(done.read_text()), False
+        return RunMetrics.read(done), False
     if folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return run(config, folder=folder).metrics, True
+    return run(config, get_registry(), folder=folder).metrics, True

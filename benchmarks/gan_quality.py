@@ -44,7 +44,8 @@ from imgxfer.data import GeneratorData, ImageDataset, few_shot_split
 from imgxfer.datasets.mnist import mnist
 from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.generators.gan import ConditionalGAN
-from imgxfer.pipeline import resolve_device, seed_everything, synthesis_prompts
+from imgxfer.plan import resolve_device, seed_everything
+from imgxfer.synthesis import synthesis_prompts
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "gan": {},

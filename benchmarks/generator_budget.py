@@ -39,7 +39,8 @@ from imgxfer.budget import Budget, parse_duration
 from imgxfer.config import parse_option
 from imgxfer.data import GeneratorData, ImageDataset
 from imgxfer.datasets.mnist import mnist
-from imgxfer.pipeline import resolve_device, seed_everything, synthesis_prompts
+from imgxfer.plan import resolve_device, seed_everything
+from imgxfer.synthesis import synthesis_prompts
 
 METRICS = ("steps", "cas", "cas_real", "fid", "fid_real", "kid_mean", "kid_real_mean",
            "sample_s_per_1000")

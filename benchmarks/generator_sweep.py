@@ -32,7 +32,7 @@ def run_cell(args: argparse.Namespace, value: object, seed: int) -> dict:
                        encoder_steps=1, adapter_steps=1, out=str(folder.parent))
     config.options["generator"] = {args.option: value}
     metrics, ran = run_once(config, folder)
-    gen = metrics["generator"]
+    gen = metrics.generator.to_json()
     if ran:
         print(f"{args.option}={value} seed={seed}: " + "  ".join(f"{k} {gen[k]:.3f}" for k in KEYS),
               flush=True)

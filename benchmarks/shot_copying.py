@@ -23,7 +23,7 @@ from common import cell
 from synthetic_weight import synthetic_of  # the run's synthetic images, redrawn
 
 from imgxfer.config import load
-from imgxfer.pipeline import load_data
+from imgxfer.stages.data import load_data
 from imgxfer.plugins import get_registry
 from imgxfer.quality import shot_copying
 

@@ -21,7 +21,6 @@ for the reported numbers only; no setting here is chosen on them.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from common import cell, run_once
 
 from imgxfer.config import RunConfig
+from imgxfer.metrics import RunMetrics
 
 ROOT = Path(__file__).parent / "results" / "synthesis"
 
@@ -67,28 +67,28 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
 
 def table(root: Path) -> str:
     """Markdown tables from every finished run folder under ``root``."""
-    runs: dict[str, list[dict]] = defaultdict(list)
+    runs: dict[str, list[RunMetrics]] = defaultdict(list)
     for path in sorted(root.glob("*/seed-*/metrics.json")):
-        runs[path.parent.parent.name].append(json.loads(path.read_text()))
+        runs[path.parent.parent.name].append(RunMetrics.read(path))
     lines = ["| cell | adapter | seeds | with synthetic | without | paired delta | delta > 0 |",
              "|---|---|---|---|---|---|---|"]
     quality = ["| cell | seeds | CAS | CAS real | label kept | FID (real floor) | nearest is a shot (real) |",
                "|---|---|---|---|---|---|---|"]
     for name, metrics in runs.items():
-        for adapter in metrics[0]["adapters"]:
-            acc = [m["adapters"][adapter]["accuracy"] for m in metrics]
-            deltas = [m["synthetic_delta"][adapter] for m in metrics if "synthetic_delta" in m]
+        for adapter in metrics[0].adapters:
+            acc = [m.adapters[adapter].accuracy for m in metrics]
+            deltas = [m.synthetic_delta[adapter] for m in metrics if m.synthetic_delta]
             if len(deltas) == len(metrics):
-                d = [r["delta"] for r in deltas]
+                d = [r.delta for r in deltas]
                 lines.append(f"| {name} | {adapter} | {len(metrics)} | {cell(acc)} | "
-                             f"{cell([r['without'] for r in deltas])} | {cell(d, signed=True)} | "
+                             f"{cell([r.without for r in deltas])} | {cell(d, signed=True)} | "
                              f"{sum(x > 0 for x in d)}/{len(d)} |")
             else:
                 lines.append(f"| {name} | {adapter} | {len(metrics)} | – | {cell(acc)} | – | – |")
-        gens = [m["generator"] for m in metrics if "cas" in m.get("generator", {})]
+        gens = [m.generator for m in metrics if m.generator and m.generator.cas is not None]
         if gens:
             def col(key: str) -> list[float]:
-                return [g[key] for g in gens if isinstance(g.get(key), (int, float))]
+                return [getattr(g, key) for g in gens if getattr(g, key) is not None]
             shot = (f"{cell(col('nearest_shot'))} ({cell(col('nearest_shot_real'))})"
                     if col("nearest_shot") else "–")
             quality.append(f"| {name} | {len(gens)} | {cell(col('cas'))} | "
@@ -121,7 +121,7 @@ def main() -> None:
     for name, config in [] if args.table_only else configs(args):
         metrics, ran = run_once(config, ROOT / name / f"seed-{config.seed}")
         print(f"{name} seed {config.seed}: " + ", ".join(
-            f"{a} {r['accuracy']:.3f}" for a, r in metrics["adapters"].items())
+            f"{a} {r.accuracy:.3f}" for a, r in metrics.adapters.items())
             + (" (ran now)" if ran else ""), flush=True)
     print(table(ROOT))
 

@@ -29,7 +29,8 @@ from imgxfer.budget import Budget
 from imgxfer.commands.generate import load_generator
 from imgxfer.config import load
 from imgxfer.data import ImageDataset, TransferData
-from imgxfer.pipeline import build, fit_and_evaluate, prepare
+from imgxfer.plan import prepare
+from imgxfer.stages.adapt import fit_and_evaluate
 from imgxfer.plugins import get_registry
 from imgxfer.progress import NullProgress
 
@@ -71,14 +72,14 @@ def main() -> None:
             encoder.pretrain(plan.source, budget=Budget(config.encoder_steps), device=plan.device)
             synthetic = synthetic_of(folder, plan.split.test.class_names, config.seed)
             for w in todo:
-                adapter = build(registry, "adapters", args.adapter, {"synthetic_weight": w},
-                                config.seed)
+                adapter = registry.build("adapters", args.adapter, {"synthetic_weight": w},
+                                         seed=config.seed)
                 data = TransferData(plan.source, plan.split.labelled, plan.split.unlabelled,
                                     synthetic if w > 0 else None)
-                _, metrics, seconds = fit_and_evaluate(adapter, encoder, data, plan.split,
-                                                       config, plan.device, NullProgress())
+                _, metrics, seconds = fit_and_evaluate(plan, adapter, encoder, data,
+                                                       NullProgress())
                 row = {"cell": name, "seed": config.seed, "adapter": args.adapter, "weight": w,
-                       "accuracy": metrics["accuracy"], "train_s": round(seconds, 1)}
+                       "accuracy": metrics.accuracy, "train_s": round(seconds, 1)}
                 print(json.dumps(row), flush=True)
                 results.append(row)
                 out.write_text(json.dumps(results, indent=1))

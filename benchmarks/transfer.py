@@ -31,7 +31,7 @@ from imgxfer.budget import Budget
 from imgxfer.config import RunConfig
 from imgxfer.data import TransferData, align_classes, few_shot_split
 from imgxfer.evaluation import classification_metrics, information_maximization
-from imgxfer.pipeline import build, resolve_device, seed_everything
+from imgxfer.plan import resolve_device, seed_everything
 from imgxfer.plugins import get_registry
 from imgxfer.training import predict_logits
 
@@ -76,9 +76,9 @@ def main() -> None:
             if not todo:
                 continue
             seed_everything(seed)
-            target = build(registry, "datasets", target_name, {}, seed + 1)
-            source = align_classes(build(registry, "datasets", source_name, {}, seed), target)
-            encoder = build(registry, "encoders", args.encoder, {}, seed).to(device)
+            target = registry.build("datasets", target_name, seed=seed + 1)
+            source = align_classes(registry.build("datasets", source_name, seed=seed), target)
+            encoder = registry.build("encoders", args.encoder, seed=seed).to(device)
             pretrain_s = 0.0
             if any(a != "target-only" for _, a in todo):  # target-only never uses it
                 pretrain_s = pretrain(encoder, source, args, seed, device,
@@ -105,9 +105,9 @@ def main() -> None:
                         continue
                     # Each cell seeds itself, so a resumed grid gives the same numbers.
                     seed_everything(seed)
-                    adapter = build(registry, "adapters", name, {}, seed)
+                    adapter = registry.build("adapters", name, seed=seed)
                     # target-only is "k shots from scratch": a new, untrained encoder.
-                    start = (build(registry, "encoders", args.encoder, {}, seed).to(device)
+                    start = (registry.build("encoders", args.encoder, seed=seed).to(device)
                              if name == "target-only" else copy.deepcopy(encoder))
                     t0 = time.perf_counter()
                     model = adapter.fit(start, data,

@@ -257,7 +257,7 @@ def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_
     from imgxfer.config import RunConfig
     from imgxfer.encoders import torchvision_backbones
     from imgxfer.errors import UserError
-    from imgxfer.pipeline import fingerprint
+    from imgxfer.artifacts import fingerprint
     from imgxfer.runfolder import atomic_save_tensors
 
     config = RunConfig(source="tiny-source", target="tiny-target", encoder="resnet18")
@@ -333,9 +333,9 @@ def test_csv_to_standard_output_and_a_bad_device(host, compare_run):
 
 def test_a_rebuilt_network_that_computes_something_else_is_refused(host, compare_run,
                                                                    monkeypatch):
-    from imgxfer import pipeline
+    from imgxfer import artifacts
 
-    monkeypatch.setattr(pipeline, "fingerprint", lambda model, device: [[0.0, 0.0, 0.0]] * 2)
+    monkeypatch.setattr(artifacts, "fingerprint", lambda model, device: [[0.0, 0.0, 0.0]] * 2)
     result = predict("tiny-target", "--from", str(compare_run), "--adapter", "linear")
     assert result.exit_code == 2
     assert "does not compute what the run's did" in result.output

@@ -92,14 +92,15 @@ def test_resume_refusals(host, tmp_path):
 def test_resume_refuses_a_folder_of_another_config(host, tmp_path):
     from imgxfer.config import RunConfig
     from imgxfer.errors import UserError
-    from imgxfer.pipeline import execute, prepare
+    from imgxfer.pipeline import execute
+    from imgxfer.plan import prepare
 
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "config.toml").write_text(RunConfig(shots=5).to_toml())
     with pytest.raises(UserError, match="holds a run of another config"):
         execute(prepare(RunConfig(source="tiny-source", target="tiny-target", shots=3,
-                                  out=str(tmp_path))), folder=folder, resume=True)
+                                  out=str(tmp_path)), host.registry), folder=folder, resume=True)
     assert (folder / "config.toml").read_text() == RunConfig(shots=5).to_toml()
 
 

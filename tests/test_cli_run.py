@@ -196,7 +196,7 @@ def test_zero_steps_are_refused_where_they_leave_something_untrained(host, tmp_p
     assert list(tmp_path.iterdir()) == []  # refused before any run folder
     # The linear probe is solved to convergence: a step count does not apply to it.
     from imgxfer.config import from_mapping
-    from imgxfer.pipeline import prepare
+    from imgxfer.plan import prepare
 
     config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,
                            "generator": "none", "adapter": "linear", "adapter_steps": 0,

@@ -10,7 +10,8 @@ from conftest import tiny_bars
 from imgxfer.data import ImageDataset
 from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.data import few_shot_split
-from imgxfer.pipeline import filter_synthetic, synthesis_prompts
+from imgxfer.stages.generate import filter_synthetic
+from imgxfer.synthesis import synthesis_prompts
 from imgxfer.quality import (classification_accuracy_score, feature_distances, frechet_distance,
                              generator_quality, kernel_inception_distance, matched_real_subset,
                              shot_copying)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from imgxfer import __version__
 from imgxfer.errors import UserError
+from imgxfer.metrics import RunMetrics
 
 out = Console()
 err = Console(stderr=True)
@@ -180,7 +181,9 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
       imgxfer run --config my-run.toml --adapter-steps 300
     """
     from imgxfer import config as cfg
-    from imgxfer.pipeline import execute, prepare, resume_config, run as run_pipeline, run_seeds
+    from imgxfer.pipeline import execute, resume_config, run as run_pipeline
+    from imgxfer.plan import prepare
+    from imgxfer.seeds import run_seeds
     from imgxfer.progress import RichProgress
 
     options = {s: list(flags.pop(f"{s}_opt")) for s in STAGE_FLAGS}
@@ -208,12 +211,14 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
             result = execute(prepare(config, registry), progress=progress,
                              folder=Path(resume_folder), resume=True)
         else:
-            result = run_pipeline(config, progress=progress, registry=registry)
-        _print_result(result.metrics, config)
-        _print_synthetic(result.metrics.get("synthetic_delta"), result.metrics.get("generator"))
-        folder, payload = result.folder, result.metrics
+            result = run_pipeline(config, registry, progress=progress)
+        metrics = result.metrics
+        _print_result(metrics, config)
+        _print_synthetic({n: d.to_json() for n, d in (metrics.synthetic_delta or {}).items()},
+                         metrics.generator.to_json() if metrics.generator else None)
+        folder, payload = result.folder, metrics.to_json()
     else:
-        many = run_seeds(config, seeds, progress=progress, registry=registry)
+        many = run_seeds(config, seeds, registry, progress=progress)
         _print_comparison(many.summary, f"target test accuracy over seeds "
                           f"{', '.join(map(str, seeds))} (mean ± std)", over_seeds=True)
         _print_synthetic(many.synthetic_delta, many.generator, over_seeds=True)
@@ -282,19 +287,19 @@ def _parse_seeds(text: str | None) -> list[int] | None:
         raise UserError(f"--seeds expects integers separated by commas, got {text!r}.") from None
 
 
-def _print_result(metrics: dict[str, Any], config: Any) -> None:
-    target = metrics["target"]
-    if len(metrics["adapters"]) > 1:
-        _print_comparison(metrics["adapters"],
-                          f"adapters on the same split ({target['n_test']} test images)")
+def _print_result(metrics: RunMetrics, config: Any) -> None:
+    target = metrics.target
+    if len(metrics.adapters) > 1:
+        _print_comparison({n: r.to_json() for n, r in metrics.adapters.items()},
+                          f"adapters on the same split ({target.n_test} test images)")
         return
-    table = Table(title=f"target test split: {config.target} ({target['n_test']} images)")
+    table = Table(title=f"target test split: {config.target} ({target.n_test} images)")
     for col in ("metric", "value"):
         table.add_column(col)
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
-        table.add_row(key, f"{target[key]:.4f}")
-    if target.get("unlabelled_im") is not None:
-        table.add_row("IM (no labels)", f"{target['unlabelled_im']:.4f}")
+        table.add_row(key, f"{getattr(target, key):.4f}")
+    if target.unlabelled_im is not None:
+        table.add_row("IM (no labels)", f"{target.unlabelled_im:.4f}")
     err.print(table)
 
 

@@ -82,6 +82,13 @@ class RunConfig:
         otherwise ``adapter``."""
         return list(dict.fromkeys(self.compare)) if self.compare else [self.adapter]
 
+    def components(self) -> list[tuple[str, str]]:
+        """(kind, name) of every component the run builds."""
+        named = [("datasets", self.source), ("datasets", self.target),
+                 ("encoders", self.encoder), ("captioners", self.captioner)]
+        named += [("adapters", name) for name in self.adapter_names()]
+        return named + ([("generators", self.generator)] if self.generator != NONE else [])
+
     def validate(self) -> None:
         if not all(isinstance(n, str) and n for n in self.compare):
             raise UserError(f"compare must be a list of adapter names, got {self.compare!r}.")

@@ -125,5 +125,12 @@ class Registry:
             f"(see `imgxfer plugins` and `imgxfer list {kind}`)."
         )
 
-    def build(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
-        return self.get(kind, name).build(name, options)
+    def build(self, kind: str, name: str, options: dict[str, Any] | None = None, *,
+              seed: int | None = None) -> Any:
+        """Build a component (checked against its protocol); with ``seed``, a factory that
+        takes ``seed`` gets it unless the user set one (the run's seed)."""
+        component = self.get(kind, name)
+        options = dict(options or {})
+        if seed is not None and "seed" in component.options():
+            options.setdefault("seed", seed)
+        return component.build(name, options)

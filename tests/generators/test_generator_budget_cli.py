@@ -20,7 +20,7 @@ def captured(monkeypatch):
     """Replaces the pipeline: records the config `imgxfer run` would run, runs nothing."""
     configs = []
 
-    def fake_run(config, **kwargs):
+    def fake_run(config, *args, **kwargs):
         configs.append(config)
         raise _Captured
 

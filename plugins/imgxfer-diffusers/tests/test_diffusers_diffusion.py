@@ -230,7 +230,8 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
     import json
 
     from click.testing import CliRunner
-    from imgxfer import pipeline, plugins
+    from imgxfer import artifacts, plugins
+    from imgxfer.stages import generate
     from imgxfer.cli import cli
 
     monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "cache"))  # the probe's feature cache
@@ -249,12 +250,12 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "check_images", interrupted)
+        patch.setattr(generate, "check_images", interrupted)
         result = CliRunner().invoke(cli, args)
     (folder,) = (tmp_path / "runs").iterdir()
     assert result.exit_code != 0  # click turns Ctrl-C into "Aborted!"
     assert json.loads((folder / "failed.json").read_text())["status"] == "interrupted"
-    assert (folder / pipeline.TRAINING_CHECKPOINT).is_file()
+    assert (folder / artifacts.TRAINING_CHECKPOINT).is_file()
 
     result = CliRunner().invoke(cli, ["run", "--resume", str(folder)])
     assert result.exit_code == 0, result.output

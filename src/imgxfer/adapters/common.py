@@ -24,8 +24,9 @@ from torch import nn
 
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
-from imgxfer.data import ImageDataset, TransferData
+from imgxfer.data import TransferData
 from imgxfer.errors import UserError
+from imgxfer.probe import fit_probe, labelled_sets, target_images
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, conv_layout,
                                infinite_batches)
@@ -52,26 +53,6 @@ def check_options(adapter: str, *, nonnegative: dict[str, float] | None = None,
     for name, value in (unit or {}).items():
         if not 0 <= value <= 1:
             raise UserError(f"{adapter} option {name} must be between 0 and 1, got {value}.")
-
-
-# --------------------------------------------------------------------------- data
-def labelled_sets(data: TransferData, weights: dict[str, float]) -> dict[str, ImageDataset]:
-    """The labelled sets an adapter trains on: non-empty and with a weight above 0."""
-    sets = {"source": data.source, "target": data.target_labelled, "synthetic": data.synthetic}
-    return {k: v for k, v in sets.items()
-            if v is not None and len(v) and weights.get(k, 0) > 0}
-
-
-def target_images(data: TransferData) -> torch.Tensor:
-    """Every target training image, labelled shots and unlabelled alike (never the test split)."""
-    return torch.cat([data.target_labelled.images, data.target_unlabelled.images])
-
-
-def set_weights(sets: dict[str, ImageDataset], weights: dict[str, float]) -> torch.Tensor:
-    """Per-image weights that give every set its weight in total, whatever its size, and
-    average 1 over all images (so a regularisation strength keeps its usual meaning)."""
-    w = torch.cat([torch.full((len(ds),), weights[k] / len(ds)) for k, ds in sets.items()])
-    return w * len(w) / w.sum()
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -224,8 +205,6 @@ class TrainedAdapter:
         when ``adabn``, so ``adabn=false`` re-estimates no statistics anywhere; through the
         on-disk feature cache when ``feature_cache``)."""
         if self.probe_init:
-            from imgxfer.adapters.linear import fit_probe
-
             return fit_probe(encoder, data, self.weights, c=self.probe_c,
                              max_iter=self.probe_max_iter, adabn=self.adabn, device=device,
                              name=self.name, cache=self.feature_cache)

@@ -218,7 +218,8 @@ def generate(source: str | Path, prompt: str | None, *, n: int, out: str | Path,
         raise UserError(f"--n must be a whole number of images, 1 or more; got {n!r}.")
     out = Path(out)
     _check_out(out, force)  # before the slower loading
-    from imgxfer.pipeline import check_images, resolve_device
+    from imgxfer.plan import resolve_device
+    from imgxfer.stages.generate import check_images
     from imgxfer.protocols import declared
 
     where = resolve_device(device)
@@ -256,7 +257,7 @@ def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out:
     label where ``spec`` is a labelled dataset whose classes the generator knows, else
     ``--label``'s."""
     from imgxfer.commands.caption import load_images
-    from imgxfer.pipeline import check_images
+    from imgxfer.stages.generate import check_images
     from imgxfer.plugins import get_registry
     from imgxfer.protocols import declared
 

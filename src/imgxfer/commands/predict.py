@@ -98,7 +98,6 @@ def load_classifier(source: str | Path, adapter: str | None = None,
     registry, so a plugin encoder needs its plugin), then the trained weights."""
     from imgxfer.classifier import Classifier
     from imgxfer.config import load
-    from imgxfer.pipeline import build
     from imgxfer.plugins import get_registry
     from imgxfer.runfolder import read_tensors
 
@@ -132,12 +131,12 @@ def load_classifier(source: str | Path, adapter: str | None = None,
     # into another network. Only when those weights cannot be had (offline) is it rebuilt
     # with random weights, and then the fingerprint below must prove it is the same one.
     try:
-        encoder = build(registry, "encoders", config.encoder, options, config.seed)
+        encoder = registry.build("encoders", config.encoder, options, seed=config.seed)
     except UserError:
         if "pretrained" not in options:
             raise
-        encoder = build(registry, "encoders", config.encoder,
-                        {**options, "pretrained": "random"}, config.seed)
+        encoder = registry.build("encoders", config.encoder,
+                                 {**options, "pretrained": "random"}, seed=config.seed)
     model = Classifier(encoder, len(classes))
     try:
         model.load_state_dict(tensors)
@@ -156,7 +155,7 @@ def load_classifier(source: str | Path, adapter: str | None = None,
 def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Path) -> None:
     """The rebuilt classifier must give the logits the run saved for fixed inputs (files
     from before fingerprints existed are not checked)."""
-    from imgxfer.pipeline import fingerprint
+    from imgxfer.artifacts import fingerprint
 
     if "fingerprint" not in metadata:
         return
@@ -270,7 +269,7 @@ def accuracy_note(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) ->
 def brightness_note(images: torch.Tensor, loaded: LoadedClassifier, files: bool) -> str:
     """A warning when the images are far darker or brighter on average than the run's
     target images (beyond 3 std of those, and at least 0.15), or ``""``."""
-    from imgxfer.pipeline import image_brightness
+    from imgxfer.artifacts import image_brightness
 
     try:
         mean, std = (float(v) for v in json.loads(loaded.metadata["target_brightness"]))
@@ -332,7 +331,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     """
     from imgxfer.commands.caption import (_is_dataset_name, _options, check_count,
                                           check_source, load_images, resolve_out, select)
-    from imgxfer.pipeline import resolve_device
+    from imgxfer.plan import resolve_device
     from imgxfer.plugins import get_registry
 
     check_count("--limit", limit)

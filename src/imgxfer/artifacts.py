@@ -1,0 +1,92 @@
+"""What a run folder holds: every file name, and saving the trained classifiers and
+generator with the metadata that ``imgxfer predict`` and ``imgxfer generate`` rebuild
+them from. How files are written (atomically, with checksums) is ``runfolder``'s job.
+docs/architecture.md ("The run folder") describes each file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgxfer.classifier import Classifier
+from imgxfer.protocols import declared
+from imgxfer.runfolder import atomic_save_tensors
+
+CONFIG = "config.toml"
+LOG = "run.log"
+# Written last: its presence marks a finished run (--resume refuses those).
+METRICS = "metrics.json"
+# Written instead of metrics.json when a run stops on an error (the error's type and
+# message; run.log has the traceback).
+FAILED = "failed.json"
+REPORT = "report.html"
+CAPTIONS = "captions.jsonl"
+SAMPLES = "samples.png"
+GENERATOR = "generator.safetensors"
+# The generator's training checkpoint: written while it trains (when the generator
+# supports checkpoints), read by ``imgxfer run --resume``, removed once the run has
+# finished (GENERATOR then holds the trained generator).
+TRAINING_CHECKPOINT = "generator-train.safetensors"
+CLASSIFIER_GLOB = "classifier*.safetensors"
+# `--seeds`: one run folder per seed under a parent holding SUMMARY.
+SUMMARY = "summary.json"
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+def classifier_file(adapter: str, several: bool) -> str:
+    """``classifier.safetensors``, or ``classifier-<adapter>.safetensors`` in a run that
+    compares several adapters."""
+    return f"classifier-{adapter.replace('/', '_')}.safetensors" if several else (
+        "classifier.safetensors")
+
+
+FINGERPRINT_IMAGES = (2, 3, 32, 32)
+
+
+@torch.inference_mode()
+def fingerprint(model: Classifier, device: torch.device) -> list[list[float]]:
+    """The logits of an eval-mode classifier for two fixed noise images: saved with it,
+    so a rebuilt copy (``imgxfer predict``) can prove it computes the same function
+    (weights that load into another architecture variant would not)."""
+    x = torch.rand(FINGERPRINT_IMAGES, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    logits = model(model.encoder.preprocess(x.to(device))).float().cpu()
+    model.train(was_training)
+    return [[round(v, 5) for v in row] for row in logits.tolist()]
+
+
+def image_brightness(images: torch.Tensor) -> list[float]:
+    """Mean and std over images of each image's mean pixel value: saved with a
+    classifier, so `imgxfer predict` can tell images far darker or brighter than the
+    run's target images (e.g. dark ink on light paper for a light-on-dark target)."""
+    per_image = images.float().flatten(1).mean(1) if len(images) else torch.zeros(1)
+    return [round(float(per_image.mean()), 4), round(float(per_image.std(correction=0)), 4)]
+
+
+def save_classifier(path: Path, model: Classifier, *, encoder: str, adapter: str,
+                    class_names: list[str], brightness: list[float], layout: Any,
+                    device: torch.device) -> None:
+    """A trained classifier with what ``imgxfer predict`` checks when it rebuilds it."""
+    meta = {"encoder": encoder, "adapter": adapter, "classes": json.dumps(list(class_names)),
+            "target_brightness": json.dumps(brightness), "target_layout": layout,
+            "fingerprint": json.dumps(fingerprint(model, device))}
+    atomic_save_tensors(path, model.state_dict(), meta)
+
+
+def save_generator(path: Path, name: str, generator: Any, options: dict[str, Any],
+                   class_names: list[str]) -> None:
+    """A trained generator with the options it actually used (defaults included, when it
+    can say) and the class names, so `imgxfer generate` rebuilds it even if defaults
+    change later."""
+    resolved = declared(generator, "resolved_options", "generators")
+    used = resolved() if resolved is not None else options
+    atomic_save_tensors(path, generator.state_dict(),
+                        {"component": name, "options": json.dumps(used),
+                         "classes": json.dumps(list(class_names))})

@@ -1,0 +1,127 @@
+"""Before a run writes anything: validate the config, look up and build every component
+through the registry, load the data. Every user mistake that can be found before
+training is raised here (docs/architecture.md, "The chain")."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgxfer.budget import Budget, parse_duration
+from imgxfer.config import NONE, RunConfig, check_device
+from imgxfer.data import ImageDataset, Split
+from imgxfer.errors import UserError
+from imgxfer.protocols import declared
+from imgxfer.registry import Registry
+from imgxfer.runfolder import check_out_dir
+from imgxfer.stages.data import load_data, resolve_auto_options
+from imgxfer.synthesis import check_mode
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, built and checked before anything is written."""
+
+    config: RunConfig
+    registry: Registry
+    device: torch.device
+    source: ImageDataset
+    split: Split
+    encoder: Any
+    captioner: Any
+    generator: Any
+    adapters: dict[str, Any]
+    generator_budget: Budget | None
+
+
+def resolve_device(name: str) -> torch.device:
+    check_device(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for but CUDA is not available here.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' was asked for but MPS is not available here.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def generator_budget(config: RunConfig) -> Budget | None:
+    """Steps and/or time; ``generator_steps = 0`` with a time is a time-only budget
+    (``imgxfer run --generator-budget``)."""
+    gen_time = parse_duration(config.generator_time) if config.generator_time else None
+    if not (config.generator_steps or gen_time):
+        return None
+    return Budget(config.generator_steps or None, gen_time)
+
+
+def prepare(config: RunConfig, registry: Registry) -> Plan:
+    """Validate ``config``, look up and build every component and load the data, raising
+    each user mistake as a :class:`UserError` before any folder is created."""
+    config.validate()
+    device = resolve_device(config.device)
+    check_out_dir(config.out)
+    # Look every component up first, so a typo fails in a second, not after data loading.
+    for kind, name in config.components():
+        registry.get(kind, name)
+    budget = generator_budget(config)
+    seed_everything(config.seed)
+    source, split = load_data(config, registry)
+    config = resolve_auto_options(config, registry, source, split.test)
+
+    def make(kind: str, name: str, options: dict[str, Any]) -> Any:
+        return registry.build(kind, name, options, seed=config.seed)
+
+    encoder = make("encoders", config.encoder, config.options["encoder"])
+    captioner = make("captioners", config.captioner, config.options["captioner"])
+    # The [adapter] options belong to the adapter named there; compared ones use defaults.
+    adapters = {name: make("adapters", name,
+                           config.options["adapter"] if name == config.adapter else {})
+                for name in config.adapter_names()}
+    generator = (make("generators", config.generator, config.options["generator"])
+                 if config.generator != NONE else None)
+    check_zero_steps(config, adapters, generator)
+    if generator is not None:
+        check_generator_mode(config, generator, registry, split)
+    return Plan(config, registry, device, source, split, encoder, captioner, generator,
+                adapters, budget)
+
+
+def check_generator_mode(config: RunConfig, generator: Any, registry: Registry,
+                         split: Split) -> None:
+    check_mode(config.synthesis, generator, config.generator, registry)
+    if config.synthesis == "translate" and not len(split.unlabelled):
+        raise UserError("--synthesis translate learns the target's style from its unlabelled "
+                        f"images, and {config.shots} shots per class leave none besides the "
+                        "test split; lower --shots.")
+
+
+def check_zero_steps(config: RunConfig, adapters: dict[str, Any], generator: Any) -> None:
+    """0 adapter or generator steps would leave a component that trains by steps
+    untrained (a classifier head that never saw a label, a generator that draws noise),
+    so it is refused; components marked ``trains_by_steps = False`` (the linear probe,
+    solved to convergence) ignore the count. 0 encoder steps is a real choice: a
+    pretrained backbone as it is, or a random-features baseline."""
+    if config.adapter_steps == 0:
+        stepped = [n for n, a in adapters.items() if declared(a, "trains_by_steps", "adapters")]
+        if stepped:
+            raise UserError(f"--adapter-steps 0 would leave {', '.join(stepped)} untrained "
+                            "(a classifier head that never saw a label); give 1 or more.")
+    if (config.generator_steps == 0 and not config.generator_time and generator is not None
+            and declared(generator, "trains_by_steps", "generators")):
+        raise UserError(f"--generator-steps 0 would leave the generator {config.generator!r} "
+                        "untrained (it would draw noise); give 1 or more, a time with "
+                        "--generator-budget, or --generator none.")

@@ -1,0 +1,12 @@
+"""The stages of a run, in the order ``pipeline.run_stages`` calls them (docs/
+architecture.md, "The chain"):
+
+- ``data``: source and target datasets, the few-shot split;
+- ``encode``: the encoder trained on the source (when it pretrains);
+- ``caption``: captions of the labelled images (they condition the generator);
+- ``generate``: fit the generator, synthesise, filter, measure the images;
+- ``adapt``: every adapter from the same encoder, with and without the synthetic images.
+
+Each takes the run's :class:`~imgxfer.plan.Plan` and returns a small dataclass; none
+writes the run folder except through :mod:`imgxfer.artifacts`.
+"""

@@ -1,0 +1,129 @@
+"""Stage 5: every adapter, each from the same source-trained encoder and the same data,
+evaluated on the held-out target test split and saved; with ``--compare-synthetic`` each
+adapter that reads synthetic images is fitted a second time without them (its twin)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgxfer import artifacts
+from imgxfer.budget import Budget
+from imgxfer.classifier import Classifier
+from imgxfer.data import ImageDataset, Split, TransferData
+from imgxfer.errors import UserError
+from imgxfer.evaluation import classification_metrics, information_maximization
+from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
+from imgxfer.plan import Plan
+from imgxfer.progress import Progress
+from imgxfer.protocols import declared
+from imgxfer.training import predict_logits
+
+log = logging.getLogger("imgxfer")
+
+
+@dataclass
+class Adapted:
+    """The run's classifier (the first adapter's), its full evaluation, every adapter's
+    summary, the with/without-synthetic deltas and the adapters' loss histories."""
+
+    classifier: Classifier
+    target: TargetMetrics
+    adapters: dict[str, AdapterMetrics]
+    deltas: dict[str, SyntheticDelta] | None
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path,
+          progress: Progress, timings: Timings) -> Adapted:
+    config, split = plan.config, plan.split
+    data = TransferData(plan.source, split.labelled, split.unlabelled, synthetic)
+    compare = config.compare_synthetic and synthetic is not None
+    if config.compare_synthetic and synthetic is None:
+        progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
+    brightness = artifacts.image_brightness(torch.cat([split.labelled.images,
+                                                       split.unlabelled.images]))
+    results: dict[str, tuple[Classifier, TargetMetrics]] = {}
+    adapters: dict[str, AdapterMetrics] = {}
+    deltas: dict[str, SyntheticDelta] = {}
+    history: dict[str, list[dict[str, float]]] = {}
+    for name, adapter in plan.adapters.items():
+        # Both fits of a pair start from the same global RNG state (head initialisation),
+        # so they differ only in the synthetic images.
+        rng_state = torch.get_rng_state()
+        twin = copy.deepcopy(adapter) if compare else None
+        model, result, seconds = fit_and_evaluate(plan, adapter, encoder, data, progress, name)
+        timings[f"adapter:{name}"] = seconds
+        history[name] = list(declared(adapter, "history", "adapters"))
+        artifacts.save_classifier(
+            folder / artifacts.classifier_file(name, len(plan.adapters) > 1), model,
+            encoder=config.encoder, adapter=name, class_names=list(split.test.class_names),
+            brightness=brightness, layout=split.test.layout, device=plan.device)
+        adapters[name] = AdapterMetrics(
+            # None: it does not train by steps (a probe solved to convergence)
+            config.adapter_steps if declared(adapter, "trains_by_steps", "adapters") else None,
+            result.accuracy, result.macro_f1, result.unlabelled_im, round(seconds, 2))
+        log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
+                 result.accuracy, result.macro_f1, seconds)
+        results[name] = (model, result)
+        if twin is not None:
+            deltas[name] = fit_twin(plan, twin, adapter, encoder, data, result, rng_state,
+                                    progress, timings, name)
+    classifier, target = next(iter(results.values()))
+    return Adapted(classifier, target, adapters, deltas if compare else None, history)
+
+
+def fit_twin(plan: Plan, twin: Any, adapter: Any, encoder: Any, data: TransferData,
+             result: TargetMetrics, rng_state: torch.Tensor, progress: Progress,
+             timings: Timings, name: str) -> SyntheticDelta:
+    """The adapter again without the synthetic images, from the RNG state its first fit
+    started from; every generator (CUDA included) is put back afterwards, so later
+    adapters see the state they would see without --compare-synthetic."""
+    same_fit = "synthetic" not in adapter.uses
+    other = result  # an adapter that never reads synthetic images: the same fit
+    if not same_fit:
+        device = plan.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.set_rng_state(rng_state)
+            _, other, seconds = fit_and_evaluate(plan, twin, encoder,
+                                                 replace(data, synthetic=None), progress, name)
+        timings[f"adapter:{name} (no synthetic)"] = seconds
+    delta = SyntheticDelta.between(result, other, len(data.synthetic), same_fit)
+    log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
+             other.accuracy, delta.delta)
+    return delta
+
+
+def fit_and_evaluate(plan: Plan, adapter: Any, encoder: Any, data: TransferData,
+                     progress: Progress, name: str = "") -> tuple[Classifier, TargetMetrics, float]:
+    """Fit ``adapter`` on a copy of ``encoder`` (adapters train it in place) and evaluate
+    the classifier on the held-out target test split: (model, metrics, train seconds).
+    The metrics include the IM score on the unlabelled target images (``unlabelled_im``,
+    ``None`` without any), which uses no labels."""
+    timer = Timings()
+    with timer.measure("fit"):
+        model = adapter.fit(copy.deepcopy(encoder).to(plan.device), data,
+                            budget=Budget(plan.config.adapter_steps).start(),
+                            progress=progress, device=plan.device)
+    if not isinstance(model, Classifier):
+        raise UserError(f"adapter {name!r} returned a {type(model).__name__}, not an "
+                        "imgxfer.classifier.Classifier (the encoder and a linear head, which "
+                        "classifier.safetensors holds and imgxfer predict rebuilds); see "
+                        "imgxfer.protocols.Adapter.")
+    return model, evaluate(model, encoder, plan.split, plan.device), timer["fit"]
+
+
+def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
+             ) -> TargetMetrics:
+    logits = predict_logits(model, encoder.preprocess(split.test.images), device)
+    result = TargetMetrics.from_json(classification_metrics(
+        split.test.labels.tolist(), logits.argmax(1).tolist(), split.test.class_names))
+    if len(split.unlabelled) and len(split.test.class_names) > 1:
+        pool = predict_logits(model, encoder.preprocess(split.unlabelled.images), device)
+        result.unlabelled_im = information_maximization(pool)["im"]
+    return result
