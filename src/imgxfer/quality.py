@@ -2,7 +2,7 @@
 feature-space FID / KID between real and synthetic images.
 
 - **CAS** (Ravuri & Vinyals 2019): train a fixed small classifier (a fresh
-  :class:`~imgxfer.encoders.smallcnn.SmallCNN` with a linear head, the same recipe every
+  :class:`~imgxfer.nets.SmallConvNet` with a linear head, the same recipe every
   time) on synthetic images only and test it on real held-out images. Its reference,
   **CAS real**, is the same classifier trained on as many real images (class for class,
   where the real pool allows). CAS near CAS real means the synthetic images carry about
@@ -46,8 +46,8 @@ from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset
 from imgxfer.features import encode
-from imgxfer.training import (augment, channels_last_training, conv_layout, evaluate_accuracy,
-                               infinite_batches)
+from imgxfer.nets import SmallConvNet
+from imgxfer.training import evaluate_accuracy, train_supervised
 
 # The CAS classifier: fixed so that scores from different runs compare.
 CAS_WIDTH = 8
@@ -154,37 +154,19 @@ def feature_distances(encoder: nn.Module, real: ImageDataset, fake: ImageDataset
 def train_classifier(train: ImageDataset, *, steps: int = CAS_STEPS, width: int = CAS_WIDTH,
                      input_size: int | None = None, seed: int = 0,
                      device: torch.device | str = "cpu") -> Classifier:
-    """The fixed CAS classifier: a freshly initialised SmallCNN (``width``) with a linear
-    head, trained from scratch on ``train`` for ``steps`` AdamW steps (batch 64, one-cycle
-    learning rate, light affine augmentation, label smoothing 0.1). ``input_size``
-    defaults to the images' side (at least 8). The global RNG is left as it was."""
-    from imgxfer.encoders.smallcnn import SmallCNN
-
+    """The fixed CAS classifier: a freshly initialised :class:`~imgxfer.nets.SmallConvNet`
+    (``width``) with a linear head, trained from scratch on ``train`` for ``steps`` steps
+    (:func:`imgxfer.training.train_supervised`, batch 64). ``input_size`` defaults to the
+    images' side (at least 8). The global RNG is left as it was."""
     device = torch.device(device)
     size = input_size or max(8, int(train.images.shape[-1]))
     channels = 3 if train.images.shape[1] >= 3 else 1
     with torch.random.fork_rng(devices=[]):
-        encoder = SmallCNN(width=width, input_size=size, in_channels=channels, seed=seed)
+        encoder = SmallConvNet(width=width, input_size=size, in_channels=channels, seed=seed)
         model = Classifier(encoder, train.num_classes).to(device)
-    layout = channels_last_training(model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=CAS_LR, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CAS_LR, total_steps=max(1, steps))
-    g = torch.Generator().manual_seed(seed)
-    batches = infinite_batches(len(train), CAS_BATCH, seed=seed)
-    budget = Budget(steps).start()
-    model.train()
-    step = 0
-    while not budget.done(step):
-        idx = next(batches)
-        x = conv_layout(encoder.preprocess(augment(train.images[idx], generator=g).to(device)),
-                        layout)
-        loss = nn.functional.cross_entropy(model(x), train.labels[idx].to(device),
-                                           label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
+    train_supervised(model, encoder.preprocess, train.images, train.labels,
+                     budget=Budget(steps), lr=CAS_LR, batch_size=CAS_BATCH, seed=seed,
+                     generator=torch.Generator().manual_seed(seed), device=device)
     model.eval()
     return model
 

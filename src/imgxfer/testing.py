@@ -284,9 +284,9 @@ def _check_resumes(factory: Callable[..., Any], args: tuple[Any, ...],
 
 # --------------------------------------------------------------------------- adapters
 def _tiny_encoder() -> Any:
-    from imgxfer.encoders.smallcnn import SmallCNN
+    from imgxfer.nets import SmallConvNet
 
-    return SmallCNN(width=4, input_size=16, in_channels=1, seed=0)
+    return SmallConvNet(width=4, input_size=16, in_channels=1, seed=0)
 
 
 def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,

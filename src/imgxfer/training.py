@@ -1,12 +1,14 @@
 """Small training utilities shared by encoders and adapters: batching, augmentation,
-batched prediction."""
+batched prediction, and the one supervised training recipe."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from imgxfer.budget import Budget
 
 
 def infinite_batches(n: int, batch_size: int, *, seed: int = 0) -> Iterator[torch.Tensor]:
@@ -100,3 +102,34 @@ def adapt_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     model.train(was_training)
+
+
+def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                     images: torch.Tensor, labels: torch.Tensor, *, budget: Budget, lr: float,
+                     batch_size: int, seed: int, generator: torch.Generator,
+                     device: torch.device, task: Any = None) -> int:
+    """The supervised recipe of smallcnn's source pretraining and of the CAS classifier:
+    AdamW (weight decay 1e-4) with a one-cycle learning rate peaking at ``lr``, light
+    affine augmentation drawn from ``generator``, label smoothing 0.1, until ``budget``
+    is spent (``task``, a progress task, advances each step). Returns the steps taken;
+    ``model`` is left in training mode."""
+    layout = channels_last_training(model, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
+                                                total_steps=max(1, budget.steps or 1))
+    batches = infinite_batches(len(images), batch_size, seed=seed)
+    model.train()
+    budget.start()
+    step = 0
+    while not budget.done(step):
+        idx = next(batches)
+        x = conv_layout(preprocess(augment(images[idx], generator=generator).to(device)), layout)
+        loss = nn.functional.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        if task is not None:
+            task.advance(1, loss=loss.item())
+    return step
