@@ -57,9 +57,9 @@ class KnownPlugin:
 
 
 def registry_file() -> Path:
-    """The checkout's registry.toml, else the copy packaged with imgxfer."""
-    root = CHECKOUT_ROOT / "registry.toml"
-    return root if root.is_file() else PACKAGE_DIR / "registry.toml"
+    """The plugin directory, packaged with imgxfer (the checkout's root registry.toml is
+    a link to it, so there is one copy to edit)."""
+    return PACKAGE_DIR / "registry.toml"
 
 
 def known_plugins(path: Path | None = None) -> dict[str, KnownPlugin]:

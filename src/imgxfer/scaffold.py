@@ -18,8 +18,9 @@ from string import Template
 from typing import Any, Iterable
 
 from imgxfer.errors import UserError
+from imgxfer.registry import KINDS as PLURAL_KINDS, SINGULAR
 
-KINDS = ("encoder", "generator", "adapter", "captioner", "dataset")
+KINDS = tuple(SINGULAR[kind] for kind in PLURAL_KINDS)  # "encoder", ... as `--kind` takes them
 # The class or function each kind's module defines (what the hook registers).
 FACTORY = {"encoder": "TinyConvEncoder", "generator": "MeanImageGenerator",
            "adapter": "NearestClassMean", "captioner": "LabelCaptioner",

@@ -1,4 +1,4 @@
-"""Making a run's synthetic images in one of three ways (``--synthesis``, DESIGN.md):
+"""Making a run's synthetic images in one of three ways (``--synthesis``; docs/architecture.md):
 
 - ``text``: a prompt and a label per image, drawn by ``Generator.sample``;
 - ``shots``: the labelled target images edited by ``Generator.edit`` (DA-Fusion,
