@@ -69,8 +69,8 @@ class TargetMetrics(_Record):
     macro_f1: float | None = None
     chance: float | None = None
     n_test: int | None = None
-    per_class: list[dict[str, Any]] = field(default_factory=list)
-    confusion_matrix: list[list[int]] = field(default_factory=list)
+    per_class: list[dict[str, Any]] | None = None
+    confusion_matrix: list[list[int]] | None = None
     unlabelled_im: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
