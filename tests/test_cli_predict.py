@@ -99,6 +99,25 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
     assert "skipped 1 unreadable file (0a.png:" in result.output
 
 
+def test_the_grid_of_a_generate_folder_is_not_classified(host, compare_run, tmp_path):
+    """generate writes 000.png, 001.png, ... and grid.png (all of them in one image):
+    only the samples are classified; a grid.png among other images still is one."""
+    from imgxfer.commands.generate import GRID_FILE
+
+    drawn = bars_as_pngs(tmp_path / "drawn", 1)
+    for i in range(3):
+        (drawn / f"{i}.png").rename(drawn / f"{i:03d}.png")
+    shutil.copy(drawn / "000.png", drawn / GRID_FILE)
+    result = predict(str(drawn), "--from", str(compare_run), "--adapter", "linear", "-o", "-")
+    assert result.exit_code == 0, result.output
+    paths = [line.split(",")[0] for line in result.stdout.splitlines()[1:]]
+    assert paths == [str(drawn / f"{i:03d}.png") for i in range(3)]
+    photos = bars_as_pngs(tmp_path / "photos", 1)
+    shutil.copy(photos / "0.png", photos / GRID_FILE)
+    result = predict(str(photos), "--from", str(compare_run), "--adapter", "linear", "-o", "-")
+    assert str(photos / GRID_FILE) in result.stdout
+
+
 def test_images_far_darker_than_the_runs_target_are_warned_about(host, compare_run, tmp_path):
     # The run's target is light with dark shapes (inverted bars); these are the reverse.
     photos = bars_as_pngs(tmp_path / "photos", 2)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +77,18 @@ def test_run_folder_contents(finished_run):
     assert load_file(folder / "classifier.safetensors")  # readable, non-empty
 
 
+def test_report_shows_the_im_score_the_console_shows(finished_run):
+    """One adapter: the console's table has an IM row, so the report's metrics do too."""
+    _, folder, result = finished_run
+    im = json.loads((folder / "metrics.json").read_text())["target"]["unlabelled_im"]
+    assert any("IM (no labels)" in line and f"{im:.4f}" in line
+               for line in result.output.splitlines())
+    report = (folder / "report.html").read_text()
+    metrics = report.split("<h2>Target test metrics</h2>")[1].split("</table>")[0]
+    assert "<th>IM (no labels)</th>" in metrics and f"<td>{im:.4f}</td>" in metrics
+    assert "IM (information maximisation, 0 to 1)" in report
+
+
 def test_captions_file(finished_run):
     _, folder, _ = finished_run
     rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
@@ -115,6 +130,14 @@ def _snapshot(folder):
     (["--device", "tpu"], "device must be auto, cpu"),
     (["--generator", "none", "--compare-synthetic"], "--compare-synthetic compares adapters"),
     (["--synthetic-filter", "1.5"], "synthetic_filter must be in [0, 1)"),
+    (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1."),
+    (["--seed", str(2**32)], "seed must be between 0 and 4294967295, got 4294967296."),
+    (["--seeds", "0,-1"], "each of --seeds must be between 0 and 4294967295, got -1."),
+    (["--encoder-opt", "lr=nan"], "encoder 'smallcnn': option lr must be a finite number, "
+                                  "got nan."),
+    (["--generator-opt", "lr=inf"], "generator 'gan': option lr must be a finite number"),
+    (["--adapter-opt", "lr=-inf"], "adapter 'finetune': option lr must be a finite number"),
+    (["--test-fraction", "nan"], "test_fraction must be a finite number, got nan."),
 ])
 def test_bad_input_is_one_sentence(finished_run, host, args, message):
     out, folder, _ = finished_run
@@ -146,6 +169,55 @@ def test_out_is_a_file(host, tmp_path):
     assert result.exit_code == 2
     assert "is a file; give a directory" in result.output
     assert file.read_text() == "keep me"
+
+
+def _one_sentence(result, message):
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+
+
+def test_out_is_an_earlier_run_folder(finished_run, host, tmp_path):
+    """A run folder given as --out would hold the new run inside the old one."""
+    out, folder, _ = finished_run
+    before = _snapshot(folder)
+    result = invoke(*TINY_RUN, "--out", str(folder))
+    _one_sentence(result, f"--out {str(folder)!r} is an earlier run's folder (it holds "
+                          f"config.toml); give the folder that holds run folders, e.g. {str(out)!r}.")
+    assert _snapshot(folder) == before and list(out.iterdir()) == [folder]
+    unfinished = tmp_path / "20250101-000000-tiny"  # stopped before metrics.json
+    unfinished.mkdir()
+    (unfinished / "config.toml").write_text('name = "tiny"\n')
+    result = invoke(*TINY_RUN, "--out", str(unfinished))
+    _one_sentence(result, f"or finish that run with --resume {unfinished}.")
+    assert [p.name for p in unfinished.iterdir()] == ["config.toml"]
+
+
+def test_out_that_cannot_be_written(host, tmp_path):
+    if Path("/proc/self").is_dir():  # /proc refuses new folders even to root
+        result = invoke(*TINY_RUN, "--out", "/proc/imgxfer-runs")
+        _one_sentence(result, "--out '/proc/imgxfer-runs' cannot be written: creating a "
+                              "folder in '/proc' failed (")
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = invoke(*TINY_RUN, "--out", str(locked / "runs"))
+        _one_sentence(result, "cannot be written: creating a folder in")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+def test_run_files_follow_the_umask(finished_run):
+    """Weights files as well as text files: none is private while the others are not."""
+    _, folder, _ = finished_run
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes["classifier.safetensors"] == modes["config.toml"] == 0o666 & ~umask, modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_config_file_values_and_flag_override(host, tmp_path):

@@ -206,6 +206,59 @@ def test_unknown_option_is_refused(host):
         host.registry.build("encoders", "smallcnn", {"depth": 3})
 
 
+def test_non_finite_options_are_refused_by_name(host):
+    from imgxfer.errors import UserError
+
+    with pytest.raises(UserError, match=r"^encoder 'smallcnn': option lr must be a finite "
+                                        r"number, got nan\.$"):
+        host.registry.build("encoders", "smallcnn", {"lr": float("nan")})
+    host.add(module_with(register_encoders=lambda register: register(
+        "any-opts", lambda **opts: _FakeEncoder(2))), "anyopts")
+    with pytest.raises(UserError, match="option betas must be a finite number"):
+        host.registry.build("encoders", "any-opts", {"betas": [0.5, float("inf")]})
+
+
+def test_strict_mode_is_one_sentence_and_keeps_builtin_commands(entry_points, monkeypatch):
+    """IMGXFER_STRICT_PLUGINS=1 with a broken plugin: every command that loads plugins
+    ends in one sentence naming it, and built-in commands such as predict stay."""
+    import imgxfer.cli as cli_module
+
+    entry_points(FakeEntryPoint("broken", import_error))
+    monkeypatch.setenv("IMGXFER_STRICT_PLUGINS", "1")
+    monkeypatch.delenv("IMGXFER_LOAD_PLUGINS", raising=False)
+    monkeypatch.setattr(plugins, "_HOST", None)
+    core = {n: c for n, c in cli_module.cli.commands.items() if n in cli_module.BUILTIN_COMMANDS}
+    sentence = ("error: plugin 'broken' failed to import (ImportError: No module named "
+                "'missing_dependency'); fix or uninstall it (imgxfer uninstall broken), or "
+                "unset IMGXFER_STRICT_PLUGINS to skip it.")
+    for args in (["list"], ["run", "--shots", "3"], ["predict", "x.png", "--from", "run"],
+                 ["frobnicate"]):
+        group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(core))
+        result = CliRunner().invoke(group, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.strip() == sentence, (args, result.output)
+    group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(core))
+    result = CliRunner().invoke(group, ["predict", "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output  # still a command
+
+
+def test_tables_never_split_names_or_options_at_80_columns(host):
+    """rich folds a cell in the middle of a word; imgxfer's tables wrap at spaces."""
+    result = CliRunner().invoke(cli, ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [cell.strip() for line in lines for cell in line.split("│")]
+    for whole in ("mobilenet_v3_large", "encoder_lr_scale=0.3,", 'pretrained="none",',
+                  "in_channels=0,", "(timm/<model_name>)", "checkpoint_every=250,"):
+        if whole.startswith("(timm") and "timm" not in host.plugins:
+            continue
+        assert any(whole in cell.split() for cell in cells), whole
+    result = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "80"})
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert any("mobilenet_v3_large," in line.split() for line in result.output.splitlines())
+
+
 def test_plugins_command_shows_failed_plugin(entry_points, monkeypatch):
     entry_points(FakeEntryPoint("broken", import_error), FakeEntryPoint("good", good_plugin))
     monkeypatch.setenv("IMGXFER_STRICT_PLUGINS", "1")  # must not stop `imgxfer plugins`

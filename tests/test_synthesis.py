@@ -4,6 +4,7 @@ declares, the GAN's translator, and the run end to end."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -109,6 +110,54 @@ def test_gan_translator_trains_translates_and_round_trips():
                                                                    "image_size": 16}
     with pytest.raises(UserError, match="was trained with width=8 \\(not 16\\)"):
         ConditionalGAN(width=16, image_size=16).load_state_dict(gan.state_dict())
+
+
+def test_translator_checkpoints_by_time_and_resumes(tmp_path, monkeypatch):
+    """The translator's training is checkpointed like the sampler's (every N steps and
+    every CHECKPOINT_SECONDS): a run killed mid-training resumes to the same weights."""
+    from imgxfer.generators import training
+    from imgxfer.generators.gan import read_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    class KillAfter(NullProgress):
+        def __init__(self, steps):
+            self.steps = steps
+
+        @contextmanager
+        def task(self, description, total):
+            outer, done = self, [0]
+
+            class Task:
+                def advance(self, n=1, **info):
+                    done[0] += n
+                    if done[0] >= outer.steps:
+                        raise Killed
+
+            yield Task()
+
+    data, _ = _translate_data()
+    options = dict(width=4, image_size=16, batch_size=4, checkpoint_every=250)
+    whole = ConditionalGAN(**options)
+    whole.fit(data, budget=Budget(5), progress=NullProgress(), device=CPU)
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
+    path = tmp_path / "generator-train.safetensors"
+    with pytest.raises(Killed):
+        ConditionalGAN(**options).fit(data, budget=Budget(5), progress=KillAfter(2),
+                                      device=CPU, checkpoint=path)
+    meta = read_checkpoint(path)[1]
+    assert meta["format"] == "imgxfer.gan.translation" and meta["step"] == "2"
+    resumed = ConditionalGAN(**options)
+    result = resumed.fit(data, budget=Budget(5), progress=NullProgress(), device=CPU,
+                         checkpoint=path, resume=True)
+    assert result.steps == 5 and result.losses == whole.history
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(),
+                                                 whole.state_dict().values()))
+    with pytest.raises(UserError, match="trained with other options: content_weight"):
+        ConditionalGAN(**options, content_weight=2.0).fit(
+            data, budget=Budget(6), progress=NullProgress(), device=CPU, checkpoint=path,
+            resume=True)
 
 
 def test_gan_translate_needs_target_images_and_a_text_gan_cannot_edit():

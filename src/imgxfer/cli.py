@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from imgxfer import __version__
 from imgxfer.errors import UserError
@@ -53,22 +56,34 @@ class ImgxferGroup(click.Group):
     plugins, so a broken plugin cannot lock the user out of removing it."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._add_plugin_commands()
+        error = self._add_plugin_commands()
+        if error is not None:  # strict mode: say why plugin commands are missing
+            err.print(f"[yellow]warning:[/] plugin commands unavailable: {error}",
+                      highlight=False)
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in BUILTIN_COMMANDS:
-            self._add_plugin_commands()
-        return super().get_command(ctx, name)
+        error = self._add_plugin_commands() if name not in BUILTIN_COMMANDS else None
+        command = super().get_command(ctx, name)
+        if command is None and error is not None:
+            # The command may be the failed plugin's: its error, not "No such command".
+            raise FriendlyError(str(error))
+        return command
 
-    def _add_plugin_commands(self) -> None:
-        if getattr(self, "_plugins_added", False):
-            return
-        self._plugins_added = True
-        try:
-            _host().add_commands(self)
-        except Exception as exc:  # strict mode: report, but keep the CLI usable
-            err.print(f"[yellow]warning:[/] plugin commands unavailable: {exc}", highlight=False)
+    def _add_plugin_commands(self) -> Exception | None:
+        """Add the plugins' commands once; the error that stopped them (strict mode), if
+        any. The built-in plugin's commands (predict, generate...) are added whatever
+        happened to the others."""
+        if not getattr(self, "_plugins_added", False):
+            self._plugins_added, self._plugin_error = True, None
+            try:
+                _host().add_commands(self)
+            except Exception as exc:  # strict mode: report, but keep the CLI usable
+                self._plugin_error = exc
+                from imgxfer import builtin
+
+                builtin.register_commands(self)
+        return self._plugin_error
 
     def invoke(self, ctx: click.Context) -> Any:
         with _usage_in_one_line(ctx):
@@ -101,6 +116,52 @@ def _usage_in_one_line(ctx: click.Context | None) -> Iterator[None]:
         message = exc.format_message().rstrip()
         end = "" if message.endswith((".", "?", "!")) else "."
         raise FriendlyError(f"{message}{end} See '{path} --help'.") from None
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]], console: Console, *,
+           whole: tuple[str, ...] = ()) -> Table:
+    """A table whose cells wrap only at spaces, so a name or an option token
+    (``encoder_lr_scale=0.3``) is never cut: each column is at least as wide as its
+    longest word, and the ``whole`` columns (names, commands) as their longest line.
+    Only a word wider than the terminal allows is folded. Cells may hold rich markup."""
+    plain = [[Text.from_markup(cell).plain for cell in row] for row in rows]
+    least, most = [], []
+    for i, name in enumerate(columns):
+        lines = [line for row in plain for line in row[i].splitlines()] or [""]
+        words = [w for line in lines + [name] for w in line.split()] or [""]
+        longest = max(cell_len(line) for line in lines)
+        least.append(max(max(map(cell_len, words)), longest if name in whole else 0))
+        most.append(max(longest, cell_len(name)))
+    # Borders and one space of padding on each side of every cell.
+    widths = _share(least, most, console.width - 3 * len(columns) - 1,
+                    [name not in whole for name in columns])
+    table = Table(title=title)
+    for name, width in zip(columns, widths):
+        table.add_column(name, width=width, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _share(least: list[int], most: list[int], room: int, foldable: list[bool]) -> list[int]:
+    """Column widths within ``room``: each at least ``least``, the space left shared in
+    proportion to what each column would use beyond that. When even ``least`` does not
+    fit, the widest ``foldable`` columns give way, one character at a time (only their
+    longest words fold)."""
+    if sum(most) <= room:
+        return most
+    spare = room - sum(least)
+    widths = list(least)
+    while spare < 0:
+        narrowable = [i for i, ok in enumerate(foldable) if ok and widths[i] > 8]
+        if not narrowable:
+            break
+        widths[max(narrowable, key=lambda i: widths[i])] -= 1
+        spare += 1
+    if spare <= 0:
+        return widths
+    wants = [m - n for n, m in zip(least, most)]
+    return [n + spare * w // sum(wants) for n, w in zip(least, wants)]
 
 
 @click.group(cls=ImgxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -282,9 +343,14 @@ def _parse_seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds expects integers separated by commas, got {text!r}.") from None
+    from imgxfer.config import check_seed
+
+    for seed in seeds:  # all of them before the first run starts
+        check_seed(seed, "each of --seeds")
+    return seeds
 
 
 def _print_result(metrics: RunMetrics, config: Any) -> None:
@@ -293,14 +359,12 @@ def _print_result(metrics: RunMetrics, config: Any) -> None:
         _print_comparison({n: r.to_json() for n, r in metrics.adapters.items()},
                           f"adapters on the same split ({target.n_test} test images)")
         return
-    table = Table(title=f"target test split: {config.target} ({target.n_test} images)")
-    for col in ("metric", "value"):
-        table.add_column(col)
-    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance"):
-        table.add_row(key, f"{getattr(target, key):.4f}")
+    rows = [[key, f"{getattr(target, key):.4f}"]
+            for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance")]
     if target.unlabelled_im is not None:
-        table.add_row("IM (no labels)", f"{target.unlabelled_im:.4f}")
-    err.print(table)
+        rows.append(["IM (no labels)", f"{target.unlabelled_im:.4f}"])
+    err.print(_table(f"target test split: {config.target} ({target.n_test} images)",
+                     ["metric", "value"], rows, err, whole=("metric",)))
 
 
 def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | None,
@@ -319,14 +383,11 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
                   "(in the encoder's feature space)", highlight=False)
     if not delta:
         return
-    table = Table(title="target test accuracy with and without synthetic images"
-                        + (" (mean ± std over seeds)" if over_seeds else ""))
-    for col in ("adapter", "with", "without", "delta"):
-        table.add_column(col)
-    for name, r in delta.items():
-        table.add_row(name, _value(r, "with", over_seeds), _value(r, "without", over_seeds),
-                      _value(r, "delta", over_seeds, sign="+"))
-    err.print(table)
+    rows = [[name, _value(r, "with", over_seeds), _value(r, "without", over_seeds),
+             _value(r, "delta", over_seeds, sign="+")] for name, r in delta.items()]
+    err.print(_table("target test accuracy with and without synthetic images"
+                     + (" (mean ± std over seeds)" if over_seeds else ""),
+                     ["adapter", "with", "without", "delta"], rows, err, whole=("adapter",)))
 
 
 def _value(r: dict[str, Any], key: str, over_seeds: bool, sign: str = "") -> str:
@@ -344,17 +405,14 @@ def _print_comparison(rows: dict[str, dict[str, Any]], title: str,
     imgxfer.evaluation.information_maximization) where there were unlabelled images."""
     suffix = "_mean" if over_seeds else ""
     with_im = any(r.get("unlabelled_im" + suffix) is not None for r in rows.values())
-    table = Table(title=title)
     columns = ["adapter", "accuracy", "macro F1"] + (["IM (no labels)"] if with_im else [])
-    for col in columns + ["train s"]:
-        table.add_column(col)
-
+    cells = []
     for name, r in rows.items():
-        cells = [name, _value(r, "accuracy", over_seeds), _value(r, "macro_f1", over_seeds)]
+        row = [name, _value(r, "accuracy", over_seeds), _value(r, "macro_f1", over_seeds)]
         if with_im:
-            cells.append(_value(r, "unlabelled_im", over_seeds))
-        table.add_row(*cells, f"{r['train_seconds' + suffix]:.1f}")
-    err.print(table)
+            row.append(_value(r, "unlabelled_im", over_seeds))
+        cells.append(row + [f"{r['train_seconds' + suffix]:.1f}"])
+    err.print(_table(title, columns + ["train s"], cells, err, whole=("adapter",)))
     if with_im:
         err.print("IM (information maximisation, 0 to 1): how confident and class-balanced "
                   "each classifier is on the unlabelled target images, without labels "
@@ -376,14 +434,12 @@ def plugins(as_json: bool, available: bool) -> None:
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        table = Table(title="known plugins (registry.toml)")
-        for col in ("name", "kinds", "installed", "install with", "description"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            table.add_row(r["name"], ", ".join(r["kinds"]), r["installed"] or "no",
-                          "built-in" if r["requirement"] == "(built-in)" else f"imgxfer install {r['name']}",
-                          r["description"])
-        out.print(table)
+        cells = [[r["name"], ", ".join(r["kinds"]), r["installed"] or "no",
+                  "built-in" if r["requirement"] == "(built-in)" else f"imgxfer install {r['name']}",
+                  escape(r["description"])] for r in rows]
+        out.print(_table("known plugins (registry.toml)",
+                         ["name", "kinds", "installed", "install with", "description"], cells,
+                         out, whole=("name", "installed")))
         return
     from imgxfer.plugins import PluginHost
 
@@ -396,14 +452,13 @@ def plugins(as_json: bool, available: bool) -> None:
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
-    table = Table(title="imgxfer plugins")
-    for col in ("plugin", "version", "source", "components", "status"):
-        table.add_column(col, overflow="fold")
+    cells = []
     for i in infos:
         comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in i["components"].items()) or "-"
-        status = "[green]ok[/]" if i["status"] == "ok" else f"[red]failed[/] {i['error']}"
-        table.add_row(i["name"], i["version"], i["source"], comps, status)
-    out.print(table)
+        status = "[green]ok[/]" if i["status"] == "ok" else f"[red]failed[/] {escape(i['error'])}"
+        cells.append([escape(i["name"]), i["version"], i["source"], comps, status])
+    out.print(_table("imgxfer plugins", ["plugin", "version", "source", "components", "status"],
+                     cells, out, whole=("plugin", "version", "source")))
 
 
 @cli.command("list", short_help="List registered components.")
@@ -421,15 +476,20 @@ def list_(kind: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=repr))  # a plugin's default may be any object
         return
-    table = Table(title="registered components")
-    for col in ("kind", "name", "plugin", "description", "options (=default)"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        # --STAGE-opt KEY=VALUE takes these; the default shows the value's type too.
-        shown = [f"{o}={json.dumps(r['defaults'][o], default=repr)}" if o in r["defaults"]
-                 else o for o in r["options"]]
-        table.add_row(r["kind"], r["name"], r["plugin"], r["description"], ", ".join(shown))
-    out.print(table)
+    # One table per kind: without a kind column, names and option tokens keep their
+    # whole width at 80 columns.
+    for k in kinds:
+        cells = [[escape(r["name"]), escape(r["plugin"]), escape(r["description"]),
+                  escape(", ".join(_shown_options(r)))] for r in rows if r["kind"] == k]
+        out.print(_table(f"registered {k}", ["name", "plugin", "description",
+                                              "options (=default)"], cells, out,
+                         whole=("name", "plugin")))
+
+
+def _shown_options(row: dict[str, Any]) -> list[str]:
+    """--STAGE-opt KEY=VALUE takes these; the default shows the value's type too."""
+    return [f"{o}={json.dumps(row['defaults'][o], default=repr)}" if o in row["defaults"]
+            else o for o in row["options"]]
 
 
 @cli.command(short_help="Install a plugin listed in registry.toml.")

@@ -21,6 +21,7 @@ top-level key of :class:`RunConfig`.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -121,6 +122,10 @@ class RunConfig:
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
+        for key in ("test_fraction", "synthetic_filter"):
+            if not math.isfinite(getattr(self, key)):
+                raise UserError(f"{key} must be a finite number, got {getattr(self, key)}.")
+        check_seed(self.seed)
         check_device(self.device)
 
     def to_toml(self) -> str:
@@ -199,6 +204,17 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {exc}.") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {str(path)!r} is not a UTF-8 text file.") from None
+
+
+# numpy's global seed (np.random.seed) takes 0 to 2**32 - 1; others take more, so this
+# range suits every generator a run seeds.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: int, what: str = "seed") -> None:
+    """A seed every random number generator of a run accepts, or one sentence."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{what} must be between 0 and {SEED_LIMIT - 1}, got {seed}.")
 
 
 def check_device(name: Any) -> None:

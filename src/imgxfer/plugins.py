@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pluggy
 
 from imgxfer import __version__, hookspecs
-from imgxfer.errors import UnknownComponentError
+from imgxfer.errors import UnknownComponentError, UserError
 from imgxfer.registry import KINDS, SINGULAR, Component, Registry
 
 ENTRY_POINT_GROUP = "imgxfer"
@@ -28,6 +28,11 @@ BUILTIN = "builtin"
 
 class PluginLoadWarning(UserWarning):
     """A plugin was skipped because it failed to import or register."""
+
+
+class PluginLoadError(UserError, RuntimeError):
+    """With IMGXFER_STRICT_PLUGINS=1, a plugin failed to import or register: one sentence
+    naming it (a UserError, so the CLI shows no traceback; a RuntimeError, as it was)."""
 
 
 @dataclass
@@ -52,6 +57,12 @@ def _strict(env: os._Environ | dict) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """``_describe`` cut to its first line, for a one-sentence error."""
+    lines = _describe(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 @dataclass
@@ -196,7 +207,10 @@ class PluginHost:
     def _fail(self, name: str, version: str, source: str, exc: BaseException,
               stage: str) -> PluginInfo:
         if _strict(self.env):
-            raise RuntimeError(f"plugin {name!r} failed to {stage}: {_describe(exc)}") from exc
+            raise PluginLoadError(
+                f"plugin {name!r} failed to {stage} ({_first_line(exc)}); fix or uninstall "
+                f"it (imgxfer uninstall {name}), or unset IMGXFER_STRICT_PLUGINS to skip it."
+            ) from exc
         warnings.warn(
             f"plugin {name!r} was skipped: it failed to {stage} ({_describe(exc)}); "
             f"set IMGXFER_STRICT_PLUGINS=1 to raise instead.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -60,9 +61,23 @@ class Component:
         return check_component(self.kind, self.factory(*args, **options), full_name, self.plugin)
 
 
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is or holds (in a list or table) a NaN or an infinity."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(map(_non_finite, value))
+    if isinstance(value, dict):
+        return any(map(_non_finite, value.values()))
+    return False
+
+
 def _check_option(what: str, param: inspect.Parameter | None, key: str, value: Any) -> None:
-    """Refuse an option whose type differs from its default's (``width="abc"``), so the
-    user reads one sentence instead of a TypeError from deep inside a model."""
+    """Refuse an option whose type differs from its default's (``width="abc"``), or a NaN
+    or infinite number (``lr=nan``: TOML reads nan and inf as floats), so the user reads
+    one sentence instead of an error from deep inside a model or an optimiser."""
+    if _non_finite(value):
+        raise UserError(f"{what}: option {key} must be a finite number, got {value!r}.")
     if param is None or param.default is inspect.Parameter.empty or param.default is None:
         return
     expected = type(param.default)

@@ -297,9 +297,14 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
     ]))
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
+    # The IM score wherever the console shows it: in this table for one adapter, in the
+    # comparison below for several.
+    im = target.get("unlabelled_im") if len(metrics["adapters"]) == 1 else None
     parts.append("<h2>Target test metrics</h2>" + _table(
-        ["accuracy", "macro precision", "macro recall", "macro F1"],
-        [[target["accuracy"], target["macro_precision"], target["macro_recall"], target["macro_f1"]]]))
+        ["accuracy", "macro precision", "macro recall", "macro F1"]
+        + (["IM (no labels)"] if im is not None else []),
+        [[target["accuracy"], target["macro_precision"], target["macro_recall"], target["macro_f1"]]
+         + ([im] if im is not None else [])]))
     if len(metrics["adapters"]) > 1:
         parts.append("<h3>Adapters compared on the same split</h3><p class='muted'>The first one "
                      "is the run's classifier, shown in the rest of this report.</p>" + _table(
@@ -307,6 +312,7 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
             [[n, r["accuracy"], r["macro_f1"], "–" if r.get("unlabelled_im") is None
               else r["unlabelled_im"], f"{r['train_seconds']:.1f}"]
              for n, r in metrics["adapters"].items()]))
+    if any(r.get("unlabelled_im") is not None for r in metrics["adapters"].values()):
         parts.append("<p class='muted'>IM (information maximisation, 0 to 1) scores each "
                      "classifier's predictions on the "
                      "unlabelled target images for confidence and class balance, without "

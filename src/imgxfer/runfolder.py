@@ -22,21 +22,64 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+# Files that make a folder a run folder (summary.json: the parent of a --seeds run).
+RUN_FOLDER_FILES = ("config.toml", "metrics.json", "summary.json")
+
+
 def check_out_dir(out: str | Path) -> Path:
-    """The parent of all run folders must be a directory (or not exist yet)."""
+    """The parent of all run folders: a directory, or one that can be created, where the
+    user can write, and not itself a run folder. Checked before anything is written."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; give a directory for run folders.")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"--out {str(out)!r} lies under {str(parent)!r}, which is a file.")
+    try:
+        existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        if existing == out and not out.is_dir():
+            raise UserError(f"--out {str(out)!r} is a file; give a directory for run folders.")
+        if not existing.is_dir():
+            raise UserError(f"--out {str(out)!r} lies under {str(existing)!r}, which is a file.")
+        if existing == out:
+            _refuse_run_folder(out)
+    except PermissionError:  # a folder on the way that cannot be searched
+        raise UserError(f"--out {str(out)!r} cannot be reached (permission denied); give a "
+                        "folder you can write to.") from None
+    _check_writable(out, existing)
     return out
+
+
+def _refuse_run_folder(out: Path) -> None:
+    """Run folders go beside each other: one nested in an earlier run's folder would
+    hide in it (and --resume would no longer find that run's own files)."""
+    marker = next((name for name in RUN_FOLDER_FILES if (out / name).is_file()), None)
+    if marker is None:
+        return
+    unfinished = marker == "config.toml" and not (out / "metrics.json").is_file()
+    resume = f", or finish that run with --resume {out}" if unfinished else ""
+    raise UserError(f"--out {str(out)!r} is an earlier run's folder (it holds {marker}); give "
+                    f"the folder that holds run folders, e.g. {str(out.parent)!r}{resume}.")
+
+
+def _check_writable(out: Path, existing: Path) -> None:
+    """Create and remove a folder in ``existing`` (``out`` or its nearest existing
+    parent): permissions, read-only disks and folders such as /proc all fail here, in one
+    sentence, before the run starts (os.access says yes to root for all of them)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".imgxfer-write-test-", dir=existing))
+    except OSError as error:
+        raise _unwritable(out, existing, error) from None
+
+
+def _unwritable(out: Path, where: Path, error: OSError) -> UserError:
+    return UserError(f"--out {str(out)!r} cannot be written: creating a folder in "
+                     f"{str(where)!r} failed ({error.strerror or type(error).__name__}); give "
+                     "a folder you can write to.")
 
 
 def create_run_dir(out: str | Path, name: str) -> Path:
     """``out/<YYYYmmdd-HHMMSS>-<name>``; never reuses an existing folder."""
     out = check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable(out, out, error) from None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
@@ -46,6 +89,8 @@ def create_run_dir(out: str | Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as error:
+            raise _unwritable(out, out, error) from None
     raise UserError(f"could not create a new run folder in {str(out)!r}.")
 
 
@@ -138,8 +183,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, _FILE_MODE)
         save_file(clean, tmp, metadata=metadata)
+        # After save_file, which writes a new file in mkstemp's place (owner-only again).
+        os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb") as f:  # on disk before the rename, as atomic_write_bytes does
             os.fsync(f.fileno())
         os.replace(tmp, path)

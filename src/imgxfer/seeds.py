@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from imgxfer import artifacts
-from imgxfer.config import RunConfig
+from imgxfer.config import RunConfig, check_seed
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics
 from imgxfer.pipeline import RunResult, execute
@@ -92,6 +92,8 @@ def run_seeds(config: RunConfig, seeds: list[int], registry: Registry, *,
     them)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds needs distinct seeds, got {seeds!r}.")
+    for seed in seeds:  # every seed before the parent folder is created
+        check_seed(seed, "each of --seeds")
     plans = [prepare(replace(config, seed=seeds[0]), registry)]  # checks input first
     parent = create_run_dir(config.out, config.name)
     runs = []

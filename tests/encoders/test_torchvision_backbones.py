@@ -13,6 +13,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from imgxfer.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from imgxfer.encoders import torchvision_backbones as tvb
 from imgxfer.encoders.torchvision_backbones import BACKBONES, TorchvisionEncoder, factory
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
@@ -99,6 +100,7 @@ def test_seed_fixes_random_weights_without_touching_global_rng() -> None:
 def test_imagenet_offline_says_where_to_put_the_file(monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(tvb, "reachable", lambda url: True)  # online, the download fails
     calls: list[tuple[str, dict]] = []
 
     def unreachable(url: str, **kwargs: Any) -> None:
@@ -118,10 +120,63 @@ def test_imagenet_offline_says_where_to_put_the_file(monkeypatch: pytest.MonkeyP
     assert "\n" not in message
 
 
+def test_imagenet_offline_fails_at_once_without_the_hub(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """No minute of torch.hub retries: a short connection test says offline first."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    probed: list[str] = []
+
+    def offline(url: str) -> bool:
+        probed.append(url)
+        return False
+
+    def download(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.hub was asked although the host cannot be reached")
+
+    monkeypatch.setattr(tvb, "reachable", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    with pytest.raises(UserError) as info:
+        TorchvisionEncoder("resnet18", pretrained="imagenet")
+    assert probed == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    message = str(info.value)
+    assert message.startswith("could not download ImageNet weights for resnet18 "
+                              "(ResNet18_Weights.IMAGENET1K_V1) from https://download.pytorch.org/")
+    assert "(no connection to download.pytorch.org); on a machine with internet" in message
+
+
+def test_reachable_is_a_short_connection_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from imgxfer.encoders import weights
+
+    calls: list[tuple] = []
+
+    class Connection:
+        def close(self) -> None:
+            pass
+
+    def connect(address: tuple, timeout: float) -> Connection:
+        calls.append((address, timeout))
+        if address[0] == "offline.example":
+            raise socket.gaierror("Name or service not known")
+        return Connection()
+
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert weights.reachable("https://online.example/x.pth")
+    assert not weights.reachable("https://offline.example/x.pth")
+    assert calls == [(("online.example", 443), 2.0), (("offline.example", 443), 2.0)]
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # the proxy downloads
+    assert weights.reachable("https://offline.example/x.pth") and len(calls) == 2
+
+
 def test_imagenet_weights_are_read_from_the_hub_cache(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
     """The advice of the offline error works: a file put there is used, no download."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(tvb, "reachable", lambda url: False)  # offline: the cache is enough
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.manual_seed(5)
@@ -192,8 +247,14 @@ def test_unreadable_weight_files_are_user_errors(tmp_path: Path) -> None:
         TorchvisionEncoder("resnet18", pretrained=str(npz))
     pickled = tmp_path / "object.pt"  # weights_only=True refuses arbitrary objects
     torch.save({"conv1.weight": torch.zeros(1), "callback": Path("/x")}, pickled)
-    with pytest.raises(UserError, match="could not be read as weights"):
+    with pytest.raises(UserError) as info:
         TorchvisionEncoder("resnet18", pretrained=str(pickled))
+    # One sentence, not torch's six lines ending in advice to load it unsafely.
+    message = str(info.value)
+    assert message.startswith(f"weights file {str(pickled)!r} for resnet18 is not a "
+                              "safetensors file or a weights-only torch checkpoint (it holds "
+                              "pickled Python objects such as pathlib.")
+    assert "\n" not in message and "weights_only=False" not in message
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="could not be read as weights"):

@@ -340,6 +340,48 @@ def test_checkpoints_every_n_steps_and_at_the_end(tmp_path, monkeypatch) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["gan.safetensors"]  # no temporary left
 
 
+def test_checkpoint_clock_is_due_by_steps_and_by_time() -> None:
+    from imgxfer.generators.training import CheckpointClock
+
+    now = [100.0]
+    clock = CheckpointClock(250, 30.0, elapsed_before=5.0, step=0, clock=lambda: now[0])
+    now[0] = 110.0
+    assert not clock.due(1) and clock.due(250)  # 10 s: only the step interval
+    now[0] = 130.0
+    assert clock.due(7)  # 30 s since the start, 7 steps
+    assert clock.elapsed() == 35.0  # the interrupted run's 5 s included
+    clock.saved(7)
+    now[0] = 150.0
+    assert not clock.due(8) and clock.saved_at == 7
+    now[0] = 160.0
+    assert clock.due(9)
+
+
+def test_checkpoints_by_time_as_well_as_steps(tmp_path, monkeypatch, uninterrupted) -> None:
+    """A kill -9 loses at most CHECKPOINT_SECONDS of training, however far apart
+    checkpoint_every puts the step checkpoints: with 0 s, every step is saved."""
+    from imgxfer.generators import gan as gan_module, training
+
+    steps = []
+    real_save = gan_module.atomic_save_tensors
+
+    def spy(path, tensors, metadata=None):
+        steps.append(int(metadata["step"]))
+        real_save(path, tensors, metadata)
+
+    monkeypatch.setattr(gan_module, "atomic_save_tensors", spy)
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
+    path = tmp_path / "gan.safetensors"
+    with pytest.raises(_Interrupt):  # killed during step 4, long before step 250
+        ConditionalGAN(**TINY, checkpoint_every=250).fit(
+            _dark_bright(), budget=Budget(13), progress=_FailingProgress(after=4),
+            device="cpu", checkpoint=path)
+    assert steps == [1, 2, 3, 4] and _checkpoint_step(path) == 4
+    resumed = ConditionalGAN(**TINY, checkpoint_every=250)
+    _fit(resumed, 13, checkpoint=path, resume=True)
+    assert _same_weights(resumed, uninterrupted)
+
+
 def test_checkpoint_holds_the_whole_training_state(tmp_path) -> None:
     from imgxfer.generators.gan import read_checkpoint
 

@@ -210,8 +210,11 @@ def test_unreadable_weight_files_are_user_errors(registry: Registry, tmp_path: P
     # weights_only=True refuses to rebuild arbitrary objects from the pickle.
     pickled = tmp_path / "object.pt"
     torch.save({"conv1.0.weight": torch.zeros(1), "callback": Path("/x")}, pickled)
-    with pytest.raises(UserError, match="could not be read as weights"):
+    with pytest.raises(UserError) as info:
         build(registry, "test_resnet", pretrained=str(pickled))
+    message = str(info.value)  # one sentence, not torch's advice to load it unsafely
+    assert "is not a safetensors file or a weights-only torch checkpoint" in message
+    assert "\n" not in message and "weights_only=False" not in message
 
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
@@ -221,6 +224,9 @@ def test_unreadable_weight_files_are_user_errors(registry: Registry, tmp_path: P
 
 def test_imagenet_offline_explains_how_to_get_weights(registry: Registry,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgxfer_timm import encoder
+
+    monkeypatch.setattr(encoder, "reachable", lambda url: True)  # online, the download fails
     calls: list[dict] = []
 
     def unreachable_hub(name: str, **kwargs: Any) -> None:
@@ -235,6 +241,34 @@ def test_imagenet_offline_explains_how_to_get_weights(registry: Registry,
     assert message.startswith("could not download ImageNet weights for timm model 'test_resnet' "
                               "from the Hugging Face hub repo 'timm/test_resnet.r160_in1k'")
     assert "HF_HOME" in message and "pretrained=/path/to/weights.safetensors" in message
+
+
+def test_imagenet_offline_reads_only_the_caches(registry: Registry,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline (a short connection test), the hub is asked in its offline mode: a cached
+    model loads, an uncached one fails at once instead of after a minute of retries."""
+    from huggingface_hub import constants
+    from imgxfer_timm import encoder
+
+    probed: list[str] = []
+    modes: list[bool] = []
+
+    def offline(url: str) -> bool:
+        probed.append(url)
+        return False
+
+    def uncached(name: str, **kwargs: Any) -> None:
+        modes.append(constants.HF_HUB_OFFLINE)
+        raise OSError("offline mode is enabled and the file is not in the cache")
+
+    monkeypatch.setattr(encoder, "reachable", offline)
+    monkeypatch.setattr(timm, "create_model", uncached)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(UserError) as info:
+        build(registry, "test_resnet", pretrained="imagenet")
+    assert probed == [constants.ENDPOINT] and modes == [True]
+    assert constants.HF_HUB_OFFLINE == before  # put back
+    assert "'timm/test_resnet.r160_in1k' (no connection to huggingface.co); " in str(info.value)
 
 
 def test_pretrained_none_means_random_weights_as_for_builtin_backbones(registry: Registry) -> None:

@@ -42,6 +42,9 @@ def registry() -> Registry:
 @pytest.fixture
 def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """timm.create_model, refusing any download; records the pretrained flags it got."""
+    from imgxfer_timm import encoder
+
+    monkeypatch.setattr(encoder, "reachable", lambda url: True)  # no connection test
     create, flags = timm.create_model, []
 
     def offline(name: str, pretrained: bool = False, **kwargs: Any) -> Any:

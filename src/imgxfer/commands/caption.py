@@ -130,6 +130,10 @@ def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = 
         raise UserError(f"folder {spec!r} cannot be read (permission denied).") from None
     folders = [p for p in entries if p.is_dir() and not is_hidden(p.name) and p.name != "__MACOSX"]
     images = [p for p in entries if p.is_file() and not is_hidden(p.name) and _is_image_name(p)]
+    from imgxfer.commands.generate import not_samples
+
+    grid = not_samples(images)  # generate's grid.png, in a folder of its output
+    images = [p for p in images if p not in grid]
     if len(folders) >= 2:
         return _from_dataset(registry.build("datasets", f"folder:{spec}", options))
     if images:

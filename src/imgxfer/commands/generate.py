@@ -41,6 +41,17 @@ from imgxfer.runfolder import atomic_write_bytes
 GENERATOR_FILE = "generator.safetensors"
 # What generate writes (000.png, 001.png, ...): only such files are replaced with --force.
 _OUTPUT_NAME = re.compile(r"\d{3,}\.png")
+# The overview generate writes beside the images: not a sample (predict and caption skip it).
+GRID_FILE = "grid.png"
+
+
+def not_samples(paths: Sequence[Path]) -> set[Path]:
+    """The files among ``paths`` (one folder's) that generate wrote beside its numbered
+    images, when the folder holds such images: a folder of generate's output is read as
+    its samples only, while a ``grid.png`` among other images stays an image."""
+    if not any(_OUTPUT_NAME.fullmatch(p.name) for p in paths):
+        return set()
+    return {p for p in paths if p.name == GRID_FILE}
 
 
 @dataclass
@@ -246,7 +257,7 @@ def generate(source: str | Path, prompt: str | None, *, n: int, out: str | Path,
     if named and index not in named:
         names = " and ".join(repr(loaded.class_names[c]) for c in named)
         notes.append(f"the prompt names {names}, but --label draws {name!r}.")
-    return Generated(drawn, index, name, files, out / "grid.png", notes)
+    return Generated(drawn, index, name, files, out / GRID_FILE, notes)
 
 
 def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out: Path,
@@ -276,7 +287,7 @@ def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out:
         f"{spec} holds {count} image{'s' if count != 1 else ''}, fewer than --n {n}."]
     first = int(labels[0]) if len(set(labels.tolist())) == 1 else -1
     name = loaded.class_names[first] if loaded.class_names and first >= 0 else None
-    return Generated(edited, first, name, files, out / "grid.png", notes)
+    return Generated(edited, first, name, files, out / GRID_FILE, notes)
 
 
 def _edit_labels(data: Any, label: str | int | None, prompt: str, loaded: LoadedGenerator,
@@ -312,7 +323,7 @@ def _write_images(out: Path, images: torch.Tensor, force: bool) -> list[Path]:
     from torchvision.utils import make_grid
 
     grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
-    atomic_write_bytes(out / "grid.png", _png(grid[:images.shape[1]]))
+    atomic_write_bytes(out / GRID_FILE, _png(grid[:images.shape[1]]))
     for old in set(out.iterdir()) - set(files):
         if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
             old.unlink()

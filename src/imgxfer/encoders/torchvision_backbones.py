@@ -7,7 +7,8 @@ else (building, ImageNet weights, weight files, preprocessing) is shared. Weight
 ``pretrained``: ``"none"`` (random, seeded), ``"imagenet"`` (torchvision's default weights
 enum for the model, downloaded into torch's hub cache or read from it) or a path to a
 ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict (read safely: safetensors, or
-``torch.load(weights_only=True)``).
+``torch.load(weights_only=True)``). Offline, ``"imagenet"`` fails within seconds (a short
+connection test before torch.hub's download) unless the weights are in the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from imgxfer.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
+from imgxfer.encoders.weights import load_weights_file, reachable
 from imgxfer.errors import UserError
 
 
@@ -156,6 +158,10 @@ def _imagenet_state(arch: str) -> tuple[Any, dict[str, torch.Tensor], Path]:
     file_name = os.path.basename(urlparse(weights.url).path)
     cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
     cached = cache_dir / file_name
+    # Offline, torch.hub would spend about a minute failing; a cached file needs no network.
+    if not cached.is_file() and not reachable(weights.url):
+        host = urlparse(weights.url).hostname
+        raise _no_download(arch, weights, cache_dir, f"no connection to {host}")
     try:
         # weights_only: the cache is a folder anyone may have put a file into.
         state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True,
@@ -165,17 +171,21 @@ def _imagenet_state(arch: str) -> tuple[Any, dict[str, torch.Tensor], Path]:
             raise UserError(f"the cached ImageNet weights {str(cached)!r} for {arch} could not "
                             f"be read ({type(exc).__name__}: {exc}); delete the file and try "
                             "again.") from None
-        raise UserError(
-            f"could not download ImageNet weights for {arch} ({weights}) from {weights.url} "
-            f"({type(exc).__name__}); on a machine with internet access download that file and "
-            f"put it, named {file_name}, into {cache_dir} (torch's hub cache: $TORCH_HOME/hub/"
-            "checkpoints), or pass pretrained=/path/to/weights.safetensors (or .pth)."
-        ) from None
+        raise _no_download(arch, weights, cache_dir, type(exc).__name__) from None
     if not isinstance(state, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"the cached ImageNet weights {str(cached)!r} for {arch} do not hold a "
                         "state dict; delete the file and try again.")
     return weights, dict(state), cached
+
+
+def _no_download(arch: str, weights: Any, cache_dir: Path, why: str) -> UserError:
+    file_name = os.path.basename(urlparse(weights.url).path)
+    return UserError(
+        f"could not download ImageNet weights for {arch} ({weights}) from {weights.url} "
+        f"({why}); on a machine with internet access download that file and put it, named "
+        f"{file_name}, into {cache_dir} (torch's hub cache: $TORCH_HOME/hub/checkpoints), or "
+        "pass pretrained=/path/to/weights.safetensors (or .pth).")
 
 
 def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
@@ -187,16 +197,7 @@ def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
                         f"not {path.suffix or 'nothing'!r}.")
     if not path.is_file():
         raise UserError(f"{what} does not exist.")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path), device="cpu")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file fails in library-specific ways
-        raise UserError(
-            f"{what} could not be read as weights ({type(exc).__name__}: {exc}).") from None
+    data = load_weights_file(path, what)
     for key in _WRAPPER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]

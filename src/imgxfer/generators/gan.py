@@ -37,9 +37,12 @@ captions, and is sized to train in about a minute on a 2-core CPU at 32x32. Part
 Two kinds of file. ``state_dict()`` is the finished sampler (``ema.*`` weights and
 ``meta.*`` shapes), what ``imgxfer run`` saves as ``generator.safetensors``.
 ``fit(checkpoint=path)`` writes the whole *training* state to ``path`` every
-``checkpoint_every`` steps and at the end, atomically (a temporary file beside it, renamed
-over it, so an interrupted write leaves the previous checkpoint whole), and
-``fit(checkpoint=path, resume=True)`` continues from it. It is one safetensors file:
+``checkpoint_every`` steps, whenever
+:data:`~imgxfer.generators.training.CHECKPOINT_SECONDS` have passed since the last write
+(so a killed run loses at most that much training) and at the end, atomically (a
+temporary file beside it, renamed over it, so an interrupted write leaves the previous
+checkpoint whole), and ``fit(checkpoint=path, resume=True)`` continues from it. It is one
+safetensors file:
 
 - tensors ``g.*`` (the generator being trained), ``d.*`` (discriminator), ``ema.*``
   (averaged generator), ``opt_g.<i>.<name>`` / ``opt_d.<i>.<name>`` (Adam's state of
@@ -51,6 +54,11 @@ over it, so an interrupted write leaves the previous checkpoint whole), and
   of :meth:`ConditionalGAN.resolved_options`) and ``data`` (JSON: ``classes``,
   ``channels``, ``images``, ``target_domain`` and a ``fingerprint`` of images, labels,
   captions and domains).
+
+The translator's training (``--synthesis translate``) is checkpointed the same way, with
+format ``imgxfer.gan.translation`` and tensors ``g.*`` (translator), ``d.*`` (critic),
+``t.*`` (content classifier), ``opt_g`` / ``opt_d`` / ``opt_t``, ``rng.draw`` /
+``rng.noise`` and ``history.d_loss`` / ``history.g_loss`` / ``history.content_loss``.
 """
 
 from __future__ import annotations
@@ -58,7 +66,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -73,10 +80,11 @@ from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators import translation
 from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (check_fit_inputs, check_training_metadata,
-                                         data_signature, draw_weights, load_optimizer,
-                                         load_progress, optimizer_tensors, progress_tensors,
-                                         strip_prefix, to_model_range)
+from imgxfer.generators.training import (Checkpointing, TrainingState, check_fit_inputs,
+                                         check_training_metadata, data_signature,
+                                         draw_weights, load_optimizer, load_progress,
+                                         optimizer_tensors, progress_tensors, strip_prefix,
+                                         to_model_range, train_steps)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -86,10 +94,13 @@ _STATE_VERSION = 1
 # The training checkpoint written by ``fit(checkpoint=...)``: safetensors metadata
 # ``format`` and ``version``.
 TRAINING_FORMAT = "imgxfer.gan.training"
+# The translator's training checkpoint (--synthesis translate): other networks, so another
+# format; same version numbering and metadata.
+TRANSLATION_FORMAT = "imgxfer.gan.translation"
 _TRAINING_VERSION = 1
 # Options that do not change what training computes, so a checkpoint may differ in them.
-# content_weight only acts when it translates, which does not checkpoint (checkpoints from
-# before it existed resume too).
+# content_weight only acts when it translates (checkpoints from before it existed resume
+# too); the translator's checkpoints compare it.
 _NOT_COMPARED = ("checkpoint_every", "content_weight")
 # The discriminator's learning rate is this times ``lr``.
 _D_LR_RATIO = 4
@@ -232,18 +243,9 @@ def _diff_augment(x: torch.Tensor, policy: Sequence[str],
     return x
 
 
-@dataclass
-class _TrainingState:
-    """What a training checkpoint holds, as live objects."""
-
-    modules: dict[str, nn.Module]
-    optimizers: dict[str, torch.optim.Optimizer]
-    generators: dict[str, torch.Generator]
-    history: dict[str, list[float]]
-    data: dict[str, Any]
-    device: str
-    step: int = 0
-    elapsed: float = 0.0
+# The state a training checkpoint holds (moved to imgxfer.generators.training, which the
+# translator shares); the old name stays for code that imported it from here.
+_TrainingState = TrainingState
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -309,7 +311,8 @@ class ConditionalGAN:
     term (0 turns it off); ``cdc`` weight of the cross-domain consistency term (0: off);
     ``augment`` comma-separated DiffAugment policy from color,
     translation, cutout ("" for none); ``checkpoint_every`` steps between training
-    checkpoints when ``fit`` is given a checkpoint path; ``content_weight`` weight of the
+    checkpoints when ``fit`` is given a checkpoint path (one is also written every
+    ``CHECKPOINT_SECONDS``, 30 s); ``content_weight`` weight of the
     class-keeping loss when it learns to translate (``--synthesis translate``, see
     :mod:`imgxfer.generators.translation`); ``seed``.
 
@@ -385,7 +388,8 @@ class ConditionalGAN:
         ``self.history``).
 
         With ``checkpoint`` (a file path), the whole training state is saved there
-        atomically every ``checkpoint_every`` steps and at the end (the format is
+        atomically every ``checkpoint_every`` steps, every ``CHECKPOINT_SECONDS`` and at
+        the end (the format is
         in the module's docstring). With ``resume`` too, training continues from that file
         when it exists (new networks otherwise): same options, same data and, on the CPU,
         the same final weights as a run that was never interrupted. ``budget.steps``
@@ -396,9 +400,7 @@ class ConditionalGAN:
         device = torch.device(device)
         checkpoint = check_fit_inputs("gan", data, checkpoint)
         if data.synthesis == "translate":
-            if resume:
-                progress.log("gan: translation training does not resume; it starts again.")
-            return self._fit_translator(data, budget, progress, device)
+            return self._fit_translator(data, budget, progress, device, checkpoint, resume)
         self._translator = None  # one network at a time: the sampler from here on
         labels = data.labels.long()
         # The data stays on the CPU and batches travel: a large set need not fit the device.
@@ -431,15 +433,14 @@ class ConditionalGAN:
         draw_rng = torch.Generator().manual_seed(self.seed)
         rng = torch.Generator(device=device).manual_seed(self.seed)
         g_params, ema_params = list(gen_net.parameters()), list(sampler.parameters())
-        state = _TrainingState(
+        state = TrainingState(
             modules={"g": gen_net, "d": disc, "ema": sampler},
             optimizers={"opt_g": opt_g, "opt_d": opt_d},
             generators={"draw": draw_rng, "noise": rng},
             history={"d_loss": [], "g_loss": []},
-            data=data_signature(data, channels=int(images.shape[1])), device=device.type)
-        if checkpoint is not None and resume and checkpoint.exists():
-            self._load_training(checkpoint, state)
-            progress.log(f"gan: resumed from {checkpoint} at step {state.step}")
+            data=data_signature(data, channels=int(images.shape[1])), device=device.type,
+            format=TRAINING_FORMAT)
+        self._resume(checkpoint if resume else None, state, progress)
 
         def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             index = torch.multinomial(weights, self.batch_size, replacement=True,
@@ -448,70 +449,58 @@ class ConditionalGAN:
                     caption_ids[caption_of[index]].to(device))
 
         history = state.history
-        # Time spent before an interruption counts against the time budget.
-        left = None if budget.seconds is None else budget.seconds - state.elapsed
-        run_budget = Budget(budget.steps, left).start()
-        started, elapsed_before, saved_at = time.monotonic(), state.elapsed, state.step
-        with progress.task("generator: gan", total=budget.steps) as task:
-            if state.step:
-                task.advance(state.step)
-            while not run_budget.done(state.step):
-                step = state.step
-                real, y, text = draw()
-                # Fakes come in pairs with the same condition and different noise, for the
-                # mode-seeking term below.
-                half = len(y) // 2
-                y_fake = torch.cat([y[:half], y[:len(y) - half]])
-                text_fake = torch.cat([text[:half], text[:len(y) - half]])
-                z = torch.randn(len(y), self.z_dim, generator=rng, device=device)
-                # One generator pass serves both updates: detached for the discriminator,
-                # then through the freshly updated discriminator for the generator.
-                fake = gen_net(z, y_fake, text_fake)
 
-                disc.requires_grad_(True)
-                # Real and fake in one batch: one larger convolution is cheaper than two.
-                both = _diff_augment(torch.cat([real, fake.detach()]), self.augment, rng)
-                scores = disc(both, torch.cat([y, y_fake]), torch.cat([text, text_fake]))
-                d_real, d_fake = scores[:len(y)], scores[len(y):]
-                d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
+        def train_step(step: int) -> dict[str, float]:
+            real, y, text = draw()
+            # Fakes come in pairs with the same condition and different noise, for the
+            # mode-seeking term below.
+            half = len(y) // 2
+            y_fake = torch.cat([y[:half], y[:len(y) - half]])
+            text_fake = torch.cat([text[:half], text[:len(y) - half]])
+            z = torch.randn(len(y), self.z_dim, generator=rng, device=device)
+            # One generator pass serves both updates: detached for the discriminator,
+            # then through the freshly updated discriminator for the generator.
+            fake = gen_net(z, y_fake, text_fake)
 
-                # Frozen discriminator: no weight gradients are computed for it here.
-                disc.requires_grad_(False)
-                g_loss = -disc(_diff_augment(fake, self.augment, rng), y_fake, text_fake).mean()
-                g_total = g_loss
-                if self.diversity > 0 and half > 0:
-                    # Mode seeking (Mao et al. 2019): reward images that differ as much as
-                    # their noise does. Without it the generator drew one image per class.
-                    spread = ((fake[:half] - fake[half:2 * half]).abs().mean()
-                              / (z[:half] - z[half:2 * half]).abs().mean())
-                    g_total = g_loss + self.diversity / (spread + 1e-5)
-                if pairs is not None:
-                    g_total = g_total + self.cdc * self._consistency(
-                        gen_net, pairs, caption_ids, draw_rng, rng, device)
-                opt_g.zero_grad(set_to_none=True)
-                g_total.backward()
-                opt_g.step()
+            disc.requires_grad_(True)
+            # Real and fake in one batch: one larger convolution is cheaper than two.
+            both = _diff_augment(torch.cat([real, fake.detach()]), self.augment, rng)
+            scores = disc(both, torch.cat([y, y_fake]), torch.cat([text, text_fake]))
+            d_real, d_fake = scores[:len(y)], scores[len(y):]
+            d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
 
-                # Warm-up of the EMA decay: early weights are poor and should fade fast.
-                decay = min(self.ema, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for averaged, current in zip(ema_params, g_params):
-                        averaged.lerp_(current, 1 - decay)
-                state.step = step + 1
-                history["d_loss"].append(d_loss.item())
-                history["g_loss"].append(g_loss.item())
-                if checkpoint is not None and state.step % self.checkpoint_every == 0:
-                    state.elapsed = elapsed_before + time.monotonic() - started
-                    self._save_training(checkpoint, state)
-                    saved_at = state.step
-                task.advance(1, d_loss=history["d_loss"][-1], g_loss=history["g_loss"][-1])
+            # Frozen discriminator: no weight gradients are computed for it here.
+            disc.requires_grad_(False)
+            g_loss = -disc(_diff_augment(fake, self.augment, rng), y_fake, text_fake).mean()
+            g_total = g_loss
+            if self.diversity > 0 and half > 0:
+                # Mode seeking (Mao et al. 2019): reward images that differ as much as
+                # their noise does. Without it the generator drew one image per class.
+                spread = ((fake[:half] - fake[half:2 * half]).abs().mean()
+                          / (z[:half] - z[half:2 * half]).abs().mean())
+                g_total = g_loss + self.diversity / (spread + 1e-5)
+            if pairs is not None:
+                g_total = g_total + self.cdc * self._consistency(
+                    gen_net, pairs, caption_ids, draw_rng, rng, device)
+            opt_g.zero_grad(set_to_none=True)
+            g_total.backward()
+            opt_g.step()
 
-        if checkpoint is not None and (saved_at != state.step or not checkpoint.exists()):
-            state.elapsed = elapsed_before + time.monotonic() - started
-            self._save_training(checkpoint, state)
+            # Warm-up of the EMA decay: early weights are poor and should fade fast.
+            decay = min(self.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for averaged, current in zip(ema_params, g_params):
+                    averaged.lerp_(current, 1 - decay)
+            history["d_loss"].append(d_loss.item())
+            history["g_loss"].append(g_loss.item())
+            return {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1]}
+
+        train_steps(state, train_step, budget=budget, progress=progress,
+                    description="generator: gan",
+                    checkpoint=self._checkpointing(checkpoint))
         self._standing_statistics(sampler, draw, rng)
         # Sampling runs on the CPU in the default memory format, as after load_state_dict,
         # so that a saved and reloaded generator gives bit-identical images.
@@ -522,15 +511,25 @@ class ConditionalGAN:
     # -- training checkpoints -----------------------------------------------------------
 
     def _fit_translator(self, data: GeneratorData, budget: Budget, progress: Progress,
-                        device: torch.device) -> FitResult:
+                        device: torch.device, checkpoint: Path | None = None,
+                        resume: bool = False) -> FitResult:
         """``--synthesis translate``: train a source-to-target translator (PixelDA) with
-        this GAN's width, noise size, learning rate, batch size and seed."""
+        this GAN's width, noise size, learning rate, batch size and seed; checkpointed and
+        resumed like the sampler's training (format ``imgxfer.gan.translation``)."""
         prepared = translation.TranslationData.from_generator_data(data, self.image_size)
+        signature = data_signature(data, channels=int(prepared.target.shape[1]))
+
+        def restore(state: TrainingState) -> None:
+            state.format = TRANSLATION_FORMAT
+            self._resume(checkpoint if resume else None, state, progress)
+
         result = translation.fit_translator(
             prepared, width=self.width, z_dim=self.z_dim, lr=self.lr,
             batch_size=self.batch_size, content_weight=self.content_weight,
             diversity=self.diversity, seed=self.seed,
-            budget=budget, progress=progress, device=device)
+            budget=budget, progress=progress, device=device,
+            checkpoint=self._checkpointing(checkpoint),
+            restore=restore, data_signature=signature)
         self._translator, self._sampler = result.translator.cpu().requires_grad_(False), None
         self._translator_classes = len(data.class_names)
         self.history = result.history
@@ -548,30 +547,48 @@ class ConditionalGAN:
         return translation.translate(self._translator, images, seed=seed,
                                      device=torch.device("cpu"))
 
-    def _save_training(self, path: str | Path, state: _TrainingState) -> None:
-        """Write ``state`` to ``path`` atomically, as the module docstring describes."""
+    def _checkpointing(self, path: Path | None) -> Checkpointing | None:
+        """How the training loop saves to ``path`` (none without a path)."""
+        if path is None:
+            return None
+        return Checkpointing(path, self._save_training, self.checkpoint_every)
+
+    def _resume(self, path: Path | None, state: TrainingState, progress: Progress) -> None:
+        """Continue from the checkpoint at ``path`` when there is one (new networks
+        otherwise)."""
+        if path is not None and path.exists():
+            self._load_training(path, state)
+            progress.log(f"gan: resumed from {path} at step {state.step}")
+
+    def _save_training(self, path: str | Path, state: TrainingState) -> None:
+        """Write ``state`` to ``path`` atomically, as the module docstring describes; its
+        ``format`` says whose training it is (sampler or translator)."""
         tensors: dict[str, torch.Tensor] = {}
         for prefix, module in state.modules.items():
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         for prefix, optimizer in state.optimizers.items():
             tensors.update(optimizer_tensors(prefix, optimizer))
         tensors.update(progress_tensors(state.generators, state.history))
-        metadata = {"format": TRAINING_FORMAT, "version": str(_TRAINING_VERSION),
+        metadata = {"format": state.format or TRAINING_FORMAT,
+                    "version": str(_TRAINING_VERSION),
                     "step": str(state.step), "elapsed_s": repr(float(state.elapsed)),
                     "device": state.device,
                     "options": json.dumps(self.resolved_options(), sort_keys=True),
                     "data": json.dumps(state.data, sort_keys=True)}
         atomic_save_tensors(Path(path), tensors, metadata)
 
-    def _load_training(self, path: Path, state: _TrainingState) -> None:
+    def _load_training(self, path: Path, state: TrainingState) -> None:
         """Restore ``state`` (networks, optimisers, random generators, step, history) from
         a checkpoint written by :meth:`_save_training`, after checking that it comes from
         the same options and data."""
         tensors, meta = read_checkpoint(path)
         where = f"the gan checkpoint {str(path)!r}"
-        ours = {k: v for k, v in self.resolved_options().items() if k not in _NOT_COMPARED}
+        format = state.format or TRAINING_FORMAT
+        # content_weight changes what the translator learns, not the sampler.
+        ignored = ("checkpoint_every",) if format == TRANSLATION_FORMAT else _NOT_COMPARED
+        ours = {k: v for k, v in self.resolved_options().items() if k not in ignored}
         values = check_training_metadata(
-            meta, where=where, format=TRAINING_FORMAT, version=_TRAINING_VERSION, options=ours,
+            meta, where=where, format=format, version=_TRAINING_VERSION, options=ours,
             data=state.data, device=state.device, numbers={"step": int, "elapsed_s": float})
         step, elapsed = values["step"], values["elapsed_s"]
         try:

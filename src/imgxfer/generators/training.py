@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
+from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
+from imgxfer.progress import Progress
+
+# A training checkpoint is also written whenever this many seconds have passed since the
+# last one, whatever ``checkpoint_every`` says: at 8 steps/s, 250 steps is half a minute
+# that a kill -9 would lose, and slower steps (larger images, a GPU-less diffusion
+# model) would lose more.
+CHECKPOINT_SECONDS = 30.0
 
 
 def data_signature(data: GeneratorData, **shape: Any) -> dict[str, Any]:
@@ -184,3 +196,86 @@ def to_model_range(images: torch.Tensor, size: int) -> torch.Tensor:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)
     return images.clamp(0, 1) * 2 - 1
+
+
+@dataclass
+class TrainingState:
+    """What a training checkpoint holds, as live objects."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    generators: dict[str, torch.Generator]
+    history: dict[str, list[float]]
+    data: dict[str, Any]
+    device: str
+    step: int = 0
+    elapsed: float = 0.0
+    # The checkpoint's "format" metadata, for a generator that writes several kinds.
+    format: str = ""
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often a training loop saves its :class:`TrainingState`:
+    ``save(path, state)`` writes it, every ``every`` steps and whenever ``seconds``
+    (default :data:`CHECKPOINT_SECONDS`) have passed since the last save."""
+
+    path: Path
+    save: Callable[[Path, TrainingState], None]
+    every: int
+    seconds: float | None = None
+
+
+class CheckpointClock:
+    """When the next checkpoint is due (``every`` steps, or ``seconds`` after the last
+    one) and the training time so far, ``elapsed_before`` (an interrupted run's)
+    included. ``clock`` is for tests."""
+
+    def __init__(self, every: int, seconds: float | None = None, *, elapsed_before: float = 0.0,
+                 step: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        # Read here, not at import, so a test can lower the module constant.
+        self.seconds = CHECKPOINT_SECONDS if seconds is None else seconds
+        self._clock, self._before = clock, elapsed_before
+        self._started = self._last = clock()
+        self.saved_at = step
+
+    def elapsed(self) -> float:
+        return self._before + self._clock() - self._started
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or self._clock() - self._last >= self.seconds
+
+    def saved(self, step: int) -> None:
+        self.saved_at, self._last = step, self._clock()
+
+
+def train_steps(state: TrainingState, step: Callable[[int], dict[str, float]], *,
+                budget: Budget, progress: Progress, description: str,
+                checkpoint: Checkpointing | None = None) -> None:
+    """Call ``step(index)`` (one optimisation step; it returns what the progress bar
+    shows) until ``budget`` is spent, counting in ``state`` the steps and time of an
+    interrupted run it resumes. With ``checkpoint``, ``state`` is saved on its schedule
+    and at the end, so a killed run loses at most one interval of training."""
+    left = None if budget.seconds is None else budget.seconds - state.elapsed
+    run_budget = Budget(budget.steps, left).start()
+    clock = CheckpointClock(checkpoint.every if checkpoint else 1,
+                            checkpoint.seconds if checkpoint else None,
+                            elapsed_before=state.elapsed, step=state.step)
+
+    def save() -> None:
+        state.elapsed = clock.elapsed()
+        checkpoint.save(checkpoint.path, state)
+        clock.saved(state.step)
+
+    with progress.task(description, total=budget.steps) as task:
+        if state.step:
+            task.advance(state.step)
+        while not run_budget.done(state.step):
+            shown = step(state.step)
+            state.step += 1
+            if checkpoint is not None and clock.due(state.step):
+                save()
+            task.advance(1, **shown)
+    if checkpoint is not None and (clock.saved_at != state.step or not checkpoint.path.exists()):
+        save()

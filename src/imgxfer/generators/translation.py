@@ -23,6 +23,7 @@ Its state is saved with the ``gan`` as ``translator.*`` tensors (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.encoders.preprocess import match_channels
-from imgxfer.generators.training import to_model_range
+from imgxfer.generators.training import (Checkpointing, TrainingState, to_model_range,
+                                         train_steps)
 from imgxfer.progress import Progress
 
 # Residual blocks of the translator, at half the image size.
@@ -129,12 +131,18 @@ class TranslationResult:
 
 def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
                    batch_size: int, content_weight: float, diversity: float, seed: int,
-                   budget: Budget, progress: Progress, device: torch.device
-                   ) -> TranslationResult:
+                   budget: Budget, progress: Progress, device: torch.device,
+                   checkpoint: Checkpointing | None = None,
+                   restore: Callable[[TrainingState], None] | None = None,
+                   data_signature: dict[str, Any] | None = None) -> TranslationResult:
     """Train translator, critic and content classifier together until ``budget`` is
     spent (the critic learns 4x faster, as in the ``gan``). Each source image of a batch
     is translated twice with different noise, for the mode-seeking term (``diversity``;
-    without it the noise is ignored and every image gets the same kind of background)."""
+    without it the noise is ignored and every image gets the same kind of background).
+    ``restore`` prepares the state before the first step (the caller's checkpoint
+    ``format``; an interrupted training to continue), ``checkpoint`` saves it as
+    :func:`~imgxfer.generators.training.train_steps` does, and ``data_signature`` is what
+    the checkpoint records of the data."""
     channels, size = int(data.target.shape[1]), int(data.target.shape[-1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -146,25 +154,33 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
     draw = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed)
-    history: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "content_loss": []}
-    step = 0
-    with progress.task("generator: gan (translate)", total=budget.steps) as task:
-        while not budget.done(step):
-            half = max(1, batch_size // 2)
-            src = torch.randint(len(data.source), (half,), generator=draw).repeat(2)
-            tgt = torch.randint(len(data.target), (len(src),), generator=draw)
-            x, y = data.source[src].to(device), data.source_labels[src].to(device)
-            real = data.target[tgt].to(device)
-            z = torch.randn(len(src), z_dim, generator=noise, device=device)
-            fake = g(x, z)
-            losses = _update(g, d, t, (opt_g, opt_d, opt_t), x, y, real, fake, data,
-                             content_weight, draw, device,
-                             diversity * _mode_seeking(fake, z) if diversity else None)
-            for name, value in losses.items():
-                history[name].append(value)
-            step += 1
-            task.advance(1, loss=losses["g_loss"])
-    return TranslationResult(g.eval(), step, history)
+    state = TrainingState(
+        modules={"g": g, "d": d, "t": t},
+        optimizers={"opt_g": opt_g, "opt_d": opt_d, "opt_t": opt_t},
+        generators={"draw": draw, "noise": noise},
+        history={"d_loss": [], "g_loss": [], "content_loss": []},
+        data=dict(data_signature or {}), device=device.type)
+    if restore is not None:
+        restore(state)
+
+    def train_step(step: int) -> dict[str, float]:
+        half = max(1, batch_size // 2)
+        src = torch.randint(len(data.source), (half,), generator=draw).repeat(2)
+        tgt = torch.randint(len(data.target), (len(src),), generator=draw)
+        x, y = data.source[src].to(device), data.source_labels[src].to(device)
+        real = data.target[tgt].to(device)
+        z = torch.randn(len(src), z_dim, generator=noise, device=device)
+        fake = g(x, z)
+        losses = _update(g, d, t, (opt_g, opt_d, opt_t), x, y, real, fake, data,
+                         content_weight, draw, device,
+                         diversity * _mode_seeking(fake, z) if diversity else None)
+        for name, value in losses.items():
+            state.history[name].append(value)
+        return {"loss": losses["g_loss"]}
+
+    train_steps(state, train_step, budget=budget, progress=progress,
+                description="generator: gan (translate)", checkpoint=checkpoint)
+    return TranslationResult(g.eval(), state.step, state.history)
 
 
 def _mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

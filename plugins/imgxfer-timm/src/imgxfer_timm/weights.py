@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from imgxfer.encoders.weights import load_weights_file
 from imgxfer.errors import UserError
 from torch import nn
 
@@ -29,17 +30,9 @@ def read_state_dict(path: Path, model_name: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{what} must end in {', '.join(SUFFIXES)}, not {path.suffix or 'nothing'!r}.")
     if not path.is_file():
         raise UserError(f"{what} does not exist.")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path), device="cpu")
-        else:
-            # weights_only refuses anything but tensors and plain containers, so a
-            # malicious pickle cannot run code here.
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file can fail in many library-specific ways
-        raise UserError(f"{what} could not be read as weights ({type(exc).__name__}: {exc}).") from None
+    # safetensors, or torch.load with weights_only (tensors and plain containers only, so
+    # a malicious pickle cannot run code here); errors are one sentence.
+    data: Any = load_weights_file(path, what)
     for key in _WRAPPER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
