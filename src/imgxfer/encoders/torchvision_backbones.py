@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from imgxfer.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
-from imgxfer.encoders.weights import load_weights_file, reachable
+from imgxfer.encoders.weights import reachable, read_state_dict as read_weights
 from imgxfer.errors import UserError
 
 
@@ -49,10 +49,8 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 MIN_INPUT_SIZE = 32  # five stride-2 stages: smaller inputs vanish before the pooling
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _RANDOM = ("none", "random")
-# Training checkpoints wrap the state dict; DataParallel and this encoder prefix its keys.
-_WRAPPER_KEYS = ("state_dict", "model")
+# DataParallel and this encoder prefix the keys of a state dict.
 _KEY_PREFIXES = ("module.", "model.")
 _SHOWN = 3  # examples per kind of mismatch in an error message
 
@@ -189,23 +187,7 @@ def _no_download(arch: str, weights: Any, cache_dir: Path, why: str) -> UserErro
 
 
 def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
-    """The tensors in ``path`` (.safetensors, or .pth/.pt/.bin read with
-    ``weights_only=True``), unwrapped from a training checkpoint if need be."""
-    what = f"weights file {str(path)!r} for {arch}"
-    if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise UserError(f"{what} must end in {', '.join(WEIGHT_SUFFIXES)}, "
-                        f"not {path.suffix or 'nothing'!r}.")
-    if not path.is_file():
-        raise UserError(f"{what} does not exist.")
-    data = load_weights_file(path, what)
-    for key in _WRAPPER_KEYS:
-        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
-            data = data[key]
-            break
-    if not isinstance(data, Mapping) or not data or not all(
-            isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(f"{what} does not hold a state dict (a mapping of names to tensors).")
-    return dict(data)
+    return read_weights(path, f"weights file {str(path)!r} for {arch}")
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, head: str, path: Path,

@@ -16,6 +16,10 @@ from urllib.parse import urlparse
 
 from imgxfer.errors import UserError
 
+# What a weights file may be called, and the keys a training checkpoint wraps its state
+# dict in.
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_WRAPPER_KEYS = ("state_dict", "model")
 # Seconds to wait for a download host before calling the machine offline: torch.hub and
 # the Hugging Face hub retry for about a minute before they fail.
 PROBE_SECONDS = 2.0
@@ -47,6 +51,28 @@ def load_weights_file(path: Path, what: str) -> Any:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UserError(f"{what} could not be read as weights ({type(exc).__name__}"
                         f"{': ' + reason if reason else ''}).") from None
+
+
+def read_state_dict(path: Path, what: str) -> dict[str, Any]:
+    """The tensors in ``path`` (.safetensors, or .pth/.pt/.bin read with
+    ``weights_only=True``), unwrapped from a training checkpoint if need be; ``what``
+    names the file in errors (``"weights file 'x.pth' for resnet18"``)."""
+    import torch
+
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UserError(f"{what} must end in {', '.join(WEIGHT_SUFFIXES)}, "
+                        f"not {path.suffix or 'nothing'!r}.")
+    if not path.is_file():
+        raise UserError(f"{what} does not exist.")
+    data = load_weights_file(path, what)
+    for key in _WRAPPER_KEYS:
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not data or not all(
+            isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(f"{what} does not hold a state dict (a mapping of names to tensors).")
+    return dict(data)
 
 
 def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:

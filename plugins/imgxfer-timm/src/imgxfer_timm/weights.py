@@ -9,37 +9,20 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from imgxfer.encoders.weights import load_weights_file
+from imgxfer.encoders.weights import read_state_dict as read_weights
 from imgxfer.errors import UserError
 from torch import nn
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
-# Checkpoints written by training scripts wrap the state dict; nn.DataParallel and the
-# imgxfer encoder (whose backbone is its ``model`` attribute) prefix every key.
-_WRAPPER_KEYS = ("state_dict", "model")
+# nn.DataParallel and the imgxfer encoder (whose backbone is its ``model`` attribute)
+# prefix every key of a state dict.
 _KEY_PREFIXES = ("module.", "model.")
 _SHOWN = 3  # examples per kind of mismatch in an error message
 
 
 def read_state_dict(path: Path, model_name: str) -> dict[str, torch.Tensor]:
-    """The tensors in ``path`` (.safetensors, or .pth/.pt/.bin read with
-    ``weights_only=True``), unwrapped from a training checkpoint if need be."""
-    what = f"weights file {str(path)!r} for timm model {model_name!r}"
-    if path.suffix.lower() not in SUFFIXES:
-        raise UserError(f"{what} must end in {', '.join(SUFFIXES)}, not {path.suffix or 'nothing'!r}.")
-    if not path.is_file():
-        raise UserError(f"{what} does not exist.")
-    # safetensors, or torch.load with weights_only (tensors and plain containers only, so
-    # a malicious pickle cannot run code here); errors are one sentence.
-    data: Any = load_weights_file(path, what)
-    for key in _WRAPPER_KEYS:
-        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
-            data = data[key]
-            break
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UserError(f"{what} does not hold a state dict (a mapping of names to tensors).")
-    return dict(data)
+    """The tensors in ``path``, through imgxfer's own reader (safetensors or a
+    weights-only torch file, unwrapped from a training checkpoint)."""
+    return read_weights(path, f"weights file {str(path)!r} for timm model {model_name!r}")
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
