@@ -39,8 +39,8 @@ def synthetic_of(folder: Path, class_names: list[str], seed: int) -> ImageDatase
     rows = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["set"] == "synthetic"]
     labels = torch.tensor([class_names.index(r["label"]) for r in rows])
-    images = load_generator(folder).generator.sample([r["caption"] for r in rows], labels,
-                                                     seed=seed)
+    generator = load_generator(folder, get_registry()).generator
+    images = generator.sample([r["caption"] for r in rows], labels, seed=seed)
     return ImageDataset(images, labels, list(class_names), "synthetic")
 
 

@@ -298,7 +298,7 @@ def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_
     monkeypatch.setattr(torchvision_backbones, "_weights_source",
                         lambda arch, pretrained: no_download() if pretrained == "imagenet"
                         else real(arch, pretrained))
-    loaded = load_classifier(tmp_path, registry=host.registry)
+    loaded = load_classifier(tmp_path, None, host.registry)
     assert asked == ["imagenet"]  # tried as the run built it, then rebuilt without
     x = torch.rand(2, 1, 16, 16)
     trained.eval()

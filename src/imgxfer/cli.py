@@ -20,13 +20,16 @@ from rich.table import Table
 from rich.text import Text
 
 from imgxfer import __version__
+from imgxfer.commands.context import CliState, current_registry
+from imgxfer.config import STAGES
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics
+from imgxfer.registry import KINDS
 
 out = Console()
 err = Console(stderr=True)
 
-STAGE_FLAGS = ("source", "target", "encoder", "captioner", "generator", "adapter")
+STAGE_FLAGS = STAGES  # each has --STAGE-opt
 BUILTIN_COMMANDS = ("run", "plugins", "list", "install", "uninstall")
 
 
@@ -93,6 +96,9 @@ class ImgxferGroup(click.Group):
                 raise FriendlyError(str(exc)) from None
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # The plugin host travels with the context: commands take it from there
+        # (imgxfer.commands.context), loaded on first use.
+        extra.setdefault("obj", CliState(_host))
         with _usage_in_one_line(None):  # options of `imgxfer` itself, e.g. `imgxfer --bogus`
             return super().make_context(info_name, args, parent, **extra)
 
@@ -264,7 +270,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         if config.name == cfg.RunConfig.name and not flags.get("name"):
             # The default name follows the pair, so run folders say what they hold.
             config.name = f"{config.source}-to-{config.target}"
-    registry = _host().registry
+    registry = current_registry()
     progress = RichProgress(err)
     _show_warnings_on_screen()
     if seeds is None:
@@ -463,12 +469,12 @@ def plugins(as_json: bool, available: bool) -> None:
 
 @cli.command("list", short_help="List registered components.")
 @click.argument("kind", required=False, metavar="[KIND]",
-                type=click.Choice(["encoders", "captioners", "generators", "adapters", "datasets"]))
+                type=click.Choice(list(KINDS)))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(kind: str | None, as_json: bool) -> None:
     """List registered components (all kinds, or one KIND: encoders, captioners,
     generators, adapters or datasets) with descriptions and options."""
-    registry = _host().registry
+    registry = current_registry()
     kinds = [kind] if kind else list(registry.components)
     rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
              "description": c.description, "options": c.options(), "defaults": c.defaults()}

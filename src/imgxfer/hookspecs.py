@@ -29,6 +29,8 @@ from typing import Any, Callable
 import pluggy
 
 PROJECT = "imgxfer"
+# Plugins are found through entry points of this group (pyproject: [project.entry-points.imgxfer]).
+ENTRY_POINT_GROUP = "imgxfer"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -129,7 +129,7 @@ class InstalledPlugin:
 def installed_plugins() -> dict[str, InstalledPlugin]:
     """Installed plugin distributions by normalised name (read from metadata only: no
     plugin is imported, so a broken one is found too)."""
-    from imgxfer.plugins import ENTRY_POINT_GROUP
+    from imgxfer.hookspecs import ENTRY_POINT_GROUP
 
     importlib.invalidate_caches()
     found: dict[str, InstalledPlugin] = {}

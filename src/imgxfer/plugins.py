@@ -22,7 +22,7 @@ from imgxfer import __version__, hookspecs
 from imgxfer.errors import UnknownComponentError, UserError
 from imgxfer.registry import KINDS, SINGULAR, Component, Registry
 
-ENTRY_POINT_GROUP = "imgxfer"
+ENTRY_POINT_GROUP = hookspecs.ENTRY_POINT_GROUP
 BUILTIN = "builtin"
 
 

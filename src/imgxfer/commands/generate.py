@@ -36,24 +36,11 @@ import torch
 from imgxfer.classnames import class_matches, prompt_classes
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
+from imgxfer.commands.context import current_registry
+from imgxfer.commands.inputs import GRID_FILE, SAMPLE_NAME
 from imgxfer.runfolder import atomic_write_bytes
 
 GENERATOR_FILE = "generator.safetensors"
-# What generate writes (000.png, 001.png, ...): only such files are replaced with --force.
-_OUTPUT_NAME = re.compile(r"\d{3,}\.png")
-# The overview generate writes beside the images: not a sample (predict and caption skip it).
-GRID_FILE = "grid.png"
-
-
-def not_samples(paths: Sequence[Path]) -> set[Path]:
-    """The files among ``paths`` (one folder's) that generate wrote beside its numbered
-    images, when the folder holds such images: a folder of generate's output is read as
-    its samples only, while a ``grid.png`` among other images stays an image."""
-    if not any(_OUTPUT_NAME.fullmatch(p.name) for p in paths):
-        return set()
-    return {p for p in paths if p.name == GRID_FILE}
-
-
 @dataclass
 class LoadedGenerator:
     """A generator rebuilt from a saved file, with the class names it was trained on
@@ -94,12 +81,11 @@ def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
     return None
 
 
-def load_generator(source: str | Path, registry: Registry | None = None) -> LoadedGenerator:
+def load_generator(source: str | Path, registry: Registry) -> LoadedGenerator:
     """Rebuild the generator saved in a run folder (its ``generator.safetensors``) or in
     a generator file, through the registry, with the options recorded beside it."""
     from imgxfer.protocols import declared
     from imgxfer.runfolder import read_tensors
-    from imgxfer.plugins import get_registry
 
     source = Path(source)
     if source.is_dir():
@@ -129,7 +115,7 @@ def load_generator(source: str | Path, registry: Registry | None = None) -> Load
         raise UserError(f"{str(path)!r} has damaged 'options' metadata.") from None
     if not isinstance(options, dict):
         raise UserError(f"{str(path)!r} has damaged 'options' metadata.")
-    component = (registry or get_registry()).get("generators", name)
+    component = registry.get("generators", name)
     # Architecture options the file records win over defaults (which may have changed
     # since); options the run set explicitly are kept, so a conflict is reported.
     from_state = getattr(component.factory, "options_from_state", None)
@@ -217,10 +203,10 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise UserError(f"--out {str(out)!r} cannot be created: a parent is a file.") from None
 
 
-def generate(source: str | Path, prompt: str | None, *, n: int, out: str | Path,
-             label: str | int | None = None, seed: int = 0, force: bool = False,
-             device: str = "auto", registry: Registry | None = None,
-             images: str | None = None) -> Generated:
+def generate(source: str | Path, prompt: str | None, registry: Registry, *, n: int,
+             out: str | Path, label: str | int | None = None, seed: int = 0,
+             force: bool = False, device: str = "auto", images: str | None = None
+             ) -> Generated:
     """Draw ``n`` images of one class from a saved generator and write them as PNGs
     (``out/000.png``, ...) plus ``out/grid.png``. Everything ``imgxfer generate`` does.
     With ``images`` (a dataset name or image files, as ``imgxfer caption`` reads them),
@@ -262,21 +248,20 @@ def generate(source: str | Path, prompt: str | None, *, n: int, out: str | Path,
 
 def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out: Path,
                 label: str | int | None, seed: int, force: bool, device: Any,
-                registry: Registry | None) -> Generated:
+                registry: Registry) -> Generated:
     """The first ``n`` images of ``spec`` edited by a generator trained for ``--synthesis
     shots`` or ``translate`` (source images into the target's style). Each keeps its own
     label where ``spec`` is a labelled dataset whose classes the generator knows, else
     ``--label``'s."""
-    from imgxfer.commands.caption import load_images
+    from imgxfer.commands.inputs import load_images
     from imgxfer.stages.generate import check_images
-    from imgxfer.plugins import get_registry
     from imgxfer.protocols import declared
 
     modes = set(declared(loaded.generator, "synthesis", "generators")) - {"text"}
     if not modes or not hasattr(loaded.generator, "edit"):
         raise UserError(f"the generator {loaded.name!r} draws from prompts only; it cannot "
                         "edit images (give --prompt instead of --images).")
-    data = load_images(spec, registry or get_registry(), limit=n)
+    data = load_images(spec, registry, limit=n)
     count = min(n, len(data.images))
     labels = _edit_labels(data, label, prompt, loaded, count)
     edited = check_images(loaded.generator.edit(data.images[:count], labels, [prompt] * count,
@@ -325,7 +310,7 @@ def _write_images(out: Path, images: torch.Tensor, force: bool) -> list[Path]:
     grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
     atomic_write_bytes(out / GRID_FILE, _png(grid[:images.shape[1]]))
     for old in set(out.iterdir()) - set(files):
-        if old.is_file() and _OUTPUT_NAME.fullmatch(old.name):
+        if old.is_file() and SAMPLE_NAME.fullmatch(old.name):
             old.unlink()
     return files
 
@@ -366,8 +351,8 @@ def generate_command(source: str, prompt: str | None, images: str | None,
       imgxfer generate --from runs/TRANSLATE_RUN --images mnist --n 64 --out mnist-in-target-style
     """
     # A UserError ends as one sentence and exit status 2 (the imgxfer group shows it).
-    result = generate(source, prompt, n=n, out=out, label=label, seed=seed, force=force,
-                      device=device, images=images)
+    result = generate(source, prompt, current_registry(), n=n, out=out, label=label,
+                      seed=seed, force=force, device=device, images=images)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     what = (f"class {result.class_name!r}" if result.class_name else

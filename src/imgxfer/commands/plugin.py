@@ -33,13 +33,14 @@ def new_command(name: str, kinds: tuple[str, ...], out: str) -> None:
       imgxfer plugin new ncm --kind adapter --kind generator
     """
     from imgxfer.install import known_plugins
-    from imgxfer.plugins import ENTRY_POINT_GROUP, get_host
+    from imgxfer.commands.context import current_registry
+    from imgxfer.hookspecs import ENTRY_POINT_GROUP
 
     # Names already in use: installed entry points, registry.toml, loaded components (the
     # host is loaded already: this command comes from the built-in plugin).
     installed = {ep.name: ep.dist.name if ep.dist is not None else ep.value
                  for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
-    registry = get_host().registry
+    registry = current_registry()
     skeleton = new_plugin(name, kinds, out, registry=registry, entry_points=installed,
                           known=known_plugins())
     shown = _shown(skeleton.folder)

@@ -30,6 +30,7 @@ import click
 import torch
 
 from imgxfer.classnames import class_matches
+from imgxfer.commands.context import current_registry
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 from imgxfer.datasets.layout import GLYPH
 from imgxfer.errors import UserError
@@ -92,13 +93,12 @@ def find_classifier(source: str | Path, adapter: str | None = None) -> tuple[Pat
     return path, name
 
 
-def load_classifier(source: str | Path, adapter: str | None = None,
-                    registry: Registry | None = None) -> LoadedClassifier:
+def load_classifier(source: str | Path, adapter: str | None, registry: Registry
+                    ) -> LoadedClassifier:
     """Rebuild a run's classifier: the encoder from the run's ``config.toml`` (through the
     registry, so a plugin encoder needs its plugin), then the trained weights."""
     from imgxfer.classifier import Classifier
     from imgxfer.config import load
-    from imgxfer.plugins import get_registry
     from imgxfer.runfolder import read_tensors
 
     path, adapter = find_classifier(source, adapter)
@@ -124,7 +124,6 @@ def load_classifier(source: str | Path, adapter: str | None = None,
         raise UserError(f"{str(path)!r} holds a model other than an encoder with a linear head "
                         "(a plugin adapter's own model?); predict can rebuild only those.")
     options = dict(config.options.get("encoder", {}))
-    registry = registry or get_registry()
     # The encoder as the run built it: pretrained weights can choose an architecture
     # variant (timm's EfficientNet-Lite0 with its packaged weights uses "same" padding and
     # other BatchNorm settings), so rebuilding "randomly" could load the same tensor names
@@ -329,19 +328,17 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
       imgxfer predict photos/ --from runs/20250101-120000-syndigits-to-digits
       imgxfer predict digits --from RUN --adapter mmd --out digits.csv --force
     """
-    from imgxfer.commands.caption import (_is_dataset_name, _options, check_count,
-                                          check_source, load_images, resolve_out, select)
+    from imgxfer.commands.inputs import (check_count, check_source, is_dataset_name,
+                                         load_images, parse_options, resolve_out, select)
     from imgxfer.plan import resolve_device
-    from imgxfer.plugins import get_registry
-
     check_count("--limit", limit)
-    registry = get_registry()
+    registry = current_registry()
     check_source(source, registry)
     target_device = resolve_device(device)
-    options = _options(dataset_opt, "--dataset-opt")
+    options = parse_options(dataset_opt, "--dataset-opt")
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)
-    files = not _is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
+    files = not is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
         run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
         if "fit" not in options and run_options["fit"] == GLYPH:
