@@ -83,7 +83,7 @@ def finish(folder: Path, config: RunConfig, metrics: RunMetrics, extras: dict[st
 
     report.write_captions(folder / artifacts.CAPTIONS, extras["captions"], extras["source"],
                           extras["split"], extras["synthetic"])
-    report.write_report(folder, config, metrics.to_json(), extras)
+    report.write_report(folder, config, metrics, extras)
     atomic_write_json(folder / artifacts.METRICS, metrics.to_json())
     (folder / artifacts.TRAINING_CHECKPOINT).unlink(missing_ok=True)
     log.info("report written to %s", folder / artifacts.REPORT)

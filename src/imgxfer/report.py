@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from imgxfer.artifacts import REPORT, SAMPLES  # noqa: E402
 from imgxfer.data import ImageDataset, Split  # noqa: E402
+from imgxfer.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # noqa: E402
 from imgxfer.runfolder import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -149,10 +151,10 @@ def _img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _adapter_steps(adapters: dict[str, dict[str, Any]]) -> str:
+def _adapter_steps(adapters: dict[str, AdapterMetrics]) -> str:
     """'400 steps', or per adapter where they differ: a probe solved to convergence (steps
     None) trains by no step count."""
-    said = {n: "no steps" if r["steps"] is None else f"{r['steps']} steps"
+    said = {n: "no steps" if r.steps is None else f"{r.steps} steps"
             for n, r in adapters.items()}
     if len(set(said.values())) == 1:
         return next(iter(said.values()))
@@ -185,77 +187,83 @@ _QUALITY_KEYS = {"name", "cas", "cas_real", "cas_real_images", "cas_steps", "fid
                  "nearest_shot_real", "label_kept"}
 
 
-def _generator_sections(metrics: dict[str, Any]) -> list[str]:
+def _generator_sections(metrics: RunMetrics) -> list[str]:
     """Generator quality (CAS, FID/KID, the filter) and the synthetic delta, as HTML."""
-    parts: list[str] = []
-    gen = metrics.get("generator", {})
-    if "cas" in gen:
-        space = html.escape(str(gen.get("feature_space", "the run's encoder")))
-        parts.append(
-            "<h2>Generator quality</h2><p>CAS: a fixed small classifier (SmallCNN) trained on "
-            "the synthetic images only and tested on the real target test split; CAS real: "
-            f"the same classifier trained on {gen.get('cas_real_images', '?')} real target "
-            "training images (class-matched). FID and KID compare the synthetic images with "
-            f"the target test split in the feature space of the run's encoder ({space}), "
-            "<b>not Inception's: the values are not comparable with published FID/KID</b>; "
-            "the 'real' column is the same distance for the real reference images, the floor "
-            "a perfect generator would reach. 'Nearest real image is a shot': how often the "
-            "closest real target image of the same class (in pixels, among the labelled shots "
-            "and the test split) is one of the shots; for real held-out images it is the "
-            "reference, and a synthetic value far above it means the generator copies its "
-            "few target shots rather than drawing new target images.</p>" + _table(
-                ["", "synthetic", "real reference"],
-                [["CAS (accuracy on real test)", gen["cas"], gen["cas_real"]],
-                 ["FID (encoder features)", gen["fid"], gen.get("fid_real", "-")],
-                 ["KID (encoder features)", f"{gen['kid_mean']:.4f} ± {gen['kid_std']:.4f}",
-                  gen.get("kid_real_mean", "-")]]
-                + ([["Nearest real image is a shot", gen["nearest_shot"],
-                     gen["nearest_shot_real"]]] if "nearest_shot" in gen else [])
-                + ([["Label kept (the real-data CAS classifier agrees; real: its test "
-                     "accuracy)", gen["label_kept"], gen["cas_real"]]]
-                   if "label_kept" in gen else [])))
-        if gen.get("per_class"):
-            parts.append("<h3>Per class</h3><p>Each class's synthetic images against its "
-                         "real test images; the real reference compares real training images "
-                         "of the class (as many as there are synthetic ones, where the "
-                         "training split has them) with the same test images: the floor a "
-                         "perfect generator would reach.</p>" + _table(
-                ["class", "FID", "FID, real reference", "KID", "KID, real reference",
-                 "test / synthetic / reference images"],
-                [[r["class"], r["fid"], r.get("fid_real", "-"), r["kid_mean"],
-                  r.get("kid_real_mean", "-"),
-                  f"{r['n_real']} / {r['n_fake']} / {r.get('n_reference', 0)}"]
-                 for r in gen["per_class"]]))
-    if "filter" in gen:
-        f = gen["filter"]
+    gen = metrics.generator or GeneratorMetrics()
+    parts = _quality_section(gen) if gen.cas is not None else []
+    if gen.filter is not None:
+        f = gen.filter
         parts.append(f"<p>Synthetic filter: kept {f['kept']} of {f['generated']} generated images "
                      f"that a linear probe on source + target shots gives probability &ge; "
                      f"{f['threshold']} for their class (per class: "
                      f"{', '.join(map(str, f['kept_per_class']))}); the adapters and the quality "
                      "measures above use the kept images only.</p>")
-    delta = metrics.get("synthetic_delta")
-    if delta:
+    if metrics.synthetic_delta:
         parts.append("<h2>Do the synthetic images help?</h2><p class='muted'>Each adapter trained "
                      "twice on the same split, encoder and seed: with and without the synthetic "
                      "images (once only if it never reads them, e.g. source-only). Target test "
                      "accuracy.</p>" + _table(
                          ["adapter", "with synthetic", "without", "delta"],
-                         [[n, r["with"], r["without"], f"{r['delta']:+.4f}"
-                           + (" (does not read them)" if r.get("same_fit") else "")]
-                          for n, r in delta.items()]))
+                         [[n, r.with_, r.without, f"{r.delta:+.4f}"
+                           + (" (does not read them)" if r.same_fit else "")]
+                          for n, r in metrics.synthetic_delta.items()]))
     return parts
+
+
+def _quality_section(gen: GeneratorMetrics) -> list[str]:
+    space = html.escape(gen.feature_space or "the run's encoder")
+    parts = [
+        "<h2>Generator quality</h2><p>CAS: a fixed small classifier (SmallCNN) trained on "
+        "the synthetic images only and tested on the real target test split; CAS real: "
+        f"the same classifier trained on {gen.cas_real_images or '?'} real target "
+        "training images (class-matched). FID and KID compare the synthetic images with "
+        f"the target test split in the feature space of the run's encoder ({space}), "
+        "<b>not Inception's: the values are not comparable with published FID/KID</b>; "
+        "the 'real' column is the same distance for the real reference images, the floor "
+        "a perfect generator would reach. 'Nearest real image is a shot': how often the "
+        "closest real target image of the same class (in pixels, among the labelled shots "
+        "and the test split) is one of the shots; for real held-out images it is the "
+        "reference, and a synthetic value far above it means the generator copies its "
+        "few target shots rather than drawing new target images.</p>" + _table(
+            ["", "synthetic", "real reference"],
+            [["CAS (accuracy on real test)", gen.cas, gen.cas_real],
+             ["FID (encoder features)", gen.fid, _or_dash(gen.fid_real)],
+             ["KID (encoder features)", f"{gen.kid_mean:.4f} ± {gen.kid_std:.4f}",
+              _or_dash(gen.kid_real_mean)]]
+            + ([["Nearest real image is a shot", gen.nearest_shot, gen.nearest_shot_real]]
+               if gen.nearest_shot is not None else [])
+            + ([["Label kept (the real-data CAS classifier agrees; real: its test "
+                 "accuracy)", gen.label_kept, gen.cas_real]]
+               if gen.label_kept is not None else []))]
+    if gen.per_class:
+        parts.append("<h3>Per class</h3><p>Each class's synthetic images against its "
+                     "real test images; the real reference compares real training images "
+                     "of the class (as many as there are synthetic ones, where the "
+                     "training split has them) with the same test images: the floor a "
+                     "perfect generator would reach.</p>" + _table(
+            ["class", "FID", "FID, real reference", "KID", "KID, real reference",
+             "test / synthetic / reference images"],
+            [[r["class"], r["fid"], r.get("fid_real", "-"), r["kid_mean"],
+              r.get("kid_real_mean", "-"),
+              f"{r['n_real']} / {r['n_fake']} / {r.get('n_reference', 0)}"]
+             for r in gen.per_class]))
+    return parts
+
+
+def _or_dash(value: Any) -> Any:
+    return "-" if value is None else value
 
 
 _MADE_FROM = {"shots": "the labelled target shots", "translate": "labelled source images"}
 
 
-def _synthesis_origins(names: list[str], extras: dict[str, Any], gen: dict[str, Any]
-                       ) -> list[str]:
+def _synthesis_origins(names: list[str], extras: dict[str, Any],
+                       gen: GeneratorMetrics | None) -> list[str]:
     """For --synthesis shots / translate: each synthetic image beside the real image it
     was made from (the k-th image of a class on the left became the k-th on the right)."""
     inputs: ImageDataset | None = extras.get("synthesis_inputs")
     synthetic: ImageDataset | None = extras.get("synthetic")
-    mode = gen.get("synthesis", "text")
+    mode = (gen.synthesis if gen else None) or "text"
     if inputs is None or synthetic is None or mode not in _MADE_FROM:
         return []
     grid = sample_grid(names, {"made from": inputs, "synthetic": synthetic}, per_class=6)
@@ -265,54 +273,81 @@ def _synthesis_origins(names: list[str], extras: dict[str, Any], gen: dict[str, 
             "the same order.</p>" + _img_tag(grid, "inputs and their synthetic images")]
 
 
-def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dict[str, Any]) -> None:
+def write_report(folder: Path, config: Any, metrics: RunMetrics, extras: dict[str, Any]) -> None:
     """report.html plus samples.png; everything embedded so the HTML can be mailed alone."""
     split: Split = extras["split"]
     synthetic: ImageDataset | None = extras.get("synthetic")
     names = split.test.class_names
-    target = metrics["target"]
     grid = sample_grid(names, {"target shots": split.labelled, "real target (test split)": split.test,
                                "synthetic": synthetic},
                        per_class={"target shots": min(4, max(1, config.shots)),
                                   "real target (test split)": 5, "synthetic": 6})
-    atomic_write_bytes(folder / "samples.png", grid)
+    atomic_write_bytes(folder / SAMPLES, grid)
+    parts = _header(folder, config, metrics) + _setup(config, metrics) + _target_metrics(metrics)
+    parts.append(_img_tag(confusion_plot(metrics.target.confusion_matrix, names),
+                          "confusion matrix"))
+    parts.append(_samples(grid, synthetic is not None))
+    parts += _synthesis_origins(names, extras, metrics.generator)
+    parts += _generator_sections(metrics)
+    parts += _losses(extras)
+    parts.append(_captions(extras))
+    timings = metrics.timings_s
+    parts.append("<h2>Time per stage (s)</h2>" + _table(
+        list(timings) + ["total"],
+        [[f"{v:.1f}" for v in timings.values()] + [f"{sum(timings.values()):.1f}"]]))
+    parts.append("<h2>Resolved config</h2><pre>" + html.escape(config.to_toml()) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>imgxfer run "
+            f"{html.escape(config.name)}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    atomic_write_text(folder / REPORT, page)
 
-    parts = [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
-             f"<p class='muted'>{html.escape(str(folder))} · imgxfer {metrics['imgxfer_version']} · "
-             f"device {metrics['device']} · seed {metrics['seed']}</p>",
-             f"<p class='big'>Target accuracy <b>{target['accuracy']:.3f}</b> · macro F1 "
-             f"<b>{target['macro_f1']:.3f}</b> <span class='muted'>(chance {target['chance']:.3f}, "
-             f"{target['n_test']} held-out test images)</span></p>"]
-    data = metrics["data"]
-    parts.append("<h2>Setup</h2>" + _table(["stage", "choice", "details"], [
+
+def _header(folder: Path, config: Any, metrics: RunMetrics) -> list[str]:
+    target = metrics.target
+    return [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
+            f"<p class='muted'>{html.escape(str(folder))} · imgxfer {metrics.imgxfer_version} · "
+            f"device {metrics.device} · seed {metrics.seed}</p>",
+            f"<p class='big'>Target accuracy <b>{target.accuracy:.3f}</b> · macro F1 "
+            f"<b>{target.macro_f1:.3f}</b> <span class='muted'>(chance {target.chance:.3f}, "
+            f"{target.n_test} held-out test images)</span></p>"]
+
+
+def _setup(config: Any, metrics: RunMetrics) -> list[str]:
+    data = metrics.data
+    generator = {k: v for k, v in (metrics.generator.to_json() if metrics.generator else {}).items()
+                 if k not in _QUALITY_KEYS and not isinstance(v, (dict, list))}
+    parts = ["<h2>Setup</h2>" + _table(["stage", "choice", "details"], [
         ["source", config.source, f"{data['source']['images']} labelled images, domain {data['source']['domain']}"],
         ["target", config.target, f"{data['target']['labelled']} labelled shots ({config.shots}/class), "
                                   f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
-        ["encoder", config.encoder, ", ".join(f"{k}={_short(v)}" for k, v in metrics["encoder"].items() if k != "name")],
+        ["encoder", config.encoder, ", ".join(f"{k}={_short(v)}" for k, v in metrics.encoder.items() if k != "name")],
         ["captioner", config.captioner, ""],
-        ["generator", config.generator, ", ".join(
-            f"{k}={_short(v)}" for k, v in metrics.get("generator", {}).items()
-            if k not in _QUALITY_KEYS and not isinstance(v, (dict, list)))],
-        ["adapter", ", ".join(config.adapter_names()), _adapter_steps(metrics["adapters"])],
-    ]))
+        ["generator", config.generator, ", ".join(f"{k}={_short(v)}" for k, v in generator.items())],
+        ["adapter", ", ".join(config.adapter_names()), _adapter_steps(metrics.adapters)],
+    ])]
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
+    return parts
+
+
+def _target_metrics(metrics: RunMetrics) -> list[str]:
+    target, adapters = metrics.target, metrics.adapters
     # The IM score wherever the console shows it: in this table for one adapter, in the
     # comparison below for several.
-    im = target.get("unlabelled_im") if len(metrics["adapters"]) == 1 else None
-    parts.append("<h2>Target test metrics</h2>" + _table(
+    im = target.unlabelled_im if len(adapters) == 1 else None
+    parts = ["<h2>Target test metrics</h2>" + _table(
         ["accuracy", "macro precision", "macro recall", "macro F1"]
         + (["IM (no labels)"] if im is not None else []),
-        [[target["accuracy"], target["macro_precision"], target["macro_recall"], target["macro_f1"]]
-         + ([im] if im is not None else [])]))
-    if len(metrics["adapters"]) > 1:
+        [[target.accuracy, target.macro_precision, target.macro_recall, target.macro_f1]
+         + ([im] if im is not None else [])])]
+    if len(adapters) > 1:
         parts.append("<h3>Adapters compared on the same split</h3><p class='muted'>The first one "
                      "is the run's classifier, shown in the rest of this report.</p>" + _table(
             ["adapter", "accuracy", "macro F1", "IM (no labels)", "train seconds"],
-            [[n, r["accuracy"], r["macro_f1"], "–" if r.get("unlabelled_im") is None
-              else r["unlabelled_im"], f"{r['train_seconds']:.1f}"]
-             for n, r in metrics["adapters"].items()]))
-    if any(r.get("unlabelled_im") is not None for r in metrics["adapters"].values()):
+            [[n, r.accuracy, r.macro_f1, "–" if r.unlabelled_im is None else r.unlabelled_im,
+              f"{r.train_seconds:.1f}"]
+             for n, r in adapters.items()]))
+    if any(r.unlabelled_im is not None for r in adapters.values()):
         parts.append("<p class='muted'>IM (information maximisation, 0 to 1) scores each "
                      "classifier's predictions on the "
                      "unlabelled target images for confidence and class balance, without "
@@ -320,19 +355,23 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                      "ranks adapters is measured in imgxfer's docs/benchmarks.md.</p>")
     parts.append(_table(["class", "precision", "recall", "F1", "support"],
                         [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
-                         for r in target["per_class"]]))
-    parts.append(_img_tag(confusion_plot(target["confusion_matrix"], names), "confusion matrix"))
-    if synthetic is not None:
-        parts.append("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
-                     "labelled target shots (what the generator learned the target from), real "
-                     "held-out target images, then synthetic images.</p>"
-                     + _img_tag(grid, "real and synthetic samples"))
-    else:
-        parts.append("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
-                     "target shots, then real held-out target images (no generator in this "
-                     "run).</p>" + _img_tag(grid, "target samples"))
-    parts += _synthesis_origins(names, extras, metrics.get("generator", {}))
-    parts += _generator_sections(metrics)
+                         for r in target.per_class or []]))
+    return parts
+
+
+def _samples(grid: bytes, with_synthetic: bool) -> str:
+    if with_synthetic:
+        return ("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
+                "labelled target shots (what the generator learned the target from), real "
+                "held-out target images, then synthetic images.</p>"
+                + _img_tag(grid, "real and synthetic samples"))
+    return ("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
+            "target shots, then real held-out target images (no generator in this "
+            "run).</p>" + _img_tag(grid, "target samples"))
+
+
+def _losses(extras: dict[str, Any]) -> list[str]:
+    parts = []
     history = extras.get("generator_history")
     if history:
         parts.append("<h2>Generator losses</h2>" + _img_tag(loss_plot(history), "generator losses"))
@@ -342,26 +381,23 @@ def write_report(folder: Path, config: Any, metrics: dict[str, Any], extras: dic
                      "adapter that trains with gradient steps (its labelled cross-entropy "
                      "plus its own domain term), per step.</p>"
                      + _img_tag(loss_plot(adapter_history, "adapter training"), "adapter losses"))
-    captions = extras["captions"]
+    return parts
+
+
+def _captions(extras: dict[str, Any]) -> str:
+    split: Split = extras["split"]
+    synthetic: ImageDataset | None = extras.get("synthetic")
     source: ImageDataset | None = extras.get("source")
     images = {"source": None if source is None else source.images,
               "target": split.labelled.images,
               "synthetic": None if synthetic is None else synthetic.images,
               "unlabelled": split.unlabelled.images}
-    rows = captioned_images({part: (images.get(part), texts) for part, texts in captions.items()})
+    rows = captioned_images({part: (images.get(part), texts)
+                             for part, texts in extras["captions"].items()})
     prompts = "; synthetic images show their prompt" if synthetic is not None else ""
-    parts.append("<h2>Images and their captions</h2><p class='muted'>A few of each set"
-                 f"{prompts}. All captions are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
-                 "<th>caption</th></tr>" + "".join(
-                     f"<tr><td>{html.escape(part)}</td><td>{i}</td><td>"
-                     f"{_img_tag(png, f'{part} {i}')}</td><td>{html.escape(text)}</td></tr>"
-                     for part, i, png, text in rows) + "</table>")
-    timings = metrics["timings_s"]
-    parts.append("<h2>Time per stage (s)</h2>" + _table(
-        list(timings) + ["total"],
-        [[f"{v:.1f}" for v in timings.values()] + [f"{sum(timings.values()):.1f}"]]))
-    parts.append("<h2>Resolved config</h2><pre>" + html.escape(config.to_toml()) + "</pre>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>imgxfer run "
-            f"{html.escape(config.name)}</title><style>{_CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
-    atomic_write_text(folder / "report.html", page)
+    return ("<h2>Images and their captions</h2><p class='muted'>A few of each set"
+            f"{prompts}. All captions are in captions.jsonl.</p><table><tr><th>set</th><th>#</th><th>image</th>"
+            "<th>caption</th></tr>" + "".join(
+                f"<tr><td>{html.escape(part)}</td><td>{i}</td><td>"
+                f"{_img_tag(png, f'{part} {i}')}</td><td>{html.escape(text)}</td></tr>"
+                for part, i, png, text in rows) + "</table>")
