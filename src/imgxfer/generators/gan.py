@@ -298,6 +298,37 @@ def relative_similarity_kl(reference: torch.Tensor, adapted: torch.Tensor) -> to
     return F.kl_div(F.log_softmax(similarities(adapted), dim=1), p, reduction="batchmean")
 
 
+@dataclass
+class _Nets:
+    """The GAN's networks in training: generator, discriminator, the generator's EMA copy
+    (the sampler), their optimisers, and the random streams for drawing images and noise."""
+
+    g: nn.Module
+    d: nn.Module
+    ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    draw_rng: torch.Generator
+    rng: torch.Generator
+
+
+@dataclass
+class _Batches:
+    images: torch.Tensor  # in the model's range, on the CPU
+    labels: torch.Tensor
+    caption_of: torch.Tensor  # each image's caption, as an index into caption_ids
+    caption_ids: torch.Tensor
+    weights: torch.Tensor  # draw weight per image (target shots weigh target_weight)
+    pairs: "_CaptionPairs | None"  # for the consistency loss (cdc > 0)
+
+    def draw(self, batch_size: int, nets: _Nets, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = torch.multinomial(self.weights, batch_size, replacement=True,
+                                  generator=nets.draw_rng)
+        return (self.images[index].to(device), self.labels[index].to(device),
+                self.caption_ids[self.caption_of[index]].to(device))
+
+
 class ConditionalGAN:
     """Class- and caption-conditioned GAN (DCGAN-style, DiffAugment) for small images.
 
@@ -402,20 +433,59 @@ class ConditionalGAN:
         if data.synthesis == "translate":
             return self._fit_translator(data, budget, progress, device, checkpoint, resume)
         self._translator = None  # one network at a time: the sampler from here on
+        batches = self._batches(data)
+        nets = self._networks(len(data.class_names), int(batches.images.shape[1]), device)
+        state = TrainingState(
+            modules={"g": nets.g, "d": nets.d, "ema": nets.ema},
+            optimizers={"opt_g": nets.opt_g, "opt_d": nets.opt_d},
+            generators={"draw": nets.draw_rng, "noise": nets.rng},
+            history={"d_loss": [], "g_loss": []},
+            data=data_signature(data, channels=int(batches.images.shape[1])),
+            device=device.type, format=TRAINING_FORMAT)
+        self._resume(checkpoint if resume else None, state, progress)
+        ema_pairs = list(zip(nets.ema.parameters(), nets.g.parameters()))
+
+        def train_step(step: int) -> dict[str, float]:
+            losses = self._train_step(nets, batches, step, device)
+            # Warm-up of the EMA decay: early weights are poor and should fade fast.
+            decay = min(self.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for averaged, current in ema_pairs:
+                    averaged.lerp_(current, 1 - decay)
+            for key, value in losses.items():
+                state.history[key].append(value)
+            return losses
+
+        train_steps(state, train_step, budget=budget, progress=progress,
+                    description="generator: gan",
+                    checkpoint=self._checkpointing(checkpoint))
+        self._standing_statistics(nets.ema, lambda: batches.draw(self.batch_size, nets, device),
+                                  nets.rng)
+        # Sampling runs on the CPU in the default memory format, as after load_state_dict,
+        # so that a saved and reloaded generator gives bit-identical images.
+        self._sampler = nets.ema.cpu()
+        self.history = state.history
+        return FitResult(state.step, state.history)
+
+    def _batches(self, data: GeneratorData) -> "_Batches":
+        """The training set as the GAN draws from it: images in the model's range (kept on
+        the CPU; batches travel, so a large set need not fit the device), labels, each
+        image's caption as an index into the distinct captions' token ids (captions repeat,
+        class x domain, so each is tokenised once), per-image draw weights, and the
+        caption pairs of the consistency loss."""
         labels = data.labels.long()
-        # The data stays on the CPU and batches travel: a large set need not fit the device.
-        images = self._prepare(data.images)
         captions = sorted(set(data.captions))
-        # Captions repeat (class x domain), so each distinct one is tokenised once.
         position = {c: i for i, c in enumerate(captions)}
         caption_of = torch.tensor([position[c] for c in data.captions])
-        caption_ids = token_ids(captions)
-        weights = draw_weights(data.domains, data.target_domain, self.target_weight)
         pairs = _caption_pairs(labels, caption_of, data.domains, data.target_domain,
                                len(data.class_names)) if self.cdc > 0 else None
+        return _Batches(self._prepare(data.images), labels, caption_of, token_ids(captions),
+                        draw_weights(data.domains, data.target_domain, self.target_weight),
+                        pairs)
 
-        shape = dict(num_classes=len(data.class_names), channels=images.shape[1],
-                     image_size=self.image_size)
+    def _networks(self, num_classes: int, channels: int, device: torch.device) -> "_Nets":
+        """Fresh networks from the seed, their EMA copy, optimisers and random streams."""
+        shape = dict(num_classes=num_classes, channels=channels, image_size=self.image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             gen_net = _Generator(z_dim=self.z_dim, width=self.width, embed_dim=self.embed_dim,
@@ -430,83 +500,52 @@ class ConditionalGAN:
         # needs; with equal steps samples collapsed and ignored their class more often.
         opt_g = torch.optim.Adam(gen_net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=_D_LR_RATIO * self.lr, betas=(0.5, 0.999))
-        draw_rng = torch.Generator().manual_seed(self.seed)
-        rng = torch.Generator(device=device).manual_seed(self.seed)
-        g_params, ema_params = list(gen_net.parameters()), list(sampler.parameters())
-        state = TrainingState(
-            modules={"g": gen_net, "d": disc, "ema": sampler},
-            optimizers={"opt_g": opt_g, "opt_d": opt_d},
-            generators={"draw": draw_rng, "noise": rng},
-            history={"d_loss": [], "g_loss": []},
-            data=data_signature(data, channels=int(images.shape[1])), device=device.type,
-            format=TRAINING_FORMAT)
-        self._resume(checkpoint if resume else None, state, progress)
+        return _Nets(gen_net, disc, sampler, opt_g, opt_d,
+                     torch.Generator().manual_seed(self.seed),
+                     torch.Generator(device=device).manual_seed(self.seed))
 
-        def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            index = torch.multinomial(weights, self.batch_size, replacement=True,
-                                      generator=draw_rng)
-            return (images[index].to(device), labels[index].to(device),
-                    caption_ids[caption_of[index]].to(device))
+    def _train_step(self, nets: "_Nets", batches: "_Batches", step: int,
+                    device: torch.device) -> dict[str, float]:
+        """One discriminator and one generator update; the two losses."""
+        gen_net, disc, rng = nets.g, nets.d, nets.rng
+        real, y, text = batches.draw(self.batch_size, nets, device)
+        # Fakes come in pairs with the same condition and different noise, for the
+        # mode-seeking term below.
+        half = len(y) // 2
+        y_fake = torch.cat([y[:half], y[:len(y) - half]])
+        text_fake = torch.cat([text[:half], text[:len(y) - half]])
+        z = torch.randn(len(y), self.z_dim, generator=rng, device=device)
+        # One generator pass serves both updates: detached for the discriminator,
+        # then through the freshly updated discriminator for the generator.
+        fake = gen_net(z, y_fake, text_fake)
 
-        history = state.history
+        disc.requires_grad_(True)
+        # Real and fake in one batch: one larger convolution is cheaper than two.
+        both = _diff_augment(torch.cat([real, fake.detach()]), self.augment, rng)
+        scores = disc(both, torch.cat([y, y_fake]), torch.cat([text, text_fake]))
+        d_real, d_fake = scores[:len(y)], scores[len(y):]
+        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        nets.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nets.opt_d.step()
 
-        def train_step(step: int) -> dict[str, float]:
-            real, y, text = draw()
-            # Fakes come in pairs with the same condition and different noise, for the
-            # mode-seeking term below.
-            half = len(y) // 2
-            y_fake = torch.cat([y[:half], y[:len(y) - half]])
-            text_fake = torch.cat([text[:half], text[:len(y) - half]])
-            z = torch.randn(len(y), self.z_dim, generator=rng, device=device)
-            # One generator pass serves both updates: detached for the discriminator,
-            # then through the freshly updated discriminator for the generator.
-            fake = gen_net(z, y_fake, text_fake)
-
-            disc.requires_grad_(True)
-            # Real and fake in one batch: one larger convolution is cheaper than two.
-            both = _diff_augment(torch.cat([real, fake.detach()]), self.augment, rng)
-            scores = disc(both, torch.cat([y, y_fake]), torch.cat([text, text_fake]))
-            d_real, d_fake = scores[:len(y)], scores[len(y):]
-            d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-            # Frozen discriminator: no weight gradients are computed for it here.
-            disc.requires_grad_(False)
-            g_loss = -disc(_diff_augment(fake, self.augment, rng), y_fake, text_fake).mean()
-            g_total = g_loss
-            if self.diversity > 0 and half > 0:
-                # Mode seeking (Mao et al. 2019): reward images that differ as much as
-                # their noise does. Without it the generator drew one image per class.
-                spread = ((fake[:half] - fake[half:2 * half]).abs().mean()
-                          / (z[:half] - z[half:2 * half]).abs().mean())
-                g_total = g_loss + self.diversity / (spread + 1e-5)
-            if pairs is not None:
-                g_total = g_total + self.cdc * self._consistency(
-                    gen_net, pairs, caption_ids, draw_rng, rng, device)
-            opt_g.zero_grad(set_to_none=True)
-            g_total.backward()
-            opt_g.step()
-
-            # Warm-up of the EMA decay: early weights are poor and should fade fast.
-            decay = min(self.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for averaged, current in zip(ema_params, g_params):
-                    averaged.lerp_(current, 1 - decay)
-            history["d_loss"].append(d_loss.item())
-            history["g_loss"].append(g_loss.item())
-            return {"d_loss": history["d_loss"][-1], "g_loss": history["g_loss"][-1]}
-
-        train_steps(state, train_step, budget=budget, progress=progress,
-                    description="generator: gan",
-                    checkpoint=self._checkpointing(checkpoint))
-        self._standing_statistics(sampler, draw, rng)
-        # Sampling runs on the CPU in the default memory format, as after load_state_dict,
-        # so that a saved and reloaded generator gives bit-identical images.
-        self._sampler = sampler.cpu()
-        self.history = history
-        return FitResult(state.step, history)
+        # Frozen discriminator: no weight gradients are computed for it here.
+        disc.requires_grad_(False)
+        g_loss = -disc(_diff_augment(fake, self.augment, rng), y_fake, text_fake).mean()
+        g_total = g_loss
+        if self.diversity > 0 and half > 0:
+            # Mode seeking (Mao et al. 2019): reward images that differ as much as
+            # their noise does. Without it the generator drew one image per class.
+            spread = ((fake[:half] - fake[half:2 * half]).abs().mean()
+                      / (z[:half] - z[half:2 * half]).abs().mean())
+            g_total = g_loss + self.diversity / (spread + 1e-5)
+        if batches.pairs is not None:
+            g_total = g_total + self.cdc * self._consistency(
+                gen_net, batches.pairs, batches.caption_ids, nets.draw_rng, rng, device)
+        nets.opt_g.zero_grad(set_to_none=True)
+        g_total.backward()
+        nets.opt_g.step()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
     # -- training checkpoints -----------------------------------------------------------
 
