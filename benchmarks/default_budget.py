@@ -39,10 +39,13 @@ def main() -> None:
     source, target = args.pair.split(":")
     rows = []
     for name in args.budgets.split(","):
-        enc, gen, ada = BUDGETS["old"] if name == "old" else BUDGETS.get(name, (None,) * 3)
-        if name == "new":
+        if name == "new":  # whatever the defaults are now
             enc, gen, ada = (RunConfig.encoder_steps, RunConfig.generator_steps,
                              RunConfig.adapter_steps)
+        elif name in BUDGETS:
+            enc, gen, ada = BUDGETS[name]
+        else:
+            ap.error(f"unknown budget {name!r}; known: new, {', '.join(BUDGETS)}")
         acc, cas, wall = [], [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
             config = RunConfig(name=f"{source}-{target}-{name}", source=source, target=target,

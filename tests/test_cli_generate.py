@@ -301,3 +301,12 @@ def test_numbers_in_a_prompt_name_a_class_only_when_nothing_else_does(prompt: st
     from imgxfer.datasets.digits import DIGIT_NAMES
 
     assert resolve_label(prompt, None, DIGIT_NAMES) == 7
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
+def test_a_seed_out_of_range_is_one_sentence(host, run_folder, tmp_path, seed) -> None:
+    out = tmp_path / "out"
+    result = generate("--from", run_folder, "--prompt", "a dot", "--out", out, "--seed", seed)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--seed must be between 0 and {2 ** 32 - 1}, got {seed}." in result.output
+    assert not out.exists()

@@ -1,6 +1,6 @@
-"""What a run folder holds: every file name, and saving the trained classifiers and
-generator with the metadata that ``imgxfer predict`` and ``imgxfer generate`` rebuild
-them from. How files are written (atomically, with checksums) is ``runfolder``'s job.
+"""Saving the trained classifiers and generator of a run with the metadata that
+``imgxfer predict`` and ``imgxfer generate`` rebuild and check them from. The file names
+and how files are written (atomically, with checksums) are ``runfolder``'s;
 docs/architecture.md ("The run folder") describes each file."""
 
 from __future__ import annotations
@@ -14,37 +14,6 @@ import torch
 from imgxfer.classifier import Classifier
 from imgxfer.protocols import declared
 from imgxfer.runfolder import atomic_save_tensors
-
-CONFIG = "config.toml"
-LOG = "run.log"
-# Written last: its presence marks a finished run (--resume refuses those).
-METRICS = "metrics.json"
-# Written instead of metrics.json when a run stops on an error (the error's type and
-# message; run.log has the traceback).
-FAILED = "failed.json"
-REPORT = "report.html"
-CAPTIONS = "captions.jsonl"
-SAMPLES = "samples.png"
-GENERATOR = "generator.safetensors"
-# The generator's training checkpoint: written while it trains (when the generator
-# supports checkpoints), read by ``imgxfer run --resume``, removed once the run has
-# finished (GENERATOR then holds the trained generator).
-TRAINING_CHECKPOINT = "generator-train.safetensors"
-CLASSIFIER_GLOB = "classifier*.safetensors"
-# `--seeds`: one run folder per seed under a parent holding SUMMARY.
-SUMMARY = "summary.json"
-
-
-def seed_folder(seed: int) -> str:
-    return f"seed-{seed}"
-
-
-def classifier_file(adapter: str, several: bool) -> str:
-    """``classifier.safetensors``, or ``classifier-<adapter>.safetensors`` in a run that
-    compares several adapters."""
-    return f"classifier-{adapter.replace('/', '_')}.safetensors" if several else (
-        "classifier.safetensors")
-
 
 FINGERPRINT_IMAGES = (2, 3, 32, 32)
 

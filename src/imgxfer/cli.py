@@ -290,14 +290,16 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
                           f"{', '.join(map(str, seeds))} (mean ± std)", over_seeds=True)
         _print_synthetic(many.synthetic_delta, many.generator, over_seeds=True)
         folder, payload = many.folder, many.payload(seeds)
-    report = folder / "report.html" if seeds is None else folder / "seed-*" / "report.html"
+    from imgxfer.runfolder import REPORT, seed_folder
+
+    report = folder / REPORT if seeds is None else folder / seed_folder("*") / REPORT
     # soft_wrap: paths and commands stay on one line, whole, for copying.
     err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False, soft_wrap=True)
-    seed_folder = folder if seeds is None else folder / f"seed-{seeds[0]}"
+    first = folder if seeds is None else folder / seed_folder(seeds[0])
     adapters = config.adapter_names()
     choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
               if len(adapters) > 1 else "")
-    err.print(f"classify new images: imgxfer predict IMAGES --from {seed_folder}{choose}",
+    err.print(f"classify new images: imgxfer predict IMAGES --from {first}{choose}",
               highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
@@ -352,10 +354,6 @@ def _parse_seeds(text: str | None) -> list[int] | None:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds expects integers separated by commas, got {text!r}.") from None
-    from imgxfer.config import check_seed
-
-    for seed in seeds:  # all of them before the first run starts
-        check_seed(seed, "each of --seeds")
     return seeds
 
 

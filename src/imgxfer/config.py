@@ -122,9 +122,8 @@ class RunConfig:
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
-        for key in ("test_fraction", "synthetic_filter"):
-            if not math.isfinite(getattr(self, key)):
-                raise UserError(f"{key} must be a finite number, got {getattr(self, key)}.")
+        if not math.isfinite(self.test_fraction):
+            raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
 

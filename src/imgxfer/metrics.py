@@ -3,7 +3,7 @@
 ``--seeds`` summary and the benchmark scripts read them through ``RunMetrics.from_json``
 (which also reads the metrics.json of earlier versions: fields they lack are ``None``,
 keys this version does not know are kept in ``extra`` and written back unchanged).
-docs/architecture.md ("The run folder") lists the fields."""
+docs/architecture.md ("The chain") says which stage fills which part."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from imgxfer import __version__, artifacts
+from imgxfer import __version__, runfolder
 from imgxfer.config import RunConfig, load, same_run
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics, Timings
@@ -81,12 +81,12 @@ def finish(folder: Path, config: RunConfig, metrics: RunMetrics, extras: dict[st
     run. The generator's training checkpoint is then no longer needed."""
     from imgxfer import report
 
-    report.write_captions(folder / artifacts.CAPTIONS, extras["captions"], extras["source"],
+    report.write_captions(folder / runfolder.CAPTIONS, extras["captions"], extras["source"],
                           extras["split"], extras["synthetic"])
     report.write_report(folder, config, metrics, extras)
-    atomic_write_json(folder / artifacts.METRICS, metrics.to_json())
-    (folder / artifacts.TRAINING_CHECKPOINT).unlink(missing_ok=True)
-    log.info("report written to %s", folder / artifacts.REPORT)
+    atomic_write_json(folder / runfolder.METRICS, metrics.to_json())
+    (folder / runfolder.TRAINING_CHECKPOINT).unlink(missing_ok=True)
+    log.info("report written to %s", folder / runfolder.REPORT)
 
 
 def resume_config(folder: Path) -> RunConfig:
@@ -94,13 +94,13 @@ def resume_config(folder: Path) -> RunConfig:
     A folder that is not a run folder, or whose run has finished, is refused."""
     if not folder.is_dir():
         raise UserError(f"--resume: {str(folder)!r} is not a folder.")
-    if not (folder / artifacts.CONFIG).is_file():
+    if not (folder / runfolder.CONFIG).is_file():
         raise UserError(f"--resume: {str(folder)!r} is not a run folder (it has no "
-                        f"{artifacts.CONFIG}).")
-    if (folder / artifacts.METRICS).is_file():
+                        f"{runfolder.CONFIG}).")
+    if (folder / runfolder.METRICS).is_file():
         raise UserError(f"--resume: the run in {str(folder)!r} has already finished; "
                         "start a new run instead.")
-    return load(folder / artifacts.CONFIG)
+    return load(folder / runfolder.CONFIG)
 
 
 def execute(plan: Plan, *, progress: Progress = NullProgress(),
@@ -117,11 +117,11 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
     elif not same_run(resume_config(folder), config):
         raise UserError(f"--resume: {str(folder)!r} holds a run of another config; it is "
                         "left as it is.")
-    atomic_write_text(folder / artifacts.CONFIG, config.to_toml())
-    with _log_to(folder / artifacts.LOG):
+    atomic_write_text(folder / runfolder.CONFIG, config.to_toml())
+    with _log_to(folder / runfolder.LOG):
         log.info("imgxfer %s, run folder %s, device %s%s", __version__, folder, plan.device,
                  " (resumed)" if resume else "")
-        (folder / artifacts.FAILED).unlink(missing_ok=True)  # a resumed run is no longer failed
+        (folder / runfolder.FAILED).unlink(missing_ok=True)  # a resumed run is no longer failed
         try:
             return run_stages(plan, folder, progress, resume)
         except BaseException as error:
@@ -140,7 +140,7 @@ def mark_failed(folder: Path, error: BaseException) -> None:
         log.error("run stopped: %s", error)
     else:
         log.error("run failed", exc_info=error)
-    atomic_write_json(folder / artifacts.FAILED, {
+    atomic_write_json(folder / runfolder.FAILED, {
         "status": "interrupted" if interrupted else "failed",
         "error": type(error).__name__, "message": str(error),
         "resume": f"imgxfer run --resume {folder}"})

@@ -27,7 +27,6 @@ class Plan:
     """Everything a run needs, built and checked before anything is written."""
 
     config: RunConfig
-    registry: Registry
     device: torch.device
     source: ImageDataset
     split: Split
@@ -96,7 +95,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     check_zero_steps(config, adapters, generator)
     if generator is not None:
         check_generator_mode(config, generator, registry, split)
-    return Plan(config, registry, device, source, split, encoder, captioner, generator,
+    return Plan(config, device, source, split, encoder, captioner, generator,
                 adapters, budget)
 
 

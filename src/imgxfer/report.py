@@ -18,10 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from imgxfer.artifacts import REPORT, SAMPLES  # noqa: E402
 from imgxfer.data import ImageDataset, Split  # noqa: E402
 from imgxfer.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # noqa: E402
-from imgxfer.runfolder import atomic_write_bytes, atomic_write_text  # noqa: E402
+from imgxfer.runfolder import REPORT, SAMPLES, atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
@@ -213,7 +212,7 @@ def _generator_sections(metrics: RunMetrics) -> list[str]:
 def _quality_section(gen: GeneratorMetrics) -> list[str]:
     space = html.escape(gen.feature_space or "the run's encoder")
     parts = [
-        "<h2>Generator quality</h2><p>CAS: a fixed small classifier (SmallCNN) trained on "
+        "<h2>Generator quality</h2><p>CAS: a fixed small classifier (imgxfer.nets.SmallConvNet) trained on "
         "the synthetic images only and tested on the real target test split; CAS real: "
         f"the same classifier trained on {gen.cas_real_images or '?'} real target "
         "training images (class-matched). FID and KID compare the synthetic images with "

@@ -1,4 +1,5 @@
-"""The run folder: a fresh, uniquely named directory written with atomic file writes."""
+"""The run folder: the name of every file in it (docs/architecture.md, "The run folder"),
+a fresh, uniquely named directory per run, and atomic file writes."""
 
 from __future__ import annotations
 
@@ -22,8 +23,38 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+CONFIG = "config.toml"
+LOG = "run.log"
+# Written last: its presence marks a finished run (--resume refuses those).
+METRICS = "metrics.json"
+# Written instead of metrics.json when a run stops on an error (the error's type and
+# message; run.log has the traceback).
+FAILED = "failed.json"
+REPORT = "report.html"
+CAPTIONS = "captions.jsonl"
+SAMPLES = "samples.png"
+GENERATOR = "generator.safetensors"
+# The generator's training checkpoint: written while it trains (when the generator
+# supports checkpoints), read by ``imgxfer run --resume``, removed once the run has
+# finished (GENERATOR then holds the trained generator).
+TRAINING_CHECKPOINT = "generator-train.safetensors"
+CLASSIFIER_GLOB = "classifier*.safetensors"
+# `--seeds`: one run folder per seed under a parent holding SUMMARY.
+SUMMARY = "summary.json"
+
+
+def seed_folder(seed: int | str) -> str:
+    return f"seed-{seed}"
+
+
+def classifier_file(adapter: str, several: bool) -> str:
+    """``classifier.safetensors``, or ``classifier-<adapter>.safetensors`` in a run that
+    compares several adapters."""
+    return f"classifier-{adapter.replace('/', '_')}.safetensors" if several else (
+        "classifier.safetensors")
+
 # Files that make a folder a run folder (summary.json: the parent of a --seeds run).
-RUN_FOLDER_FILES = ("config.toml", "metrics.json", "summary.json")
+RUN_FOLDER_FILES = (CONFIG, METRICS, SUMMARY)
 
 
 def check_out_dir(out: str | Path) -> Path:

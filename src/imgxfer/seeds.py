@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imgxfer import artifacts
+from imgxfer import runfolder
 from imgxfer.config import RunConfig, check_seed
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics
@@ -101,8 +101,8 @@ def run_seeds(config: RunConfig, seeds: list[int], registry: Registry, *,
         plan = plans[0] if i == 0 else prepare(replace(config, seed=seed), registry)
         progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
         runs.append(execute(plan, progress=progress,
-                            folder=parent / artifacts.seed_folder(seed)))
+                            folder=parent / runfolder.seed_folder(seed)))
     metrics = [r.metrics for r in runs]
     result = SeedsResult(parent, runs, summarise(metrics), *summarise_synthetic(metrics))
-    atomic_write_json(parent / artifacts.SUMMARY, result.payload(seeds))
+    atomic_write_json(parent / runfolder.SUMMARY, result.payload(seeds))
     return result

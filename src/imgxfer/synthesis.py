@@ -105,7 +105,7 @@ def synthesise(mode: str, generator: Any, captioner: Any, source: ImageDataset, 
                target_captions: list[str], *, per_class: int, seed: int,
                device: torch.device) -> Synthesised:
     """Draw the run's synthetic images in ``mode``, as the generator returns them (the
-    pipeline checks them: :func:`imgxfer.pipeline.check_images`)."""
+    pipeline checks them: :func:`imgxfer.stages.generate.check_images`)."""
     classes = split.test.num_classes
     inputs = None
     if mode == "text":

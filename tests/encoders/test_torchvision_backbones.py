@@ -259,3 +259,8 @@ def test_unreadable_weight_files_are_user_errors(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="could not be read as weights"):
         TorchvisionEncoder("resnet18", pretrained=str(corrupt))
+    garbage = tmp_path / "garbage.pth"  # damaged, not unsafe: said so
+    garbage.write_bytes(b"garbage bytes, not a pickle")
+    with pytest.raises(UserError, match="could not be read as weights .it is not a torch "
+                                        "checkpoint, or it is damaged"):
+        TorchvisionEncoder("resnet18", pretrained=str(garbage))

@@ -230,7 +230,7 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
     import json
 
     from click.testing import CliRunner
-    from imgxfer import artifacts, plugins
+    from imgxfer import plugins, runfolder
     from imgxfer.stages import generate
     from imgxfer.cli import cli
 
@@ -255,7 +255,7 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
     (folder,) = (tmp_path / "runs").iterdir()
     assert result.exit_code != 0  # click turns Ctrl-C into "Aborted!"
     assert json.loads((folder / "failed.json").read_text())["status"] == "interrupted"
-    assert (folder / artifacts.TRAINING_CHECKPOINT).is_file()
+    assert (folder / runfolder.TRAINING_CHECKPOINT).is_file()
 
     result = CliRunner().invoke(cli, ["run", "--resume", str(folder)])
     assert result.exit_code == 0, result.output

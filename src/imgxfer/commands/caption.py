@@ -21,6 +21,8 @@ from imgxfer.commands.inputs import (ImageInput, check_count, check_source, load
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 
 DEFAULT_OUT = "captions.jsonl"
+
+
 def caption_rows(captioner: Any, data: ImageInput) -> list[dict[str, Any]]:
     """One JSON-ready row per image: index (datasets, with the file's path when read from
     files) or path (loose files), label when known, caption, and the measured attributes

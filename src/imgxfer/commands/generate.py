@@ -34,13 +34,14 @@ import click
 import torch
 
 from imgxfer.classnames import class_matches, prompt_classes
-from imgxfer.errors import UserError
-from imgxfer.registry import Registry
 from imgxfer.commands.context import current_registry
 from imgxfer.commands.inputs import GRID_FILE, SAMPLE_NAME
-from imgxfer.runfolder import atomic_write_bytes
+from imgxfer.config import check_seed
+from imgxfer.errors import UserError
+from imgxfer.registry import Registry
+from imgxfer.runfolder import GENERATOR as GENERATOR_FILE, METRICS, atomic_write_bytes
 
-GENERATOR_FILE = "generator.safetensors"
+
 @dataclass
 class LoadedGenerator:
     """A generator rebuilt from a saved file, with the class names it was trained on
@@ -70,7 +71,7 @@ def _read_classes(path: Path, metadata: dict[str, str]) -> list[str] | None:
             raise UserError(f"{str(path)!r} has damaged 'classes' metadata.") from None
         if isinstance(classes, list):
             return [str(c) for c in classes]
-    metrics = path.parent / "metrics.json"
+    metrics = path.parent / METRICS
     if metrics.is_file():
         try:
             classes = json.loads(metrics.read_text(encoding="utf-8"))["data"]["classes"]
@@ -213,6 +214,7 @@ def generate(source: str | Path, prompt: str | None, registry: Registry, *, n: i
     edit the first ``n`` of them instead (:func:`edit_images`)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n must be a whole number of images, 1 or more; got {n!r}.")
+    check_seed(seed, "--seed")
     out = Path(out)
     _check_out(out, force)  # before the slower loading
     from imgxfer.plan import resolve_device

@@ -110,7 +110,7 @@ def check_source(spec: str, registry: Registry) -> None:
 
 def from_dataset(data: ImageDataset) -> ImageInput:
     return ImageInput(data.images, data.labels, list(data.class_names), data.domain,
-                        data.description, notes=list(data.notes), paths=data.paths)
+                      data.description, notes=list(data.notes), paths=data.paths)
 
 
 def load_images(spec: str, registry: Registry, options: dict[str, Any] | None = None,
@@ -188,7 +188,7 @@ def _load_loose(paths: Sequence[Path], root: Path, options: dict[str, Any], *,
     channels = image_options.channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
     stacked = np.stack([_to_channels(a, channels) for a in arrays])
     return ImageInput(torch.from_numpy(stacked), None, [], root.resolve().name, "",
-                        ids=ids, notes=notes)
+                      ids=ids, notes=notes)
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
@@ -221,7 +221,7 @@ def select(data: ImageInput, *, limit: int | None = None, shots: int | None = No
     paths = None if data.paths is None else [data.paths[i] for i in index.tolist()]
     labels = data.labels[index] if data.labels is not None else None
     return ImageInput(data.images[index], labels, data.class_names, data.domain,
-                        data.description, ids=ids, notes=data.notes, paths=paths)
+                      data.description, ids=ids, notes=data.notes, paths=paths)
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

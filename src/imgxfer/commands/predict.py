@@ -35,8 +35,8 @@ from imgxfer.commands.options import dataset_opt_option, force_option, limit_opt
 from imgxfer.datasets.layout import GLYPH
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
+from imgxfer.runfolder import CLASSIFIER_GLOB, CONFIG
 
-CLASSIFIER_GLOB = "classifier*.safetensors"
 DEFAULT_OUT = "predictions.csv"
 # Images are preprocessed and classified this many at a time: a folder of large photos
 # at 224 px would not fit in memory as one tensor.
@@ -102,7 +102,7 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
     from imgxfer.runfolder import read_tensors
 
     path, adapter = find_classifier(source, adapter)
-    config_file = path.parent / "config.toml"
+    config_file = path.parent / CONFIG
     if not config_file.is_file():
         raise UserError(f"{str(path)!r} has no config.toml beside it; predict needs the run "
                         "folder, whose config names the encoder.")
@@ -331,6 +331,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     from imgxfer.commands.inputs import (check_count, check_source, is_dataset_name,
                                          load_images, parse_options, resolve_out, select)
     from imgxfer.plan import resolve_device
+
     check_count("--limit", limit)
     registry = current_registry()
     check_source(source, registry)

@@ -41,6 +41,9 @@ def load_weights_file(path: Path, what: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's advice is six lines ending in "unsafe"
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None and "Unsupported global" not in str(exc):  # damaged, not unsafe
+            raise UserError(f"{what} could not be read as weights (it is not a torch "
+                            "checkpoint, or it is damaged).") from None
         held = f" such as {found.group(1)}" if found else ""
         raise UserError(
             f"{what} is not a safetensors file or a weights-only torch checkpoint (it holds "

@@ -243,10 +243,6 @@ def _diff_augment(x: torch.Tensor, policy: Sequence[str],
     return x
 
 
-# The state a training checkpoint holds (moved to imgxfer.generators.training, which the
-# translator shares); the old name stays for code that imported it from here.
-_TrainingState = TrainingState
-
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a generator file (see :func:`imgxfer.runfolder.read_tensors`)."""

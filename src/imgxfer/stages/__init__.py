@@ -7,6 +7,9 @@ architecture.md, "The chain"):
 - ``generate``: fit the generator, synthesise, filter, measure the images;
 - ``adapt``: every adapter from the same encoder, with and without the synthetic images.
 
-Each takes the run's :class:`~imgxfer.plan.Plan` and returns a small dataclass; none
-writes the run folder except through :mod:`imgxfer.artifacts`.
+Each takes the run's :class:`~imgxfer.plan.Plan` (``data`` runs inside
+``plan.prepare``, from the config and the registry) and returns what the next needs:
+``generate`` and ``adapt`` small dataclasses, ``encode`` and ``caption`` their metrics
+section and captions. None writes the run folder except through
+:mod:`imgxfer.artifacts`.
 """

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from imgxfer import artifacts
+from imgxfer import artifacts, runfolder
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset, Split, TransferData
@@ -61,7 +61,7 @@ def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path
         timings[f"adapter:{name}"] = seconds
         history[name] = list(declared(adapter, "history", "adapters"))
         artifacts.save_classifier(
-            folder / artifacts.classifier_file(name, len(plan.adapters) > 1), model,
+            folder / runfolder.classifier_file(name, len(plan.adapters) > 1), model,
             encoder=config.encoder, adapter=name, class_names=list(split.test.class_names),
             brightness=brightness, layout=split.test.layout, device=plan.device)
         adapters[name] = AdapterMetrics(

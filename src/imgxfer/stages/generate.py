@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from imgxfer import artifacts
+from imgxfer import artifacts, runfolder
 from imgxfer.budget import Budget
 from imgxfer.config import RunConfig
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData
@@ -57,7 +57,7 @@ def generate(plan: Plan, encoder: Any, captions: dict[str, list[str]], folder: P
                          "sample" if made.inputs is None else "edit"),
             made.labels, list(target.class_names), f"synthetic-{target.domain}",
             target.description)
-    artifacts.save_generator(folder / artifacts.GENERATOR, config.generator, generator,
+    artifacts.save_generator(folder / runfolder.GENERATOR, config.generator, generator,
                              config.options["generator"], target.class_names)
     out = Generated(synthetic, GeneratorMetrics(
         name=config.generator, synthesis=config.synthesis,
@@ -125,7 +125,7 @@ def train_generator(plan: Plan, data: GeneratorData, folder: Path, progress: Pro
     checkpoints its training into the run folder, so an interrupted run continues there
     (``imgxfer run --resume FOLDER``)."""
     name, generator = plan.config.generator, plan.generator
-    resumable = checkpoint_args(generator, folder / artifacts.TRAINING_CHECKPOINT, resume)
+    resumable = checkpoint_args(generator, folder / runfolder.TRAINING_CHECKPOINT, resume)
     if resume and not resumable:
         progress.log(f"{name} cannot resume its training; it starts again.")
     budget = plan.generator_budget or Budget(0)
