@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import mean_std, run_once
+from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, mean_std, run_once
 
 from imgxfer.config import RunConfig
 
@@ -63,10 +63,10 @@ def main() -> None:
     ap.add_argument("--synthetic-per-class", type=int, default=RunConfig.synthetic_per_class)
     ap.add_argument("--synthetic-filter", type=float, default=0.0,
                     help="keep synthetic images a source+shots probe gives p >= this")
-    ap.add_argument("--encoder-steps", type=int, default=RunConfig.encoder_steps)
+    ap.add_argument("--encoder-steps", type=int, default=TABLE_ENCODER_STEPS)
     ap.add_argument("--generator-steps", type=int, default=RunConfig.generator_steps)
     ap.add_argument("--generator-time", default="", help="wall-clock cap per GAN, e.g. 3m")
-    ap.add_argument("--adapter-steps", type=int, default=RunConfig.adapter_steps)
+    ap.add_argument("--adapter-steps", type=int, default=TABLE_ADAPTER_STEPS)
     ap.add_argument("--no-quality", action="store_true", help="skip CAS / FID / KID")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out-dir", default="benchmarks/results/augmentation",

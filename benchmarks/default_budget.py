@@ -24,7 +24,8 @@ from imgxfer.config import RunConfig
 
 ROOT = Path(__file__).parent / "results" / "default_budget"
 # name -> (encoder_steps, generator_steps, adapter_steps)
-BUDGETS = {"old": (500, 1500, 400), "e300-a250": (300, 1500, 250),
+BUDGETS = {"old": (500, 1500, 400), "e300-a250": (300, 1500, 250), "e300-a200": (300, 1500, 200),
+           "e200-a250": (200, 1500, 250),
            "e300-g1000-a250": (300, 1000, 250), "e250-g1200-a200": (250, 1200, 200)}
 
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import cell, run_once
+from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, cell, run_once
 
 from imgxfer.config import RunConfig
 from imgxfer.metrics import RunMetrics
@@ -36,7 +36,8 @@ ROOT = Path(__file__).parent / "results" / "synthesis"
 def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
     """(cell name, config) for every run asked for, seeds included."""
     adapters = [a for a in args.adapters.split(",") if a]
-    common = dict(generator_steps=args.generator_steps, adapter_steps=args.adapter_steps,
+    common = dict(encoder_steps=TABLE_ENCODER_STEPS, generator_steps=args.generator_steps,
+                  adapter_steps=args.adapter_steps,
                   synthetic_per_class=args.synthetic_per_class, device=args.device)
     out: list[tuple[str, RunConfig]] = []
     for pair in args.pairs.split(","):
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--oracle-shots", type=int, default=175)
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--generator-steps", type=int, default=RunConfig.generator_steps)
-    ap.add_argument("--adapter-steps", type=int, default=RunConfig.adapter_steps)
+    ap.add_argument("--adapter-steps", type=int, default=TABLE_ADAPTER_STEPS)
     ap.add_argument("--synthetic-per-class", type=int, default=RunConfig.synthetic_per_class)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly: "
                     "two benchmarks with default threads on 2 cores run up to 10x slower)")

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cell
+from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, cell
 from safetensors.torch import load_file, save_file
 
 from imgxfer.budget import Budget
-from imgxfer.config import RunConfig
 from imgxfer.data import TransferData, align_classes, few_shot_split
 from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.plan import resolve_device, seed_everything
@@ -43,8 +42,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--adapters", default="", help="comma list; default: every registered adapter")
     ap.add_argument("--encoder", default="smallcnn")
-    ap.add_argument("--encoder-steps", type=int, default=RunConfig.encoder_steps)
-    ap.add_argument("--adapter-steps", type=int, default=RunConfig.adapter_steps)
+    ap.add_argument("--encoder-steps", type=int, default=TABLE_ENCODER_STEPS)
+    ap.add_argument("--adapter-steps", type=int, default=TABLE_ADAPTER_STEPS)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="append results to this JSON-lines file; "
                     "cells already in it are skipped")

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from imgxfer import __version__
 from imgxfer.commands.context import CliState, current_registry
-from imgxfer.config import STAGES
+from imgxfer.config import STAGES, RunConfig
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics
 from imgxfer.registry import KINDS
@@ -193,7 +193,7 @@ def _stage_options(f):
 @click.option("--name", help="Run name, used in the run folder's name.")
 @click.option("--source", help="Source dataset (default syndigits).")
 @click.option("--target", help="Target dataset (default digits).")
-@click.option("--shots", type=int, help="Labelled target images per class (default 10).")
+@click.option("--shots", type=int, help=f"Labelled target images per class (default {RunConfig.shots}).")
 @click.option("--test-fraction", type=float, help="Share of each target class held out for testing (0.3).")
 @click.option("--encoder", help="Encoder (default smallcnn).")
 @click.option("--captioner", help="Captioner (default template).")
@@ -207,21 +207,21 @@ def _stage_options(f):
               help="Keep generated images a source+shots probe gives probability >= P (0: all).")
 @click.option("--quality/--no-quality", default=None,
               help="Measure the generator (CAS, FID/KID on the test split); on by default.")
-@click.option("--synthetic-per-class", type=int, help="Synthetic images per class (default 100).")
+@click.option("--synthetic-per-class", type=int, help=f"Synthetic images per class (default {RunConfig.synthetic_per_class}).")
 @click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
               help="How synthetic images are made: text (from prompts, default), shots "
                    "(variations of the labelled target images) or translate (labelled source "
                    "images in the target's style; works at --shots 0).")
 @click.option("--encoder-steps", type=int,
-              help="Steps of source training for the encoder (default 500).")
-@click.option("--generator-steps", type=int, help="Generator training steps (default 1500).")
+              help=f"Steps of source training for the encoder (default {RunConfig.encoder_steps}).")
+@click.option("--generator-steps", type=int, help=f"Generator training steps (default {RunConfig.generator_steps}).")
 @click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
 @click.option("--generator-budget", "--gan-budget", "generator_budget", metavar="DURATION",
               help="Train the generator for this long, e.g. 3m: sets --generator-time, and "
                    "the step count no longer stops it unless --generator-steps is given "
                    "(--gan-budget is the old name).")
-@click.option("--adapter-steps", type=int, help="Adapter training steps (default 400).")
-@click.option("--seed", type=int, help="Seed for everything random (default 0).")
+@click.option("--adapter-steps", type=int, help=f"Adapter training steps (default {RunConfig.adapter_steps}).")
+@click.option("--seed", type=int, help=f"Seed for everything random (default {RunConfig.seed}).")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
 @_stage_options

@@ -61,10 +61,12 @@ class RunConfig:
     # How synthetic images are made: text (prompts), shots (edits of the labelled target
     # images) or translate (labelled source images in the target's style).
     synthesis: str = "text"
-    encoder_steps: int = 500
+    # The default run's budget (issue 15: `make run` in about 2 minutes on 2 cores), chosen
+    # on syndigits -> mnist: docs/benchmarks.md, "Default run".
+    encoder_steps: int = 200
     generator_steps: int = 1500  # 0 with generator_time: no step cap, time only
     generator_time: str = ""  # optional wall-clock cap, e.g. "3m"
-    adapter_steps: int = 400
+    adapter_steps: int = 250
     seed: int = 0
     device: str = "auto"
     out: str = "runs"
