@@ -317,3 +317,24 @@ def test_translate_learns_unlabelled_target_images_under_the_null_token():
 def test_strength_is_checked():
     with pytest.raises(UserError, match="strength must be in \\(0, 1\\]"):
         DiffusionGenerator(strength=0)
+
+
+def test_checkpoints_by_time_as_well_as_steps(tmp_path: Path, monkeypatch) -> None:
+    """With the clock's interval at 0 s every step is due, though checkpoint_every is
+    far away: a killed run loses at most CHECKPOINT_SECONDS of training."""
+    from imgxfer.generators import training
+
+    gen = DiffusionGenerator(**{**TINY, "checkpoint_every": 1000})
+    saved: list[int] = []
+    real_save = gen._save_training
+    monkeypatch.setattr(gen, "_save_training",
+                        lambda path, state: (saved.append(state.step), real_save(path, state)))
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
+    gen.fit(tiny_data(), budget=Budget(3), progress=NullProgress(),
+            checkpoint=tmp_path / "train.safetensors")
+    assert saved == [1, 2, 3]
+    monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 1e9)
+    saved.clear()
+    gen.fit(tiny_data(), budget=Budget(3), progress=NullProgress(),
+            checkpoint=tmp_path / "other.safetensors")
+    assert saved == [3]  # only at the end

@@ -44,7 +44,7 @@ input, not by a class token: at 0 shots no target class token was ever trained).
 
 ``state_dict()`` is the finished sampler (``ema.*`` weights, ``meta.*`` shapes and
 architecture). ``fit(checkpoint=path)`` writes the whole training state atomically to one
-safetensors file every ``checkpoint_every`` steps and at the end, and
+safetensors file every ``checkpoint_every`` steps, every 30 s and at the end, and
 ``fit(checkpoint=path, resume=True)`` continues from it (same options and data, else a
 :class:`~imgxfer.errors.UserError`). The file holds tensors ``net.*`` (the network being
 trained), ``ema.<i>`` (averaged parameters), ``opt.<i>.<name>`` (AdamW's state),
@@ -72,7 +72,7 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (check_fit_inputs, check_training_metadata,
+from imgxfer.generators.training import (CheckpointClock, check_fit_inputs, check_training_metadata,
                                          data_signature, draw_weights, load_optimizer,
                                          load_progress, optimizer_tensors, progress_tensors,
                                          strip_prefix, to_model_range)
@@ -277,7 +277,7 @@ class DiffusionGenerator:
             resume: bool = False) -> FitResult:
         """Train on ``data`` until ``budget`` is spent (steps in all and training seconds
         in all, those before a resume included). With ``checkpoint``, the training state
-        is saved there every ``checkpoint_every`` steps and at the end; with ``resume``
+        is saved there every ``checkpoint_every`` steps, every 30 s and at the end; with ``resume``
         too, training continues from that file when it exists. On the CPU a resumed run
         ends with the same weights as one that was never interrupted."""
         _diffusers()
@@ -309,7 +309,11 @@ class DiffusionGenerator:
         draw_rng = state.generators["draw"]
 
         budget.start()
-        started, elapsed_before, saved_at = time.monotonic(), state.elapsed, state.step
+        started, elapsed_before = time.monotonic(), state.elapsed
+        # Saved every checkpoint_every steps and every CHECKPOINT_SECONDS (imgxfer's clock,
+        # as the GAN does), so a killed run loses at most that much training.
+        clock = CheckpointClock(self.checkpoint_every, elapsed_before=elapsed_before,
+                                step=state.step)
 
         def out_of_time() -> bool:
             # The time spent before an interruption counts against the time budget.
@@ -329,12 +333,12 @@ class DiffusionGenerator:
                                         None if force is None else force[index].to(device))
                 state.step += 1
                 state.history["loss"].append(loss)
-                if checkpoint is not None and state.step % self.checkpoint_every == 0:
+                if checkpoint is not None and clock.due(state.step):
                     state.elapsed = elapsed_before + time.monotonic() - started
                     self._save_training(checkpoint, state)
-                    saved_at = state.step
+                    clock.saved(state.step)
                 task.advance(1, loss=state.history["loss"][-1])
-        if checkpoint is not None and (saved_at != state.step or not checkpoint.exists()):
+        if checkpoint is not None and (clock.saved_at != state.step or not checkpoint.exists()):
             state.elapsed = elapsed_before + time.monotonic() - started
             self._save_training(checkpoint, state)
 
