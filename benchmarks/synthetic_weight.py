@@ -68,15 +68,16 @@ def main() -> None:
             if not todo or not (folder / "metrics.json").is_file():
                 continue
             plan = prepare(config, registry)
-            encoder = plan.encoder.to(plan.device)
-            encoder.pretrain(plan.source, budget=Budget(config.encoder_steps), device=plan.device)
+            plan.encoder = plan.encoder.to(plan.device)
+            plan.encoder.pretrain(plan.source, budget=Budget(config.encoder_steps),
+                                  device=plan.device)
             synthetic = synthetic_of(folder, plan.split.test.class_names, config.seed)
             for w in todo:
                 adapter = registry.build("adapters", args.adapter, {"synthetic_weight": w},
                                          seed=config.seed)
                 data = TransferData(plan.source, plan.split.labelled, plan.split.unlabelled,
                                     synthetic if w > 0 else None)
-                _, metrics, seconds = fit_and_evaluate(plan, adapter, encoder, data,
+                _, metrics, seconds = fit_and_evaluate(plan, adapter, data,
                                                        NullProgress())
                 row = {"cell": name, "seed": config.seed, "adapter": args.adapter, "weight": w,
                        "accuracy": metrics.accuracy, "train_s": round(seconds, 1)}

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.cells import cell_len
@@ -23,13 +23,14 @@ from imgxfer import __version__
 from imgxfer.commands.context import CliState, current_registry
 from imgxfer.config import STAGES, RunConfig
 from imgxfer.errors import UserError
-from imgxfer.metrics import RunMetrics
 from imgxfer.registry import KINDS
+
+if TYPE_CHECKING:  # the schema is read at run time through RunMetrics objects only
+    from imgxfer.metrics import RunMetrics
 
 out = Console()
 err = Console(stderr=True)
 
-STAGE_FLAGS = STAGES  # each has --STAGE-opt
 BUILTIN_COMMANDS = ("run", "plugins", "list", "install", "uninstall")
 
 
@@ -181,7 +182,7 @@ def cli() -> None:
 
 
 def _stage_options(f):
-    for stage in reversed(STAGE_FLAGS):
+    for stage in reversed(STAGES):  # each has --STAGE-opt
         f = click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
                          help=f"Option for the {stage} component (repeatable).")(f)
     return f
@@ -253,7 +254,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     from imgxfer.seeds import run_seeds
     from imgxfer.progress import RichProgress
 
-    options = {s: list(flags.pop(f"{s}_opt")) for s in STAGE_FLAGS}
+    options = {s: list(flags.pop(f"{s}_opt")) for s in STAGES}
     if resume_folder is not None:
         given = [k for k, v in flags.items() if v is not None] + [k for k, v in options.items() if v]
         if config_file or given:
@@ -279,11 +280,9 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
                              folder=Path(resume_folder), resume=True)
         else:
             result = run_pipeline(config, registry, progress=progress)
-        metrics = result.metrics
-        _print_result(metrics, config)
-        _print_synthetic({n: d.to_json() for n, d in (metrics.synthetic_delta or {}).items()},
-                         metrics.generator.to_json() if metrics.generator else None)
-        folder, payload = result.folder, metrics.to_json()
+        folder, payload = result.folder, result.metrics.to_json()
+        _print_result(result.metrics, config)
+        _print_synthetic(payload.get("synthetic_delta"), payload.get("generator"))
     else:
         many = run_seeds(config, seeds, registry, progress=progress)
         _print_comparison(many.summary, f"target test accuracy over seeds "
@@ -351,10 +350,9 @@ def _parse_seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds expects integers separated by commas, got {text!r}.") from None
-    return seeds
 
 
 def _print_result(metrics: RunMetrics, config: Any) -> None:

@@ -54,11 +54,11 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
         captions = caption_labelled(plan)
     generated = None
     if plan.generator is not None:
-        generated = generate(plan, plan.encoder, captions, folder, progress, resume, timings)
+        generated = generate(plan, captions, folder, progress, resume, timings)
         if generated.synthetic is not None:
             captions["synthetic"] = generated.prompts
     synthetic = generated.synthetic if generated else None
-    adapted = adapt(plan, plan.encoder, synthetic, folder, progress, timings)
+    adapted = adapt(plan, synthetic, folder, progress, timings)
     metrics = RunMetrics(__version__, config.seed, str(plan.device),
                          describe(config, source, split), encoder_metrics, adapted.target,
                          adapted.adapters, generated.metrics if generated else None,

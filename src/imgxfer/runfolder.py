@@ -57,9 +57,10 @@ def classifier_file(adapter: str, several: bool) -> str:
 RUN_FOLDER_FILES = (CONFIG, METRICS, SUMMARY)
 
 
-def check_out_dir(out: str | Path) -> Path:
+def check_out_dir(out: str | Path, *, probe: bool = True) -> Path:
     """The parent of all run folders: a directory, or one that can be created, where the
-    user can write, and not itself a run folder. Checked before anything is written."""
+    user can write (``probe``: tried with a temporary folder), and not itself a run
+    folder. Checked before anything is written."""
     out = Path(out)
     try:
         existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
@@ -72,7 +73,8 @@ def check_out_dir(out: str | Path) -> Path:
     except PermissionError:  # a folder on the way that cannot be searched
         raise UserError(f"--out {str(out)!r} cannot be reached (permission denied); give a "
                         "folder you can write to.") from None
-    _check_writable(out, existing)
+    if probe:
+        _check_writable(out, existing)
     return out
 
 
@@ -82,7 +84,7 @@ def _refuse_run_folder(out: Path) -> None:
     marker = next((name for name in RUN_FOLDER_FILES if (out / name).is_file()), None)
     if marker is None:
         return
-    unfinished = marker == "config.toml" and not (out / "metrics.json").is_file()
+    unfinished = marker == CONFIG and not (out / METRICS).is_file()
     resume = f", or finish that run with --resume {out}" if unfinished else ""
     raise UserError(f"--out {str(out)!r} is an earlier run's folder (it holds {marker}); give "
                     f"the folder that holds run folders, e.g. {str(out.parent)!r}{resume}.")
@@ -105,8 +107,9 @@ def _unwritable(out: Path, where: Path, error: OSError) -> UserError:
 
 
 def create_run_dir(out: str | Path, name: str) -> Path:
-    """``out/<YYYYmmdd-HHMMSS>-<name>``; never reuses an existing folder."""
-    out = check_out_dir(out)
+    """``out/<YYYYmmdd-HHMMSS>-<name>``; never reuses an existing folder. Its own mkdir
+    says when ``out`` cannot be written, so the write probe is not repeated here."""
+    out = check_out_dir(out, probe=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -323,10 +323,12 @@ def uninterrupted() -> ConditionalGAN:
     return gan
 
 
-def test_checkpoints_every_n_steps_and_at_the_end(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def saved_steps(monkeypatch) -> list[int]:
+    """The step of every training checkpoint the GAN saves, in order."""
     from imgxfer.generators import gan as gan_module
 
-    steps = []
+    steps: list[int] = []
     real_save = gan_module.atomic_save_tensors
 
     def spy(path, tensors, metadata=None):
@@ -334,9 +336,13 @@ def test_checkpoints_every_n_steps_and_at_the_end(tmp_path, monkeypatch) -> None
         real_save(path, tensors, metadata)
 
     monkeypatch.setattr(gan_module, "atomic_save_tensors", spy)
+    return steps
+
+
+def test_checkpoints_every_n_steps_and_at_the_end(tmp_path, saved_steps) -> None:
     gan = ConditionalGAN(**TINY, checkpoint_every=4)
     _fit(gan, 10, checkpoint=tmp_path / "gan.safetensors")
-    assert steps == [4, 8, 10]
+    assert saved_steps == [4, 8, 10]
     assert [p.name for p in tmp_path.iterdir()] == ["gan.safetensors"]  # no temporary left
 
 
@@ -357,26 +363,19 @@ def test_checkpoint_clock_is_due_by_steps_and_by_time() -> None:
     assert clock.due(9)
 
 
-def test_checkpoints_by_time_as_well_as_steps(tmp_path, monkeypatch, uninterrupted) -> None:
+def test_checkpoints_by_time_as_well_as_steps(tmp_path, monkeypatch, saved_steps,
+                                              uninterrupted) -> None:
     """A kill -9 loses at most CHECKPOINT_SECONDS of training, however far apart
     checkpoint_every puts the step checkpoints: with 0 s, every step is saved."""
-    from imgxfer.generators import gan as gan_module, training
+    from imgxfer.generators import training
 
-    steps = []
-    real_save = gan_module.atomic_save_tensors
-
-    def spy(path, tensors, metadata=None):
-        steps.append(int(metadata["step"]))
-        real_save(path, tensors, metadata)
-
-    monkeypatch.setattr(gan_module, "atomic_save_tensors", spy)
     monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
     path = tmp_path / "gan.safetensors"
     with pytest.raises(_Interrupt):  # killed during step 4, long before step 250
         ConditionalGAN(**TINY, checkpoint_every=250).fit(
             _dark_bright(), budget=Budget(13), progress=_FailingProgress(after=4),
             device="cpu", checkpoint=path)
-    assert steps == [1, 2, 3, 4] and _checkpoint_step(path) == 4
+    assert saved_steps == [1, 2, 3, 4] and _checkpoint_step(path) == 4
     resumed = ConditionalGAN(**TINY, checkpoint_every=250)
     _fit(resumed, 13, checkpoint=path, resume=True)
     assert _same_weights(resumed, uninterrupted)

@@ -217,13 +217,12 @@ class TrainingState:
 @dataclass
 class Checkpointing:
     """Where and how often a training loop saves its :class:`TrainingState`:
-    ``save(path, state)`` writes it, every ``every`` steps and whenever ``seconds``
-    (default :data:`CHECKPOINT_SECONDS`) have passed since the last save."""
+    ``save(path, state)`` writes it, every ``every`` steps and whenever
+    :data:`CHECKPOINT_SECONDS` have passed since the last save."""
 
     path: Path
     save: Callable[[Path, TrainingState], None]
     every: int
-    seconds: float | None = None
 
 
 class CheckpointClock:
@@ -260,7 +259,6 @@ def train_steps(state: TrainingState, step: Callable[[int], dict[str, float]], *
     left = None if budget.seconds is None else budget.seconds - state.elapsed
     run_budget = Budget(budget.steps, left).start()
     clock = CheckpointClock(checkpoint.every if checkpoint else 1,
-                            checkpoint.seconds if checkpoint else None,
                             elapsed_before=state.elapsed, step=state.step)
 
     def save() -> None:

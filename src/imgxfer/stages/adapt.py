@@ -5,6 +5,7 @@ adapter that reads synthetic images is fitted a second time without them (its tw
 from __future__ import annotations
 
 import copy
+import time
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ class Adapted:
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
-def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path,
+def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
           progress: Progress, timings: Timings) -> Adapted:
     config, split = plan.config, plan.split
     data = TransferData(plan.source, split.labelled, split.unlabelled, synthetic)
@@ -48,7 +49,7 @@ def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path
         progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
     brightness = artifacts.image_brightness(torch.cat([split.labelled.images,
                                                        split.unlabelled.images]))
-    results: dict[str, tuple[Classifier, TargetMetrics]] = {}
+    first: tuple[Classifier, TargetMetrics] | None = None  # the run's classifier
     adapters: dict[str, AdapterMetrics] = {}
     deltas: dict[str, SyntheticDelta] = {}
     history: dict[str, list[dict[str, float]]] = {}
@@ -57,7 +58,7 @@ def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path
         # so they differ only in the synthetic images.
         rng_state = torch.get_rng_state()
         twin = copy.deepcopy(adapter) if compare else None
-        model, result, seconds = fit_and_evaluate(plan, adapter, encoder, data, progress, name)
+        model, result, seconds = fit_and_evaluate(plan, adapter, data, progress, name)
         timings[f"adapter:{name}"] = seconds
         history[name] = list(declared(adapter, "history", "adapters"))
         artifacts.save_classifier(
@@ -70,15 +71,15 @@ def adapt(plan: Plan, encoder: Any, synthetic: ImageDataset | None, folder: Path
             result.accuracy, result.macro_f1, result.unlabelled_im, round(seconds, 2))
         log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
                  result.accuracy, result.macro_f1, seconds)
-        results[name] = (model, result)
+        first = first or (model, result)
         if twin is not None:
-            deltas[name] = fit_twin(plan, twin, adapter, encoder, data, result, rng_state,
+            deltas[name] = fit_twin(plan, twin, adapter, data, result, rng_state,
                                     progress, timings, name)
-    classifier, target = next(iter(results.values()))
+    classifier, target = first
     return Adapted(classifier, target, adapters, deltas if compare else None, history)
 
 
-def fit_twin(plan: Plan, twin: Any, adapter: Any, encoder: Any, data: TransferData,
+def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
              result: TargetMetrics, rng_state: torch.Tensor, progress: Progress,
              timings: Timings, name: str) -> SyntheticDelta:
     """The adapter again without the synthetic images, from the RNG state its first fit
@@ -90,8 +91,8 @@ def fit_twin(plan: Plan, twin: Any, adapter: Any, encoder: Any, data: TransferDa
         device = plan.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.set_rng_state(rng_state)
-            _, other, seconds = fit_and_evaluate(plan, twin, encoder,
-                                                 replace(data, synthetic=None), progress, name)
+            _, other, seconds = fit_and_evaluate(plan, twin, replace(data, synthetic=None),
+                                                 progress, name)
         timings[f"adapter:{name} (no synthetic)"] = seconds
     delta = SyntheticDelta.between(result, other, len(data.synthetic), same_fit)
     log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
@@ -99,23 +100,23 @@ def fit_twin(plan: Plan, twin: Any, adapter: Any, encoder: Any, data: TransferDa
     return delta
 
 
-def fit_and_evaluate(plan: Plan, adapter: Any, encoder: Any, data: TransferData,
+def fit_and_evaluate(plan: Plan, adapter: Any, data: TransferData,
                      progress: Progress, name: str = "") -> tuple[Classifier, TargetMetrics, float]:
-    """Fit ``adapter`` on a copy of ``encoder`` (adapters train it in place) and evaluate
+    """Fit ``adapter`` on a copy of the plan's encoder (adapters train it in place) and evaluate
     the classifier on the held-out target test split: (model, metrics, train seconds).
     The metrics include the IM score on the unlabelled target images (``unlabelled_im``,
     ``None`` without any), which uses no labels."""
-    timer = Timings()
-    with timer.measure("fit"):
-        model = adapter.fit(copy.deepcopy(encoder).to(plan.device), data,
-                            budget=Budget(plan.config.adapter_steps).start(),
-                            progress=progress, device=plan.device)
+    t0 = time.perf_counter()
+    model = adapter.fit(copy.deepcopy(plan.encoder).to(plan.device), data,
+                        budget=Budget(plan.config.adapter_steps).start(),
+                        progress=progress, device=plan.device)
+    seconds = time.perf_counter() - t0
     if not isinstance(model, Classifier):
         raise UserError(f"adapter {name!r} returned a {type(model).__name__}, not an "
                         "imgxfer.classifier.Classifier (the encoder and a linear head, which "
                         "classifier.safetensors holds and imgxfer predict rebuilds); see "
                         "imgxfer.protocols.Adapter.")
-    return model, evaluate(model, encoder, plan.split, plan.device), timer["fit"]
+    return model, evaluate(model, plan.encoder, plan.split, plan.device), seconds
 
 
 def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device

@@ -41,7 +41,7 @@ class Generated:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def generate(plan: Plan, encoder: Any, captions: dict[str, list[str]], folder: Path,
+def generate(plan: Plan, captions: dict[str, list[str]], folder: Path,
              progress: Progress, resume: bool, timings: Timings) -> Generated:
     config, generator, split = plan.config, plan.generator, plan.split
     target = split.test
@@ -66,16 +66,16 @@ def generate(plan: Plan, encoder: Any, captions: dict[str, list[str]], folder: P
         list(made.prompts) if synthetic is not None else [], made.inputs, fitted.losses)
     if synthetic is not None and config.synthetic_filter > 0:
         with timings.measure("synthetic_filter"):
-            keep_confident(out, plan, encoder)
-    measure_quality(out, plan, encoder, progress, timings)
+            keep_confident(out, plan)
+    measure_quality(out, plan, progress, timings)
     log.info("generator %s: %s", config.generator, out.metrics.quality())
     return out
 
 
-def keep_confident(out: Generated, plan: Plan, encoder: Any) -> None:
+def keep_confident(out: Generated, plan: Plan) -> None:
     """``--synthetic-filter``: keep only the images the probe finds confidently right."""
     synthetic, kept, out.metrics.filter = filter_synthetic(
-        out.synthetic, encoder, plan.source, plan.split, plan.config.synthetic_filter,
+        out.synthetic, plan.encoder, plan.source, plan.split, plan.config.synthetic_filter,
         plan.device)
     out.synthetic = synthetic
     out.prompts = [p for p, k in zip(out.prompts, kept.tolist()) if k]
@@ -84,7 +84,7 @@ def keep_confident(out: Generated, plan: Plan, encoder: Any) -> None:
     out.metrics.synthetic_images = 0 if synthetic is None else len(synthetic)
 
 
-def measure_quality(out: Generated, plan: Plan, encoder: Any, progress: Progress,
+def measure_quality(out: Generated, plan: Plan, progress: Progress,
                     timings: Timings) -> None:
     config = plan.config
     if out.synthetic is None or not config.quality:
@@ -94,7 +94,7 @@ def measure_quality(out: Generated, plan: Plan, encoder: Any, progress: Progress
         return
     progress.log("measuring the generator: CAS (two small classifiers) and FID/KID")
     with timings.measure("generator_quality"):
-        quality = generator_quality_metrics(encoder, out.synthetic, plan.split,
+        quality = generator_quality_metrics(plan.encoder, out.synthetic, plan.split,
                                             steps=config.quality_steps, seed=config.seed,
                                             device=plan.device)
     merged = GeneratorMetrics.from_json({**out.metrics.to_json(), **quality})

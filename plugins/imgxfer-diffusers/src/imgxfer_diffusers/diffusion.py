@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,10 +71,10 @@ from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
 from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (CheckpointClock, check_fit_inputs, check_training_metadata,
+from imgxfer.generators.training import (Checkpointing, check_fit_inputs, check_training_metadata,
                                          data_signature, draw_weights, load_optimizer,
                                          load_progress, optimizer_tensors, progress_tensors,
-                                         strip_prefix, to_model_range)
+                                         strip_prefix, to_model_range, train_steps)
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
@@ -308,39 +307,23 @@ class DiffusionGenerator:
             progress.log(f"{_NAME}: resumed from {checkpoint} at step {state.step}")
         draw_rng = state.generators["draw"]
 
-        budget.start()
-        started, elapsed_before = time.monotonic(), state.elapsed
-        # Saved every checkpoint_every steps and every CHECKPOINT_SECONDS (imgxfer's clock,
-        # as the GAN does), so a killed run loses at most that much training.
-        clock = CheckpointClock(self.checkpoint_every, elapsed_before=elapsed_before,
-                                step=state.step)
-
-        def out_of_time() -> bool:
-            # The time spent before an interruption counts against the time budget.
-            return (budget.seconds is not None
-                    and elapsed_before + time.monotonic() - started >= budget.seconds)
+        def train_step(_: int) -> dict[str, float]:
+            index = torch.multinomial(weights, self.batch_size, replacement=True,
+                                      generator=draw_rng)
+            loss = self._train_step(state, scheduler, images[index].to(device),
+                                    tokens[index].to(device),
+                                    caption_ids[caption_of[index]].to(device),
+                                    None if force is None else force[index].to(device))
+            state.history["loss"].append(loss)
+            return {"loss": loss}
 
         net.train()
-        with progress.task(f"generator: {_NAME}", total=budget.steps) as task:
-            if state.step:
-                task.advance(state.step)
-            while not budget.done(state.step) and not out_of_time():
-                index = torch.multinomial(weights, self.batch_size, replacement=True,
-                                          generator=draw_rng)
-                loss = self._train_step(state, scheduler, images[index].to(device),
-                                        tokens[index].to(device),
-                                        caption_ids[caption_of[index]].to(device),
-                                        None if force is None else force[index].to(device))
-                state.step += 1
-                state.history["loss"].append(loss)
-                if checkpoint is not None and clock.due(state.step):
-                    state.elapsed = elapsed_before + time.monotonic() - started
-                    self._save_training(checkpoint, state)
-                    clock.saved(state.step)
-                task.advance(1, loss=state.history["loss"][-1])
-        if checkpoint is not None and (clock.saved_at != state.step or not checkpoint.exists()):
-            state.elapsed = elapsed_before + time.monotonic() - started
-            self._save_training(checkpoint, state)
+        # imgxfer's loop: the step and time budget counts an interrupted run's part, and
+        # checkpoints come every checkpoint_every steps and every CHECKPOINT_SECONDS.
+        train_steps(state, train_step, budget=budget, progress=progress,
+                    description=f"generator: {_NAME}",
+                    checkpoint=None if checkpoint is None else
+                    Checkpointing(checkpoint, self._save_training, self.checkpoint_every))
 
         sampler = copy.deepcopy(net)
         ema.copy_to(sampler.parameters())
