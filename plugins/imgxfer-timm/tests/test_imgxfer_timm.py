@@ -271,6 +271,33 @@ def test_imagenet_offline_reads_only_the_caches(registry: Registry,
     assert "'timm/test_resnet.r160_in1k' (no connection to huggingface.co); " in str(info.value)
 
 
+def test_cached_weights_load_without_asking_the_network(registry: Registry,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights in the hub cache are read from it in offline mode: no connection test (an
+    offline machine would otherwise wait for it) and no request to the hub."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from imgxfer_timm import encoder
+
+    probed: list[str] = []
+    modes: list[bool] = []
+
+    class Loaded(Exception):
+        pass
+
+    def from_cache(name: str, **kwargs: Any) -> None:
+        modes.append(constants.HF_HUB_OFFLINE)
+        raise Loaded
+
+    monkeypatch.setattr(encoder, "reachable", lambda url: probed.append(url) or True)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name, **kw: "/cache/" + name)
+    monkeypatch.setattr(timm, "create_model", from_cache)
+    with pytest.raises(Loaded):
+        build(registry, "test_resnet", pretrained="imagenet")
+    assert probed == [] and modes == [True]
+
+
 def test_pretrained_none_means_random_weights_as_for_builtin_backbones(registry: Registry) -> None:
     x = torch.rand(B, 3, 32, 32)
     none, random = (build(registry, "test_resnet", seed=3, input_size=32, pretrained=p)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from imgxfer.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
-from imgxfer.encoders.weights import reachable, read_state_dict as read_weights
+from imgxfer.encoders.weights import hub_cache_file, reachable, read_state_dict as read_weights
 from imgxfer.errors import UserError
 
 
@@ -153,13 +153,11 @@ def _imagenet_state(arch: str) -> tuple[Any, dict[str, torch.Tensor], Path]:
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(arch).DEFAULT
-    file_name = os.path.basename(urlparse(weights.url).path)
-    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = cache_dir / file_name
+    cached = hub_cache_file(weights.url)
     # Offline, torch.hub would spend about a minute failing; a cached file needs no network.
     if not cached.is_file() and not reachable(weights.url):
         host = urlparse(weights.url).hostname
-        raise _no_download(arch, weights, cache_dir, f"no connection to {host}")
+        raise _no_download(arch, weights, cached, f"no connection to {host}")
     try:
         # weights_only: the cache is a folder anyone may have put a file into.
         state = torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True,
@@ -169,7 +167,7 @@ def _imagenet_state(arch: str) -> tuple[Any, dict[str, torch.Tensor], Path]:
             raise UserError(f"the cached ImageNet weights {str(cached)!r} for {arch} could not "
                             f"be read ({type(exc).__name__}: {exc}); delete the file and try "
                             "again.") from None
-        raise _no_download(arch, weights, cache_dir, type(exc).__name__) from None
+        raise _no_download(arch, weights, cached, type(exc).__name__) from None
     if not isinstance(state, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"the cached ImageNet weights {str(cached)!r} for {arch} do not hold a "
@@ -177,8 +175,9 @@ def _imagenet_state(arch: str) -> tuple[Any, dict[str, torch.Tensor], Path]:
     return weights, dict(state), cached
 
 
-def _no_download(arch: str, weights: Any, cache_dir: Path, why: str) -> UserError:
-    file_name = os.path.basename(urlparse(weights.url).path)
+def _no_download(arch: str, weights: Any, cached: Path, why: str) -> UserError:
+    """Where the file goes: ``cached``, torch's hub cache entry for the download."""
+    file_name, cache_dir = cached.name, cached.parent
     return UserError(
         f"could not download ImageNet weights for {arch} ({weights}) from {weights.url} "
         f"({why}); on a machine with internet access download that file and put it, named "

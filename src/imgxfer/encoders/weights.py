@@ -78,6 +78,14 @@ def read_state_dict(path: Path, what: str) -> dict[str, Any]:
     return dict(data)
 
 
+def hub_cache_file(url: str) -> Path:
+    """Where torch.hub keeps the download of ``url`` (torchvision's and timm's plain-URL
+    weights): $TORCH_HOME/hub/checkpoints/<file name of the URL>."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
 def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
     """Whether the host of ``url`` accepts a connection within ``timeout`` seconds, name
     lookup included. True behind a proxy: the download goes through it, not to the host."""

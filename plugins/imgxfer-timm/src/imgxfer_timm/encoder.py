@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
-from imgxfer.encoders.weights import reachable
+from imgxfer.encoders.weights import hub_cache_file, reachable
 from imgxfer.errors import UserError
 from torch import nn
 
@@ -196,9 +196,12 @@ def _create_model(model_name: str, from_hub: bool, kwargs: dict[str, Any],
                   pretrained_cfg: Any) -> nn.Module:
     import timm
 
-    offline = _unreachable_host(pretrained_cfg) if from_hub else ""
+    # Cached weights load from the cache without asking the network; otherwise a short
+    # connection test finds an offline machine before the hub's minute of retries.
+    cached = from_hub and _weights_cached(pretrained_cfg)
+    offline = _unreachable_host(pretrained_cfg) if from_hub and not cached else ""
     try:
-        with _cache_only(offline, pretrained_cfg):
+        with _cache_only(bool(offline or cached), pretrained_cfg, offline):
             return timm.create_model(model_name, pretrained=from_hub, **kwargs)
     except OSError as exc:
         # huggingface_hub reports an unreachable hub as LocalEntryNotFoundError, torch.hub
@@ -237,6 +240,18 @@ def _download_url(pretrained_cfg: Any) -> str:
     return url[0] if isinstance(url, (list, tuple)) else url  # timm allows (url, file name)
 
 
+def _weights_cached(pretrained_cfg: Any) -> bool:
+    """Whether timm's download of these weights is in the local caches already."""
+    hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(hub_id, name), str)
+                   for name in ("model.safetensors", "pytorch_model.bin"))
+    url = _download_url(pretrained_cfg)
+    return bool(url) and hub_cache_file(url).is_file()
+
+
 def _unreachable_host(pretrained_cfg: Any) -> str:
     """The download host when it cannot be reached (offline), else ""."""
     url = _download_url(pretrained_cfg)
@@ -244,17 +259,16 @@ def _unreachable_host(pretrained_cfg: Any) -> str:
 
 
 @contextlib.contextmanager
-def _cache_only(offline: str, pretrained_cfg: Any) -> Iterator[None]:
-    """Offline, read the weights from the caches without the hub's minute of retries:
-    the Hugging Face hub in its offline mode (a cached model still loads), and a plain
-    URL that torch's cache lacks fails at once."""
-    if not offline:
+def _cache_only(only: bool, pretrained_cfg: Any, offline: str) -> Iterator[None]:
+    """With ``only`` (cached weights, or no connection to ``offline``), read the weights
+    from the caches without the hub's minute of retries: the Hugging Face hub in its
+    offline mode, and a plain URL that torch's cache lacks fails at once."""
+    if not only:
         yield
         return
     if not getattr(pretrained_cfg, "hf_hub_id", None):
         # timm keeps URL downloads in torch's hub cache, named as in the URL.
-        name = Path(urlparse(_download_url(pretrained_cfg)).path).name
-        if not (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file():
+        if not hub_cache_file(_download_url(pretrained_cfg)).is_file():
             raise OSError(f"no connection to {offline}")
         yield
         return
