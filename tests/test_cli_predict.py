@@ -258,7 +258,7 @@ def test_files_are_read_as_the_run_read_its_target_files():
                                        "fit": "pad", "invert": True}
     config = RunConfig(target="digits")
     config.options["target"] = {"size": 48}  # not a files dataset: its own option
-    assert reading_options(config)["size"] == 32
+    assert reading_options(config)["size"] == 0  # 0: as the run's encoder asks
     # digits is in the glyph layout (the classifier file says so): new files are put in it.
     assert reading_options(config, "glyph")["fit"] == "glyph"
     assert reading_options(RunConfig(target="folder:scans"), "glyph")["fit"] == "crop"

@@ -59,7 +59,7 @@ def test_feature_distances_in_encoder_space_with_per_class():
     same = feature_distances(encoder, real, real, per_class=True, subsets=10)
     assert same["fid"] == pytest.approx(0, abs=1e-6)
     again = feature_distances(encoder, real, tiny_bars("again", 20, seed=2), subsets=10)
-    shifted = ImageDataset(1 - real.images, real.labels, real.class_names, "inverted")
+    shifted = ImageDataset(1 - real.images.tensor(), real.labels, real.class_names, "inverted")
     other = feature_distances(encoder, real, shifted, per_class=True, subsets=10)
     assert other["fid"] > 10 * again["fid"] > 0
     assert other["kid_mean"] > 10 * abs(again["kid_mean"])
@@ -75,7 +75,7 @@ def test_cas_real_vs_real_is_high_and_shuffled_labels_near_chance():
     g = torch.Generator().manual_seed(0)
     labels = torch.cat([torch.arange(3).repeat(7)[torch.randperm(21, generator=g)][:20]
                         for _ in range(3)])
-    noise = ImageDataset(train.images, labels, train.class_names, "shuffled")
+    noise = ImageDataset(train.images[:], labels, train.class_names, "shuffled")
     assert classification_accuracy_score(noise, test, steps=40) < 0.5
 
 
@@ -104,7 +104,7 @@ def test_shot_copying_tells_copies_from_new_images():
     # Noisy copies of the shots (what a generator that memorised them draws).
     reps = split.labelled.subset(torch.arange(len(split.labelled)).repeat(10))
     g = torch.Generator().manual_seed(0)
-    copies = ImageDataset((reps.images + 0.05 * torch.randn(reps.images.shape, generator=g)).clamp(0, 1),
+    copies = ImageDataset((reps.images.tensor() + 0.05 * torch.randn(reps.images.shape, generator=g)).clamp(0, 1),
                           reps.labels, reps.class_names, "copies")
     copied = shot_copying(copies, split.labelled, split.test)
     assert copied["nearest_shot"] == 1.0 and copied["nearest_shot_real"] < 0.5
@@ -112,7 +112,7 @@ def test_shot_copying_tells_copies_from_new_images():
     fresh = shot_copying(split.unlabelled, split.labelled, split.test)
     assert abs(fresh["nearest_shot"] - fresh["nearest_shot_real"]) < 0.15
     # Another size and channel count are converted; no shots: nothing to measure.
-    rgb = ImageDataset(torch.nn.functional.interpolate(copies.images, size=24).expand(-1, 3, -1, -1),
+    rgb = ImageDataset(torch.nn.functional.interpolate(copies.images[:], size=24).expand(-1, 3, -1, -1),
                        copies.labels, copies.class_names, "rgb")
     assert shot_copying(rgb, split.labelled, split.test)["nearest_shot"] == 1.0
     assert shot_copying(copies, split.labelled.subset(torch.arange(0)), split.test) == {}
@@ -144,7 +144,7 @@ def test_synthetic_filter_drops_images_of_the_wrong_class():
     fake = tiny_bars("synthetic", 10, seed=2, invert=True)
     wrong = torch.arange(len(fake)) % 2 == 1
     labels = torch.where(wrong, (fake.labels + 1) % 3, fake.labels)
-    fake = ImageDataset(fake.images, labels, fake.class_names, "synthetic")
+    fake = ImageDataset(fake.images[:], labels, fake.class_names, "synthetic")
     encoder = SmallCNN(width=4, input_size=16, seed=0)
     torch.manual_seed(5)
     before = torch.get_rng_state()

@@ -47,10 +47,11 @@ def test_translate_mode_draws_source_images_without_repeats():
     source = tiny_bars("source", n_per_class=6)
     inputs = edit_inputs("translate", source, _split(shots=0), per_class=4, seed=0)
     assert inputs.domain == "source" and inputs.class_counts() == [4, 4, 4]
-    assert len({tuple(x.flatten().tolist()) for x in inputs.images}) == 12
+    assert len({tuple(x.flatten().tolist()) for x in inputs.images.tensor()}) == 12
     more = edit_inputs("translate", source, _split(shots=0), per_class=9, seed=0)
     assert more.class_counts() == [9, 9, 9]  # past the class's 6, it starts over
-    assert torch.equal(inputs.images, edit_inputs("translate", source, _split(0), 4, 0).images)
+    assert torch.equal(inputs.images.tensor(),
+                       edit_inputs("translate", source, _split(0), 4, 0).images.tensor())
 
 
 def test_a_mode_the_generator_cannot_do_is_one_sentence(host):
@@ -265,7 +266,8 @@ class ColourPlugin:
         def tiny_colour(n_per_class=30, seed=0):
             grey = tiny_bars("tiny-colour", n_per_class, seed=seed + 7)
             tint = torch.tensor([0.9, 0.3, 0.1]).view(1, 3, 1, 1)
-            return replace(grey, images=grey.images * tint + (1 - grey.images) * tint.flip(1))
+            images = grey.images.tensor()
+            return replace(grey, images=images * tint + (1 - images) * tint.flip(1))
 
         register("tiny-colour", tiny_colour, description="bars on colour (target)")
 

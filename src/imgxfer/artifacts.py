@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from imgxfer.classifier import Classifier
+from imgxfer.images import ImageStore, as_store
 from imgxfer.protocols import declared
 from imgxfer.runfolder import atomic_save_tensors
 
@@ -31,11 +32,13 @@ def fingerprint(model: Classifier, device: torch.device) -> list[list[float]]:
     return [[round(v, 5) for v in row] for row in logits.tolist()]
 
 
-def image_brightness(images: torch.Tensor) -> list[float]:
+def image_brightness(images: torch.Tensor | ImageStore) -> list[float]:
     """Mean and std over images of each image's mean pixel value: saved with a
     classifier, so `imgxfer predict` can tell images far darker or brighter than the
     run's target images (e.g. dark ink on light paper for a light-on-dark target)."""
-    per_image = images.float().flatten(1).mean(1) if len(images) else torch.zeros(1)
+    store = as_store(images)
+    per_image = (torch.cat([x.flatten(1).mean(1) for x in store.chunks()]) if len(store)
+                 else torch.zeros(1))
     return [round(float(per_image.mean()), 4), round(float(per_image.std(correction=0)), 4)]
 
 

@@ -224,6 +224,9 @@ def _stage_options(f):
 @click.option("--adapter-steps", type=int, help=f"Adapter training steps (default {RunConfig.adapter_steps}).")
 @click.option("--seed", type=int, help=f"Seed for everything random (default {RunConfig.seed}).")
 @click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--workers", type=int, metavar="N",
+              help="Processes that decode images of datasets streamed from files (default: "
+                   "one per spare core, at most 4; 0: in the main process).")
 @click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
 @_stage_options
 @click.option("--resume", "resume_folder", type=click.Path(), metavar="RUN_FOLDER",

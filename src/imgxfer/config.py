@@ -69,6 +69,9 @@ class RunConfig:
     adapter_steps: int = 250
     seed: int = 0
     device: str = "auto"
+    # Processes that decode streamed image files (folder:/csv: datasets too large for
+    # memory); -1: as suits the machine (imgxfer.images.default_workers), 0: none.
+    workers: int = -1
     out: str = "runs"
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
@@ -128,6 +131,9 @@ class RunConfig:
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < -1:
+            raise UserError(f"workers must be 0 or more (or -1: as suits the machine), got "
+                            f"{self.workers!r}.")
 
     def to_toml(self) -> str:
         doc: dict[str, Any] = {}

@@ -1,21 +1,24 @@
-"""In-memory image datasets, the few-shot split of a target, and what stages pass on.
+"""Image datasets, the few-shot split of a target, and what stages pass on.
 
-Images are float32 tensors ``[N, C, H, W]`` in [0, 1]; labels are int64 ``[N]`` indexing
+A dataset's images are an :class:`imgxfer.images.ImageStore` (in memory or read from
+files when asked for) that hands out float32 batches ``[B, C, H, W]`` in [0, 1]; a
+tensor given instead is wrapped in one. Labels are int64 ``[N]`` indexing
 ``class_names``. Encoders adapt channels and size in their own ``preprocess``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from imgxfer.errors import UserError
+from imgxfer.images import ImageStore, as_store
 
 
 @dataclass
 class ImageDataset:
-    images: torch.Tensor
+    images: ImageStore  # a tensor is accepted and wrapped
     labels: torch.Tensor
     class_names: list[str]
     domain: str
@@ -32,8 +35,7 @@ class ImageDataset:
     origins: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+        self.images = as_store(self.images)
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
         if self.paths is not None and len(self.paths) != len(self.labels):
@@ -58,9 +60,14 @@ class ImageDataset:
         rows = index.tolist()
         paths = None if self.paths is None else [self.paths[i] for i in rows]
         origins = None if self.origins is None else [self.origins[i] for i in rows]
-        return ImageDataset(self.images[index], self.labels[index], list(self.class_names),
+        return ImageDataset(self.images.subset(rows), self.labels[index], list(self.class_names),
                             self.domain, self.description, list(self.notes), paths,
                             self.layout, origins)
+
+    def at_size(self, size: int) -> "ImageDataset":
+        """The dataset with its images read as ``size`` squares where they can be (files,
+        stored originals) and kept in memory where they fit (:meth:`FileImages.settle`)."""
+        return replace(self, images=self.images.at_size(size).settle())
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -73,6 +80,10 @@ class Split:
     labelled: ImageDataset
     unlabelled: ImageDataset
     test: ImageDataset
+
+    def at_size(self, size: int) -> "Split":
+        return Split(self.labelled.at_size(size), self.unlabelled.at_size(size),
+                     self.test.at_size(size))
 
 
 def few_shot_split(data: ImageDataset, shots: int, *, test_fraction: float = 0.3,
@@ -176,3 +187,10 @@ class GeneratorData:
     target_domain: str
     synthesis: str = "text"
     unlabelled: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Generators take tensors: a dataset's store is read whole here.
+        if isinstance(self.images, ImageStore):
+            self.images = self.images.tensor()
+        if isinstance(self.unlabelled, ImageStore):
+            self.unlabelled = self.unlabelled.tensor()

@@ -6,7 +6,8 @@ The cache (``encode(..., cache=True)`` or ``cache=PATH``) keeps one safetensors 
 re-run on the same data with the same frozen encoder reads its features instead of
 computing them. The key covers every tensor of the encoder's state dict (BatchNorm
 statistics included, so AdaBN-adapted encoders get their own entries), the image tensor's
-bytes, the encoder's class, structure (``repr``) and preprocessing (its attributes and its
+fingerprint (:meth:`imgxfer.images.ImageStore.fingerprint`: the pixels of images in
+memory; path, size and modification time of files), the encoder's class, structure (``repr``) and preprocessing (its attributes and its
 output on a probe image), the device type and the torch version. Changing an encoder's
 *code* without changing any of these is not detected: clear the cache folder then
 (``imgxfer cache --clear``).
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from imgxfer.errors import UserError
+from imgxfer.images import ImageStore, as_store
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
 log = logging.getLogger("imgxfer.features")
@@ -39,7 +41,7 @@ log = logging.getLogger("imgxfer.features")
 CACHE_MAX_ENV = "IMGXFER_CACHE_MAX_MB"
 CACHE_MAX_MB = 2048
 _ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")  # what the cache writes: nothing else is removed
-CACHE_FORMAT = "imgxfer-features-1"  # bump when the key or the file layout changes
+CACHE_FORMAT = "imgxfer-features-2"  # bump when the key or the file layout changes
 CPU_BATCH = 64  # images per forward on CPU, whatever larger batch_size is asked for
 CacheOption = Union[bool, str, "os.PathLike[str]", None]
 
@@ -74,9 +76,10 @@ def cache_dir_for(cache: CacheOption) -> Path | None:
     return Path(cache).expanduser()
 
 
-def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device | str,
+def encode(encoder: nn.Module, images: torch.Tensor | ImageStore, device: torch.device | str,
            batch_size: int = 256, *, cache: CacheOption = False) -> torch.Tensor:
-    """Features [N, D] (float32, on CPU) for raw [0,1] images [N,C,H,W]; eval mode, batched.
+    """Features [N, D] (float32, on CPU) for raw [0,1] images [N,C,H,W] (a tensor or an
+    image store, read batch by batch); eval mode, batched.
 
     Preprocessing (channels, size, normalisation) is the encoder's own and runs on
     ``device``. ``batch_size`` images go through each forward (on CPU at most
@@ -85,7 +88,7 @@ def encode(encoder: nn.Module, images: torch.Tensor, device: torch.device | str,
     is ignored (with a warning) and written anew; a cache folder that cannot be written
     only costs the saving.
     """
-    device = torch.device(device)
+    device, images = torch.device(device), as_store(images)
     folder = cache_dir_for(cache)
     if folder is None or len(images) == 0:
         return _encode(encoder, images, device, batch_size)
@@ -156,7 +159,7 @@ def prune_cache(folder: Path, max_bytes: int) -> list[Path]:
     return removed
 
 
-def _encode(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+def _encode(encoder: nn.Module, images: ImageStore, device: torch.device,
             batch_size: int) -> torch.Tensor:
     if len(images) == 0:
         return torch.empty(0, int(encoder.feature_dim))
@@ -173,10 +176,10 @@ def _encode(encoder: nn.Module, images: torch.Tensor, device: torch.device,
     out = []
     try:
         with _channels_last_weights(encoder, channels_last), torch.inference_mode():
-            for i in range(0, len(images), step):
+            for batch in images.chunks(step):
                 # Move the raw batch first: preprocessing (resizing) then runs on the
                 # device, and the small raw images are what crosses the bus.
-                x = encoder.preprocess(images[i:i + step].to(device, non_blocking=True))
+                x = encoder.preprocess(batch.to(device, non_blocking=True))
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 out.append(encoder(x).float().cpu())
@@ -204,10 +207,11 @@ def _channels_last_weights(module: nn.Module, enabled: bool) -> Iterator[None]:
             p.data = data
 
 
-def feature_cache_key(encoder: nn.Module, images: torch.Tensor, device: torch.device | str) -> str:
+def feature_cache_key(encoder: nn.Module, images: torch.Tensor | ImageStore,
+                      device: torch.device | str) -> str:
     """Hex SHA-256 key of everything the features depend on (see the module docstring)."""
     parts: list[tuple[str, bytes | memoryview]] = []
-    cls = type(encoder)
+    cls, images = type(encoder), as_store(images)
     parts.append(("format", CACHE_FORMAT.encode()))
     parts.append(("torch", torch.__version__.encode()))
     parts.append(("device", torch.device(device).type.encode()))
@@ -215,18 +219,17 @@ def feature_cache_key(encoder: nn.Module, images: torch.Tensor, device: torch.de
     parts.append(("repr", repr(encoder).encode()))
     for attr in ("feature_dim", "input_size", "in_channels", "mean", "std", "interpolation"):
         parts.append((attr, repr(getattr(encoder, attr, None)).encode()))
-    if images.dim() == 4:
-        # The encoder's preprocessing of a fixed probe shaped like these images: catches
-        # normalisation, channel mapping and resizing that no attribute states.
-        c, hgt, wid = images.shape[1:]
-        probe = torch.linspace(0, 1, c * hgt * wid).reshape(1, c, hgt, wid)
-        with torch.inference_mode():
-            parts.append(("probe", _tensor_bytes(encoder.preprocess(probe))))
+    # The encoder's preprocessing of a fixed probe shaped like these images: catches
+    # normalisation, channel mapping and resizing that no attribute states.
+    c, hgt, wid = images.shape[1:]
+    probe = torch.linspace(0, 1, c * hgt * wid).reshape(1, c, hgt, wid)
+    with torch.inference_mode():
+        parts.append(("probe", _tensor_bytes(encoder.preprocess(probe))))
     for name, tensor in encoder.state_dict().items():
         parts.append(("tensor", f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode()))
         parts.append(("data", _tensor_bytes(tensor)))
-    parts.append(("images", f"{images.dtype}|{tuple(images.shape)}".encode()))
-    parts.append(("pixels", _tensor_bytes(images)))
+    parts.append(("images", f"{type(images).__name__}|{tuple(images.shape)}".encode()))
+    parts.append(("pixels", images.fingerprint()))
     return _hash_parts(parts)
 
 
@@ -289,11 +292,11 @@ def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:
         return None
 
 
-def _write_cache(path: Path, features: torch.Tensor, encoder: nn.Module, images: torch.Tensor,
+def _write_cache(path: Path, features: torch.Tensor, encoder: nn.Module, images: ImageStore,
                  key: str) -> None:
     meta = {"format": CACHE_FORMAT, "key": key, "encoder": type(encoder).__qualname__,
             "weights_source": str(getattr(encoder, "weights_source", "")),
-            "images": f"{images.dtype} {tuple(images.shape)}"}
+            "images": f"{type(images).__name__} {tuple(images.shape)}"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(path, {"features": features}, metadata=meta)

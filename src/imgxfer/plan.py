@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgxfer import images
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.config import NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
@@ -72,6 +73,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     each user mistake as a :class:`UserError` before any folder is created."""
     config.validate()
     device = resolve_device(config.device)
+    images.set_workers(None if config.workers < 0 else config.workers)
     check_out_dir(config.out)
     # Look every component up first, so a typo fails in a second, not after data loading.
     for kind, name in config.components():
@@ -85,6 +87,9 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
         return registry.build(kind, name, options, seed=config.seed)
 
     encoder = make("encoders", config.encoder, config.options["encoder"])
+    # Files and stored originals are read at the size the encoder asks for.
+    size = max(encoder.input_size)
+    source, split = source.at_size(size), split.at_size(size)
     captioner = make("captioners", config.captioner, config.options["captioner"])
     # The [adapter] options belong to the adapter named there; compared ones use defaults.
     adapters = {name: make("adapters", name,

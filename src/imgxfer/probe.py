@@ -12,6 +12,7 @@ from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset, TransferData
 from imgxfer.errors import UserError
 from imgxfer.features import encode
+from imgxfer.images import ConcatImages, ImageStore
 from imgxfer.training import adapt_batchnorm
 
 
@@ -22,9 +23,9 @@ def labelled_sets(data: TransferData, weights: dict[str, float]) -> dict[str, Im
             if v is not None and len(v) and weights.get(k, 0) > 0}
 
 
-def target_images(data: TransferData) -> torch.Tensor:
+def target_images(data: TransferData) -> ImageStore:
     """Every target training image, labelled shots and unlabelled alike (never the test split)."""
-    return torch.cat([data.target_labelled.images, data.target_unlabelled.images])
+    return ConcatImages([data.target_labelled.images, data.target_unlabelled.images])
 
 
 def set_weights(sets: dict[str, ImageDataset], weights: dict[str, float]) -> torch.Tensor:
@@ -34,7 +35,7 @@ def set_weights(sets: dict[str, ImageDataset], weights: dict[str, float]) -> tor
     return w * len(w) / w.sum()
 
 
-def probe_features(encoder: nn.Module, images: dict[str, torch.Tensor], target: torch.Tensor,
+def probe_features(encoder: nn.Module, images: dict[str, ImageStore], target: ImageStore,
                    device: torch.device, adabn: bool,
                    cache: bool = False) -> dict[str, torch.Tensor]:
     """Features of each set of raw images with the frozen encoder. With ``adabn`` each set
@@ -50,10 +51,10 @@ def probe_features(encoder: nn.Module, images: dict[str, torch.Tensor], target: 
     for key in order:
         if adabn:
             own = target if key == "target" else images[key]
-            adapt_batchnorm(encoder, encoder.preprocess(own), device)
+            adapt_batchnorm(encoder, own, device, preprocess=encoder.preprocess)
         feats[key] = encode(encoder, images[key], device, cache=cache)
     if adabn and "target" not in images and len(target):
-        adapt_batchnorm(encoder, encoder.preprocess(target), device)
+        adapt_batchnorm(encoder, target, device, preprocess=encoder.preprocess)
     return feats
 
 

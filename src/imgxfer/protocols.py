@@ -88,7 +88,8 @@ class Captioner(Protocol):
     (unlabelled images); the captioner may then call ``classifier(images) ->
     probabilities [N, classes]`` to describe its guess. ``description`` is the dataset's
     words for its images ("handwritten digit"). One caption per image (or label),
-    deterministic for the same input.
+    deterministic for the same input, and each image's caption depends on that image
+    alone: a run captions large datasets a chunk at a time.
 
     Optional: ``attributes(images) -> list[dict[str, float]]``, the measured values a
     caption was written from, one dict per image (``imgxfer caption`` writes them to

@@ -179,8 +179,8 @@ def classification_accuracy_score(train: ImageDataset, test: ImageDataset, *,
     size = max(8, int(test.images.shape[-1]))
     model = train_classifier(train, steps=steps, width=width, input_size=size, seed=seed,
                              device=device)
-    return evaluate_accuracy(model, model.encoder.preprocess(test.images), test.labels,
-                             torch.device(device))
+    return evaluate_accuracy(model, test.images, test.labels, torch.device(device),
+                             preprocess=model.encoder.preprocess)
 
 
 def label_agreement(synthetic: ImageDataset, reference: ImageDataset, real_test: ImageDataset,
@@ -193,10 +193,11 @@ def label_agreement(synthetic: ImageDataset, reference: ImageDataset, real_test:
     size = max(8, int(real_test.images.shape[-1]))
     model = train_classifier(reference, steps=steps, input_size=size, seed=seed, device=device)
     device = torch.device(device)
-    return {"cas_real": evaluate_accuracy(model, model.encoder.preprocess(real_test.images),
-                                          real_test.labels, device),
-            "label_kept": evaluate_accuracy(model, model.encoder.preprocess(synthetic.images),
-                                            synthetic.labels, device)}
+    prep = model.encoder.preprocess
+    return {"cas_real": evaluate_accuracy(model, real_test.images, real_test.labels, device,
+                                          preprocess=prep),
+            "label_kept": evaluate_accuracy(model, synthetic.images, synthetic.labels, device,
+                                            preprocess=prep)}
 
 
 def matched_real_subset(pool: ImageDataset, counts: Sequence[int], *, seed: int = 0) -> ImageDataset:
@@ -218,7 +219,7 @@ def shot_copying(synthetic: ImageDataset, shots: ImageDataset,
     from imgxfer.encoders.preprocess import prepare
 
     c = test.images.shape[1]  # compared in the test images' channels and size, unnormalised
-    images = prepare(synthetic.images, channels=c, size=test.images.shape[-2:],
+    images = prepare(synthetic.images.tensor(), channels=c, size=test.images.shape[-2:],
                      mean=[0.0] * c, std=[1.0] * c)
     hits, total, real_hits, real_total = 0, 0, 0, 0
     for c in range(test.num_classes):

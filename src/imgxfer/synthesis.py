@@ -119,5 +119,5 @@ def synthesise(mode: str, generator: Any, captioner: Any, source: ImageDataset, 
     if inputs is None:
         images = generator.sample(prompts, labels, seed=seed, device=device)
     else:
-        images = generator.edit(inputs.images, labels, prompts, seed=seed, device=device)
+        images = generator.edit(inputs.images.tensor(), labels, prompts, seed=seed, device=device)
     return Synthesised(images, labels, prompts, inputs)

@@ -72,7 +72,7 @@ def tiny_generator_data(*, size: int = 16, channels: int = 1) -> GeneratorData:
                          invert=True)
     captions = [f"a tiny shape {SHAPES[y]}, domain {d.domain}"
                 for d in (source, target) for y in d.labels.tolist()]
-    return GeneratorData(torch.cat([source.images, target.images]),
+    return GeneratorData(torch.cat([source.images.tensor(), target.images.tensor()]),
                          torch.cat([source.labels, target.labels]), captions,
                          [source.domain] * len(source) + [target.domain] * len(target),
                          list(SHAPES), target.domain)
@@ -185,10 +185,11 @@ def check_captioner(factory: Callable[..., Any], *args: Any, **options: Any) -> 
         assert all(isinstance(c, str) and c.strip() for c in out), "empty or non-text caption"
         return out
 
-    labelled = captions(data.images, data.labels)
-    assert captions(data.images, data.labels) == labelled, "captions are not deterministic"
+    images = data.images.tensor()
+    labelled = captions(images, data.labels)
+    assert captions(images, data.labels) == labelled, "captions are not deterministic"
     captions(None, data.labels)
-    captions(data.images, None,
+    captions(images, None,
              classifier=lambda images: torch.full((len(images), 3), 1 / 3))
     _check_refuses_unknown_options("captioners", factory, args)
     return captioner
@@ -311,7 +312,7 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
         return model.eval()
 
     model, twin = fit(), fit()
-    x = encoder.preprocess(data.target_unlabelled.images)
+    x = encoder.preprocess(data.target_unlabelled.images.tensor())
     with torch.no_grad():
         logits = model(x)
         assert logits.shape == (len(x), len(data.class_names)), f"logits {tuple(logits.shape)}"
@@ -326,20 +327,24 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
 
 # --------------------------------------------------------------------------- datasets
 def check_dataset(factory: Callable[..., Any], *args: Any, **options: Any) -> ImageDataset:
-    """An :class:`ImageDataset` of float images in [0, 1], labels indexing at least two
+    """An :class:`ImageDataset` whose images (a tensor or an image store) read as float
+    [N, C, H, W] in [0, 1] of the shape the store states, labels indexing at least two
     class names, a domain name, and the same images when built twice."""
     data = _build("datasets", factory, args, options)
     assert isinstance(data, ImageDataset), f"a {type(data).__name__}, not an ImageDataset"
     assert len(data) > 0, "no images"
     assert data.num_classes >= 2, "fewer than two classes"
-    assert data.images.is_floating_point() and data.images.ndim == 4, "float [N, C, H, W]"
-    assert data.images.shape[1] in (1, 3), f"{data.images.shape[1]} channels"
-    assert data.images.min() >= 0 and data.images.max() <= 1, "images outside [0, 1]"
+    images = data.images.tensor()
+    assert images.is_floating_point() and images.ndim == 4, "float [N, C, H, W]"
+    assert tuple(images.shape) == tuple(data.images.shape), \
+        f"the store says {tuple(data.images.shape)}, reads {tuple(images.shape)}"
+    assert images.shape[1] in (1, 3), f"{images.shape[1]} channels"
+    assert images.min() >= 0 and images.max() <= 1, "images outside [0, 1]"
     assert int(data.labels.min()) >= 0 and int(data.labels.max()) < data.num_classes
     assert all(isinstance(c, str) and c for c in data.class_names), "class names"
     assert isinstance(data.domain, str) and data.domain, "domain"
     again = _build("datasets", factory, args, options)
-    assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels), \
+    assert torch.equal(again.images.tensor(), images) and torch.equal(again.labels, data.labels), \
         "two builds gave other images"
     _check_refuses_unknown_options("datasets", factory, args)
     return data

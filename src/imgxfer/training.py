@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from imgxfer.budget import Budget
+from imgxfer.images import ImageStore, as_store, indexed_batches
+
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
 def infinite_batches(n: int, batch_size: int, *, seed: int = 0) -> Iterator[torch.Tensor]:
@@ -63,13 +66,14 @@ def conv_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   batch_size: int = 256) -> torch.Tensor:
-    """Logits for already-preprocessed images, in eval mode, batched; returned on CPU."""
+def predict_logits(model: nn.Module, images: torch.Tensor | ImageStore, device: torch.device,
+                   batch_size: int = 256, *, preprocess: Preprocess | None = None) -> torch.Tensor:
+    """Logits in eval mode, batched, returned on CPU, for images already preprocessed or,
+    with ``preprocess``, raw ones (a tensor or a store, preprocessed batch by batch)."""
     was_training = model.training
     model.eval()
-    out = [model(images[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    prep = preprocess or (lambda x: x)
+    out = [model(prep(x.to(device))).float().cpu() for x in as_store(images).chunks(batch_size)]
     model.train(was_training)
     if out:
         return torch.cat(out)
@@ -79,16 +83,18 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
     return torch.empty(0, heads[-1] if heads else 0)
 
 
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      device: torch.device) -> float:
-    return (predict_logits(model, images, device).argmax(1) == labels).float().mean().item()
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor | ImageStore, labels: torch.Tensor,
+                      device: torch.device, *, preprocess: Preprocess | None = None) -> float:
+    logits = predict_logits(model, images, device, preprocess=preprocess)
+    return (logits.argmax(1) == labels).float().mean().item()
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device,
-                    batch_size: int = 256) -> None:
+def adapt_batchnorm(model: nn.Module, images: torch.Tensor | ImageStore, device: torch.device,
+                    batch_size: int = 256, *, preprocess: Preprocess | None = None) -> None:
     """AdaBN (Li et al. 2016): re-estimate BatchNorm statistics on target images, so
-    features are normalised with the target's own mean and variance."""
+    features are normalised with the target's own mean and variance. ``preprocess``:
+    the images are raw and preprocessed batch by batch."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or len(images) == 0:
         return
@@ -97,15 +103,16 @@ def adapt_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all batches
     model.train()
-    for i in range(0, len(images), batch_size):
-        model(images[i:i + batch_size].to(device))
+    prep = preprocess or (lambda x: x)
+    for batch in as_store(images).chunks(batch_size):
+        model(prep(batch.to(device)))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     model.train(was_training)
 
 
 def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                     images: torch.Tensor, labels: torch.Tensor, *, budget: Budget, lr: float,
+                     images: torch.Tensor | ImageStore, labels: torch.Tensor, *, budget: Budget, lr: float,
                      batch_size: int, seed: int, generator: torch.Generator,
                      device: torch.device, task: Any = None) -> int:
     """The supervised recipe of smallcnn's source pretraining and of the CAS classifier:
@@ -117,13 +124,13 @@ def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torc
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
                                                 total_steps=max(1, budget.steps or 1))
-    batches = infinite_batches(len(images), batch_size, seed=seed)
+    batches = indexed_batches(images, infinite_batches(len(images), batch_size, seed=seed))
     model.train()
     budget.start()
     step = 0
     while not budget.done(step):
-        idx = next(batches)
-        x = conv_layout(preprocess(augment(images[idx], generator=generator).to(device)), layout)
+        idx, raw = next(batches)
+        x = conv_layout(preprocess(augment(raw, generator=generator).to(device)), layout)
         loss = nn.functional.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -96,7 +96,7 @@ def fit(world, name: str, data: TransferData, steps: int, **options) -> torch.nn
 
 def accuracy(world, model: torch.nn.Module, shots: int) -> float:
     test = world[shots].test
-    logits = predict_logits(model, world["encoder"].preprocess(test.images), CPU)
+    logits = predict_logits(model, world["encoder"].preprocess(test.images[:]), CPU)
     assert logits.shape == (len(test), 3)
     assert torch.isfinite(logits).all()
     return (logits.argmax(1) == test.labels).float().mean().item()
@@ -119,7 +119,7 @@ def test_adapter_with_shots_and_synthetic(world, name):
     """All four sets present (synthetic images from a third seed of the target style)."""
     synthetic = shapes("synthetic", 4, seed=5, shifted=True)
     model = fit(world, name, transfer_data(world, 3, synthetic), steps=5)
-    logits = predict_logits(model, world["encoder"].preprocess(world[3].test.images), CPU)
+    logits = predict_logits(model, world["encoder"].preprocess(world[3].test.images[:]), CPU)
     assert logits.shape == (len(world[3].test), 3) and torch.isfinite(logits).all()
 
 
@@ -131,30 +131,30 @@ def test_target_only_needs_shots(world):
 def test_source_only_reads_no_target_and_target_only_no_source(world):
     """Poisoned (NaN) images in the sets an adapter must not read leave it unharmed."""
     split = world[3]
-    nan_unlabelled = ImageDataset(torch.full_like(split.unlabelled.images, float("nan")),
+    nan_unlabelled = ImageDataset(torch.full_like(split.unlabelled.images[:], float("nan")),
                                   split.unlabelled.labels, list(CLASSES), "poison")
-    nan_labelled = ImageDataset(torch.full_like(split.labelled.images, float("nan")),
+    nan_labelled = ImageDataset(torch.full_like(split.labelled.images[:], float("nan")),
                                 split.labelled.labels, list(CLASSES), "poison")
-    nan_source = ImageDataset(torch.full_like(world["source"].images, float("nan")),
+    nan_source = ImageDataset(torch.full_like(world["source"].images[:], float("nan")),
                               world["source"].labels, list(CLASSES), "poison")
     model = fit(world, "source-only",
                 TransferData(world["source"], nan_labelled, nan_unlabelled, nan_labelled), 3)
-    assert torch.isfinite(predict_logits(model, world["encoder"].preprocess(split.test.images), CPU)).all()
+    assert torch.isfinite(predict_logits(model, world["encoder"].preprocess(split.test.images[:]), CPU)).all()
     model = fit(world, "target-only",
                 TransferData(nan_source, split.labelled, nan_unlabelled, nan_labelled), 3)
-    assert torch.isfinite(predict_logits(model, world["encoder"].preprocess(split.test.images), CPU)).all()
+    assert torch.isfinite(predict_logits(model, world["encoder"].preprocess(split.test.images[:]), CPU)).all()
     assert SourceOnly.uses == {"source"} and TargetOnly.uses == {"target_labelled"}
 
 
 def test_adaptation_sees_unlabelled_target(world):
     """The domain-adaptation adapters read unlabelled target images (NaN ones spoil them)."""
     split = world[0]
-    poisoned = ImageDataset(torch.full_like(split.unlabelled.images, float("nan")),
+    poisoned = ImageDataset(torch.full_like(split.unlabelled.images[:], float("nan")),
                             split.unlabelled.labels, list(CLASSES), "poison")
     for name in ("dann", "cdan", "coral", "mmd", "self-training"):
         model = fit(world, name, TransferData(world["source"], split.labelled, poisoned), 2,
                     adabn=False)
-        logits = predict_logits(model, world["encoder"].preprocess(split.test.images), CPU)
+        logits = predict_logits(model, world["encoder"].preprocess(split.test.images[:]), CPU)
         assert not torch.isfinite(logits).all(), name
 
 
@@ -209,7 +209,7 @@ def test_linear_probe_only_synthetic(world):
 
 def test_same_seed_same_result(world):
     data = transfer_data(world, 3)
-    x = world["encoder"].preprocess(world[3].test.images)
+    x = world["encoder"].preprocess(world[3].test.images[:])
     a = predict_logits(fit(world, "dann", data, 4), x, CPU)
     b = predict_logits(fit(world, "dann", data, 4), x, CPU)
     assert torch.equal(a, b)
@@ -318,7 +318,7 @@ def test_declared_uses_and_description(name):
 
 
 def test_strong_augment():
-    images = shapes("s", 4, seed=0).images
+    images = shapes("s", 4, seed=0).images[:]
     a = strong_augment(images, generator=torch.Generator().manual_seed(1))
     b = strong_augment(images, generator=torch.Generator().manual_seed(1))
     c = strong_augment(images, generator=torch.Generator().manual_seed(2))

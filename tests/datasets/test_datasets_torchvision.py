@@ -104,7 +104,7 @@ def test_colour_dataset_conversion_and_subsample(monkeypatch):
     ds = torchvision_dataset("cifar10", n_per_class=3, size=16)
     assert ds.images.shape == (12, 3, 16, 16) and ds.class_counts() == [3] * 4
     assert ds.class_names == ["airplane", "bird", "cat", "deer"]
-    assert ds.images[:, 0].min() > 0.99 and ds.images[:, 2].max() < 0.01
+    assert ds.images[:][:, 0].min() > 0.99 and ds.images[:][:, 2].max() < 0.01
     assert (ds.domain, ds.description) == ("CIFAR10", "photo of a")
     everything = torchvision_dataset("cifar10", n_per_class=0, size=32)
     assert len(everything) == 40 and everything.images.shape[-1] == 32
@@ -117,7 +117,7 @@ def test_digit_datasets_use_the_shared_digit_names(monkeypatch):
     fake_class(monkeypatch, "SVHN", svhn)
     ds = torchvision_dataset("SVHN", split="test")
     assert ds.class_names == DIGIT_NAMES and ds.images.shape == (20, 3, 32, 32)
-    assert torch.allclose(ds.images, torch.full_like(ds.images, 90 / 255), atol=1e-3)
+    assert torch.allclose(ds.images[:], torch.full_like(ds.images[:], 90 / 255), atol=1e-3)
 
 
 def test_emnist_letters_are_transposed_and_lose_the_empty_class(monkeypatch):
@@ -132,7 +132,7 @@ def test_emnist_letters_are_transposed_and_lose_the_empty_class(monkeypatch):
     ds = torchvision_dataset("EMNIST", variant="letters", n_per_class=0)
     assert ds.class_names == list(string.ascii_lowercase) and ds.labels.tolist() == list(range(26))
     assert ds.domain == "EMNIST-letters"
-    bar = ds.images[0, 0] > 0.5
+    bar = ds.images[:][0, 0] > 0.5
     assert bar.any(0).sum() > bar.any(1).sum()  # wider than tall once upright
     with pytest.raises(UserError, match=r"variant must be one of 'balanced'"):
         torchvision_dataset("EMNIST", variant="greek")
@@ -161,7 +161,7 @@ def test_real_torchvision_mnist_reads_files_placed_offline(tmp_path):
     assert ds.images.shape == (10, 1, 32, 32) and ds.class_names == DIGIT_NAMES
     assert ds.labels.tolist() == list(range(10))
     # Fitted into the MNIST box: the 20-pixel-tall bar becomes 23 of 32 pixels tall.
-    rows = (ds.images[0, 0] > 0.1).any(1).nonzero().flatten()
+    rows = (ds.images[:][0, 0] > 0.1).any(1).nonzero().flatten()
     assert rows.max() - rows.min() + 1 == 23
     with pytest.raises(UserError, match="is not in the folder"):
         torchvision_dataset("KMNIST", root=str(tmp_path / "tv"), download=False)

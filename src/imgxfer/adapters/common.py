@@ -26,6 +26,7 @@ from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import TransferData
 from imgxfer.errors import UserError
+from imgxfer.images import indexed_batches
 from imgxfer.probe import fit_probe, labelled_sets, target_images
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, conv_layout,
@@ -225,7 +226,7 @@ class TrainedAdapter:
         sets = labelled_sets(data, self.weights)
         if not sets:
             raise UserError(self.no_labelled_message())
-        pool = target_images(data) if (self.needs_target or self.adabn) else torch.empty(0)
+        pool = target_images(data) if (self.needs_target or self.adabn) else None
         budget.start()
         model = self.build_model(encoder, data, device)
         layout = channels_last_training(model, device)
@@ -238,14 +239,17 @@ class TrainedAdapter:
         opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, budget.steps))
         g = torch.Generator().manual_seed(self.seed)
-        streams: dict[str, Iterator[torch.Tensor]] = {
-            k: infinite_batches(len(v), self.batch_size, seed=self.seed + i)
+        # (index, images) batches per set, read ahead by workers for streamed files.
+        streams: dict[str, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {
+            k: indexed_batches(v.images, infinite_batches(len(v), self.batch_size,
+                                                          seed=self.seed + i))
             for i, (k, v) in enumerate(sets.items())}
-        use_target = self.needs_target and len(pool) > 0
+        use_target = self.needs_target and pool is not None and len(pool) > 0
         if self.needs_target and not use_target:
             progress.log(f"{self.name}: no target images; training on labelled images only.")
         if use_target:
-            streams["unlabelled"] = infinite_batches(len(pool), self.batch_size, seed=self.seed + 10)
+            streams["unlabelled"] = indexed_batches(
+                pool, infinite_batches(len(pool), self.batch_size, seed=self.seed + 10))
         model.train()
         if extra is not None:
             extra.train()
@@ -256,9 +260,9 @@ class TrainedAdapter:
                 loss = torch.zeros((), device=device)
                 outputs: dict[str, Forward] = {}
                 for key, ds in sets.items():
-                    idx = next(streams[key])
-                    x = conv_layout(encoder.preprocess(augment(ds.images[idx], generator=g)
-                                                       .to(device)), layout)
+                    idx, raw = next(streams[key])
+                    x = conv_layout(encoder.preprocess(augment(raw, generator=g).to(device)),
+                                    layout)
                     f = encoder(x)
                     out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
                     loss = loss + self.weights[key] * nn.functional.cross_entropy(
@@ -266,7 +270,7 @@ class TrainedAdapter:
                 info: dict[str, float] = {}
                 if use_target:
                     extra_loss, info = self.target_loss(Step(
-                        model, outputs, pool[next(streams["unlabelled"])],
+                        model, outputs, next(streams["unlabelled"])[1],
                         step / max(1, budget.steps), g, device, extra, layout))
                     loss = loss + extra_loss
                 opt.zero_grad(set_to_none=True)
@@ -276,7 +280,7 @@ class TrainedAdapter:
                 step += 1
                 self.history.append(loss.item())
                 task.advance(1, loss=self.history[-1], **info)
-        if self.adabn and len(pool):
-            adapt_batchnorm(model, encoder.preprocess(pool), device)
+        if self.adabn and pool is not None and len(pool):
+            adapt_batchnorm(model, pool, device, preprocess=encoder.preprocess)
         model.eval()
         return model

@@ -109,7 +109,7 @@ def check_source(spec: str, registry: Registry) -> None:
 
 
 def from_dataset(data: ImageDataset) -> ImageInput:
-    return ImageInput(data.images, data.labels, list(data.class_names), data.domain,
+    return ImageInput(data.images.tensor(), data.labels, list(data.class_names), data.domain,
                       data.description, notes=list(data.notes), paths=data.paths)
 
 

@@ -342,6 +342,8 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     files = not is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
     if files:  # read like the run's training files
         run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
+        # size 0: the run read its files at its encoder's input size.
+        run_options["size"] = run_options["size"] or max(loaded.model.encoder.input_size)
         if "fit" not in options and run_options["fit"] == GLYPH:
             click.echo(f"reading the images in the {GLYPH} layout of the run's target "
                        f"{loaded.config.target!r} (fit={GLYPH}; --dataset-opt fit=crop reads "

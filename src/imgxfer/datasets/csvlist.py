@@ -84,9 +84,10 @@ def read_rows(csv_path: Path, what: str) -> list[tuple[int, str, str]]:
     return rows
 
 
-def csv_list(path: str, *, size: int = 32, channels: int = 0, background: str = "white",
+def csv_list(path: str, *, size: int = 0, channels: int = 0, background: str = "white",
              fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0,
-             strict: bool = False, domain: str = "", description: str = "") -> ImageDataset:
+             strict: bool = False, domain: str = "", description: str = "",
+             stream: str = "auto") -> ImageDataset:
     """Images listed in a CSV file as path,label rows (paths relative to the CSV's folder).
 
     A first row such as ``path,label`` is recognised as a header and skipped. Class names
@@ -134,4 +135,4 @@ def csv_list(path: str, *, size: int = 32, channels: int = 0, background: str = 
                                           seed, what=f"csv:{path}", class_names=class_names)
     return load_items([items[i] for i in keep], class_names, options,
                       domain=domain or csv_path.stem, description=description,
-                      strict=strict, what=what, notes=notes + sub_notes)
+                      strict=strict, what=what, notes=notes + sub_notes, stream=stream)

@@ -37,7 +37,8 @@ import struct
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from imgxfer.data import ImageDataset
 from imgxfer.datasets.common import check_choice, check_size, one_line
 from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
+from imgxfer.images import ImageStore, TensorImages
 
 FITS = ("crop", "pad", "stretch", GLYPH)
 _GLYPH_THRESHOLD = 0.2  # ink, after invert: above the paper's grain in scans
@@ -56,20 +58,28 @@ BACKGROUNDS = {"white": 255, "black": 0}
 _GREY_TOLERANCE = 2.5 / 255
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SHOWN = 3  # unreadable files named in a note
+_CHECK_SIZE = 16  # the loading check decodes each file at about this size (fast)
+DEFAULT_SIZE = 32  # the side files are read at before a run chooses its encoder's
+AUTO = "auto"
+STREAM_CHOICES = (AUTO, "always", "never")
+# stream=auto: a dataset that takes at most this much memory once decoded (8-bit) is kept
+# in memory, so small folders are decoded once rather than at every epoch.
+IN_MEMORY_MB = 512
 
 
 @dataclass(frozen=True)
 class ImageOptions:
     """How files become arrays; checked once, before any file is read."""
 
-    size: int = 32
+    size: int = 0  # 0: the run's encoder input size (DEFAULT_SIZE outside a run)
     channels: int = 0
     background: str = "white"
     fit: str = "crop"
     invert: bool = False
 
     def check(self, what: str) -> None:
-        check_size(what, self.size)
+        if self.size != 0:  # 0: as the encoder asks
+            check_size(what, self.size)
         if not isinstance(self.invert, bool):
             raise UserError(f"{what}: option invert must be true or false, got {self.invert!r}.")
         if self.channels not in (0, 1, 3):
@@ -152,7 +162,9 @@ def _fit(image: Image.Image, options: ImageOptions, background: int) -> Image.Im
 
 def read_image(path: Path, options: ImageOptions) -> np.ndarray:
     """One file -> float32 [size, size] (grey) or [size, size, 3] (colour) in [0, 1].
-    Raises :class:`Unreadable` for a file Pillow cannot decode."""
+    Raises :class:`Unreadable` for a file Pillow cannot decode. Size 0 reads at
+    :data:`DEFAULT_SIZE`."""
+    options = options if options.size else replace(options, size=DEFAULT_SIZE)
     background = BACKGROUNDS[options.background]
     image = _decode(path, options.size)
     try:
@@ -175,34 +187,45 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
     return array
 
 
-def _workers() -> int:
+def _threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else (os.cpu_count() or 1)))
 
 
+def _check(path: Path, options: ImageOptions) -> bool | str:
+    """Decode a file at a small size (JPEG at 1/8 scale: the whole stream is still read, so
+    truncated and corrupt files are found) and say whether it is greyscale (``True``),
+    colour (``False``) or unreadable (the reason)."""
+    try:
+        small = read_image(path, replace(options, size=_CHECK_SIZE,
+                                         fit="stretch" if options.fit == GLYPH else options.fit))
+    except Unreadable as exc:
+        return str(exc)
+    return small.ndim == 2
+
+
 def load_items(items: Sequence[Item], class_names: Sequence[str], options: ImageOptions, *,
                domain: str, description: str, strict: bool, what: str,
-               notes: Sequence[str] = ()) -> ImageDataset:
-    """Decode ``items`` (skipping or, if ``strict``, refusing unreadable files) into a
-    dataset; every class must keep at least one image."""
+               notes: Sequence[str] = (), stream: str = AUTO) -> ImageDataset:
+    """Check ``items`` (skipping or, if ``strict``, refusing unreadable files) and make a
+    dataset of the readable ones, read when needed (:class:`FileImages`); every class must
+    keep at least one image."""
     options.check(what)
+    stream = check_stream(what, stream)
 
-    def read(item: Item) -> np.ndarray | str:
-        try:
-            return read_image(item.path, options)
-        except Unreadable as exc:
-            if strict:
-                raise UserError(f"{what}: cannot read image {item.shown} ({exc}); remove or "
-                                "fix it, or leave out strict=true to skip unreadable files.") from None
-            return str(exc)
+    def check(item: Item) -> bool | str:
+        result = _check(item.path, options)
+        if strict and isinstance(result, str):
+            raise UserError(f"{what}: cannot read image {item.shown} ({result}); remove or "
+                            "fix it, or leave out strict=true to skip unreadable files.")
+        return result
 
     # Pillow releases the GIL while decoding, so threads help on several cores.
-    pool = ThreadPoolExecutor(_workers())
+    pool = ThreadPoolExecutor(_threads())
     try:
-        results = list(pool.map(read, items))
+        results = list(pool.map(check, items))
     finally:  # after a strict refusal, don't decode the rest
         pool.shutdown(wait=True, cancel_futures=True)
-    arrays = [r for r in results if not isinstance(r, str)]
     kept = [item for item, r in zip(items, results) if not isinstance(r, str)]
     skipped = [(item, r) for item, r in zip(items, results) if isinstance(r, str)]
     notes = list(notes)
@@ -221,12 +244,98 @@ def load_items(items: Sequence[Item], class_names: Sequence[str], options: Image
             raise UserError(f"{what}: class {name!r} has no readable images ({lost} "
                             f"unreadable file{'s' if lost != 1 else ''} skipped); every class "
                             "needs at least one.")
-    channels = options.channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
-    stacked = np.stack([_to_channels(a, channels) for a in arrays])
-    return ImageDataset(torch.from_numpy(stacked), torch.from_numpy(labels), list(class_names),
+    channels = options.channels or (1 if all(r is True for r in results if not isinstance(r, str))
+                                    else 3)
+    store = FileImages([item.path for item in kept], [item.shown for item in kept], options,
+                       channels, what=what, stream=stream)
+    return ImageDataset(store, torch.from_numpy(labels), list(class_names),
                         domain, description=description, notes=notes,
                         paths=[str(item.path) for item in kept],
                         layout=GLYPH if options.fit == GLYPH else "")
+
+
+class FileImages(ImageStore):
+    """Image files read when a batch is asked for, at ``options.size`` (0: not chosen yet,
+    read at :data:`DEFAULT_SIZE`; a run reads them at its encoder's input size through
+    :meth:`at_size`). ``stream``: ``auto`` keeps them in memory once sized when they take at
+    most :data:`IN_MEMORY_MB` (:meth:`settle`), ``always`` reads from the files at every
+    use, ``never`` keeps them in memory."""
+
+    streamed = True
+
+    def __init__(self, paths: Sequence[Path], shown: Sequence[str], options: ImageOptions,
+                 channels: int, *, what: str, stream: str = AUTO) -> None:
+        self.paths, self.shown, self.options = list(paths), list(shown), options
+        self.channels_, self.what, self.stream = channels, what, stream
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def size(self) -> int:
+        return self.options.size or DEFAULT_SIZE
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), self.channels_, self.size, self.size)
+
+    def read(self, row: int) -> np.ndarray:
+        """One image as float32 [C, H, W]; a file that no longer decodes is one sentence."""
+        try:
+            array = read_image(self.paths[row], replace(self.options, size=self.size))
+        except (Unreadable, OSError) as exc:
+            raise UserError(f"{self.what}: cannot read image {self.shown[row]} ({exc}); it was "
+                            "readable when the dataset was loaded: was it changed or removed "
+                            "during the run?") from None
+        return _to_channels(array, self.channels_)
+
+    def load(self, rows: list[int]) -> torch.Tensor:
+        if not rows:
+            return torch.empty(0, *self.shape[1:])
+        return torch.from_numpy(np.stack([self.read(r) for r in rows]))
+
+    def subset(self, rows: list[int]) -> "FileImages":
+        return FileImages([self.paths[r] for r in rows], [self.shown[r] for r in rows],
+                          self.options, self.channels_, what=self.what, stream=self.stream)
+
+    def at_size(self, size: int) -> "FileImages":
+        if self.options.size:  # the user chose the size
+            return self
+        return FileImages(self.paths, self.shown, replace(self.options, size=size),
+                          self.channels_, what=self.what, stream=self.stream)
+
+    def fingerprint(self) -> bytes:
+        h = hashlib.sha256(f"{self.options}|{self.channels_}|{self.size}".encode())
+        for path in self.paths:
+            try:
+                st = path.stat()
+                h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|missing\n".encode())
+        return h.digest()
+
+    def in_memory_bytes(self) -> int:
+        return len(self) * self.channels_ * self.size * self.size
+
+    def settle(self) -> ImageStore:
+        """This store, or its images decoded into memory (uint8 when every value is a whole
+        8-bit level, as for 8-bit files; float32 otherwise, e.g. 16-bit scans), as
+        ``stream`` decides."""
+        if self.stream == "always" or (self.stream == AUTO
+                                     and self.in_memory_bytes() > IN_MEMORY_MB << 20):
+            return self
+        with ThreadPoolExecutor(_threads()) as pool:
+            arrays = list(pool.map(self.read, range(len(self))))
+        images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, *self.shape[1:])
+        levels = (images * 255).round()
+        if torch.equal(levels / 255.0, images):  # reads back bit for bit
+            images = levels.to(torch.uint8)
+        return TensorImages(images)
+
+
+def check_stream(what: str, stream: str) -> str:
+    check_choice(what, "stream", stream, STREAM_CHOICES)
+    return stream
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:

@@ -58,14 +58,20 @@ def scan_folder(root: Path, what: str) -> tuple[list[str], list[Item]]:
     return [f.name for f in folders], items
 
 
-def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "white",
+def folder(path: str, *, size: int = 0, channels: int = 0, background: str = "white",
            fit: str = "crop", invert: bool = False, n_per_class: int = 0, seed: int = 0,
-           strict: bool = False, domain: str = "", description: str = "") -> ImageDataset:
+           strict: bool = False, domain: str = "", description: str = "",
+           stream: str = "auto") -> ImageDataset:
     """Images in PATH/<class>/... (one sub-folder per class, any format Pillow reads).
 
     Class names are the sub-folder names in sorted order; files are read in sorted order,
     sub-folders of a class folder included; hidden files and folders (starting with '.')
-    are ignored, files directly in PATH too. Options: ``size`` (square side), ``channels``
+    are ignored, files directly in PATH too. Files are checked when the dataset is made
+    (unreadable ones skipped) and decoded when images are asked for. Options: ``size``
+    (square side; 0: the run's encoder input size, 32 outside a run), ``stream``
+    (``auto``: keep the decoded images in memory when they take at most 512 MB, else read
+    them from the files at every use, by ``--workers`` processes; ``always``: read from
+    the files; ``never``: keep in memory), ``channels``
     (0: 1 if every image is greyscale else 3), ``background`` (``white`` or ``black``,
     behind transparent pixels), ``fit`` (``crop``, ``pad``, ``stretch`` or ``glyph``: the
     MNIST layout, see :mod:`imgxfer.datasets.files`), ``invert`` (1 - value: dark ink on
@@ -84,4 +90,4 @@ def folder(path: str, *, size: int = 32, channels: int = 0, background: str = "w
                                       what=f"folder:{path}", class_names=class_names)
     return load_items([items[i] for i in keep], class_names, options,
                       domain=domain or root.resolve().name, description=description,
-                      strict=strict, what=what, notes=notes)
+                      strict=strict, what=what, notes=notes, stream=stream)

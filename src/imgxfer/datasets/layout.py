@@ -45,3 +45,8 @@ def fit_to_box(images: torch.Tensor, canvas: int = 32, box: float = MNIST_BOX,
         top, left = min(max(top, 0), canvas - nh), min(max(left, 0), canvas - nw)
         out[i, :, top:top + nh, left:left + nw] = crop
     return out
+
+
+def glyph_box(images: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`fit_to_box` as an image store's resize (a batch and a side)."""
+    return fit_to_box(images, canvas=size)

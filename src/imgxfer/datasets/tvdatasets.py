@@ -20,8 +20,10 @@ from imgxfer.datasets.common import (cache_dir, check_choice, check_size, compac
                                      download_timeout, one_line, per_class_subsample,
                                      resize_square)
 from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.layout import GLYPH, fit_to_box
+from imgxfer.datasets.files import DEFAULT_SIZE
+from imgxfer.datasets.layout import GLYPH, glyph_box
 from imgxfer.errors import UserError
+from imgxfer.images import TensorImages
 
 EMNIST_VARIANTS = ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
 
@@ -116,22 +118,24 @@ def _class_names(spec: Spec, ds: Any, variant: str) -> list[str]:
 
 
 def torchvision_dataset(name: str, *, split: str = "train", root: str = "",
-                        n_per_class: int = 500, size: int = 32, seed: int = 0,
+                        n_per_class: int = 500, size: int = 0, seed: int = 0,
                         variant: str = "balanced", download: bool = True) -> ImageDataset:
     """A torchvision dataset by class name (MNIST, CIFAR10, SVHN...), downloaded once.
 
     ``root`` is the folder for its files (default: ~/.cache/imgxfer/torchvision, or
     $IMGXFER_CACHE/torchvision); ``split`` is ``train`` or ``test``; ``n_per_class``
     keeps a seeded random subset of that many images per class (0: all); images are
-    resized to ``size`` (handwriting datasets are fitted into the MNIST digit box, like
-    ``mnist``); ``variant`` picks EMNIST's split (balanced, byclass, bymerge, digits,
+    kept as their 8-bit originals and resized to ``size`` when read (0: the run's encoder
+    input size, 32 outside a run; handwriting datasets are fitted into the MNIST digit
+    box, like ``mnist``); ``variant`` picks EMNIST's split (balanced, byclass, bymerge, digits,
     letters, mnist); ``download=false`` only reads files already in ``root``. Digit
     datasets (MNIST, QMNIST, USPS, SVHN, EMNIST digits) use the class names of ``digits``.
     """
     spec = find_spec(name)
     what = f"dataset 'torchvision:{name}'"
     check_choice(what, "split", split, ["train", "test"])
-    check_size(what, size)
+    if size != 0:  # 0: as the encoder asks
+        check_size(what, size)
     if spec.cls == "EMNIST":
         check_choice(what, "variant", variant, EMNIST_VARIANTS)
     folder = Path(root).expanduser() if root else cache_dir() / "torchvision"
@@ -151,11 +155,10 @@ def torchvision_dataset(name: str, *, split: str = "train", root: str = "",
     labels, class_names = compact_classes(labels, _class_names(spec, ds, variant))
     keep, notes = per_class_subsample(labels, n_per_class, seed, what=f"torchvision:{name}",
                                       class_names=class_names)
-    images = torch.from_numpy(data[keep].astype(np.float32) / 255.0)
-    if spec.glyph:
-        images = fit_to_box(images, canvas=size)
-    else:
-        images = resize_square(images, size)
+    # uint8 originals, a quarter of float32's memory; laid out or resized per batch.
+    images = TensorImages(torch.from_numpy(np.ascontiguousarray(data[keep])),
+                          size=size or DEFAULT_SIZE, sized_by_run=size == 0,
+                          resize=glyph_box if spec.glyph else resize_square)
     domain, description = spec.cls, spec.description
     if spec.cls == "EMNIST":
         domain = f"EMNIST-{variant}"

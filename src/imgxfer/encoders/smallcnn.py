@@ -47,6 +47,7 @@ class SmallCNN(SmallConvNet):
             step = train_supervised(model, self.preprocess, train.images, train.labels,
                                     budget=budget, lr=self.lr, batch_size=self.batch_size,
                                     seed=self.seed, generator=g, device=device, task=task)
-        acc = evaluate_accuracy(model, self.preprocess(val.images), val.labels, device)
+        acc = evaluate_accuracy(model, val.images, val.labels, device,
+                                preprocess=self.preprocess)
         self.weights_source = f"trained on {source.domain}"
         return {"source_val_accuracy": acc, "pretrain_steps": step}

@@ -19,6 +19,7 @@ from imgxfer.classifier import Classifier
 from imgxfer.data import ImageDataset, Split, TransferData
 from imgxfer.errors import UserError
 from imgxfer.evaluation import classification_metrics, information_maximization
+from imgxfer.images import ConcatImages
 from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.progress import Progress
@@ -47,8 +48,8 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     compare = config.compare_synthetic and synthetic is not None
     if config.compare_synthetic and synthetic is None:
         progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
-    brightness = artifacts.image_brightness(torch.cat([split.labelled.images,
-                                                       split.unlabelled.images]))
+    brightness = artifacts.image_brightness(ConcatImages([split.labelled.images,
+                                                          split.unlabelled.images]))
     first: tuple[Classifier, TargetMetrics] | None = None  # the run's classifier
     adapters: dict[str, AdapterMetrics] = {}
     deltas: dict[str, SyntheticDelta] = {}
@@ -121,10 +122,11 @@ def fit_and_evaluate(plan: Plan, adapter: Any, data: TransferData,
 
 def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
              ) -> TargetMetrics:
-    logits = predict_logits(model, encoder.preprocess(split.test.images), device)
+    logits = predict_logits(model, split.test.images, device, preprocess=encoder.preprocess)
     result = TargetMetrics.from_json(classification_metrics(
         split.test.labels.tolist(), logits.argmax(1).tolist(), split.test.class_names))
     if len(split.unlabelled) and len(split.test.class_names) > 1:
-        pool = predict_logits(model, encoder.preprocess(split.unlabelled.images), device)
+        pool = predict_logits(model, split.unlabelled.images, device,
+                              preprocess=encoder.preprocess)
         result.unlabelled_im = information_maximization(pool)["im"]
     return result

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from imgxfer.images import CHUNK, ImageStore
 from imgxfer.plan import Plan
 from imgxfer.training import predict_logits
 
@@ -17,12 +18,25 @@ def caption_labelled(plan: Plan) -> dict[str, list[str]]:
     source, split, captioner = plan.source, plan.split, plan.captioner
     target = split.test
     return {
-        "source": captioner.caption(source.images, source.labels, class_names=source.class_names,
-                                    domain=source.domain, description=source.description),
-        "target": captioner.caption(split.labelled.images, split.labelled.labels,
-                                    class_names=target.class_names, domain=target.domain,
-                                    description=target.description),
+        "source": in_chunks(captioner, source.images, source.labels,
+                            class_names=source.class_names, domain=source.domain,
+                            description=source.description),
+        "target": in_chunks(captioner, split.labelled.images, split.labelled.labels,
+                            class_names=target.class_names, domain=target.domain,
+                            description=target.description),
     }
+
+
+def in_chunks(captioner: Any, images: ImageStore, labels: torch.Tensor | None,
+              **kwargs: Any) -> list[str]:
+    """``captioner.caption`` (which takes a tensor) over a store, :data:`CHUNK` images at a
+    time, so a streamed dataset is never in memory whole; captioners caption each image
+    on its own (imgxfer.protocols.Captioner), so chunking changes no caption."""
+    out: list[str] = []
+    for start, batch in zip(range(0, len(images), CHUNK), images.chunks(CHUNK)):
+        part = None if labels is None else labels[start:start + CHUNK]
+        out += captioner.caption(batch, part, **kwargs)
+    return out
 
 
 def caption_unlabelled(plan: Plan, classifier: Any) -> list[str]:
@@ -32,8 +46,8 @@ def caption_unlabelled(plan: Plan, classifier: Any) -> list[str]:
     target = split.test
 
     def guess(images: torch.Tensor) -> torch.Tensor:
-        return predict_logits(classifier, plan.encoder.preprocess(images), device).softmax(1)
+        return predict_logits(classifier, images, device, preprocess=plan.encoder.preprocess).softmax(1)
 
-    return plan.captioner.caption(split.unlabelled.images, None, class_names=target.class_names,
-                                  domain=target.domain, description=target.description,
-                                  classifier=guess)
+    return in_chunks(plan.captioner, split.unlabelled.images, None,
+                     class_names=target.class_names, domain=target.domain,
+                     description=target.description, classifier=guess)

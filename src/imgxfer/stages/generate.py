@@ -17,6 +17,7 @@ from imgxfer.config import RunConfig
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData
 from imgxfer.encoders.preprocess import match_channels
 from imgxfer.errors import UserError
+from imgxfer.images import ConcatImages
 from imgxfer.metrics import GeneratorMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.probe import fit_probe
@@ -109,14 +110,14 @@ def generator_data(config: RunConfig, source: ImageDataset, split: Split,
     return GeneratorData(
         # One tensor: source images take the target's channel count (grey mnist digits
         # beside colour mnist-m ones become grey RGB).
-        images=torch.cat([match_channels(source.images, int(target.images.shape[1])),
-                          split.labelled.images]),
+        images=torch.cat([match_channels(source.images.tensor(), int(target.images.shape[1])),
+                          split.labelled.images.tensor()]),
         labels=torch.cat([source.labels, split.labelled.labels]),
         captions=captions["source"] + captions["target"],
         domains=[source.domain] * len(source) + [target.domain] * len(split.labelled),
         class_names=list(target.class_names), target_domain=target.domain,
         synthesis=config.synthesis,
-        unlabelled=split.unlabelled.images if config.synthesis == "translate" else None)
+        unlabelled=split.unlabelled.images.tensor() if config.synthesis == "translate" else None)
 
 
 def train_generator(plan: Plan, data: GeneratorData, folder: Path, progress: Progress,
@@ -169,8 +170,8 @@ def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset
                                                                split.unlabelled, None),
                           {"source": 1.0, "target": 1.0}, c=1.0, max_iter=1000, adabn=True,
                           device=device, name="synthetic_filter")
-        proba = predict_logits(probe, probe.encoder.preprocess(synthetic.images),
-                               device).softmax(1)
+        proba = predict_logits(probe, synthetic.images, device,
+                               preprocess=probe.encoder.preprocess).softmax(1)
     confidence = proba.gather(1, synthetic.labels.view(-1, 1)).flatten()
     kept = confidence >= threshold
     info = {"threshold": threshold, "generated": len(synthetic), "kept": int(kept.sum()),
@@ -197,7 +198,7 @@ def generator_quality_metrics(encoder: Any, synthetic: ImageDataset, split: Spli
     unlabelled, with their true labels, used for this metric only)."""
     from imgxfer.quality import generator_quality
 
-    pool = ImageDataset(torch.cat([split.labelled.images, split.unlabelled.images]),
+    pool = ImageDataset(ConcatImages([split.labelled.images, split.unlabelled.images]),
                         torch.cat([split.labelled.labels, split.unlabelled.labels]),
                         list(split.test.class_names), split.test.domain,
                         split.test.description)
