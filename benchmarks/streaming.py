@@ -8,8 +8,10 @@ and the loader's throughput against torchvision's ImageFolder + DataLoader.
    224-px JPEGs each, 10 classes: the built-in rendered digits (source) and the same
    digits on a coloured, noisy background (target), enlarged to 224 px. Made once into
    --data (about 8 KB per image).
-2. Memory: `imgxfer run --generator none` with the linear probe and with fine-tuning on
-   each size, as a subprocess; its peak memory is the highest sum, sampled every 0.2 s,
+2. Memory: `imgxfer run --generator none` (smallcnn, which reads 32 px) with the linear
+   probe and with fine-tuning on each size, with the folders' default ``stream=auto``
+   (sets that fit in 512 MB decoded are kept in memory, as uint8) and with
+   ``stream=always`` (decoded from the files at every use), as a subprocess; its peak memory is the highest sum, sampled every 0.2 s,
    of the proportional set size (PSS: shared pages counted once) of the run and its
    DataLoader workers. Goal: at 50,000 within 1.5x of 1,000.
 3. Throughput: images per second through imgxfer's streamed store and through
@@ -121,16 +123,18 @@ def peak_memory(command: list[str], env: dict[str, str]) -> tuple[float, float, 
     return peak / 1024, time.perf_counter() - start, proc.returncode
 
 
-def memory_cell(args: argparse.Namespace, n: int, adapter: str) -> dict:
+def memory_cell(args: argparse.Namespace, n: int, adapter: str, stream: str) -> dict:
     src, tgt = make_folders(args.data, n)
     imgxfer = str(Path(sys.executable).parent / "imgxfer")
     out = args.data / "runs"
     command = [imgxfer, "run", "--source", f"folder:{src}", "--target", f"folder:{tgt}",
                "--generator", "none", "--adapter", adapter, "--shots", "10",
-               "--workers", str(args.workers), "--out", str(out), "--name", f"{adapter}-{n}"]
+               "--workers", str(args.workers), "--out", str(out), "--name", f"{adapter}-{n}",
+               "--source-opt", f"stream={stream}", "--target-opt", f"stream={stream}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     mb, seconds, code = peak_memory(command, env)
-    return {"kind": "memory", "images": n, "adapter": adapter, "peak_pss_mb": round(mb, 1),
+    return {"kind": "memory", "images": n, "adapter": adapter, "stream": stream,
+            "peak_pss_mb": round(mb, 1),
             "seconds": round(seconds, 1), "exit": code, "workers": args.workers}
 
 
@@ -182,12 +186,14 @@ def throughput_cell(args: argparse.Namespace, n: int, size: int) -> dict:
 
 # --------------------------------------------------------------------------- table
 def table(rows: list[dict]) -> str:
-    mem = {(r["images"], r["adapter"]): r for r in rows if r["kind"] == "memory"}
-    lines = ["| images | adapter | peak PSS (MB) | vs 1,000 | time (s) |", "|---|---|---|---|---|"]
-    for (n, adapter), r in sorted(mem.items()):
-        base = mem.get((SIZES[0], adapter))
+    mem = {(r["stream"], r["adapter"], r["images"]): r for r in rows if r["kind"] == "memory"}
+    lines = ["| stream | adapter | images | peak PSS (MB) | vs 1,000 | time (s) |",
+             "|---|---|---|---|---|---|"]
+    for (stream, adapter, n), r in sorted(mem.items()):
+        base = mem.get((stream, adapter, SIZES[0]))
         ratio = f"{r['peak_pss_mb'] / base['peak_pss_mb']:.2f}x" if base else "–"
-        lines.append(f"| {n:,} | {adapter} | {r['peak_pss_mb']:.0f} | {ratio} | {r['seconds']:.0f} |")
+        lines.append(f"| {stream} | {adapter} | {n:,} | {r['peak_pss_mb']:.0f} | {ratio} | "
+                     f"{r['seconds']:.0f} |")
     lines += ["", "| read size | workers | imgxfer (img/s) | ImageFolder (img/s) | ratio |",
               "|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "throughput"):
@@ -201,6 +207,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/imgxfer-streaming"))
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--adapters", default="linear,finetune")
+    parser.add_argument("--streams", default="auto,always",
+                        help="the folders' stream option: auto (the default) and always")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=3000, help="images per throughput pass")
@@ -217,8 +225,8 @@ def main() -> None:
     if not args.skip_throughput:
         rows += [throughput_cell(args, sizes[0], size) for size in (32, SIDE)]
     if not args.skip_memory:
-        rows += [memory_cell(args, n, adapter) for n in sizes
-                 for adapter in args.adapters.split(",")]
+        rows += [memory_cell(args, n, adapter, stream) for stream in args.streams.split(",")
+                 for adapter in args.adapters.split(",") for n in sizes]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         for row in rows:

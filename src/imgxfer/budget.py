@@ -6,6 +6,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from imgxfer import distributed
 from imgxfer.errors import UserError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -48,4 +49,7 @@ class Budget:
     def done(self, step: int) -> bool:
         if self.steps is not None and step >= self.steps:
             return True
-        return self.seconds is not None and time.monotonic() - self._start >= self.seconds
+        if self.seconds is None:
+            return False
+        # In a distributed run, all processes stop at the same step (imgxfer.distributed).
+        return distributed.any_process(time.monotonic() - self._start >= self.seconds)

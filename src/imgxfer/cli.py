@@ -227,6 +227,8 @@ def _stage_options(f):
 @click.option("--workers", type=int, metavar="N",
               help="Processes that decode images of datasets streamed from files (default: "
                    "one per spare core, at most 4; 0: in the main process).")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
+              help="bf16: training's forward passes in bfloat16 (default no).")
 @click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
 @_stage_options
 @click.option("--resume", "resume_folder", type=click.Path(), metavar="RUN_FOLDER",
@@ -525,6 +527,12 @@ def uninstall(name: str) -> None:
 
 
 def main() -> None:
+    from imgxfer.distributed import is_main
+
+    if not is_main():
+        # A non-main process of a distributed run (imgxfer.distributed): rank 0 speaks
+        # for all; a crash still shows its traceback on stderr.
+        out.quiet = err.quiet = True
     cli(prog_name="imgxfer")
 
 

@@ -72,6 +72,8 @@ class RunConfig:
     # Processes that decode streamed image files (folder:/csv: datasets too large for
     # memory); -1: as suits the machine (imgxfer.images.default_workers), 0: none.
     workers: int = -1
+    # Mixed precision of training's forward passes: "no" or "bf16" (imgxfer.distributed).
+    mixed_precision: str = "no"
     out: str = "runs"
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
@@ -131,6 +133,10 @@ class RunConfig:
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
+        if self.mixed_precision not in ("no", "bf16"):
+            raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r} "
+                            "(fp16 needs loss scaling, which imgxfer's training loops do not "
+                            "do).")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < -1:
             raise UserError(f"workers must be 0 or more (or -1: as suits the machine), got "
                             f"{self.workers!r}.")

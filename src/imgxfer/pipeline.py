@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from imgxfer import __version__, runfolder
+from imgxfer import __version__, distributed, runfolder
 from imgxfer.config import RunConfig, load, same_run
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics, Timings
@@ -63,6 +63,8 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
                          describe(config, source, split), encoder_metrics, adapted.target,
                          adapted.adapters, generated.metrics if generated else None,
                          adapted.deltas, timings.rounded())
+    if distributed.describe():  # processes, precision: how the numbers were made
+        metrics.extra["distributed"] = distributed.describe()
     captions["unlabelled"] = caption_unlabelled(plan, adapted.classifier)
     extras = {"source": source, "split": split, "synthetic": synthetic, "captions": captions,
               "adapter_history": adapted.history, **_generator_extras(generated)}
@@ -110,7 +112,10 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
     starts again from the beginning with the same seed (so the same split and encoder),
     and the generator continues from its training checkpoint instead of step 0."""
     config = plan.config
-    if folder is None:
+    if resume and distributed.world_size() > 1:
+        raise UserError("--resume continues a run in one process; start it without a "
+                        "launcher (accelerate launch, torchrun).")
+    if folder is None or not distributed.is_main():  # only the main process writes --out
         folder = create_run_dir(config.out, config.name)
     elif not resume:
         folder.mkdir(parents=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgxfer import images
+from imgxfer import distributed, images
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.config import NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
@@ -72,7 +72,9 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     """Validate ``config``, look up and build every component and load the data, raising
     each user mistake as a :class:`UserError` before any folder is created."""
     config.validate()
-    device = resolve_device(config.device)
+    # Under a launcher (accelerate launch, torchrun) each process has its own device.
+    device = (distributed.setup(config.device, config.mixed_precision)
+              or resolve_device(config.device))
     images.set_workers(None if config.workers < 0 else config.workers)
     check_out_dir(config.out)
     # Look every component up first, so a typo fails in a second, not after data loading.
@@ -80,7 +82,8 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
         registry.get(kind, name)
     budget = generator_budget(config)
     seed_everything(config.seed)
-    source, split = load_data(config, registry)
+    with distributed.main_first():  # a download happens once, in the main process
+        source, split = load_data(config, registry)
     config = resolve_auto_options(config, registry, source, split.test)
 
     def make(kind: str, name: str, options: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from imgxfer import distributed
 from imgxfer.errors import UserError
 
 # mkstemp creates files readable by the owner only; run files should follow the umask
@@ -108,7 +109,11 @@ def _unwritable(out: Path, where: Path, error: OSError) -> UserError:
 
 def create_run_dir(out: str | Path, name: str) -> Path:
     """``out/<YYYYmmdd-HHMMSS>-<name>``; never reuses an existing folder. Its own mkdir
-    says when ``out`` cannot be written, so the write probe is not repeated here."""
+    says when ``out`` cannot be written, so the write probe is not repeated here. In a
+    distributed run only the main process creates it; the others get a private
+    temporary folder (imgxfer.distributed)."""
+    if not distributed.is_main():
+        return distributed.private_folder()
     out = check_out_dir(out, probe=False)
     try:
         out.mkdir(parents=True, exist_ok=True)

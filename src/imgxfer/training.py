@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.images import ImageStore, as_store, indexed_batches
 
@@ -124,19 +125,22 @@ def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torc
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
                                                 total_steps=max(1, budget.steps or 1))
-    batches = indexed_batches(images, infinite_batches(len(images), batch_size, seed=seed))
+    batches = indexed_batches(images, infinite_batches(len(images), batch_size,
+                                                       seed=seed + distributed.seed_offset()))
     model.train()
     budget.start()
     step = 0
     while not budget.done(step):
         idx, raw = next(batches)
         x = conv_layout(preprocess(augment(raw, generator=generator).to(device)), layout)
-        loss = nn.functional.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.1)
+        with distributed.autocast():
+            loss = nn.functional.cross_entropy(model(x), labels[idx].to(device),
+                                               label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        distributed.backward_step(loss, opt)
         sched.step()
         step += 1
         if task is not None:
             task.advance(1, loss=loss.item())
+    distributed.sync_buffers(model)
     return step

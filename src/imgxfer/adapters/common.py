@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import TransferData
@@ -220,6 +221,23 @@ class TrainedAdapter:
                 "synthetic are all empty or weighted 0).")
 
     # ----- the loop
+    def labelled_loss(self, model: Classifier, sets: dict[str, Any], streams: dict[str, Any],
+                      g: torch.Generator, device: torch.device, layout: bool
+                      ) -> tuple[torch.Tensor, dict[str, Forward]]:
+        """The weighted, label-smoothed cross-entropy of one batch of each labelled set,
+        each forwarded on its own (domain-specific BatchNorm), and the forwards."""
+        loss = torch.zeros((), device=device)
+        outputs: dict[str, Forward] = {}
+        for key, ds in sets.items():
+            idx, raw = next(streams[key])
+            x = conv_layout(model.encoder.preprocess(augment(raw, generator=g).to(device)),
+                            layout)
+            f = model.encoder(x)
+            out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
+            loss = loss + self.weights[key] * nn.functional.cross_entropy(
+                out.logits, out.labels, label_smoothing=self.label_smoothing)
+        return loss, outputs
+
     def fit(self, encoder: nn.Module, data: TransferData, *, budget: Budget,
             progress: Progress = NullProgress(),
             device: torch.device = torch.device("cpu")) -> Classifier:
@@ -239,17 +257,19 @@ class TrainedAdapter:
         opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, budget.steps))
         g = torch.Generator().manual_seed(self.seed)
-        # (index, images) batches per set, read ahead by workers for streamed files.
+        # (index, images) batches per set, read ahead by workers for streamed files; each
+        # process of a distributed run draws its own (offset 0 in a single process).
+        offset = distributed.seed_offset()
         streams: dict[str, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {
             k: indexed_batches(v.images, infinite_batches(len(v), self.batch_size,
-                                                          seed=self.seed + i))
+                                                          seed=self.seed + i + offset))
             for i, (k, v) in enumerate(sets.items())}
         use_target = self.needs_target and pool is not None and len(pool) > 0
         if self.needs_target and not use_target:
             progress.log(f"{self.name}: no target images; training on labelled images only.")
         if use_target:
             streams["unlabelled"] = indexed_batches(
-                pool, infinite_batches(len(pool), self.batch_size, seed=self.seed + 10))
+                pool, infinite_batches(len(pool), self.batch_size, seed=self.seed + 10 + offset))
         model.train()
         if extra is not None:
             extra.train()
@@ -257,29 +277,21 @@ class TrainedAdapter:
         self.history: list[float] = []  # the loss of every step, for the run report
         with progress.task(f"adapter: {self.name}", total=budget.steps) as task:
             while not budget.done(step):
-                loss = torch.zeros((), device=device)
-                outputs: dict[str, Forward] = {}
-                for key, ds in sets.items():
-                    idx, raw = next(streams[key])
-                    x = conv_layout(encoder.preprocess(augment(raw, generator=g).to(device)),
-                                    layout)
-                    f = encoder(x)
-                    out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
-                    loss = loss + self.weights[key] * nn.functional.cross_entropy(
-                        out.logits, out.labels, label_smoothing=self.label_smoothing)
-                info: dict[str, float] = {}
-                if use_target:
-                    extra_loss, info = self.target_loss(Step(
-                        model, outputs, next(streams["unlabelled"])[1],
-                        step / max(1, budget.steps), g, device, extra, layout))
-                    loss = loss + extra_loss
+                with distributed.autocast():
+                    loss, outputs = self.labelled_loss(model, sets, streams, g, device, layout)
+                    info: dict[str, float] = {}
+                    if use_target:
+                        extra_loss, info = self.target_loss(Step(
+                            model, outputs, next(streams["unlabelled"])[1],
+                            step / max(1, budget.steps), g, device, extra, layout))
+                        loss = loss + extra_loss
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                distributed.backward_step(loss, opt)
                 sched.step()
                 step += 1
                 self.history.append(loss.item())
                 task.advance(1, loss=self.history[-1], **info)
+        distributed.sync_buffers(model, extra)
         if self.adabn and pool is not None and len(pool):
             adapt_batchnorm(model, pool, device, preprocess=encoder.preprocess)
         model.eval()

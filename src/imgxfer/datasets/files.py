@@ -49,7 +49,7 @@ from imgxfer.data import ImageDataset
 from imgxfer.datasets.common import check_choice, check_size, one_line
 from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
-from imgxfer.images import ImageStore, TensorImages
+from imgxfer.images import CHUNK, ImageStore, TensorImages
 
 FITS = ("crop", "pad", "stretch", GLYPH)
 _GLYPH_THRESHOLD = 0.2  # ink, after invert: above the paper's grain in scans
@@ -324,12 +324,18 @@ class FileImages(ImageStore):
         if self.stream == "always" or (self.stream == AUTO
                                      and self.in_memory_bytes() > IN_MEMORY_MB << 20):
             return self
+        # Decoded a chunk at a time into the final tensor, so memory peaks at the stored
+        # size plus one chunk, not at several float copies of the whole set.
+        images = torch.empty(self.shape, dtype=torch.uint8)
         with ThreadPoolExecutor(_threads()) as pool:
-            arrays = list(pool.map(self.read, range(len(self))))
-        images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, *self.shape[1:])
-        levels = (images * 255).round()
-        if torch.equal(levels / 255.0, images):  # reads back bit for bit
-            images = levels.to(torch.uint8)
+            for start in range(0, len(self), CHUNK):
+                rows = range(start, min(start + CHUNK, len(self)))
+                chunk = torch.from_numpy(np.stack(list(pool.map(self.read, rows))))
+                levels = (chunk * 255).round()
+                if images.dtype == torch.uint8 and not torch.equal(levels / 255.0, chunk):
+                    images = images.float() / 255.0  # not 8-bit (16-bit scans): keep floats
+                images[start:start + len(rows)] = (levels if images.dtype == torch.uint8
+                                                   else chunk)
         return TensorImages(images)
 
 

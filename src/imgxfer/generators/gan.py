@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
@@ -496,9 +497,9 @@ class ConditionalGAN:
         # needs; with equal steps samples collapsed and ignored their class more often.
         opt_g = torch.optim.Adam(gen_net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=_D_LR_RATIO * self.lr, betas=(0.5, 0.999))
-        return _Nets(gen_net, disc, sampler, opt_g, opt_d,
-                     torch.Generator().manual_seed(self.seed),
-                     torch.Generator(device=device).manual_seed(self.seed))
+        seed = self.seed + distributed.seed_offset()  # each process its own batches
+        return _Nets(gen_net, disc, sampler, opt_g, opt_d, torch.Generator().manual_seed(seed),
+                     torch.Generator(device=device).manual_seed(seed))
 
     def _train_step(self, nets: "_Nets", batches: "_Batches", step: int,
                     device: torch.device) -> dict[str, float]:
@@ -522,8 +523,7 @@ class ConditionalGAN:
         d_real, d_fake = scores[:len(y)], scores[len(y):]
         d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         nets.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        nets.opt_d.step()
+        distributed.backward_step(d_loss, nets.opt_d)
 
         # Frozen discriminator: no weight gradients are computed for it here.
         disc.requires_grad_(False)
@@ -539,8 +539,7 @@ class ConditionalGAN:
             g_total = g_total + self.cdc * self._consistency(
                 gen_net, batches.pairs, batches.caption_ids, nets.draw_rng, rng, device)
         nets.opt_g.zero_grad(set_to_none=True)
-        g_total.backward()
-        nets.opt_g.step()
+        distributed.backward_step(g_total, nets.opt_g)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
     # -- training checkpoints -----------------------------------------------------------

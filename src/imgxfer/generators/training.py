@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.progress import Progress
@@ -270,10 +271,12 @@ def train_steps(state: TrainingState, step: Callable[[int], dict[str, float]], *
         if state.step:
             task.advance(state.step)
         while not run_budget.done(state.step):
-            shown = step(state.step)
+            with distributed.autocast():
+                shown = step(state.step)
             state.step += 1
             if checkpoint is not None and clock.due(state.step):
                 save()
             task.advance(1, **shown)
+    distributed.sync_buffers(*state.modules.values())
     if checkpoint is not None and (clock.saved_at != state.step or not checkpoint.path.exists()):
         save()

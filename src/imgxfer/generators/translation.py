@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.encoders.preprocess import match_channels
@@ -152,6 +153,7 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=4 * lr, betas=(0.5, 0.999))
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
+    seed += distributed.seed_offset()  # each process its own batches and noise
     draw = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed)
     state = TrainingState(
@@ -203,8 +205,7 @@ def _update(g: nn.Module, d: nn.Module, t: nn.Module, optimizers: tuple, x: torc
     scores = d(torch.cat([real, fake.detach()]))
     d_loss = F.relu(1 - scores[:len(real)]).mean() + F.relu(1 + scores[len(real):]).mean()
     opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
+    distributed.backward_step(d_loss, opt_d)
 
     t.requires_grad_(True)
     inputs, labels = [x, fake.detach()], [y, y]
@@ -214,8 +215,7 @@ def _update(g: nn.Module, d: nn.Module, t: nn.Module, optimizers: tuple, x: torc
         labels.append(data.shot_labels[pick].to(device))
     t_loss = F.cross_entropy(t(torch.cat(inputs)), torch.cat(labels))
     opt_t.zero_grad(set_to_none=True)
-    t_loss.backward()
-    opt_t.step()
+    distributed.backward_step(t_loss, opt_t)
 
     d.requires_grad_(False)
     t.requires_grad_(False)
@@ -223,8 +223,7 @@ def _update(g: nn.Module, d: nn.Module, t: nn.Module, optimizers: tuple, x: torc
     content = F.cross_entropy(t(fake), y)
     opt_g.zero_grad(set_to_none=True)
     total = adversarial + content_weight * content
-    (total if extra is None else total + extra).backward()
-    opt_g.step()
+    distributed.backward_step(total if extra is None else total + extra, opt_g)
     return {"d_loss": d_loss.item(), "g_loss": adversarial.item(), "content_loss": content.item()}
 
 

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgxfer import distributed
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
@@ -156,6 +157,12 @@ class _TrainingState:
     history: dict[str, list[float]] = field(default_factory=lambda: {"loss": []})
     step: int = 0
     elapsed: float = 0.0
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """The trained networks, as imgxfer's TrainingState names them (train_steps
+        averages their BatchNorm-style buffers over the processes of a distributed run)."""
+        return {"net": self.net}
 
 
 class DiffusionGenerator:
@@ -297,10 +304,11 @@ class DiffusionGenerator:
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.0)
         ema = EMAModel(net.parameters(), decay=self.ema, foreach=True)
         scheduler = self._noise_scheduler()
+        seed = self.seed + distributed.seed_offset()  # each process its own batches
         state = _TrainingState(
             net=net, ema=ema, optimizer=optimizer,
-            generators={"draw": torch.Generator().manual_seed(self.seed),
-                        "noise": torch.Generator(device=device).manual_seed(self.seed)},
+            generators={"draw": torch.Generator().manual_seed(seed),
+                        "noise": torch.Generator(device=device).manual_seed(seed)},
             data=data_signature(data, shape=list(data.images.shape[1:])), device=device.type)
         if checkpoint is not None and resume and checkpoint.exists():
             self._load_training(checkpoint, state)
@@ -372,8 +380,7 @@ class DiffusionGenerator:
         noisy = scheduler.add_noise(x0, noise, t)
         loss = F.mse_loss(net(noisy, t, net.embed(token, text, keep)), noise)
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
+        distributed.backward_step(loss, state.optimizer)
         state.ema.step(net.parameters())
         return loss.item()
 
