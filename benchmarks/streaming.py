@@ -221,16 +221,20 @@ def main() -> None:
         print(table([json.loads(line) for line in RESULTS.read_text().splitlines()]))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    cells = []
     if not args.skip_throughput:
-        rows += [throughput_cell(args, sizes[0], size) for size in (32, SIDE)]
+        cells += [lambda size=size: throughput_cell(args, sizes[0], size) for size in (32, SIDE)]
     if not args.skip_memory:
-        rows += [memory_cell(args, n, adapter, stream) for stream in args.streams.split(",")
-                 for adapter in args.adapters.split(",") for n in sizes]
+        cells += [lambda n=n, a=adapter, s=stream: memory_cell(args, n, a, s)
+                  for stream in args.streams.split(",") for adapter in args.adapters.split(",")
+                  for n in sizes]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    rows = []
+    for cell in cells:  # each result is kept as soon as it is measured
+        rows.append(cell())
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+        print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
 
 
