@@ -104,3 +104,15 @@ def test_gradients_are_averaged_only_when_several_processes_run():
     distributed.average_gradients([p])  # one process: untouched
     assert torch.equal(p.grad, torch.tensor([1.0, 2.0, 3.0]))
     assert distributed.seed_offset() == 0 and distributed.is_main()
+
+
+def test_more_processes_than_gpus_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    from imgxfer.errors import UserError
+
+    with pytest.raises(UserError, match="4 processes were launched on this machine but it "
+                                        "has 1 GPU"):
+        distributed.setup("cuda")

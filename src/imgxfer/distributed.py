@@ -74,6 +74,12 @@ def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
             raise UserError("several processes or mixed precision need Hugging Face "
                             "Accelerate: pip install accelerate.") from None
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if not cpu and local > torch.cuda.device_count():
+            raise UserError(f"{local} processes were launched on this machine but it has "
+                            f"{torch.cuda.device_count()} GPU(s); launch at most one process "
+                            "per GPU (--nproc-per-node, accelerate's --num_processes) or "
+                            "run with --device cpu.")
         try:
             _accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
         except (RuntimeError, ValueError) as exc:

@@ -73,8 +73,8 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     each user mistake as a :class:`UserError` before any folder is created."""
     config.validate()
     # Under a launcher (accelerate launch, torchrun) each process has its own device.
-    device = (distributed.setup(config.device, config.mixed_precision)
-              or resolve_device(config.device))
+    device = resolve_device(config.device)  # refuses a device that is not there
+    device = distributed.setup(config.device, config.mixed_precision) or device
     images.set_workers(None if config.workers < 0 else config.workers)
     check_out_dir(config.out)
     # Look every component up first, so a typo fails in a second, not after data loading.
