@@ -116,6 +116,13 @@ class Generator(Protocol):
       ``generator.safetensors`` holds (tensors only). A generator rebuilt entirely from its
       options (a pretrained pipeline read from a folder) may return ``{}``.
 
+    For distributed runs (``torchrun``/``accelerate launch``, :mod:`imgxfer.distributed`),
+    a ``fit`` that trains steps with ``imgxfer.distributed.backward_step(loss,
+    optimizer)`` (instead of ``loss.backward(); optimizer.step()``) and adds
+    ``imgxfer.distributed.seed_offset()`` to the seed of its batch draws trains
+    data-parallel; ``imgxfer.generators.training.train_steps`` also applies
+    ``--mixed-precision`` and agrees on time budgets. Both are no-ops in one process.
+
     Optional (declared):
 
     - ``trains_by_steps = False``: usable without training (``--generator-steps 0`` is
