@@ -88,7 +88,7 @@ def test_concatenated_stores_index_like_one_tensor():
     joined, whole = ConcatImages([a, b]), torch.cat([a[:], b[:]])
     rows = torch.tensor([14, 0, 9, 10, 3, 13])
     assert len(joined) == 15 and torch.equal(joined[rows], whole[rows])
-    assert torch.equal(joined.take(rows)[:], whole[rows])
+    assert torch.equal(joined.subset(rows.tolist())[:], whole[rows])
     assert torch.equal(joined[:], whole)
 
 

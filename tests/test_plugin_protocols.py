@@ -55,7 +55,7 @@ class NearestMean:
     def fit(self, encoder, data, *, budget, progress, device):
         encoder.eval()
         model = imgxfer.Classifier(encoder, len(data.class_names)).to(device)
-        images, labels = data.target_labelled.images, data.target_labelled.labels
+        images, labels = data.target_labelled.images[:], data.target_labelled.labels
         with torch.no_grad():
             features = encoder(encoder.preprocess(images.to(device)))
             means = torch.stack([features[labels == c].mean(0)

@@ -110,10 +110,6 @@ class ImageStore:
             return self.load([range(len(self))[index]])[0]
         return self.load(_rows(index, len(self)))
 
-    def take(self, index: Index) -> "ImageStore":
-        """The images at ``index`` as a store (nothing is read)."""
-        return self.subset(_rows(index, len(self)))
-
     def batches(self, index_batches: Iterable[Any]) -> Iterator[torch.Tensor]:
         """``self[idx]`` for each ``idx`` of ``index_batches`` (which may be endless), read
         ahead by DataLoader workers when the store is streamed."""
@@ -131,10 +127,6 @@ class ImageStore:
         if len(self) == 0:
             return torch.empty(0, *self.shape[1:])
         return torch.cat(list(self.chunks()))
-
-    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Like a tensor's ``to``: all images, moved (small sets only)."""
-        return self.tensor().to(*args, **kwargs)
 
 
 def indexed_batches(images: "torch.Tensor | ImageStore", index_batches: Iterable[torch.Tensor]
