@@ -531,8 +531,9 @@ def main() -> None:
 
     if not is_main():
         # A non-main process of a distributed run (imgxfer.distributed): rank 0 speaks
-        # for all; a crash still shows its traceback on stderr.
+        # for all (--json included); a crash still shows its traceback on stderr.
         out.quiet = err.quiet = True
+        sys.stdout = open(os.devnull, "w")
     cli(prog_name="imgxfer")
 
 

@@ -85,7 +85,8 @@ def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"could not start {world_size()} processes on "
                             f"{'the CPU' if cpu else 'the GPUs'}: {_one_line(exc)}") from None
-    return _accelerator.device
+    device = _accelerator.device
+    return torch.device("cpu") if device.type == "cpu" else device  # not "cpu:0"
 
 
 def _one_line(exc: BaseException) -> str:
