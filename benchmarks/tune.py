@@ -8,8 +8,11 @@ the default config are then run as ordinary runs and compared on the test split.
 
 finetune is the default adapter and the cheapest trained one (no unlabelled forward
 pass per step), so a one-core budget holds the most trials. The run's budget is
-shortened (ADAPTER_STEPS) for the same reason, for default and tuned alike. One line
-per (shots, seed) is appended to --out; a rerun skips the lines already there.
+shortened (ADAPTER_STEPS) for the same reason, for default and tuned alike, and the
+search covers finetune's four declared options (PARAMS) but not the step count, so tuned
+and default runs cost the same. The search stops at its trial count or its time
+(SEARCH), whichever comes first. One line per (shots, seed) is appended to --out; a
+rerun skips the lines already there.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from imgxfer.config import RunConfig
 from imgxfer.plugins import get_registry
 
 ROOT = Path(__file__).parent / "results" / "tune"
-ADAPTER_STEPS = 100
+ADAPTER_STEPS = 60
+PARAMS = ["adapter.lr", "adapter.encoder_lr_scale", "adapter.source_weight",
+          "adapter.target_weight"]
 # shots -> (trials, timeout seconds, folds): the budget of each search on one core.
-SEARCH = {1: (10, 90, None), 5: (10, 120, 3)}
+SEARCH = {1: (12, 120, None), 5: (12, 180, 3)}
 
 
 def base_config(shots: int, seed: int) -> RunConfig:
@@ -45,7 +50,8 @@ def measure(shots: int, seed: int) -> dict[str, Any]:
     trials, timeout, folds = SEARCH[shots]
     config = base_config(shots, seed)
     t0 = time.perf_counter()
-    result = tune(config, get_registry(), n_trials=trials, timeout=timeout, folds=folds)
+    result = tune(config, get_registry(), n_trials=trials, timeout=timeout, folds=folds,
+                  params=PARAMS)
     tune_s = time.perf_counter() - t0
     study = result.study.study
     states = [t.state.name for t in study.trials]

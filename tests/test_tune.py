@@ -232,3 +232,11 @@ def test_with_a_generator_each_fold_synthesises_from_its_own_shots(host, tmp_pat
     assert made == [6, 6, 6]
     con = sqlite3.connect(str(result.folder / "study.db"))
     assert con.execute("select count(*) from trials").fetchone() == (2,)
+
+
+def test_a_given_storage_is_not_written_when_the_input_is_bad(host, tmp_path):
+    db = tmp_path / "shared.db"
+    result = invoke("tune", *TINY, "--storage", f"sqlite:///{db}", "--folds", "4",
+                    "--out", str(tmp_path / "out"))
+    _one_sentence(result, "--folds must be between 2 and 3")
+    assert not db.exists() and not (tmp_path / "out").exists()

@@ -42,6 +42,16 @@ def write_outputs(folder: Path, best: RunConfig | None, study: optuna.Study,
     return written
 
 
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed: without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing to hide that we know of
+        return url
+
+
 def _params(study: optuna.Study) -> list[str]:
     return list(dict.fromkeys(k for t in study.trials for k in t.params))
 
@@ -73,8 +83,6 @@ def trials_csv(study: optuna.Study) -> str:
 def summary(study: optuna.Study, storage: str) -> str:
     """A markdown summary: objective and why, best value and parameters against the
     starting config's, and a table of every trial with its state."""
-    from imgxfer.tuning import shown_url
-
     attrs = study.user_attrs
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     lines = [f"# imgxfer tune: study {study.study_name!r}", "",

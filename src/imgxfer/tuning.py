@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from imgxfer.plan import Plan, prepare
 from imgxfer.progress import NullProgress
 from imgxfer.registry import Registry
 from imgxfer.tunable import Range, current_values, search_space, with_params
+from imgxfer.tune_report import STUDY_DB, shown_url, write_outputs
 
 log = logging.getLogger("imgxfer")
 
@@ -241,14 +243,23 @@ class Study:
     continued: int  # trials it held before this invocation
 
 
-def shown_url(url: str) -> str:
-    """A storage URL as it may be printed: without its password."""
-    try:
-        from sqlalchemy.engine import make_url
+def check_storage(url: str) -> None:
+    """Find what is wrong with a storage URL without writing to it (so bad input creates
+    no empty study): it must parse, name an installed database driver and, for SQLite,
+    a file in an existing folder. Whether a server answers is known when it is opened."""
+    from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: nothing to hide that we know of
-        return url
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # imports the driver: unknown schemes and missing drivers fail
+    except Exception as error:  # SQLAlchemy raises several types here
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"--storage {shown_url(url)!r} cannot be opened: "
+                        f"{reason.rstrip('.')}.") from None
+    folder = Path(parsed.database or "").parent
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not folder.is_dir():
+        raise UserError(f"--storage {shown_url(url)!r} cannot be opened: the folder "
+                        f"{str(folder)!r} does not exist.")
 
 
 def open_study(url: str, name: str, config: RunConfig) -> Study:
@@ -333,8 +344,6 @@ def check_budget(n_trials: int, timeout: float | None) -> None:
 
 
 def default_storage(folder: Path) -> str:
-    from imgxfer.tune_report import STUDY_DB
-
     return f"sqlite:///{(folder / STUDY_DB).resolve()}"
 
 
@@ -345,30 +354,37 @@ def tune(config: RunConfig, registry: Registry, *, n_trials: int,
          callbacks: list[Callable] = ()) -> TuneResult:
     """Check everything, load the data and pretrain the encoder, then create the tune
     folder (``<out>/<time>-tune-<name>``), run the study and write its outputs. Every
-    user mistake is raised before the folder exists; a given ``storage`` is opened
-    before the data is loaded, the default one (sqlite in the folder) right after."""
+    user mistake is raised before the folder exists; a given ``storage`` is checked
+    before the data is loaded and opened after, the default one (sqlite in the folder)
+    once the folder exists."""
     from imgxfer.runfolder import create_run_dir
-    from imgxfer.tune_report import write_outputs
 
     check_budget(n_trials, timeout)
     config.validate()
     space = search_space(config, registry, params)
     name = study_name or config.name
-    opened = open_study(storage, name, config) if storage else None
+    if storage:
+        check_storage(storage)
     tuner = prepare_tuner(config, registry, space, folds)
+    # Opened once the data is checked, so bad input leaves no empty study behind.
+    opened = open_study(storage, name, config) if storage else None
     folder = create_run_dir(config.out, f"tune-{config.name}")
     if opened is None:
-        opened = open_study(default_storage(folder), name, config)
-    interrupted: KeyboardInterrupt | None = None
+        try:
+            opened = open_study(default_storage(folder), name, config)
+        except BaseException:  # leave no folder behind that holds nothing
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    stopped: BaseException | None = None
     try:
         run_study(opened, tuner, n_trials=n_trials, timeout=timeout, pruner=pruner,
                   callbacks=callbacks)
-    except KeyboardInterrupt as error:  # keep what finished: write the outputs first
-        interrupted = error
+    except BaseException as error:  # Ctrl-C or a failed trial: keep what finished first
+        stopped = error
     study = opened.study
     finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     best = best_config(config, study) if finished else None
     files = write_outputs(folder, best, study, opened.storage)
-    if interrupted is not None:
-        raise interrupted
+    if stopped is not None:
+        raise stopped
     return TuneResult(folder, opened, tuner.objective, best, files)

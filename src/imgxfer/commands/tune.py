@@ -15,9 +15,8 @@ DEFAULT_TRIALS = 20
 
 
 def _run_options(f):
-    """The data and component options of `imgxfer run` that a tuned run takes too."""
-    from imgxfer.cli import _stage_options
-
+    """The data and component options of `imgxfer run` that a tuned run takes too (the
+    command cannot import imgxfer.cli, which loads the built-in plugin that registers it)."""
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False),
                      help="TOML run config to start from; flags given here override it."),
@@ -37,15 +36,15 @@ def _run_options(f):
         click.option("--encoder-steps", type=int, help="Steps of source training for the encoder."),
         click.option("--generator-steps", type=int, help="Generator training steps."),
         click.option("--generator-time", help="Wall-clock cap on generator training."),
-        click.option("--generator-budget", metavar="DURATION",
-                     help="Train the generator for this long (as in imgxfer run)."),
         click.option("--adapter-steps", type=int, help="Adapter training steps."),
         click.option("--seed", type=int, help="Seed of the data split and every fit."),
         click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
         click.option("--out", type=click.Path(),
                      help="Folder that receives the tune folder (default runs)."),
     ]
-    f = _stage_options(f)
+    for stage in reversed(STAGES):
+        f = click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
+                         help=f"Option for the {stage} component (repeatable).")(f)
     for option in reversed(options):
         f = option(f)
     return f
@@ -100,13 +99,10 @@ def tune_command(config_file: str | None, n_trials: int, timeout: str | None,
 def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
     """The run config from --config and the flags, as `imgxfer run` builds it."""
     from imgxfer import config as cfg
-    from imgxfer.cli import _apply_generator_budget
 
     options = {s: list(flags.pop(f"{s}_opt")) for s in STAGES}
-    budget = flags.pop("generator_budget")
     config = cfg.load(config_file) if config_file else cfg.RunConfig()
     config = cfg.apply_overrides(config, flags, options)
-    _apply_generator_budget(config, budget, flags, config_file)
     if config.name == cfg.RunConfig.name and not flags.get("name"):
         config.name = f"{config.source}-to-{config.target}"
     if config.compare:
@@ -115,42 +111,40 @@ def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
     return config
 
 
-def _print_trial(study: Any, trial: Any) -> None:
-    from imgxfer.cli import err
+def _say(text: str) -> None:
+    click.echo(text, err=True)
 
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in trial.params.items())
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_trial(study: Any, trial: Any) -> None:
+    shown = ", ".join(f"{k}={_shown(v)}" for k, v in trial.params.items())
     value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
     try:
         best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
     except ValueError:  # no finished trial yet
         best = "no finished trial yet"
-    err.print(f"trial {trial.number}: {value}; {best}  {shown}", highlight=False,
-              soft_wrap=True)
+    _say(f"trial {trial.number}: {value}; {best}  {shown}")
 
 
 def _print_result(result: Any) -> None:
-    from imgxfer.cli import _table, err
-    from imgxfer.tune_report import BEST
-    from imgxfer.tuning import shown_url
+    from imgxfer.tune_report import BEST, shown_url
 
     study = result.study.study
-    err.print(f"objective: {result.objective.label} ({result.objective.why}).",
-              highlight=False)
+    _say(f"objective: {result.objective.label} ({result.objective.why}).")
     if result.best is not None:
-        rows = [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
-                for k, v in study.best_trial.params.items()]
-        err.print(_table(f"best: trial {study.best_trial.number}, {result.objective.label} "
-                         f"{study.best_value:.4f}", ["parameter", "value"], rows, err,
-                         whole=("parameter",)))
-    err.print(f"tune folder: [bold]{result.folder}[/] (summary.md, trials.csv, history.png)",
-              highlight=False, soft_wrap=True)
+        _say(f"best: trial {study.best_trial.number}, {result.objective.label} "
+             f"{study.best_value:.4f}")
+        width = max(map(len, study.best_trial.params), default=0)
+        for name, value in study.best_trial.params.items():
+            _say(f"  {name:<{width}}  {_shown(value)}")
+    _say(f"tune folder: {result.folder} (summary.md, trials.csv, history.png)")
     if result.best is not None:
-        err.print(f"run it on the test split: imgxfer run --config {result.folder / BEST}",
-                  highlight=False, soft_wrap=True)
-    err.print(f"continue this study: add --storage '{shown_url(result.study.storage)}' "
-              f"--study-name '{result.study.name}' to the same command", highlight=False,
-              soft_wrap=True)
+        _say(f"run it on the test split: imgxfer run --config {result.folder / BEST}")
+    _say(f"continue this study: add --storage '{shown_url(result.study.storage)}' "
+         f"--study-name '{result.study.name}' to the same command")
     if result.best is None:
         raise UserError("no trial finished (all were pruned or failed, or the time ran "
                         "out first), so there is no best.toml; give more --n-trials or a "
