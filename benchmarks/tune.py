@@ -41,7 +41,7 @@ SEARCH = {1: (12, 120, None), 5: (12, 180, 3)}
 def base_config(shots: int, seed: int) -> RunConfig:
     return RunConfig(name=f"tune-bench-{shots}shot", shots=shots, seed=seed, generator="none",
                      adapter="finetune", adapter_steps=ADAPTER_STEPS, device="cpu",
-                     out=str(ROOT / "tune"))
+                     out=str(ROOT / f"{shots}shot-search" / f"seed-{seed}"))
 
 
 def measure(shots: int, seed: int) -> dict[str, Any]:
@@ -55,9 +55,10 @@ def measure(shots: int, seed: int) -> dict[str, Any]:
     tune_s = time.perf_counter() - t0
     study = result.study.study
     states = [t.state.name for t in study.trials]
-    cell_dir = ROOT / f"{shots}shot" / f"seed-{seed}"
-    default, _ = run_once(config, cell_dir / "default")
-    tuned, _ = run_once(result.best, cell_dir / "tuned")
+    # Run folders as the other scripts lay them out (<cell>/seed-K; git keeps their
+    # config.toml and metrics.json), the search beside them.
+    default, _ = run_once(config, ROOT / f"{shots}shot-default" / f"seed-{seed}")
+    tuned, _ = run_once(result.best, ROOT / f"{shots}shot-tuned" / f"seed-{seed}")
     return {"shots": shots, "seed": seed, "objective": result.objective.label,
             "trials": len(states), "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"), "best_value": study.best_value,
