@@ -39,7 +39,7 @@ from imgxfer.protocols import FitResult, declared
 from imgxfer.registry import Component
 
 __all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter",
-           "check_dataset", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
+           "check_dataset", "check_tunable", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
 
 CPU = torch.device("cpu")
 SHAPES = ["bar", "column", "dot"]
@@ -196,12 +196,34 @@ def check_captioner(factory: Callable[..., Any], *args: Any, **options: Any) -> 
 
 
 # --------------------------------------------------------------------------- generators
+def check_tunable(kind: str, factory: Callable[..., Any], *args: Any,
+                  **options: Any) -> dict[str, Any]:
+    """The factory's ``tunable`` declaration (:mod:`imgxfer.tunable`), if any, is well
+    formed (known options, valid ranges) and the factory accepts both ends of every range
+    and every choice, since `imgxfer tune` may pick any of them. Returns the ranges.
+    ``check_adapter`` and ``check_generator`` call it."""
+    from imgxfer.tunable import declared_ranges
+
+    try:
+        ranges = declared_ranges(_entry(kind, factory, args))
+    except UserError as error:
+        raise AssertionError(str(error)) from None
+    for name, rng in ranges.items():
+        for value in rng.values if rng.scale == "choice" else rng.values[:2]:
+            try:
+                _build(kind, factory, args, {**options, name: value})
+            except UserError as error:
+                raise AssertionError(f"tunable {name}={value!r} is refused: {error}") from None
+    return ranges
+
+
 def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
                     data: GeneratorData | None = None, **options: Any) -> Any:
     """``fit`` returns a :class:`FitResult`; ``sample`` gives one float image in [0, 1] per
     prompt on the CPU, the same for the same seed, other images for another seed, and the
     same again from a fresh generator loaded from the saved state."""
     data = data or tiny_generator_data()
+    check_tunable("generators", factory, *args, **options)
     generator = _build("generators", factory, args, options)
     conditioning = set(generator.conditioning)
     assert conditioning and conditioning <= {"label", "text"}, f"conditioning {conditioning}"
@@ -298,6 +320,7 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
     into a fresh classifier (what ``imgxfer predict`` does)."""
     data = data or tiny_transfer_data()
     encoder = encoder if encoder is not None else _tiny_encoder()
+    check_tunable("adapters", factory, *args, **options)
 
     def fit() -> Classifier:
         adapter = _build("adapters", factory, args, options)

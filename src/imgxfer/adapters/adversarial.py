@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from imgxfer.adapters.common import (Step, TrainedAdapter, check_options, dann_schedule,
+from imgxfer.adapters.common import (TUNABLE, Step, TrainedAdapter, check_options, dann_schedule,
                                      discriminator, grad_reverse)
 from imgxfer.training import augment
 
@@ -45,6 +45,7 @@ class DANN(TrainedAdapter):
     """
 
     name = "dann"
+    tunable = {**TUNABLE, "adv_weight": ("log", 0.1, 3.0)}
     uses = _ALL
     needs_target = True
 
@@ -112,6 +113,7 @@ class CDAN(TrainedAdapter):
     """
 
     name = "cdan"
+    tunable = {**TUNABLE, "adv_weight": ("log", 0.1, 3.0)}
     uses = _ALL
     needs_target = True
 

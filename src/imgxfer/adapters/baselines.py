@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgxfer.adapters.common import TrainedAdapter
+from imgxfer.adapters.common import TUNABLE_LR, TrainedAdapter
 
 
 class SourceOnly(TrainedAdapter):
@@ -14,6 +14,7 @@ class SourceOnly(TrainedAdapter):
     """
 
     name = "source-only"
+    tunable = TUNABLE_LR
     uses = frozenset({"source"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
@@ -35,6 +36,7 @@ class TargetOnly(TrainedAdapter):
     """
 
     name = "target-only"
+    tunable = TUNABLE_LR
     uses = frozenset({"target_labelled"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,

@@ -36,6 +36,14 @@ from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, 
 # Names of the labelled sets, as used in ``*_weight`` options.
 LABELLED = ("source", "target", "synthetic")
 
+# What `imgxfer tune` may search (imgxfer.tunable): the optimiser's step size, how fast
+# the encoder moves relative to the head (0 freezes it), and each labelled set's weight.
+# Ranges bracket the defaults by about 10x (lr) or from "off" to twice the default.
+TUNABLE_LR = {"lr": ("log", 1e-4, 1e-2), "encoder_lr_scale": ("float", 0.0, 1.0)}
+TUNABLE_WEIGHTS = {"source_weight": ("float", 0.0, 2.0), "target_weight": ("float", 0.25, 4.0),
+                   "synthetic_weight": ("float", 0.0, 1.5)}
+TUNABLE = {**TUNABLE_LR, **TUNABLE_WEIGHTS}
+
 
 # --------------------------------------------------------------------------- options
 def check_options(adapter: str, *, nonnegative: dict[str, float] | None = None,

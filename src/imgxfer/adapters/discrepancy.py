@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from imgxfer.adapters.common import Step, TrainedAdapter, check_options
+from imgxfer.adapters.common import TUNABLE, Step, TrainedAdapter, check_options
 from imgxfer.training import augment
 
 _ALL = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
@@ -66,6 +66,7 @@ class DeepCORAL(_Discrepancy):
     """
 
     name = "coral"
+    tunable = {**TUNABLE, "coral_weight": ("log", 1.0, 200.0)}
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
                  coral_weight: float = 50.0, source_weight: float = 1.0,
@@ -96,6 +97,7 @@ class MMD(_Discrepancy):
     """
 
     name = "mmd"
+    tunable = {**TUNABLE, "mmd_weight": ("log", 0.1, 10.0)}
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
                  mmd_weight: float = 1.0, kernels: int = 5, source_weight: float = 1.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgxfer.adapters.common import TrainedAdapter
+from imgxfer.adapters.common import TUNABLE, TrainedAdapter
 
 
 class FineTune(TrainedAdapter):
@@ -15,6 +15,7 @@ class FineTune(TrainedAdapter):
     """
 
     name = "finetune"
+    tunable = TUNABLE
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 32,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgxfer.adapters.common import TrainedAdapter, check_options
+from imgxfer.adapters.common import TUNABLE_WEIGHTS, TrainedAdapter, check_options
 from imgxfer.probe import fit_probe
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
@@ -32,6 +32,8 @@ class LinearProbe:
 
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
     trains_by_steps = False  # solved to convergence: --adapter-steps does not apply
+    # L2 strength 1/c over four decades around the default, and the sets' weights.
+    tunable = {"c": ("log", 0.01, 100.0), **TUNABLE_WEIGHTS}
 
     def __init__(self, c: float = 1.0, max_iter: int = 1000, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
@@ -71,6 +73,8 @@ class LinearProbeFineTune(TrainedAdapter):
     """
 
     name = "lp-ft"
+    tunable = {"lr": ("log", 3e-5, 3e-3), "encoder_lr_scale": ("float", 0.1, 1.0),
+               "c": ("log", 0.01, 100.0), **TUNABLE_WEIGHTS}
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
     def __init__(self, lr: float = 3e-4, encoder_lr_scale: float = 1.0, batch_size: int = 64,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgxfer.adapters.common import Step, TrainedAdapter, check_options, strong_augment
+from imgxfer.adapters.common import TUNABLE, Step, TrainedAdapter, check_options, strong_augment
 from imgxfer.training import augment
 
 
@@ -30,6 +30,8 @@ class SelfTraining(TrainedAdapter):
     """
 
     name = "self-training"
+    tunable = {**TUNABLE, "threshold": ("float", 0.7, 0.99),
+               "unlabelled_weight": ("log", 0.1, 4.0)}
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
     needs_target = True
 

@@ -355,6 +355,10 @@ class ConditionalGAN:
     # (imgxfer.generators.translation). Variations of the shots it cannot draw: a GAN has
     # no way back from an image to its noise short of a latent search.
     synthesis = frozenset({"text", "translate"})
+    # What `imgxfer tune` may search (imgxfer.tunable): the learning rate, how much of
+    # each batch is target images, and the mode-seeking and cross-domain terms' weights.
+    tunable = {"lr": ("log", 1e-4, 1e-3), "target_weight": ("float", 0.1, 0.75),
+               "diversity": ("float", 0.0, 1.0), "cdc": ("float", 0.0, 1.0)}
 
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,

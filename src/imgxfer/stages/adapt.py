@@ -107,6 +107,15 @@ def fit_and_evaluate(plan: Plan, adapter: Any, data: TransferData,
     the classifier on the held-out target test split: (model, metrics, train seconds).
     The metrics include the IM score on the unlabelled target images (``unlabelled_im``,
     ``None`` without any), which uses no labels."""
+    model, seconds = fit_adapter(plan, adapter, data, progress, name)
+    return model, evaluate(model, plan.encoder, plan.split, plan.device), seconds
+
+
+def fit_adapter(plan: Plan, adapter: Any, data: TransferData, progress: Progress,
+                name: str = "") -> tuple[Classifier, float]:
+    """Fit ``adapter`` on a copy of the plan's encoder within the run's adapter steps:
+    (model, train seconds). `imgxfer tune` calls it where there is no split to evaluate
+    on (its IM objective)."""
     t0 = time.perf_counter()
     model = adapter.fit(copy.deepcopy(plan.encoder).to(plan.device), data,
                         budget=Budget(plan.config.adapter_steps).start(),
@@ -117,7 +126,7 @@ def fit_and_evaluate(plan: Plan, adapter: Any, data: TransferData,
                         "imgxfer.classifier.Classifier (the encoder and a linear head, which "
                         "classifier.safetensors holds and imgxfer predict rebuilds); see "
                         "imgxfer.protocols.Adapter.")
-    return model, evaluate(model, plan.encoder, plan.split, plan.device), seconds
+    return model, seconds
 
 
 def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
@@ -126,7 +135,12 @@ def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
     result = TargetMetrics.from_json(classification_metrics(
         split.test.labels.tolist(), logits.argmax(1).tolist(), split.test.class_names))
     if len(split.unlabelled) and len(split.test.class_names) > 1:
-        pool = predict_logits(model, split.unlabelled.images, device,
-                              preprocess=encoder.preprocess)
-        result.unlabelled_im = information_maximization(pool)["im"]
+        result.unlabelled_im = unlabelled_im(model, encoder, split.unlabelled, device)
     return result
+
+
+def unlabelled_im(model: Classifier, encoder: Any, unlabelled: ImageDataset,
+                  device: torch.device) -> float:
+    """The IM score of ``model`` on unlabelled images (their labels are not read)."""
+    logits = predict_logits(model, unlabelled.images, device, preprocess=encoder.preprocess)
+    return information_maximization(logits)["im"]
