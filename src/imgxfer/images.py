@@ -19,6 +19,7 @@ Components that take a plain tensor (generators, captioners) get one from
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -305,7 +306,14 @@ def _loader_batches(store: ImageStore, index_batches: Iterable[Any]) -> Iterator
     loader = DataLoader(_Rows(store), batch_sampler=sampler, num_workers=workers(),
                         collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=2,
                         generator=torch.Generator().manual_seed(0))
-    for batch in loader:
+    # Frozen while the workers fork: their garbage collector then leaves the parent's
+    # objects alone instead of writing to (and so copying) every page that holds one.
+    gc.freeze()
+    try:
+        batches = iter(loader)
+    finally:
+        gc.unfreeze()
+    for batch in batches:
         if isinstance(batch, _Failed):
             raise UserError(batch.message)
         yield batch

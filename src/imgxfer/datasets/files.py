@@ -265,7 +265,12 @@ class FileImages(ImageStore):
 
     def __init__(self, paths: Sequence[Path], shown: Sequence[str], options: ImageOptions,
                  channels: int, *, what: str, stream: str = AUTO) -> None:
-        self.paths, self.shown, self.options = list(paths), list(shown), options
+        # NumPy string arrays, not lists of Python objects: a DataLoader worker reading a
+        # list touches each object's reference count, which copies the parent's memory
+        # pages into the worker (copy-on-write) until it holds its own copy of the list.
+        self.paths = np.array([str(p) for p in paths], dtype=str)
+        self.shown = np.array(list(shown), dtype=str)
+        self.options = options
         self.channels_, self.what, self.stream = channels, what, stream
 
     def __len__(self) -> int:
@@ -282,7 +287,7 @@ class FileImages(ImageStore):
     def read(self, row: int) -> np.ndarray:
         """One image as float32 [C, H, W]; a file that no longer decodes is one sentence."""
         try:
-            array = read_image(self.paths[row], replace(self.options, size=self.size))
+            array = read_image(Path(self.paths[row]), replace(self.options, size=self.size))
         except (Unreadable, OSError) as exc:
             raise UserError(f"{self.what}: cannot read image {self.shown[row]} ({exc}); it was "
                             "readable when the dataset was loaded: was it changed or removed "
@@ -295,7 +300,7 @@ class FileImages(ImageStore):
         return torch.from_numpy(np.stack([self.read(r) for r in rows]))
 
     def subset(self, rows: list[int]) -> "FileImages":
-        return FileImages([self.paths[r] for r in rows], [self.shown[r] for r in rows],
+        return FileImages(self.paths[rows], self.shown[rows],
                           self.options, self.channels_, what=self.what, stream=self.stream)
 
     def at_size(self, size: int) -> "FileImages":
@@ -306,7 +311,7 @@ class FileImages(ImageStore):
 
     def fingerprint(self) -> bytes:
         h = hashlib.sha256(f"{self.options}|{self.channels_}|{self.size}".encode())
-        for path in self.paths:
+        for path in map(Path, self.paths):
             try:
                 st = path.stat()
                 h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
