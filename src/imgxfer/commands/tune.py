@@ -39,6 +39,10 @@ def _run_options(f):
         click.option("--adapter-steps", type=int, help="Adapter training steps."),
         click.option("--seed", type=int, help="Seed of the data split and every fit."),
         click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
+        click.option("--workers", type=int, metavar="N",
+                     help="Processes that decode images of datasets streamed from files."),
+        click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
+                     help="bf16: training's forward passes in bfloat16 (default no)."),
         click.option("--out", type=click.Path(),
                      help="Folder that receives the tune folder (default runs)."),
     ]
