@@ -22,6 +22,7 @@ from rich.text import Text
 from imgxfer import __version__
 from imgxfer.commands.context import CliState, current_registry
 from imgxfer.config import STAGES, RunConfig
+from imgxfer.commands.run_options import run_options
 from imgxfer.errors import UserError
 from imgxfer.registry import KINDS
 
@@ -181,25 +182,11 @@ def cli() -> None:
     """
 
 
-def _stage_options(f):
-    for stage in reversed(STAGES):  # each has --STAGE-opt
-        f = click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
-                         help=f"Option for the {stage} component (repeatable).")(f)
-    return f
-
-
 @cli.command(short_help="Encode, caption, generate, adapt and evaluate.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="TOML config; flags given here override it.")
-@click.option("--name", help="Run name, used in the run folder's name.")
-@click.option("--source", help="Source dataset (default syndigits).")
-@click.option("--target", help="Target dataset (default digits).")
-@click.option("--shots", type=int, help=f"Labelled target images per class (default {RunConfig.shots}).")
-@click.option("--test-fraction", type=float, help="Share of each target class held out for testing (0.3).")
-@click.option("--encoder", help="Encoder (default smallcnn).")
-@click.option("--captioner", help="Captioner (default template).")
-@click.option("--generator", help="Generator, or 'none' to skip generation (default gan).")
-@click.option("--adapter", help="Transfer method (default finetune).")
+@run_options(config="TOML config; flags given here override it.",
+             name="Run name, used in the run folder's name.",
+             adapter=f"Transfer method (default {RunConfig.adapter}).",
+             out="Folder that receives run folders (default runs).")
 @click.option("--compare", help="Several adapters on the same split, e.g. source-only,finetune.")
 @click.option("--seeds", help="Run once per seed, e.g. 0,1,2, and report mean ± std.")
 @click.option("--compare-synthetic", is_flag=True, default=None,
@@ -208,29 +195,10 @@ def _stage_options(f):
               help="Keep generated images a source+shots probe gives probability >= P (0: all).")
 @click.option("--quality/--no-quality", default=None,
               help="Measure the generator (CAS, FID/KID on the test split); on by default.")
-@click.option("--synthetic-per-class", type=int, help=f"Synthetic images per class (default {RunConfig.synthetic_per_class}).")
-@click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
-              help="How synthetic images are made: text (from prompts, default), shots "
-                   "(variations of the labelled target images) or translate (labelled source "
-                   "images in the target's style; works at --shots 0).")
-@click.option("--encoder-steps", type=int,
-              help=f"Steps of source training for the encoder (default {RunConfig.encoder_steps}).")
-@click.option("--generator-steps", type=int, help=f"Generator training steps (default {RunConfig.generator_steps}).")
-@click.option("--generator-time", help="Wall-clock cap on generator training, e.g. 90s or 3m.")
 @click.option("--generator-budget", "--gan-budget", "generator_budget", metavar="DURATION",
               help="Train the generator for this long, e.g. 3m: sets --generator-time, and "
                    "the step count no longer stops it unless --generator-steps is given "
                    "(--gan-budget is the old name).")
-@click.option("--adapter-steps", type=int, help=f"Adapter training steps (default {RunConfig.adapter_steps}).")
-@click.option("--seed", type=int, help=f"Seed for everything random (default {RunConfig.seed}).")
-@click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
-@click.option("--workers", type=int, metavar="N",
-              help="Processes that decode images of datasets streamed from files (default: "
-                   "one per spare core, at most 4; 0: in the main process).")
-@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
-              help="bf16: training's forward passes in bfloat16 (default no).")
-@click.option("--out", type=click.Path(), help="Folder that receives run folders (default runs).")
-@_stage_options
 @click.option("--resume", "resume_folder", type=click.Path(), metavar="RUN_FOLDER",
               help="Finish an interrupted run in its folder, with its config.toml; the "
                    "generator continues from its last training checkpoint.")

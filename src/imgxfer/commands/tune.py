@@ -8,54 +8,18 @@ from typing import Any
 import click
 
 from imgxfer.commands.context import current_registry
-from imgxfer.config import STAGES
+from imgxfer.commands.run_options import run_options
+from imgxfer.config import STAGES, RunConfig
 from imgxfer.errors import UserError
 
 DEFAULT_TRIALS = 20
 
 
-def _run_options(f):
-    """The data and component options of `imgxfer run` that a tuned run takes too (the
-    command cannot import imgxfer.cli, which loads the built-in plugin that registers it)."""
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                     help="TOML run config to start from; flags given here override it."),
-        click.option("--name", help="Run name (the tune folder's and the study's name)."),
-        click.option("--source", help="Source dataset (default syndigits)."),
-        click.option("--target", help="Target dataset (default digits)."),
-        click.option("--shots", type=int, help="Labelled target images per class."),
-        click.option("--test-fraction", type=float,
-                     help="Share of each target class held out for testing (never tuned on)."),
-        click.option("--encoder", help="Encoder (default smallcnn)."),
-        click.option("--captioner", help="Captioner (default template)."),
-        click.option("--generator", help="Generator, or 'none' (default gan)."),
-        click.option("--adapter", help="Transfer method whose options are searched."),
-        click.option("--synthetic-per-class", type=int, help="Synthetic images per class."),
-        click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
-                     help="How synthetic images are made (as in imgxfer run)."),
-        click.option("--encoder-steps", type=int, help="Steps of source training for the encoder."),
-        click.option("--generator-steps", type=int, help="Generator training steps."),
-        click.option("--generator-time", help="Wall-clock cap on generator training."),
-        click.option("--adapter-steps", type=int, help="Adapter training steps."),
-        click.option("--seed", type=int, help="Seed of the data split and every fit."),
-        click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
-        click.option("--workers", type=int, metavar="N",
-                     help="Processes that decode images of datasets streamed from files."),
-        click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
-                     help="bf16: training's forward passes in bfloat16 (default no)."),
-        click.option("--out", type=click.Path(),
-                     help="Folder that receives the tune folder (default runs)."),
-    ]
-    for stage in reversed(STAGES):
-        f = click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
-                         help=f"Option for the {stage} component (repeatable).")(f)
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
 @click.command("tune", short_help="Search adapter and generator options with Optuna.")
-@_run_options
+@run_options(config="TOML run config to start from; flags given here override it.",
+             name="Run name (the tune folder's and the study's name).",
+             adapter=f"Transfer method whose options are searched (default {RunConfig.adapter}).",
+             out="Folder that receives the tune folder (default runs).")
 @click.option("--n-trials", type=int, default=DEFAULT_TRIALS, show_default=True,
               help="Trials this invocation runs (each worker of a shared study runs its own).")
 @click.option("--timeout", metavar="DURATION",

@@ -1,0 +1,63 @@
+"""The options of a run that `imgxfer run` and `imgxfer tune` share, defined once: data,
+components, budgets, seed, device, data loading, precision, output and the --STAGE-opt
+flags (help texts read their defaults from RunConfig)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from imgxfer.config import STAGES, RunConfig
+
+
+def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[Any], Any]:
+    """A decorator adding the shared options; the four help texts differ per command."""
+    R = RunConfig
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help=config),
+        click.option("--name", help=name),
+        click.option("--source", help=f"Source dataset (default {R.source})."),
+        click.option("--target", help=f"Target dataset (default {R.target})."),
+        click.option("--shots", type=int,
+                     help=f"Labelled target images per class (default {R.shots})."),
+        click.option("--test-fraction", type=float,
+                     help=f"Share of each target class held out for testing ({R.test_fraction})."),
+        click.option("--encoder", help=f"Encoder (default {R.encoder})."),
+        click.option("--captioner", help=f"Captioner (default {R.captioner})."),
+        click.option("--generator",
+                     help=f"Generator, or 'none' to skip generation (default {R.generator})."),
+        click.option("--adapter", help=adapter),
+        click.option("--synthetic-per-class", type=int,
+                     help=f"Synthetic images per class (default {R.synthetic_per_class})."),
+        click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
+                     help="How synthetic images are made: text (from prompts, default), shots "
+                          "(variations of the labelled target images) or translate (labelled "
+                          "source images in the target's style; works at --shots 0)."),
+        click.option("--encoder-steps", type=int, help="Steps of source training for the "
+                     f"encoder (default {R.encoder_steps})."),
+        click.option("--generator-steps", type=int,
+                     help=f"Generator training steps (default {R.generator_steps})."),
+        click.option("--generator-time",
+                     help="Wall-clock cap on generator training, e.g. 90s or 3m."),
+        click.option("--adapter-steps", type=int,
+                     help=f"Adapter training steps (default {R.adapter_steps})."),
+        click.option("--seed", type=int, help=f"Seed for everything random (default {R.seed})."),
+        click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
+        click.option("--workers", type=int, metavar="N",
+                     help="Processes that decode images of datasets streamed from files "
+                          "(default: one per spare core, at most 4; 0: in the main process)."),
+        click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
+                     help="bf16: training's forward passes in bfloat16 (default no)."),
+        click.option("--out", type=click.Path(), help=out),
+        *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
+                       help=f"Option for the {stage} component (repeatable).")
+          for stage in STAGES],
+    ]
+
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
