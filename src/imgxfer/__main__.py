@@ -3,4 +3,7 @@
 
 from imgxfer.cli import main
 
-main()
+# Guarded: DataLoader workers start from a fork server that imports the main module
+# again (as __mp_main__), and must not run the command a second time.
+if __name__ == "__main__":
+    main()
