@@ -9,7 +9,6 @@ import importlib.metadata as md
 import os
 import subprocess
 import sys
-import sys
 
 if sys.version_info >= (3, 11):
     import tomllib
