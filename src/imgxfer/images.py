@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -282,14 +283,18 @@ class _Rows(Dataset):
 
     def __getitem__(self, row: int) -> Any:
         try:
-            return self.store.load([row])[0]
+            return self.store.load([row])[0].numpy()
         except UserError as error:
             return _Failed(str(error))
 
 
 def _collate(items: list[Any]) -> Any:
+    """A NumPy batch, which reaches the training process pickled through the worker's
+    queue. A tensor would travel in torch's shared memory, and the training process kept
+    about one batch's worth of memory per batch received that way (measured: +50 MB per
+    pass over 5,000 streamed images; nearly flat with NumPy batches)."""
     failed = [i for i in items if isinstance(i, _Failed)]
-    return failed[0] if failed else torch.stack(items)
+    return failed[0] if failed else np.stack(items)
 
 
 def _one_thread(_: int) -> None:
@@ -325,4 +330,4 @@ def _loader_batches(store: ImageStore, index_batches: Iterable[Any]) -> Iterator
     for batch in loader:
         if isinstance(batch, _Failed):
             raise UserError(batch.message)
-        yield batch
+        yield torch.from_numpy(batch)
