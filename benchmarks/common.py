@@ -3,8 +3,10 @@ resumes (a finished folder is read back, an interrupted one is run again)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,3 +51,9 @@ def run_once(config: RunConfig, folder: Path) -> tuple[RunMetrics, bool]:
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     return run(config, get_registry(), folder=folder).metrics, True
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

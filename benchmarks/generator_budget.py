@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import cell
+from common import cell, read_rows
 from gan_quality import PrintProgress, SeedSetup
 
 from imgxfer.budget import Budget, parse_duration
@@ -156,12 +156,6 @@ def table(rows: list[dict[str, Any]], generators: list[str], budgets: list[str])
                 f"{ratio('cas')} | {ratio('fid')} | {ratio('steps')} | "
                 f"{ratio('sample_s_per_1000')} |")
     return "\n".join(lines)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import cell, run_once
+from common import cell, read_rows, run_once
 
 from imgxfer.config import RunConfig
 from imgxfer.plugins import get_registry
@@ -86,12 +86,6 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{cell([r['tuned_accuracy'] for r in rs])} | {cell(deltas, signed=True)} | "
             f"{sum(d > 0 for d in deltas)}/{len(deltas)} |")
     return "\n".join(lines)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main() -> None:

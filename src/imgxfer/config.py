@@ -43,6 +43,9 @@ NONE = "none"  # generator = "none" skips generation
 # (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
 # labelled source images into the target domain's style (both Generator.edit).
 SYNTHESIS_MODES = ("text", "shots", "translate")
+# Mixed precision of training's forward passes (imgxfer.distributed). fp16 is left out:
+# it needs loss scaling, which imgxfer's training loops do not do.
+MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
@@ -72,8 +75,7 @@ class RunConfig:
     # Processes that decode streamed image files (folder:/csv: datasets too large for
     # memory); -1: as suits the machine (imgxfer.images.default_workers), 0: none.
     workers: int = -1
-    # Mixed precision of training's forward passes: "no" or "bf16" (imgxfer.distributed).
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # one of MIXED_PRECISION
     out: str = "runs"
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
@@ -133,7 +135,7 @@ class RunConfig:
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
-        if self.mixed_precision not in ("no", "bf16"):
+        if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r} "
                             "(fp16 needs loss scaling, which imgxfer's training loops do not "
                             "do).")

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgxfer.datasets.common import one_line
 from imgxfer.errors import UserError
 
-MIXED_PRECISION = ("no", "bf16")
 _accelerator: Any = None
 
 
@@ -59,11 +59,7 @@ def is_main() -> bool:
 def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
     """Start Accelerate when several processes run or mixed precision is asked for, and
     return this process's device (``None``: not started, choose as usual)."""
-    global _accelerator
-    if mixed_precision not in MIXED_PRECISION:
-        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got "
-                        f"{mixed_precision!r} (fp16 needs loss scaling, which imgxfer's "
-                        "training loops do not do; bf16 does not).")
+    global _accelerator  # mixed_precision: checked by RunConfig.validate
     if world_size() == 1 and mixed_precision == "no":
         _accelerator = None
         return None
@@ -84,13 +80,9 @@ def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
             _accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"could not start {world_size()} processes on "
-                            f"{'the CPU' if cpu else 'the GPUs'}: {_one_line(exc)}") from None
+                            f"{'the CPU' if cpu else 'the GPUs'}: {one_line(exc)}") from None
     device = _accelerator.device
     return torch.device("cpu") if device.type == "cpu" else device  # not "cpu:0"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def describe() -> dict[str, Any]:

@@ -37,12 +37,18 @@ CHUNK = 256  # images per batch when a whole set is read in order
 _workers: int | None = None  # None: default_workers()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """DataLoader workers when nobody said: the cores this process may use, minus one for
     the training process itself, at most 4 (decoding 224-px JPEGs keeps up with a CPU
     training step with 1-2 workers per training core; more only costs memory)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, usable_cores() - 1))
 
 
 def set_workers(n: int | None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from imgxfer.config import STAGES, RunConfig
+from imgxfer.config import MIXED_PRECISION, STAGES, RunConfig
 
 
 def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[Any], Any]:
@@ -47,7 +47,7 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
         click.option("--workers", type=int, metavar="N",
                      help="Processes that decode images of datasets streamed from files "
                           "(default: one per spare core, at most 4; 0: in the main process)."),
-        click.option("--mixed-precision", type=click.Choice(["no", "bf16"]),
+        click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION),
                      help="bf16: training's forward passes in bfloat16 (default no)."),
         click.option("--out", type=click.Path(), help=out),
         *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",

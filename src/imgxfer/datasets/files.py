@@ -32,7 +32,6 @@ with ``strict=True`` the first such file is refused with a :class:`UserError` in
 
 from __future__ import annotations
 
-import os
 import struct
 import warnings
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from imgxfer.data import ImageDataset
 from imgxfer.datasets.common import check_choice, check_size, one_line
 from imgxfer.datasets.layout import GLYPH, fit_to_box
 from imgxfer.errors import UserError
-from imgxfer.images import CHUNK, ImageStore, TensorImages
+from imgxfer.images import CHUNK, ImageStore, TensorImages, usable_cores
 
 FITS = ("crop", "pad", "stretch", GLYPH)
 _GLYPH_THRESHOLD = 0.2  # ink, after invert: above the paper's grain in scans
@@ -188,8 +187,7 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
 
 
 def _threads() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    return max(1, min(8, usable_cores()))
 
 
 def _check(path: Path, options: ImageOptions) -> bool | str:
@@ -211,7 +209,7 @@ def load_items(items: Sequence[Item], class_names: Sequence[str], options: Image
     dataset of the readable ones, read when needed (:class:`FileImages`); every class must
     keep at least one image."""
     options.check(what)
-    stream = check_stream(what, stream)
+    check_choice(what, "stream", stream, STREAM_CHOICES)
 
     def check(item: Item) -> bool | str:
         result = _check(item.path, options)
@@ -342,11 +340,6 @@ class FileImages(ImageStore):
                 images[start:start + len(rows)] = (levels if images.dtype == torch.uint8
                                                    else chunk)
         return TensorImages(images)
-
-
-def check_stream(what: str, stream: str) -> str:
-    check_choice(what, "stream", stream, STREAM_CHOICES)
-    return stream
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
