@@ -45,6 +45,9 @@ NONE = "none"  # generator = "none" skips generation
 SYNTHESIS_MODES = ("text", "shots", "translate")
 # Mixed precision of training's forward passes (imgxfer.distributed). fp16 is left out:
 # it needs loss scaling, which imgxfer's training loops do not do.
+# The augmentation policies of imgxfer.augmentation (declared here so that reading a
+# config does not import torch).
+AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -76,6 +79,9 @@ class RunConfig:
     # memory); -1: as suits the machine (imgxfer.images.default_workers), 0: none.
     workers: int = -1
     mixed_precision: str = "no"  # one of MIXED_PRECISION
+    # The augmentation policy of every component that trains and takes an `augment`
+    # option (imgxfer.augmentation.POLICIES), unless its own options set one.
+    augment: str = "light"
     out: str = "runs"
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
@@ -135,6 +141,9 @@ class RunConfig:
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
+        if self.augment not in AUGMENT_POLICIES:
+            raise UserError(f"augment must be one of {', '.join(AUGMENT_POLICIES)}; got "
+                            f"{self.augment!r}.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"mixed_precision must be no or bf16, got {self.mixed_precision!r} "
                             "(fp16 needs loss scaling, which imgxfer's training loops do not "

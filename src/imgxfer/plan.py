@@ -87,7 +87,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     config = resolve_auto_options(config, registry, source, split.test)
 
     def make(kind: str, name: str, options: dict[str, Any]) -> Any:
-        return registry.build(kind, name, options, seed=config.seed)
+        return registry.build(kind, name, options, seed=config.seed, augment=config.augment)
 
     encoder = make("encoders", config.encoder, config.options["encoder"])
     # Files and stored originals are read at the size the encoder asks for.

@@ -141,11 +141,13 @@ class Registry:
         )
 
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None, *,
-              seed: int | None = None) -> Any:
-        """Build a component (checked against its protocol); with ``seed``, a factory that
-        takes ``seed`` gets it unless the user set one (the run's seed)."""
+              seed: int | None = None, augment: str | None = None) -> Any:
+        """Build a component (checked against its protocol). The run-wide settings
+        ``seed`` and ``augment`` go to a factory that takes a keyword of that name, unless
+        the user set one in the component's options."""
         component = self.get(kind, name)
         options = dict(options or {})
-        if seed is not None and "seed" in component.options():
-            options.setdefault("seed", seed)
+        for key, value in (("seed", seed), ("augment", augment)):
+            if value is not None and key in component.options():
+                options.setdefault(key, value)
         return component.build(name, options)

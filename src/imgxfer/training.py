@@ -1,5 +1,5 @@
-"""Small training utilities shared by encoders and adapters: batching, augmentation,
-batched prediction, and the one supervised training recipe."""
+"""Small training utilities shared by encoders and adapters: batching, batched
+prediction, and the one supervised training recipe."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from imgxfer import distributed
+from imgxfer.augmentation import DEFAULT, Augmentation
 from imgxfer.budget import Budget
 from imgxfer.images import ImageStore, as_store, indexed_batches
 
@@ -25,25 +26,6 @@ def infinite_batches(n: int, batch_size: int, *, seed: int = 0) -> Iterator[torc
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-batch_size // n))])
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield order[start:start + batch_size]
-
-
-def augment(images: torch.Tensor, *, generator: torch.Generator, degrees: float = 10,
-            translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
-    """Random rotation, scale and translation of [0,1] images (black fill), per image.
-    One batched affine warp instead of a per-image transform loop."""
-    n = len(images)
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * degrees * torch.pi / 180
-    s = scale[0] + torch.rand(n, generator=generator) * (scale[1] - scale[0])
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.cos(angle) / s
-    theta[:, 0, 1] = -torch.sin(angle) / s
-    theta[:, 1, 0] = torch.sin(angle) / s
-    theta[:, 1, 1] = torch.cos(angle) / s
-    theta[:, :, 2] = shift
-    theta = theta.to(images)
-    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    return nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
 def channels_last_training(module: nn.Module, device: torch.device) -> bool:
@@ -115,12 +97,13 @@ def adapt_batchnorm(model: nn.Module, images: torch.Tensor | ImageStore, device:
 def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
                      images: torch.Tensor | ImageStore, labels: torch.Tensor, *, budget: Budget, lr: float,
                      batch_size: int, seed: int, generator: torch.Generator,
-                     device: torch.device, task: Any = None) -> int:
+                     device: torch.device, task: Any = None, augment: str = DEFAULT) -> int:
     """The supervised recipe of smallcnn's source pretraining and of the CAS classifier:
-    AdamW (weight decay 1e-4) with a one-cycle learning rate peaking at ``lr``, light
-    affine augmentation drawn from ``generator``, label smoothing 0.1, until ``budget``
+    AdamW (weight decay 1e-4) with a one-cycle learning rate peaking at ``lr``, the
+    ``augment`` policy drawn from ``generator``, label smoothing 0.1, until ``budget``
     is spent (``task``, a progress task, advances each step). Returns the steps taken;
     ``model`` is left in training mode."""
+    augmentation = Augmentation(augment)
     layout = channels_last_training(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
@@ -132,7 +115,7 @@ def train_supervised(model: nn.Module, preprocess: Callable[[torch.Tensor], torc
     step = 0
     while not budget.done(step):
         idx, raw = next(batches)
-        x = conv_layout(preprocess(augment(raw, generator=generator).to(device)), layout)
+        x = conv_layout(preprocess(augmentation(raw.to(device), generator=generator)), layout)
         with distributed.autocast():
             loss = nn.functional.cross_entropy(model(x), labels[idx].to(device),
                                                label_smoothing=0.1)

@@ -171,7 +171,7 @@ class Tuner:
         """The plan of one fit: the trial's config, a fresh adapter (and generator), the
         fold's split, the shared pretrained encoder (fit_adapter fits a copy of it)."""
         adapter = self.registry.build("adapters", config.adapter, config.options["adapter"],
-                                      seed=config.seed)
+                                      seed=config.seed, augment=config.augment)
         plan = replace(self.plan, config=config, split=split, adapters={config.adapter: adapter})
         synthetic = self.synthetic(plan, index) if config.generator != NONE else None
         return plan, TransferData(plan.source, split.labelled, split.unlabelled, synthetic)
@@ -195,7 +195,7 @@ def make_synthetic(plan: Plan, registry: Registry) -> ImageDataset | None:
 
     config = plan.config
     generator = registry.build("generators", config.generator, config.options["generator"],
-                               seed=config.seed)
+                               seed=config.seed, augment=config.augment)
     plan = replace(plan, generator=generator)
     # generate() saves the generator into a run folder; a trial keeps none.
     with tempfile.TemporaryDirectory(prefix="imgxfer-tune-") as folder:

@@ -66,8 +66,9 @@ def test_polarity_white_on_black_vs_black_on_white():
     assert (b["ink"], b["background"], b["brightness"]) == ("black", "white", "high")
     first, second = captions(x, (0, 0))
     assert "white ink on black" in first and "black ink on white" in second
-    # Mid-grey ink on a light background: low contrast.
-    y = canvas(background=0.8)
+    # Mid-grey ink on a light background: low contrast. (0.75, not the bucket edge 0.8:
+    # whether 0.8 lands below or above it depends on the CPU's float rounding.)
+    y = canvas(background=0.75)
     paint(y, 0, slice(6, 26), slice(14, 18), 0.55)
     (c,) = attrs(y)
     assert (c["ink"], c["background"], c["contrast"]) == ("grey", "light grey", "low")

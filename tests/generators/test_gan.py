@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
+from imgxfer.augmentation import Augmentation
 from imgxfer.generators.gan import (ConditionalGAN, _caption_pairs, _diff_augment,
                                     relative_similarity_kl)
 from imgxfer.generators.text import HashedTextEncoder, bucket, token_ids, tokenize
@@ -137,7 +138,7 @@ def test_factory_takes_keyword_options_with_defaults_and_a_description() -> None
 
 @pytest.mark.parametrize("options, words", [
     (dict(image_size=30), "power of two"),
-    (dict(augment="color,blur"), "unknown augment blur"),
+    (dict(augment="color,blur"), "augment must be one of"),
     (dict(target_weight=1.5), "target_weight"),
     (dict(width=0), "width"),
     (dict(cdc=-1.0), "cdc"),
@@ -156,22 +157,27 @@ def test_target_images_get_target_weight_of_each_draw() -> None:
 
 def test_augmentations_move_and_cut_images_and_pass_gradients() -> None:
     rng = torch.Generator().manual_seed(0)
+
+    def policy(name: str) -> Augmentation:
+        return Augmentation(name, discriminator=True)
+
     dot = torch.full((32, 1, 16, 16), -1.0)
     dot[:, :, 8, 8] = 1.0
-    moved = _diff_augment(dot, ("translation",), rng)
+    moved = _diff_augment(dot, policy("translation"), rng)
     where = (moved == 1).flatten(1).float().argmax(dim=1)
     dy, dx = where // 16 - 8, where % 16 - 8
     assert (moved == 1).flatten(1).sum(1).eq(1).all()  # shifted, not blurred
     assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and (dy != 0).any() and (dx != 0).any()
 
-    cut = _diff_augment(torch.ones(32, 1, 16, 16), ("cutout",), rng)
+    cut = _diff_augment(torch.ones(32, 1, 16, 16), policy("cutout"), rng)
     zeros = (cut == 0).flatten(1).sum(1)
     assert zeros.min() >= 16 and zeros.max() <= 64 and (zeros == 64).any()
 
     x = torch.rand(4, 3, 8, 8, requires_grad=True)
-    _diff_augment(x, ("color", "translation", "cutout"), rng).sum().backward()
+    _diff_augment(x, policy("strong"), rng).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert torch.equal(_diff_augment(x, (), rng), x)
+    assert torch.equal(_diff_augment(x, policy(""), rng), x)
+    assert policy("light").policy == "light" and policy("none").ops is None
 
 
 # -- training and sampling -------------------------------------------------------------

@@ -10,7 +10,7 @@ from torch import nn
 
 from imgxfer.adapters.common import (TUNABLE, Step, TrainedAdapter, check_options, dann_schedule,
                                      discriminator, grad_reverse)
-from imgxfer.training import augment
+from imgxfer.augmentation import DEFAULT
 
 _ALL = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
@@ -52,12 +52,12 @@ class DANN(TrainedAdapter):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
                  adv_weight: float = 1.0, hidden: int = 256, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True, probe_init: bool = False,
+                 adabn: bool = True, probe_init: bool = False, augment: str = DEFAULT,
                  seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
-                         probe_init=probe_init)
+                         probe_init=probe_init, augment=augment)
         check_options(self.name, nonnegative={"adv_weight": adv_weight},
                       at_least_one={"hidden": hidden})
         self.adv_weight, self.hidden = adv_weight, hidden
@@ -69,7 +69,7 @@ class DANN(TrainedAdapter):
         source = step.labelled.get("source")
         if source is None or self.adv_weight == 0:
             return torch.zeros((), device=step.device), {}
-        target = step.forward(augment(step.target, generator=step.generator))
+        target = step.forward(step.view(step.target))
         coeff = dann_schedule(step.progress)
         features = torch.cat([source.features, target.features])
         loss, acc = _domain_loss(step.extra(grad_reverse(features, coeff)), len(source.features))
@@ -121,11 +121,11 @@ class CDAN(TrainedAdapter):
                  adv_weight: float = 1.0, entropy: bool = True, hidden: int = 256,
                  max_dim: int = 4096, source_weight: float = 1.0, target_weight: float = 1.0,
                  synthetic_weight: float = 0.5, adabn: bool = True,
-                 probe_init: bool = False, seed: int = 0) -> None:
+                 probe_init: bool = False, augment: str = DEFAULT, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
-                         probe_init=probe_init)
+                         probe_init=probe_init, augment=augment)
         check_options(self.name, nonnegative={"adv_weight": adv_weight},
                       at_least_one={"hidden": hidden, "max_dim": max_dim})
         self.adv_weight, self.entropy, self.hidden, self.max_dim = adv_weight, entropy, hidden, max_dim
@@ -137,7 +137,7 @@ class CDAN(TrainedAdapter):
         source = step.labelled.get("source")
         if source is None or self.adv_weight == 0:
             return torch.zeros((), device=step.device), {}
-        target = step.forward(augment(step.target, generator=step.generator))
+        target = step.forward(step.view(step.target))
         n = len(source.features)
         features = torch.cat([source.features, target.features])
         probs = torch.cat([source.logits, target.logits]).softmax(1).detach()

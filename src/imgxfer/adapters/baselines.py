@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from imgxfer.adapters.common import TUNABLE_LR, TrainedAdapter
+from imgxfer.adapters.regularizers import TUNABLE_REGULARIZERS, Regularization
+from imgxfer.augmentation import DEFAULT
 
 
 class SourceOnly(TrainedAdapter):
@@ -18,9 +20,9 @@ class SourceOnly(TrainedAdapter):
     uses = frozenset({"source"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
-                 seed: int = 0) -> None:
+                 augment: str = DEFAULT, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
-                         weights={"source": 1.0}, adabn=False, seed=seed)
+                         weights={"source": 1.0}, adabn=False, seed=seed, augment=augment)
 
     def no_labelled_message(self) -> str:
         return "source-only needs labelled source images, and the source is empty."
@@ -33,16 +35,23 @@ class TargetOnly(TrainedAdapter):
     "k shots, no transfer method" baseline (from scratch if the encoder is untrained).
     Training batches are target images only, so BatchNorm ends with target statistics
     and AdaBN is not needed. Needs at least one shot.
+
+    Regularisers (:mod:`imgxfer.adapters.regularizers`, all off by default): ``l2sp``
+    pulls the encoder towards its source-trained weights, ``bss`` shrinks the smallest
+    singular value of each batch's features, ``mix`` mixes each batch (mixup or cutmix).
+    ``augment`` is the augmentation policy (the run's ``--augment``).
     """
 
     name = "target-only"
-    tunable = TUNABLE_LR
+    tunable = {**TUNABLE_LR, **TUNABLE_REGULARIZERS}
     uses = frozenset({"target_labelled"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
-                 seed: int = 0) -> None:
+                 l2sp: float = 0.0, bss: float = 0.0, mix: str = "none",
+                 augment: str = DEFAULT, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
-                         weights={"target": 1.0}, adabn=False, seed=seed)
+                         weights={"target": 1.0}, adabn=False, seed=seed, augment=augment,
+                         regularization=Regularization(l2sp, bss, mix))
 
     def no_labelled_message(self) -> str:
         return "target-only needs labelled target images; run it with --shots 1 or more."

@@ -1,5 +1,5 @@
 """Shared machinery of the built-in adapters: option checks, which images an adapter
-trains on, strong augmentation, gradient reversal and one training loop.
+trains on, gradient reversal and one training loop.
 
 BatchNorm and domains
 ---------------------
@@ -16,13 +16,15 @@ Without AdaBN the running statistics left by training are a blend of all domains
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from imgxfer import distributed
+from imgxfer.adapters.regularizers import Regularization, mixed_cross_entropy
+from imgxfer.augmentation import DEFAULT, Augmentation
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
 from imgxfer.data import TransferData
@@ -30,7 +32,7 @@ from imgxfer.errors import UserError
 from imgxfer.images import indexed_batches
 from imgxfer.probe import fit_probe, labelled_sets, target_images
 from imgxfer.progress import NullProgress, Progress
-from imgxfer.training import (adapt_batchnorm, augment, channels_last_training, conv_layout,
+from imgxfer.training import (adapt_batchnorm, channels_last_training, conv_layout,
                                infinite_batches)
 
 # Names of the labelled sets, as used in ``*_weight`` options.
@@ -63,55 +65,6 @@ def check_options(adapter: str, *, nonnegative: dict[str, float] | None = None,
     for name, value in (unit or {}).items():
         if not 0 <= value <= 1:
             raise UserError(f"{adapter} option {name} must be between 0 and 1, got {value}.")
-
-
-# --------------------------------------------------------------------------- augmentation
-def strong_augment(images: torch.Tensor, *, generator: torch.Generator,
-                   degrees: float = 25, shear: float = 0.3, translate: float = 0.125,
-                   scale: tuple[float, float] = (0.8, 1.2), contrast: float = 0.5,
-                   brightness: float = 0.2, noise: float = 0.1,
-                   cutout: tuple[float, float] = (0.25, 0.5)) -> torch.Tensor:
-    """The strong view for consistency training, on [0,1] images, per image: a stronger
-    affine warp (rotation, shear, scale, translation), contrast and brightness jitter,
-    Gaussian noise of random strength and one grey cutout square (FixMatch's recipe,
-    RandAugment replaced by fixed random ranges). Batched; ``generator`` makes it seeded."""
-    n, _, h, w = images.shape
-    if n == 0:
-        return images
-
-    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return lo + torch.rand(n, *shape, generator=generator) * (hi - lo)
-
-    angle = uniform(-degrees, degrees) * math.pi / 180
-    sh = uniform(-shear, shear)
-    s = uniform(*scale)
-    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()], 1),
-                       torch.stack([angle.sin(), angle.cos()], 1)], 1)  # [n,2,2]
-    shear_m = torch.eye(2).repeat(n, 1, 1)
-    shear_m[:, 0, 1] = sh
-    theta = torch.zeros(n, 2, 3)
-    theta[:, :, :2] = rot @ shear_m / s.view(n, 1, 1)
-    theta[:, :, 2] = uniform(-translate, translate, 2) * 2
-    theta = theta.to(images)
-    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    x = nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
-
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    c = uniform(1 - contrast, 1 + contrast).view(n, 1, 1, 1).to(x)
-    b = uniform(-brightness, brightness).view(n, 1, 1, 1).to(x)
-    x = (x - mean) * c + mean + b
-    sigma = uniform(0, noise).view(n, 1, 1, 1).to(x)
-    x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
-
-    side = uniform(*cutout)
-    cy, cx = torch.rand(n, generator=generator), torch.rand(n, generator=generator)
-    ys = (torch.arange(h).float() + 0.5) / h
-    xs = (torch.arange(w).float() + 0.5) / w
-    inside_y = (ys.view(1, h) - cy.view(n, 1)).abs() <= side.view(n, 1) / 2
-    inside_x = (xs.view(1, w) - cx.view(n, 1)).abs() <= side.view(n, 1) / 2
-    mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(x.device)
-    x = torch.where(mask, torch.full_like(x, 0.5), x)
-    return x.clamp(0, 1)
 
 
 # --------------------------------------------------------------------------- adversarial
@@ -165,6 +118,11 @@ class Step:
     device: torch.device
     extra: nn.Module | None = None  # what extra_modules returned
     channels_last: bool = False     # the layout training chose (channels_last_training)
+    augmentation: Augmentation = field(default_factory=Augmentation)  # the run's policy
+
+    def view(self, images: torch.Tensor, policy: Augmentation | None = None) -> torch.Tensor:
+        """An augmented view of raw images on the device (the run's policy by default)."""
+        return (policy or self.augmentation)(images.to(self.device), generator=self.generator)
 
     def forward(self, images: torch.Tensor) -> Forward:
         """Preprocess raw [0,1] images, move them to the device and run the model."""
@@ -180,7 +138,9 @@ class TrainedAdapter:
     their weighted, label-smoothed cross-entropies; a method that reads unlabelled
     target images adds :meth:`target_loss` on one target batch. Subclasses set ``name``,
     ``uses``, ``needs_target`` and override the hooks. Batches are forwarded per domain
-    (see the module docstring)."""
+    (see the module docstring), augmented on the device by the ``augment`` policy
+    (:mod:`imgxfer.augmentation`), and fine-tuning adapters may add the regularisers of
+    :mod:`imgxfer.adapters.regularizers`."""
 
     name = "trained"
     # The data sets it reads; None (unknown) makes --compare-synthetic train it twice.
@@ -191,7 +151,8 @@ class TrainedAdapter:
                  weights: dict[str, float], adabn: bool, seed: int,
                  label_smoothing: float = 0.1, weight_decay: float = 1e-4,
                  probe_init: bool = False, probe_c: float = 1.0, probe_max_iter: int = 1000,
-                 feature_cache: bool = False) -> None:
+                 feature_cache: bool = False, augment: str = DEFAULT,
+                 regularization: Regularization = Regularization()) -> None:
         check_options(self.name, nonnegative={f"{k}_weight": v for k, v in weights.items()},
                       positive={"lr": lr}, at_least_one={"batch_size": batch_size})
         check_options(self.name, nonnegative={"encoder_lr_scale": encoder_lr_scale})
@@ -203,6 +164,8 @@ class TrainedAdapter:
                           at_least_one={"max_iter": probe_max_iter})
         self.probe_init, self.probe_c, self.probe_max_iter = probe_init, probe_c, probe_max_iter
         self.feature_cache = feature_cache
+        self.augmentation = Augmentation(augment, what=f"{self.name} option augment")
+        self.regularization = regularization.check(self.name)
 
     # ----- hooks
     def extra_modules(self, feature_dim: int, num_classes: int) -> nn.Module | None:
@@ -232,19 +195,48 @@ class TrainedAdapter:
     def labelled_loss(self, model: Classifier, sets: dict[str, Any], streams: dict[str, Any],
                       g: torch.Generator, device: torch.device, layout: bool
                       ) -> tuple[torch.Tensor, dict[str, Forward]]:
-        """The weighted, label-smoothed cross-entropy of one batch of each labelled set,
-        each forwarded on its own (domain-specific BatchNorm), and the forwards."""
+        """The weighted, label-smoothed cross-entropy of one augmented (and, with ``mix``,
+        mixed) batch of each labelled set, each forwarded on its own (domain-specific
+        BatchNorm), plus BSS on its features; and the forwards."""
+        reg = self.regularization
         loss = torch.zeros((), device=device)
         outputs: dict[str, Forward] = {}
         for key, ds in sets.items():
             idx, raw = next(streams[key])
-            x = conv_layout(model.encoder.preprocess(augment(raw, generator=g).to(device)),
-                            layout)
-            f = model.encoder(x)
-            out = outputs[key] = Forward(f, model.head(f), ds.labels[idx].to(device))
-            loss = loss + self.weights[key] * nn.functional.cross_entropy(
-                out.logits, out.labels, label_smoothing=self.label_smoothing)
+            images = self.augmentation(raw.to(device), generator=g)
+            images, labels, labels_b, lam = reg.mix_batch(images, ds.labels[idx].to(device), g)
+            f = model.encoder(conv_layout(model.encoder.preprocess(images), layout))
+            out = outputs[key] = Forward(f, model.head(f), labels)
+            loss = loss + self.weights[key] * (
+                mixed_cross_entropy(out.logits, labels, labels_b, lam, self.label_smoothing)
+                + reg.bss_penalty(f))
         return loss, outputs
+
+    def optimizer(self, model: Classifier, extra: nn.Module | None
+                  ) -> torch.optim.Optimizer:
+        """AdamW over encoder (``lr * encoder_lr_scale``), head and extra modules. With
+        L2-SP the encoder has no weight decay: the penalty replaces it."""
+        decay = 0.0 if self.regularization.l2sp else self.weight_decay
+        groups = [{"params": model.encoder.parameters(), "lr": self.lr * self.encoder_lr_scale,
+                   "weight_decay": decay},
+                  {"params": model.head.parameters(), "lr": self.lr}]
+        if extra is not None:
+            groups.append({"params": extra.parameters(), "lr": self.lr})
+        return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    def batch_streams(self, sets: dict[str, Any], pool: Any, use_target: bool
+                      ) -> dict[str, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """(index, images) batches per labelled set and, with ``use_target``, of the
+        unlabelled pool; read ahead by workers for streamed files, and each process of a
+        distributed run draws its own (offset 0 in a single process)."""
+        offset = distributed.seed_offset()
+        streams = {k: indexed_batches(v.images, infinite_batches(
+                       len(v), self.batch_size, seed=self.seed + i + offset))
+                   for i, (k, v) in enumerate(sets.items())}
+        if use_target:
+            streams["unlabelled"] = indexed_batches(
+                pool, infinite_batches(len(pool), self.batch_size, seed=self.seed + 10 + offset))
+        return streams
 
     def fit(self, encoder: nn.Module, data: TransferData, *, budget: Budget,
             progress: Progress = NullProgress(),
@@ -257,27 +249,15 @@ class TrainedAdapter:
         model = self.build_model(encoder, data, device)
         layout = channels_last_training(model, device)
         extra = self.extra_modules(encoder.feature_dim, data.target_labelled.num_classes)
-        groups = [{"params": encoder.parameters(), "lr": self.lr * self.encoder_lr_scale},
-                  {"params": model.head.parameters(), "lr": self.lr}]
-        if extra is not None:
-            extra = extra.to(device)
-            groups.append({"params": extra.parameters(), "lr": self.lr})
-        opt = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        extra = extra.to(device) if extra is not None else None
+        opt = self.optimizer(model, extra)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, budget.steps))
         g = torch.Generator().manual_seed(self.seed)
-        # (index, images) batches per set, read ahead by workers for streamed files; each
-        # process of a distributed run draws its own (offset 0 in a single process).
-        offset = distributed.seed_offset()
-        streams: dict[str, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {
-            k: indexed_batches(v.images, infinite_batches(len(v), self.batch_size,
-                                                          seed=self.seed + i + offset))
-            for i, (k, v) in enumerate(sets.items())}
         use_target = self.needs_target and pool is not None and len(pool) > 0
         if self.needs_target and not use_target:
             progress.log(f"{self.name}: no target images; training on labelled images only.")
-        if use_target:
-            streams["unlabelled"] = indexed_batches(
-                pool, infinite_batches(len(pool), self.batch_size, seed=self.seed + 10 + offset))
+        streams = self.batch_streams(sets, pool, use_target)
+        start = self.regularization.starting_point(model.encoder)
         model.train()
         if extra is not None:
             extra.train()
@@ -291,8 +271,10 @@ class TrainedAdapter:
                     if use_target:
                         extra_loss, info = self.target_loss(Step(
                             model, outputs, next(streams["unlabelled"])[1],
-                            step / max(1, budget.steps), g, device, extra, layout))
+                            step / max(1, budget.steps), g, device, extra, layout,
+                            self.augmentation))
                         loss = loss + extra_loss
+                    loss = loss + self.regularization.l2sp_penalty(start)
                 opt.zero_grad(set_to_none=True)
                 distributed.backward_step(loss, opt)
                 sched.step()

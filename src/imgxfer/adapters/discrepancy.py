@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from imgxfer.adapters.common import TUNABLE, Step, TrainedAdapter, check_options
-from imgxfer.training import augment
+from imgxfer.augmentation import DEFAULT
 
 _ALL = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
@@ -47,7 +47,7 @@ class _Discrepancy(TrainedAdapter):
         source = step.labelled.get("source")
         if source is None or self.weight == 0:
             return torch.zeros((), device=step.device), {}
-        target = step.forward(augment(step.target, generator=step.generator))
+        target = step.forward(step.view(step.target))
         d = self.discrepancy(source.features, target.features)
         return self.weight * d, {self.name: d.item()}
 
@@ -71,12 +71,12 @@ class DeepCORAL(_Discrepancy):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
                  coral_weight: float = 50.0, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True, probe_init: bool = False,
+                 adabn: bool = True, probe_init: bool = False, augment: str = DEFAULT,
                  seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
-                         probe_init=probe_init)
+                         probe_init=probe_init, augment=augment)
         check_options(self.name, nonnegative={"coral_weight": coral_weight})
         self.weight = coral_weight
 
@@ -102,12 +102,12 @@ class MMD(_Discrepancy):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 0.3, batch_size: int = 64,
                  mmd_weight: float = 1.0, kernels: int = 5, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True, probe_init: bool = False,
+                 adabn: bool = True, probe_init: bool = False, augment: str = DEFAULT,
                  seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
-                         probe_init=probe_init)
+                         probe_init=probe_init, augment=augment)
         check_options(self.name, nonnegative={"mmd_weight": mmd_weight},
                       at_least_one={"kernels": kernels})
         self.weight, self.kernels = mmd_weight, kernels

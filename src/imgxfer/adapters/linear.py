@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from imgxfer.adapters.common import TUNABLE_WEIGHTS, TrainedAdapter, check_options
+from imgxfer.adapters.regularizers import TUNABLE_REGULARIZERS, Regularization
+from imgxfer.augmentation import DEFAULT
 from imgxfer.probe import fit_probe
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier
@@ -70,19 +72,27 @@ class LinearProbeFineTune(TrainedAdapter):
     ``lr`` for head and encoder alike (3e-4: better than 1e-4 on syndigits -> mnist at 0
     and 10 shots). AdaBN on all target images (labelled and unlabelled) at the end
     (``adabn``) is its only use of unlabelled target data. ``feature_cache`` as in `linear`.
+
+    Regularisers (:mod:`imgxfer.adapters.regularizers`, all off by default): ``l2sp``
+    pulls the encoder towards its source-trained weights, ``bss`` shrinks the smallest
+    singular value of each batch's features, ``mix`` mixes each batch (mixup or cutmix).
+    ``augment`` is the augmentation policy (the run's ``--augment``).
     """
 
     name = "lp-ft"
     tunable = {"lr": ("log", 3e-5, 3e-3), "encoder_lr_scale": ("float", 0.1, 1.0),
-               "c": ("log", 0.01, 100.0), **TUNABLE_WEIGHTS}
+               "c": ("log", 0.01, 100.0), **TUNABLE_WEIGHTS, **TUNABLE_REGULARIZERS}
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
 
     def __init__(self, lr: float = 3e-4, encoder_lr_scale: float = 1.0, batch_size: int = 64,
                  c: float = 1.0, max_iter: int = 1000, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 0.5,
-                 adabn: bool = True, feature_cache: bool = True, seed: int = 0) -> None:
+                 adabn: bool = True, feature_cache: bool = True, l2sp: float = 0.0,
+                 bss: float = 0.0, mix: str = "none", augment: str = DEFAULT,
+                 seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
                          probe_init=True, probe_c=c, probe_max_iter=max_iter,
-                         feature_cache=feature_cache)
+                         feature_cache=feature_cache, augment=augment,
+                         regularization=Regularization(l2sp, bss, mix))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgxfer.adapters.common import TUNABLE, Step, TrainedAdapter, check_options, strong_augment
-from imgxfer.training import augment
+from imgxfer.adapters.common import TUNABLE, Step, TrainedAdapter, check_options
+from imgxfer.augmentation import DEFAULT, Augmentation
 
 
 class SelfTraining(TrainedAdapter):
@@ -15,10 +15,11 @@ class SelfTraining(TrainedAdapter):
 
     Cross-entropy on the labelled source, target shots and synthetic images (weights
     ``*_weight``), plus, on each unlabelled target batch (shots included), the
-    prediction on a weakly augmented view (small affine warp) becomes a pseudo-label
-    where its confidence is at least ``threshold``, and a strongly augmented view of the
-    same images (stronger affine with shear, contrast/brightness jitter, noise, cutout)
-    is trained on it with weight ``unlabelled_weight`` (uses all four sets). The weak
+    prediction on a weakly augmented view (the run's ``augment`` policy, a small affine
+    warp by default) becomes a pseudo-label where its confidence is at least
+    ``threshold``, and a strongly augmented view of the same images (``strong_augment``:
+    the ``strong`` policy's larger warp with shear, contrast/brightness jitter, noise and
+    an erased square by default) is trained on it with weight ``unlabelled_weight`` (uses all four sets). The weak
     and strong target views go through the network as one target-only batch, so
     BatchNorm normalises them with target statistics, as AdaBN does at test time
     (``adabn``, on all target images at the end); the labelled sets are forwarded on
@@ -39,21 +40,22 @@ class SelfTraining(TrainedAdapter):
                  threshold: float = 0.95, unlabelled_weight: float = 1.0,
                  source_weight: float = 1.0, target_weight: float = 1.0,
                  synthetic_weight: float = 0.5, adabn: bool = True, probe_init: bool = True,
-                 feature_cache: bool = True, seed: int = 0) -> None:
+                 feature_cache: bool = True, augment: str = DEFAULT,
+                 strong_augment: str = "strong", seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          weights={"source": source_weight, "target": target_weight,
                                   "synthetic": synthetic_weight}, adabn=adabn, seed=seed,
                          label_smoothing=0.0, probe_init=probe_init,
-                         feature_cache=feature_cache)
+                         feature_cache=feature_cache, augment=augment)
         check_options(self.name, nonnegative={"unlabelled_weight": unlabelled_weight},
                       unit={"threshold": threshold})
         self.threshold, self.unlabelled_weight = threshold, unlabelled_weight
+        self.strong = Augmentation(strong_augment, what=f"{self.name} option strong_augment")
 
     def target_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, float]]:
         if self.unlabelled_weight == 0:
             return torch.zeros((), device=step.device), {}
-        weak = augment(step.target, generator=step.generator)
-        strong = strong_augment(step.target, generator=step.generator)
+        weak, strong = step.view(step.target), step.view(step.target, self.strong)
         logits_weak, logits_strong = step.forward(torch.cat([weak, strong])).logits.chunk(2)
         confidence, pseudo = logits_weak.detach().softmax(1).max(1)
         mask = (confidence >= self.threshold).float()

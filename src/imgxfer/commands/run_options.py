@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from imgxfer.config import MIXED_PRECISION, STAGES, RunConfig
+from imgxfer.config import AUGMENT_POLICIES, MIXED_PRECISION, STAGES, RunConfig
 
 
 def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[Any], Any]:
@@ -49,6 +49,10 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
                           "(default: one per spare core, at most 4; 0: in the main process)."),
         click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION),
                      help="bf16: training's forward passes in bfloat16 (default no)."),
+        click.option("--augment", type=click.Choice(AUGMENT_POLICIES),
+                     help="Augmentation policy of every training stage: encoder pre-training, "
+                          "adapters and the GAN's discriminator (default light; see "
+                          "`imgxfer.augmentation`)."),
         click.option("--out", type=click.Path(), help=out),
         *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
                        help=f"Option for the {stage} component (repeatable).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imgxfer.augmentation import DEFAULT, check_policy
 from imgxfer.budget import Budget
 from imgxfer.data import ImageDataset
 from imgxfer.errors import UserError
@@ -17,10 +18,12 @@ class SmallCNN(SmallConvNet):
     """Compact CNN for small images (32x32), trained on the labelled source.
 
     Three conv blocks and global average pooling; BatchNorm everywhere so that adapters
-    can re-estimate target statistics (AdaBN)."""
+    can re-estimate target statistics (AdaBN). ``augment`` is the augmentation policy of
+    its pre-training (the run's ``--augment``)."""
 
     def __init__(self, width: int = 32, input_size: int = 32, in_channels: int = 0,
-                 lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> None:
+                 lr: float = 2e-3, batch_size: int = 64, augment: str = DEFAULT,
+                 seed: int = 0) -> None:
         if width < 4 or input_size < 8 or in_channels not in (0, 1, 3):
             raise UserError(
                 "smallcnn needs width >= 4, input_size >= 8 and in_channels 0 (auto), 1 or 3, got "
@@ -30,6 +33,7 @@ class SmallCNN(SmallConvNet):
         # (stages.data.resolve_auto_options); built alone it reads greyscale.
         super().__init__(width, input_size, in_channels or 1, seed)
         self.lr, self.batch_size, self.seed = lr, batch_size, seed
+        self.augment = check_policy(augment, "smallcnn option augment")
 
     pretrains = True  # has pretrain() (imgxfer.protocols.Encoder)
 
@@ -46,7 +50,8 @@ class SmallCNN(SmallConvNet):
         with progress.task("encoder: pretrain on source", total=budget.steps) as task:
             step = train_supervised(model, self.preprocess, train.images, train.labels,
                                     budget=budget, lr=self.lr, batch_size=self.batch_size,
-                                    seed=self.seed, generator=g, device=device, task=task)
+                                    seed=self.seed, generator=g, device=device, task=task,
+                                    augment=self.augment)
         acc = evaluate_accuracy(model, val.images, val.labels, device,
                                 preprocess=self.preprocess)
         self.weights_source = f"trained on {source.domain}"

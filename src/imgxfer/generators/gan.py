@@ -76,6 +76,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from imgxfer import distributed
+from imgxfer.augmentation import DEFAULT, Augmentation
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
 from imgxfer.errors import UserError
@@ -90,7 +91,6 @@ from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
 from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
-AUGMENTATIONS = ("color", "translation", "cutout")
 _STATE_VERSION = 1
 # The training checkpoint written by ``fit(checkpoint=...)``: safetensors metadata
 # ``format`` and ``version``.
@@ -209,40 +209,13 @@ class _Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (cond * h).sum(dim=1)
 
 
-def _diff_augment(x: torch.Tensor, policy: Sequence[str],
+def _diff_augment(x: torch.Tensor, policy: Augmentation,
                   generator: torch.Generator) -> torch.Tensor:
-    """DiffAugment on images in [-1, 1]: differentiable, so the generator learns through it."""
-    b, _, h, w = x.shape
-    dev = x.device
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=dev, dtype=x.dtype)
-
-    if "color" in policy:
-        x = x + (rand(b, 1, 1, 1) - 0.5)  # brightness
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
-    if "translation" in policy:
-        # Shift by up to 1/8 of the size; pixels shifted in from outside are zero.
-        sy, sx = max(1, h // 8), max(1, w // 8)
-        ty = torch.randint(-sy, sy + 1, (b, 1, 1), generator=generator, device=dev)
-        tx = torch.randint(-sx, sx + 1, (b, 1, 1), generator=generator, device=dev)
-        gy = (torch.arange(h, device=dev).view(1, h, 1) + ty + 1).clamp(0, h + 1)
-        gx = (torch.arange(w, device=dev).view(1, 1, w) + tx + 1).clamp(0, w + 1)
-        padded = F.pad(x, [1, 1, 1, 1])
-        batch = torch.arange(b, device=dev).view(b, 1, 1)
-        x = padded.permute(0, 2, 3, 1)[batch, gy, gx].permute(0, 3, 1, 2)
-    if "cutout" in policy:
-        # Zero a square of half the size centred anywhere in the image (it may stick out).
-        ch, cw = max(1, h // 2), max(1, w // 2)
-        top = torch.randint(-(ch // 2), h - ch // 2, (b, 1, 1), generator=generator, device=dev)
-        left = torch.randint(-(cw // 2), w - cw // 2, (b, 1, 1), generator=generator, device=dev)
-        ys = torch.arange(h, device=dev).view(1, h, 1)
-        xs = torch.arange(w, device=dev).view(1, 1, w)
-        inside = (ys >= top) & (ys < top + ch) & (xs >= left) & (xs < left + cw)
-        x = x * (~inside).unsqueeze(1).to(x.dtype)
-    return x
-
+    """DiffAugment on images in [-1, 1] through the discriminator's Kornia recipe
+    (:mod:`imgxfer.augmentation`): differentiable, so the generator learns through it."""
+    if policy.ops is None:
+        return x
+    return policy((x + 1) / 2, generator=generator) * 2 - 1
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -337,8 +310,9 @@ class ConditionalGAN:
     decay of the averaged generator that samples are drawn from; ``target_weight`` share
     of each batch drawn from the target domain; ``diversity`` weight of the mode-seeking
     term (0 turns it off); ``cdc`` weight of the cross-domain consistency term (0: off);
-    ``augment`` comma-separated DiffAugment policy from color,
-    translation, cutout ("" for none); ``checkpoint_every`` steps between training
+    ``augment`` the discriminator's augmentation: a policy of :mod:`imgxfer.augmentation`
+    (``light``, the run's default, is DiffAugment's translation; ``strong`` adds colour and
+    cutout) or a comma list of color, translation, cutout ("" for none); ``checkpoint_every`` steps between training
     checkpoints when ``fit`` is given a checkpoint path (one is also written every
     ``CHECKPOINT_SECONDS``, 30 s); ``content_weight`` weight of the
     class-keeping loss when it learns to translate (``--synthesis translate``, see
@@ -363,7 +337,7 @@ class ConditionalGAN:
     def __init__(self, *, z_dim: int = 64, width: int = 16, embed_dim: int = 32,
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
                  ema: float = 0.999, target_weight: float = 0.25, diversity: float = 0.2,
-                 cdc: float = 0.0, augment: str = "translation", checkpoint_every: int = 250,
+                 cdc: float = 0.0, augment: str = DEFAULT, checkpoint_every: int = 250,
                  content_weight: float = 1.0, seed: int = 0) -> None:
         for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
                             ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
@@ -382,11 +356,7 @@ class ConditionalGAN:
         if not content_weight >= 0:
             raise UserError(f"gan: content_weight must be zero or more, got {content_weight!r}.")
         _doublings(image_size)
-        policy = tuple(p.strip() for p in augment.split(",") if p.strip())
-        unknown = sorted(set(policy) - set(AUGMENTATIONS))
-        if unknown:
-            raise UserError(f"gan: unknown augment {', '.join(unknown)}; choose from "
-                            f"{', '.join(AUGMENTATIONS)} (comma-separated) or an empty string.")
+        policy = Augmentation(augment, discriminator=True, what="gan: augment")
         self.z_dim, self.width, self.embed_dim = int(z_dim), int(width), int(embed_dim)
         self.lr, self.batch_size, self.image_size = float(lr), int(batch_size), int(image_size)
         self.ema, self.target_weight = float(ema), float(target_weight)
@@ -408,7 +378,7 @@ class ConditionalGAN:
                 "lr": self.lr, "batch_size": self.batch_size, "image_size": self.image_size,
                 "ema": self.ema, "target_weight": self.target_weight,
                 "diversity": self.diversity, "cdc": self.cdc,
-                "augment": ",".join(self.augment),
+                "augment": self.augment.policy,
                 "checkpoint_every": self.checkpoint_every,
                 "content_weight": self.content_weight, "seed": self.seed}
 
