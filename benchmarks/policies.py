@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import cell, mean_std, read_rows
+from safetensors.torch import load_file, save_file
 
 from imgxfer.budget import Budget
 from imgxfer.data import TransferData, align_classes, few_shot_split
@@ -73,6 +74,21 @@ def run_cell(registry, variant: str, encoder, data: TransferData, split, steps: 
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_s": seconds}
 
 
+def pretrained(registry, source, pair: str, seed: int, args, device):
+    """smallcnn trained on the source (the default policy), or the copy an earlier
+    invocation with the same pair, seed, steps and label saved in ``--cache``."""
+    encoder = registry.build("encoders", "smallcnn", seed=seed).to(device)
+    path = Path(args.cache) / (f"{pair.replace(':', '-')}-seed{seed}-{args.encoder_steps}"
+                               f"-{args.label}.safetensors")
+    if path.is_file():
+        encoder.load_state_dict(load_file(path))
+        return encoder
+    encoder.pretrain(source, budget=Budget(args.encoder_steps), device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, path)
+    return encoder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", default="syndigits:digits,digits:mnist")
@@ -84,6 +100,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="now", help="the code that runs (see above)")
     ap.add_argument("--out", default="benchmarks/results/policies.jsonl")
+    ap.add_argument("--cache", default="benchmarks/results/policies-encoders",
+                    help="pre-trained encoders kept between invocations")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,8 +127,7 @@ def main() -> None:
             seed_everything(seed)
             target = registry.build("datasets", target_name, seed=seed + 1)
             source = align_classes(registry.build("datasets", source_name, seed=seed), target)
-            encoder = registry.build("encoders", "smallcnn", seed=seed).to(device)
-            encoder.pretrain(source, budget=Budget(args.encoder_steps), device=device)
+            encoder = pretrained(registry, source, pair, seed, args, device)
             for shots, variant in todo:
                 split = few_shot_split(target, shots, seed=seed)
                 data = TransferData(source, split.labelled, split.unlabelled, None)

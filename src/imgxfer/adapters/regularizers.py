@@ -26,11 +26,14 @@ import torch
 from torch import nn
 
 from imgxfer.augmentation import seeded
+from imgxfer.config import AUGMENT_POLICIES
 from imgxfer.errors import UserError
 
 MIXES = ("none", "mixup", "cutmix")
-# Options and search ranges the fine-tuning adapters add to their `tunable` mapping.
-TUNABLE_REGULARIZERS = {"l2sp": ("log", 1e-4, 1.0), "bss": ("log", 1e-4, 0.1)}
+# Options and search ranges the fine-tuning adapters add to their `tunable` mapping
+# (the paper weights bracketed by about 100x, and the augmentation policy).
+TUNABLE_REGULARIZERS = {"l2sp": ("log", 1e-4, 1.0), "bss": ("log", 1e-5, 0.1),
+                        "mix": ("choice", *MIXES), "augment": ("choice", *AUGMENT_POLICIES)}
 
 
 @dataclass(frozen=True)
