@@ -23,6 +23,7 @@ from imgxfer.images import ConcatImages
 from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.progress import Progress
+from imgxfer.stages.explain import Explainer
 from imgxfer.protocols import declared
 from imgxfer.training import predict_logits
 
@@ -39,6 +40,7 @@ class Adapted:
     adapters: dict[str, AdapterMetrics]
     deltas: dict[str, SyntheticDelta] | None
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    explanations: dict[str, Any] | None = None  # metrics.json's, see stages/explain.py
 
 
 def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
@@ -54,6 +56,7 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     adapters: dict[str, AdapterMetrics] = {}
     deltas: dict[str, SyntheticDelta] = {}
     history: dict[str, list[dict[str, float]]] = {}
+    explainer = Explainer(split.test, len(plan.adapters))
     for name, adapter in plan.adapters.items():
         # Both fits of a pair start from the same global RNG state (head initialisation),
         # so they differ only in the synthetic images.
@@ -73,11 +76,15 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
         log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
                  result.accuracy, result.macro_f1, seconds)
         first = first or (model, result)
+        explainer.add(name, model)  # while this adapter's classifier exists
         if twin is not None:
             deltas[name] = fit_twin(plan, twin, adapter, data, result, rng_state,
                                     progress, timings, name)
     classifier, target = first
-    return Adapted(classifier, target, adapters, deltas if compare else None, history)
+    explanations = explainer.finish(folder)
+    timings["explanations"] = explainer.seconds
+    return Adapted(classifier, target, adapters, deltas if compare else None, history,
+                   explanations)
 
 
 def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
