@@ -117,6 +117,9 @@ def tile(image: torch.Tensor, cam: np.ndarray | None = None) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((TILE, TILE), Image.NEAREST))
 
 
+ROW = TILE + 26  # a row's height: its images and, under each map, two lines of text
+
+
 def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int) -> bytes:
     """The images in one mosaic (one row per class: correct images, then wrong ones; each
     image followed by its map under every adapter), labelled with matplotlib. One
@@ -126,46 +129,43 @@ def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    rows = record["images"]
-    classes = list(dict.fromkeys(r["label"] for r in rows))
-    per_image = len(tiles[0])
-    block = per_image * TILE + (per_image - 1) * GAP + SPACE
-    slots = 2 * per_class  # image slots per row: correct ones, then wrong ones
-    label_h = 26  # room under each image for the adapters' predictions (two lines)
-    height, width = len(classes) * (TILE + label_h), slots * block
-    mosaic = np.full((height, width, 3), 255, np.uint8)
-    texts = []
-    for k, (row, images) in enumerate(zip(rows, tiles)):
-        r = classes.index(row["label"])
-        before = [j for j in range(k) if rows[j]["label"] == row["label"]
-                  and rows[j]["correct"] == row["correct"]]
-        slot = len(before) + (0 if row["correct"] else per_class)
-        y, x0 = r * (TILE + label_h), slot * block
+    classes = list(dict.fromkeys(r["label"] for r in record["images"]))
+    block = len(tiles[0]) * (TILE + GAP) - GAP + SPACE  # one image and its maps
+    mosaic = np.full((len(classes) * ROW, 2 * per_class * block, 3), 255, np.uint8)
+    inches = (mosaic.shape[1] / 100 + 1.2, mosaic.shape[0] / 100 + 0.5)  # at dpi 100
+    fig = plt.figure(figsize=inches)
+    ax = fig.add_axes([1.2 / inches[0], 0, 1 - 1.2 / inches[0], 1 - 0.5 / inches[1]])
+    for (y, x), images, text in _placed(tiles, record, classes, per_class, block):
         for t, image in enumerate(images):
-            x = x0 + t * (TILE + GAP)
-            mosaic[y:y + TILE, x:x + TILE] = image
-            if t:
-                adapter = record["adapters"][t - 1]
-                texts.append((x + TILE / 2, y + TILE + 2, f"{row['predicted'][adapter][:12]}\n"
-                              f"{row['confidence'][adapter]:.2f}"))
-    scale = 1 / 100  # inches per pixel at dpi 100
-    fig = plt.figure(figsize=(width * scale + 1.2, height * scale + 0.5))
-    ax = fig.add_axes([1.2 / (width * scale + 1.2), 0, width * scale / (width * scale + 1.2),
-                       height * scale / (height * scale + 0.5)])
+            mosaic[y:y + TILE, x + t * (TILE + GAP):x + t * (TILE + GAP) + TILE] = image
+        for t, line in enumerate(text, start=1):
+            ax.text(x + t * (TILE + GAP) + TILE / 2, y + TILE + 2, line, ha="center",
+                    va="top", fontsize=5.5)
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
-    for x, y, text in texts:
-        ax.text(x, y, text, ha="center", va="top", fontsize=5.5)
     for r, name in enumerate(classes):
-        ax.text(-6, r * (TILE + label_h) + TILE / 2, name, ha="right", va="center", fontsize=8)
-    heads = ["image"] + record["adapters"]
-    for slot in range(slots):
+        ax.text(-6, r * ROW + TILE / 2, name, ha="right", va="center", fontsize=8)
+    for slot in range(2 * per_class):
         kind = "correct" if slot < per_class else "wrong"
-        for t, head in enumerate(heads):
-            ax.text(slot * block + t * (TILE + GAP) + TILE / 2, -3,
-                    f"{head}\n({kind})" if t == 0 else head, ha="center", va="bottom",
-                    fontsize=6)
+        for t, head in enumerate([f"image\n({kind})"] + record["adapters"]):
+            ax.text(slot * block + t * (TILE + GAP) + TILE / 2, -3, head, ha="center",
+                    va="bottom", fontsize=6)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _placed(tiles: list[list[np.ndarray]], record: dict[str, Any], classes: list[str],
+            per_class: int, block: int):
+    """For each image: its (y, x) in the mosaic (its class's row; the slots of correct
+    images first, then those of wrong ones), its tiles, and the text under each map
+    (that adapter's prediction and probability)."""
+    rows = record["images"]
+    for k, (row, images) in enumerate(zip(rows, tiles)):
+        same = sum(1 for j in range(k) if rows[j]["label"] == row["label"]
+                   and rows[j]["correct"] == row["correct"])
+        slot = same + (0 if row["correct"] else per_class)
+        text = [f"{row['predicted'][a][:12]}\n{row['confidence'][a]:.2f}"
+                for a in record["adapters"]]
+        yield (classes.index(row["label"]) * ROW, slot * block), images, text
