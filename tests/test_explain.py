@@ -108,6 +108,8 @@ def test_every_method_and_a_frozen_encoder(trained, test_squares):
         assert maps.shape == (3, SIZE, SIZE) and maps.max() > 0, method
     assert not any(p.requires_grad for p in frozen.encoder.parameters())
     assert all(p.grad is None for p in frozen.parameters())  # nothing left behind
+    with pytest.raises(UserError, match="one per image, each from 0 to 1"):
+        explain(trained, positives[:2], [5, 1])
     picture = overlay(positives[0], maps[0], min_size=100)
     assert picture.shape == (128, 128, 3) and picture.dtype == np.uint8
 

@@ -127,6 +127,9 @@ def explain(model: nn.Module, images: torch.Tensor, classes: Sequence[int] | Non
     layer = find_target_layer(model, layer)
     proba = class_probabilities(model, images)
     explained = proba.argmax(1).tolist() if classes is None else [int(c) for c in classes]
+    if any(not 0 <= c < proba.shape[1] for c in explained) or len(explained) != len(images):
+        raise UserError(f"classes to explain must be one per image, each from 0 to "
+                        f"{proba.shape[1] - 1}, got {list(classes or [])[:5]}.")
     module = dict(model.named_modules())[layer]
     device = next(model.parameters()).device
     was_training = model.training
@@ -144,6 +147,10 @@ def explain(model: nn.Module, images: torch.Tensor, classes: Sequence[int] | Non
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+    if sum(len(m) for m in maps) != len(images):
+        # The library's context manager swallows an IndexError and returns nothing.
+        raise RuntimeError(f"pytorch-grad-cam returned {sum(len(m) for m in maps)} maps for "
+                           f"{len(images)} images.")
     size = tuple(model.encoder.input_size)
     stacked = np.concatenate(maps) if maps else np.zeros((0, *size), np.float32)
     return Explanation(stacked.astype(np.float32), explained, proba, layer, method)
