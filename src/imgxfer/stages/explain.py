@@ -44,13 +44,17 @@ class Explainer:
         self.skipped = ""
         self.seconds = 0.0  # spent here (metrics.json's timings_s "explanations")
 
-    def add(self, name: str, model: torch.nn.Module) -> None:
+    def add(self, name: str, model: torch.nn.Module,
+            predicted: torch.Tensor | None = None) -> None:
+        """Explain the chosen images under ``model``; the first model added chooses them,
+        from ``predicted`` (its classes of the test images, when known) or its own pass."""
         if self.skipped or not len(self.test):
             return
         t0 = time.perf_counter()
         try:
             if self.index is None:  # the run's classifier chooses the images
-                self.index, self.correct = choose_images(model, self.test, self.per_class)
+                self.index, self.correct = choose_images(model, self.test, self.per_class,
+                                                         predicted)
             images = self.test.images[torch.tensor(self.index, dtype=torch.long)]
             self.maps[name] = explain.explain(model, images)
         except UserError as error:  # e.g. an encoder without a spatial layer
@@ -89,15 +93,17 @@ class Explainer:
         return figure(tiles, record, self.per_class)
 
 
-def choose_images(model: torch.nn.Module, test: ImageDataset, per_class: int
-                  ) -> tuple[list[int], list[bool]]:
+def choose_images(model: torch.nn.Module, test: ImageDataset, per_class: int,
+                  predicted: torch.Tensor | None = None) -> tuple[list[int], list[bool]]:
     """Test images to explain, class by class (at most MAX_CLASSES): the first
     ``per_class`` that ``model`` classifies correctly, then the first it gets wrong;
     with whether each is correct."""
     from imgxfer.training import predict_logits
 
-    predicted = predict_logits(model, test.images, next(model.parameters()).device,
-                               preprocess=model.encoder.preprocess).argmax(1).cpu()
+    if predicted is None:  # the adapt stage passes the evaluation's: no second pass
+        predicted = predict_logits(model, test.images, next(model.parameters()).device,
+                                   preprocess=model.encoder.preprocess).argmax(1)
+    predicted = predicted.cpu()
     index, correct = [], []
     for c in range(min(len(test.class_names), MAX_CLASSES)):
         of_class = test.labels.cpu() == c
