@@ -286,7 +286,7 @@ def test_bad_seeds(host, tmp_path):
 
 def test_help_of_every_command():
     for command in ([], ["run"], ["plugins"], ["list"], ["install"], ["uninstall"], ["caption"],
-                    ["generate"], ["cache"], ["predict"], ["plugin"], ["plugin", "new"]):
+                    ["generate"], ["cache"], ["predict"], ["explain"], ["plugin"], ["plugin", "new"]):
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
 

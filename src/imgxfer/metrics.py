@@ -148,11 +148,15 @@ class RunMetrics:
     generator: GeneratorMetrics | None = None
     synthetic_delta: dict[str, SyntheticDelta] | None = None  # --compare-synthetic
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The report's explanations figure: method, layer, figure (file name), adapters, and per
+    # image its test index, label, correct (by the run's classifier), predicted and
+    # confidence per adapter (imgxfer.stages.explain); None when none were made.
+    explanations: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     ORDER: ClassVar[tuple[str, ...]] = ("imgxfer_version", "seed", "device", "data", "encoder",
                                         "generator", "adapters", "synthetic_delta", "target",
-                                        "timings_s")
+                                        "timings_s", "explanations")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -182,7 +186,7 @@ class RunMetrics:
                        if "generator" in data else None),
             synthetic_delta=(None if delta is None else
                              {n: SyntheticDelta.from_json(r) for n, r in delta.items()}),
-            timings_s=data.get("timings_s", {}),
+            timings_s=data.get("timings_s", {}), explanations=data.get("explanations"),
             extra={k: v for k, v in data.items() if k not in cls.ORDER})
 
     @classmethod

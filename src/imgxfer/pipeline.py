@@ -62,7 +62,7 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     metrics = RunMetrics(__version__, config.seed, str(plan.device),
                          describe(config, source, split), encoder_metrics, adapted.target,
                          adapted.adapters, generated.metrics if generated else None,
-                         adapted.deltas, timings.rounded())
+                         adapted.deltas, timings.rounded(), adapted.explanations)
     if distributed.describe():  # processes, precision: how the numbers were made
         metrics.extra["distributed"] = distributed.describe()
     captions["unlabelled"] = caption_unlabelled(plan, adapted.classifier)

@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from imgxfer.data import ImageDataset, Split  # noqa: E402
 from imgxfer.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # noqa: E402
-from imgxfer.runfolder import REPORT, SAMPLES, atomic_write_bytes, atomic_write_text  # noqa: E402
+from imgxfer.runfolder import (EXPLANATIONS, REPORT, SAMPLES, atomic_write_bytes,  # noqa: E402
+                               atomic_write_text)
 
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
@@ -288,6 +289,7 @@ def write_report(folder: Path, config: Any, metrics: RunMetrics, extras: dict[st
     parts.append(_samples(grid, synthetic is not None))
     parts += _synthesis_origins(names, extras, metrics.generator)
     parts += _generator_sections(metrics)
+    parts += _explanations(folder, metrics)
     parts += _losses(extras)
     parts.append(_captions(extras))
     timings = metrics.timings_s
@@ -367,6 +369,29 @@ def _samples(grid: bytes, with_synthetic: bool) -> str:
     return ("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
             "target shots, then real held-out target images (no generator in this "
             "run).</p>" + _img_tag(grid, "target samples"))
+
+
+def _explanations(folder: Path, metrics: RunMetrics) -> list[str]:
+    """Where the classifiers look: the figure the adapt stage drew (read from the run
+    folder, so a report rebuilt from metrics.json shows it too), described from its
+    record in metrics.json."""
+    record = metrics.explanations
+    path = folder / str((record or {}).get("figure", EXPLANATIONS))
+    if not record or not path.is_file():
+        return []
+    adapters = [html.escape(a) for a in record.get("adapters", [])]
+    several = (f" One map per adapter, in the order compared ({', '.join(adapters)}): side by "
+               "side they show what each method changed in where the model looks (e.g. "
+               "source-only beside an adapted model)." if len(adapters) > 1 else "")
+    wrong = sum(not r.get("correct", True) for r in record.get("images", []))
+    return ["<h2>Where the classifier looks</h2><p class='muted'>Class-activation maps "
+            f"({html.escape(str(record.get('method')))}, read from layer "
+            f"<code>{html.escape(str(record.get('layer')))}</code>) of a few target test "
+            "images per class: first ones the run's classifier gets right, then ones it gets "
+            f"wrong ({wrong} shown). Red marks the regions that raised the score of the "
+            "class written under each map (the model's prediction, with its probability); "
+            f"a map is scaled to its own maximum.{several} `imgxfer explain` draws such "
+            "maps for any images.</p>" + _img_tag(path.read_bytes(), "explanations")]
 
 
 def _losses(extras: dict[str, Any]) -> list[str]:

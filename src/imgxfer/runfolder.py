@@ -34,6 +34,9 @@ FAILED = "failed.json"
 REPORT = "report.html"
 CAPTIONS = "captions.jsonl"
 SAMPLES = "samples.png"
+# Class-activation maps of a few target test images under each adapter (the report's
+# explanations section; metrics.json's ``explanations`` describes them).
+EXPLANATIONS = "explanations.png"
 GENERATOR = "generator.safetensors"
 # The generator's training checkpoint: written while it trains (when the generator
 # supports checkpoints), read by ``imgxfer run --resume``, removed once the run has

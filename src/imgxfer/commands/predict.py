@@ -286,6 +286,64 @@ def brightness_note(images: torch.Tensor, loaded: LoadedClassifier, files: bool)
             f"classifier may not fit them.{hint}")
 
 
+@dataclass
+class RunImages:
+    """Images read for a run's classifier (:func:`read_as_run_did`): the input, whether it
+    came from files, the folder loose files are named relative to, and the input's class
+    names that mean one of the run's classes (see :func:`run_class_names`)."""
+
+    data: Any  # imgxfer.commands.inputs.ImageInput
+    files: bool
+    root: Path | None
+    renamed: dict[str, str]
+
+
+def read_as_run_did(source: str, loaded: LoadedClassifier, registry: Registry,
+                    options: dict[str, Any], *, limit: int | None = None) -> RunImages:
+    """Read ``source`` for ``loaded``'s classifier (`imgxfer predict` and `explain`):
+    files as the run read its target files (``options`` from --dataset-opt win), the
+    first ``limit`` images; warnings (unreadable files, brightness far from the run's,
+    class names read another way) go to standard error."""
+    from imgxfer.commands.inputs import is_dataset_name, load_images, select
+
+    files = not is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
+    if files:  # read like the run's training files
+        run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
+        # size 0: the run read its files at its encoder's input size.
+        run_options["size"] = run_options["size"] or max(loaded.model.encoder.input_size)
+        if "fit" not in options and run_options["fit"] == GLYPH:
+            click.echo(f"reading the images in the {GLYPH} layout of the run's target "
+                       f"{loaded.config.target!r} (fit={GLYPH}; --dataset-opt fit=crop reads "
+                       "them as they are).", err=True)
+        options = {**run_options, **options}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_images(source, registry, options, limit=limit)
+    for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
+        click.echo(f"warning: {message}", err=True)
+    data = select(data, limit=limit)
+    note = brightness_note(data.images, loaded, files)
+    if note:
+        click.echo(f"warning: {note}", err=True)
+    given = Path(source).expanduser()
+    root = (given if given.is_dir() else given.parent) if files else None
+    return RunImages(data, files, root, _renamed_classes(data, loaded.class_names))
+
+
+def _renamed_classes(data: Any, class_names: Sequence[str]) -> dict[str, str]:
+    """:func:`run_class_names` of labelled input, with what it found said on stderr."""
+    if data.labels is None:
+        return {}
+    renamed, ambiguous = run_class_names(data.class_names, class_names)
+    if renamed:
+        click.echo("labels read as the run's classes: "
+                   + ", ".join(f"{a} as {b}" for a, b in renamed.items()) + ".", err=True)
+    for name, hits in ambiguous.items():
+        click.echo(f"warning: label {name!r} could mean several of the run's classes "
+                   f"({', '.join(hits)}); its images are not scored.", err=True)
+    return renamed
+
+
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["predicted", "confidence"]
@@ -328,8 +386,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
       imgxfer predict photos/ --from runs/20250101-120000-syndigits-to-digits
       imgxfer predict digits --from RUN --adapter mmd --out digits.csv --force
     """
-    from imgxfer.commands.inputs import (check_count, check_source, is_dataset_name,
-                                         load_images, parse_options, resolve_out, select)
+    from imgxfer.commands.inputs import check_count, check_source, parse_options, resolve_out
     from imgxfer.plan import resolve_device
 
     check_count("--limit", limit)
@@ -339,39 +396,12 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     options = parse_options(dataset_opt, "--dataset-opt")
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)
-    files = not is_dataset_name(source, registry) or source.startswith(("folder:", "csv:"))
-    if files:  # read like the run's training files
-        run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
-        # size 0: the run read its files at its encoder's input size.
-        run_options["size"] = run_options["size"] or max(loaded.model.encoder.input_size)
-        if "fit" not in options and run_options["fit"] == GLYPH:
-            click.echo(f"reading the images in the {GLYPH} layout of the run's target "
-                       f"{loaded.config.target!r} (fit={GLYPH}; --dataset-opt fit=crop reads "
-                       "them as they are).", err=True)
-        options = {**run_options, **options}
     # The output last among the checks: an existing file must not hide a wrong input.
     path = None if out == "-" else resolve_out(out, force=force, default=DEFAULT_OUT)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data = load_images(source, registry, options, limit=limit)
-    for message in dict.fromkeys(list(data.notes) + [str(w.message) for w in caught]):
-        click.echo(f"warning: {message}", err=True)
-    data = select(data, limit=limit)
-    note = brightness_note(data.images, loaded, files)
-    if note:
-        click.echo(f"warning: {note}", err=True)
-    given = Path(source).expanduser()
-    root = (given if given.is_dir() else given.parent) if files else None
-    renamed, ambiguous = ({}, {}) if data.labels is None else run_class_names(
-        data.class_names, loaded.class_names)
-    if renamed:
-        click.echo("labels read as the run's classes: "
-                   + ", ".join(f"{a} as {b}" for a, b in renamed.items()) + ".", err=True)
-    for name, hits in ambiguous.items():
-        click.echo(f"warning: label {name!r} could mean several of the run's classes "
-                   f"({', '.join(hits)}); its images are not scored.", err=True)
+    images = read_as_run_did(source, loaded, registry, options, limit=limit)
+    data = images.data
     rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
-                           loaded.class_names, root, renamed)
+                           loaded.class_names, images.root, images.renamed)
     if path is None:
         click.echo(csv_text(rows), nl=False)
     else:

@@ -23,6 +23,7 @@ from imgxfer.images import ConcatImages
 from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.progress import Progress
+from imgxfer.stages.explain import Explainer
 from imgxfer.protocols import declared
 from imgxfer.training import predict_logits
 
@@ -39,6 +40,7 @@ class Adapted:
     adapters: dict[str, AdapterMetrics]
     deltas: dict[str, SyntheticDelta] | None
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    explanations: dict[str, Any] | None = None  # metrics.json's, see stages/explain.py
 
 
 def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
@@ -54,12 +56,15 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     adapters: dict[str, AdapterMetrics] = {}
     deltas: dict[str, SyntheticDelta] = {}
     history: dict[str, list[dict[str, float]]] = {}
+    explainer = Explainer(split.test, len(plan.adapters))
     for name, adapter in plan.adapters.items():
         # Both fits of a pair start from the same global RNG state (head initialisation),
         # so they differ only in the synthetic images.
         rng_state = torch.get_rng_state()
         twin = copy.deepcopy(adapter) if compare else None
-        model, result, seconds = fit_and_evaluate(plan, adapter, data, progress, name)
+        model, seconds = fit_adapter(plan, adapter, data, progress, name)
+        predicted = test_predictions(model, plan.encoder, split, plan.device)
+        result = evaluate(model, plan.encoder, split, plan.device, predicted)
         timings[f"adapter:{name}"] = seconds
         history[name] = list(declared(adapter, "history", "adapters"))
         artifacts.save_classifier(
@@ -73,11 +78,15 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
         log.info("adapter %s: target accuracy %.4f, macro F1 %.4f (%.1f s)", name,
                  result.accuracy, result.macro_f1, seconds)
         first = first or (model, result)
+        explainer.add(name, model, predicted)  # while this adapter's classifier exists
         if twin is not None:
             deltas[name] = fit_twin(plan, twin, adapter, data, result, rng_state,
                                     progress, timings, name)
     classifier, target = first
-    return Adapted(classifier, target, adapters, deltas if compare else None, history)
+    explanations = explainer.finish(folder)
+    timings["explanations"] = explainer.seconds
+    return Adapted(classifier, target, adapters, deltas if compare else None, history,
+                   explanations)
 
 
 def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
@@ -129,14 +138,24 @@ def fit_adapter(plan: Plan, adapter: Any, data: TransferData, progress: Progress
     return model, seconds
 
 
-def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
-             ) -> TargetMetrics:
-    logits = predict_logits(model, split.test.images, device, preprocess=encoder.preprocess)
+def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device,
+             predicted: torch.Tensor | None = None) -> TargetMetrics:
+    """The classifier's metrics on the test split (``predicted``: its classes of the test
+    images, when the caller has them already)."""
+    if predicted is None:
+        predicted = test_predictions(model, encoder, split, device)
     result = TargetMetrics.from_json(classification_metrics(
-        split.test.labels.tolist(), logits.argmax(1).tolist(), split.test.class_names))
+        split.test.labels.tolist(), predicted.tolist(), split.test.class_names))
     if len(split.unlabelled) and len(split.test.class_names) > 1:
         result.unlabelled_im = unlabelled_im(model, encoder, split.unlabelled, device)
     return result
+
+
+def test_predictions(model: Classifier, encoder: Any, split: Split, device: torch.device
+                     ) -> torch.Tensor:
+    """The predicted class of each test image."""
+    return predict_logits(model, split.test.images, device,
+                          preprocess=encoder.preprocess).argmax(1).cpu()
 
 
 def unlabelled_im(model: Classifier, encoder: Any, unlabelled: ImageDataset,
