@@ -156,3 +156,21 @@ def test_run_wide_augment_reaches_components_unless_their_options_set_one():
     kept = registry.build("adapters", "finetune", {"augment": "none"}, augment="strong")
     assert kept.augmentation.policy == "none"
     assert registry.build("generators", "gan", augment="strong").augment.policy == "strong"
+
+
+def test_a_runs_augment_reaches_encoder_adapters_and_gan_and_is_recorded(host, tmp_path):
+    from imgxfer.config import from_mapping
+    from imgxfer.plan import prepare
+
+    config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,
+                           "generator": "gan", "compare": ["finetune", "self-training"],
+                           "augment": "strong", "out": str(tmp_path),
+                           "adapter": {"name": "finetune", "augment": "none"}})
+    plan = prepare(config, host.registry)
+    assert plan.encoder.augment == "strong" and plan.generator.augment.policy == "strong"
+    # An adapter's own option wins over the run's.
+    assert plan.adapters["finetune"].augmentation.policy == "none"
+    assert plan.adapters["self-training"].augmentation.policy == "strong"
+    assert plan.adapters["self-training"].strong.policy == "strong"
+    with pytest.raises(UserError, match="augment must be one of"):
+        prepare(from_mapping({"augment": "heavy", "out": str(tmp_path)}), host.registry)
