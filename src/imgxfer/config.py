@@ -46,6 +46,7 @@ SYNTHESIS_MODES = ("text", "shots", "translate")
 # Mixed precision of training's forward passes (imgxfer.distributed). fp16 is left out:
 # it needs loss scaling, which imgxfer's training loops do not do.
 MIXED_PRECISION = ("no", "bf16")
+FILTER_PROBE = "probe"  # the built-in scorer of --synthetic-filter
 
 
 @dataclass
@@ -85,6 +86,9 @@ class RunConfig:
     # Keep synthetic images that a probe on source + shots gives at least this
     # probability for their intended class (He et al. 2023); 0 keeps all.
     synthetic_filter: float = 0.0
+    # What gives that probability: "probe" (the built-in probe above) or an adapter that
+    # declares scores_images (a zero-shot classifier such as the CLIP plugin's clip:PATH).
+    synthetic_filter_by: str = FILTER_PROBE
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
 
     def adapter_names(self) -> list[str]:
@@ -97,6 +101,8 @@ class RunConfig:
         named = [("datasets", self.source), ("datasets", self.target),
                  ("encoders", self.encoder), ("captioners", self.captioner)]
         named += [("adapters", name) for name in self.adapter_names()]
+        if self.synthetic_filter > 0 and self.synthetic_filter_by != FILTER_PROBE:
+            named.append(("adapters", self.synthetic_filter_by))  # the filter's scorer
         return named + ([("generators", self.generator)] if self.generator != NONE else [])
 
     def validate(self) -> None:
@@ -122,6 +128,10 @@ class RunConfig:
         if self.synthetic_filter > 0 and self.generator == NONE:
             raise UserError("--synthetic-filter filters generated images, so it needs a "
                             "generator (not --generator none).")
+        if self.synthetic_filter_by != FILTER_PROBE and self.synthetic_filter == 0:
+            raise UserError(f"--synthetic-filter-by {self.synthetic_filter_by} chooses what "
+                            "judges generated images, so it needs a threshold "
+                            "(--synthetic-filter P, above 0).")
         if self.quality_steps < 1:
             raise UserError(f"quality_steps must be 1 or more, got {self.quality_steps}; "
                             "turn the measurement off with --no-quality (quality = false).")
