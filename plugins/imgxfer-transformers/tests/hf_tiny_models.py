@@ -1,11 +1,10 @@
 """Tiny random-weight transformers models built from small configs and saved with
 ``save_pretrained`` (as transformers' own tests build them): BLIP and GIT captioners and
-CLIP, each with a processor whose tokenizer is made from a vocabulary written here, so
-the hub is never contacted."""
+CLIP, each with an image processor and a tokenizer made from a vocabulary written here,
+so the hub is never contacted."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -68,38 +67,25 @@ def save_tiny_git(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def _clip_tokenizer(folder: Path):
-    """A byte-level BPE without merges: every byte is a token, alone or ending a word."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: len(vocab) for c in chars})
-    vocab.update({c + "</w>": len(vocab) for c in chars})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                         model_max_length=77), len(vocab)
-
-
 def save_tiny_clip(folder: Path, seed: int = 0, processor: bool = True) -> Path:
-    """CLIP (CLIPModel, 16-d embeddings, 32-px images) with a CLIPProcessor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    """CLIP (CLIPModel, 16-d embeddings, 32-px images) with its image processor and a
+    word-piece tokenizer. (A byte-level CLIPTokenizer built offline from a vocabulary
+    without merges maps every word to one unknown token in transformers 5, so all class
+    prompts would read alike; CLIP's text tower takes any token ids.)"""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    tokenizer, vocab_size = _clip_tokenizer(folder.parent / "clip-vocab")
     config = CLIPConfig(
-        text_config={**_TEXT, "vocab_size": vocab_size, "max_position_embeddings": 77,
-                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        text_config={**_TEXT, "vocab_size": len(WORDS), "max_position_embeddings": 64,
+                     "bos_token_id": WORDS.index("[CLS]"), "eos_token_id": WORDS.index("[SEP]"),
+                     "pad_token_id": 0},
         vision_config=_VISION, projection_dim=16)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config)
     model.save_pretrained(folder)
     if processor:
-        CLIPProcessor(image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-            image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]),
-            tokenizer=tokenizer).save_pretrained(folder)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                           image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]
+                           ).save_pretrained(folder)
+        _bert_tokenizer(folder.parent / "clip-vocab", model_max_length=64).save_pretrained(folder)
     return folder

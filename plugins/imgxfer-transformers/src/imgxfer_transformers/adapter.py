@@ -153,13 +153,16 @@ class ClipAdapter:
         optimizer = torch.optim.AdamW(cache.parameters(), lr=self.lr, eps=1e-4)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         draw = torch.Generator().manual_seed(self.seed + distributed.seed_offset())
+        # Epochs of shuffled batches; a cache smaller than a batch is one batch (all of it).
+        size, order = min(self.batch_size, len(features)), torch.empty(0, dtype=torch.long)
         history = []
         with progress.task(f"{self.name} (tip-f)", total=steps) as task:
             for step in range(steps):
                 if budget.done(step):
                     break
-                idx = torch.randint(len(features), (self.batch_size,), generator=draw)
-                idx = idx.to(features.device)
+                if len(order) < size:
+                    order = torch.cat([order, torch.randperm(len(features), generator=draw)])
+                idx, order = order[:size].to(features.device), order[size:]
                 f = features[idx]
                 logits = f @ text.t() + self.alpha * cache(f) @ values
                 loss = (F.cross_entropy(logits, labels[idx], reduction="none")
