@@ -15,10 +15,11 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Test tools, and the first-party plugins installed the way a user installs them (not editable).
-$(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py) plugins/imgxfer-diffusers/pyproject.toml $(wildcard plugins/imgxfer-diffusers/src/imgxfer_diffusers/*.py)
+$(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.toml $(wildcard plugins/imgxfer-timm/src/imgxfer_timm/*.py) plugins/imgxfer-diffusers/pyproject.toml $(wildcard plugins/imgxfer-diffusers/src/imgxfer_diffusers/*.py) plugins/imgxfer-transformers/pyproject.toml $(wildcard plugins/imgxfer-transformers/src/imgxfer_transformers/*.py)
 	$(BIN)/pip install --quiet --editable '.[test]'
 	$(BIN)/pip install --quiet './plugins/imgxfer-timm[lite0]'
 	$(BIN)/pip install --quiet './plugins/imgxfer-diffusers[test]'
+	$(BIN)/pip install --quiet './plugins/imgxfer-transformers[test]'
 	touch $@
 
 run: $(VENV)/.installed-run

@@ -130,6 +130,12 @@ def _snapshot(folder):
     (["--device", "tpu"], "device must be auto, cpu"),
     (["--generator", "none", "--compare-synthetic"], "--compare-synthetic compares adapters"),
     (["--synthetic-filter", "1.5"], "synthetic_filter must be in [0, 1)"),
+    (["--synthetic-filter-by", "clip:/m"], "--synthetic-filter-by clip:/m chooses what judges "
+                                           "generated images, so it needs a threshold"),
+    (["--synthetic-filter", "0.5", "--synthetic-filter-by", "nothing"],
+     "unknown adapter 'nothing'"),
+    (["--synthetic-filter", "0.5", "--synthetic-filter-by", "finetune"],
+     "--synthetic-filter-by finetune: this adapter cannot score images without training"),
     (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1."),
     (["--seed", str(2**32)], "seed must be between 0 and 4294967295, got 4294967296."),
     (["--seeds", "0,-1"], "each of --seeds must be between 0 and 4294967295, got -1."),

@@ -32,7 +32,10 @@ OPTIONS = {
 }
 # The rest of a family name, by family; families checked in their own plugin's tests.
 FAMILY_ARGS = {"timm/": "test_resnet"}
-CHECKED_BY_THEIR_PLUGIN = {"diffusers:": "plugins/imgxfer-diffusers/tests"}
+CHECKED_BY_THEIR_PLUGIN = {"diffusers:": "plugins/imgxfer-diffusers/tests",
+                           # the captioner, and the CLIP encoder and adapter (both clip:)
+                           "hf:": "plugins/imgxfer-transformers/tests",
+                           "clip:": "plugins/imgxfer-transformers/tests"}
 CHECKS = {"encoders": testing.check_encoder, "captioners": testing.check_captioner,
           "generators": testing.check_generator, "adapters": testing.check_adapter,
           "datasets": testing.check_dataset}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -16,3 +18,18 @@ class Classifier(nn.Module):
         """Logits for images already preprocessed by ``encoder.preprocess``."""
         return self.head(self.encoder(x))
 
+
+def rebuild(encoder: nn.Module, num_classes: int,
+            state: Mapping[str, torch.Tensor]) -> Classifier:
+    """A saved classifier from a freshly built ``encoder`` and its ``state_dict``.
+
+    The encoder takes its part of the state first and the head is sized afterwards: an
+    encoder may grow features from what an adapter stored in it (the CLIP plugin's
+    Tip-Adapter cache adds one affinity per cached image), so its ``feature_dim`` is only
+    known once its state is loaded. For any other encoder this is the plain load.
+    Raises torch's ``RuntimeError`` for a state that does not fit."""
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items()
+                             if k.startswith("encoder.")})
+    model = Classifier(encoder, num_classes)
+    model.load_state_dict(state)
+    return model

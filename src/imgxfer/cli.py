@@ -193,6 +193,9 @@ def cli() -> None:
               help="Also train each adapter without the generated images; report the difference.")
 @click.option("--synthetic-filter", type=float, metavar="P",
               help="Keep generated images a source+shots probe gives probability >= P (0: all).")
+@click.option("--synthetic-filter-by", metavar="NAME",
+              help="What gives that probability: probe (default) or an adapter that scores "
+                   "images zero-shot, e.g. clip:PATH (imgxfer-transformers).")
 @click.option("--quality/--no-quality", default=None,
               help="Measure the generator (CAS, FID/KID on the test split); on by default.")
 @click.option("--generator-budget", "--gan-budget", "generator_budget", metavar="DURATION",

@@ -49,6 +49,7 @@ SYNTHESIS_MODES = ("text", "shots", "translate")
 # config does not import torch).
 AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
 MIXED_PRECISION = ("no", "bf16")
+FILTER_PROBE = "probe"  # the built-in scorer of --synthetic-filter
 
 
 @dataclass
@@ -91,6 +92,9 @@ class RunConfig:
     # Keep synthetic images that a probe on source + shots gives at least this
     # probability for their intended class (He et al. 2023); 0 keeps all.
     synthetic_filter: float = 0.0
+    # What gives that probability: "probe" (the built-in probe above) or an adapter that
+    # declares scores_images (a zero-shot classifier such as the CLIP plugin's clip:PATH).
+    synthetic_filter_by: str = FILTER_PROBE
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
 
     def adapter_names(self) -> list[str]:
@@ -103,6 +107,8 @@ class RunConfig:
         named = [("datasets", self.source), ("datasets", self.target),
                  ("encoders", self.encoder), ("captioners", self.captioner)]
         named += [("adapters", name) for name in self.adapter_names()]
+        if self.synthetic_filter > 0 and self.synthetic_filter_by != FILTER_PROBE:
+            named.append(("adapters", self.synthetic_filter_by))  # the filter's scorer
         return named + ([("generators", self.generator)] if self.generator != NONE else [])
 
     def validate(self) -> None:
@@ -128,6 +134,10 @@ class RunConfig:
         if self.synthetic_filter > 0 and self.generator == NONE:
             raise UserError("--synthetic-filter filters generated images, so it needs a "
                             "generator (not --generator none).")
+        if self.synthetic_filter_by != FILTER_PROBE and self.synthetic_filter == 0:
+            raise UserError(f"--synthetic-filter-by {self.synthetic_filter_by} chooses what "
+                            "judges generated images, so it needs a threshold "
+                            "(--synthetic-filter P, above 0).")
         if self.quality_steps < 1:
             raise UserError(f"quality_steps must be 1 or more, got {self.quality_steps}; "
                             "turn the measurement off with --no-quality (quality = false).")

@@ -13,7 +13,7 @@ import torch
 
 from imgxfer import distributed, images
 from imgxfer.budget import Budget, parse_duration
-from imgxfer.config import NONE, RunConfig, check_device
+from imgxfer.config import FILTER_PROBE, NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
 from imgxfer.errors import UserError
 from imgxfer.protocols import declared
@@ -36,6 +36,8 @@ class Plan:
     generator: Any
     adapters: dict[str, Any]
     generator_budget: Budget | None
+    # --synthetic-filter-by: the adapter that scores synthetic images (None: the probe).
+    filter_scorer: Any = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +106,22 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     if generator is not None:
         check_generator_mode(config, generator, registry, split)
     return Plan(config, device, source, split, encoder, captioner, generator,
-                adapters, budget)
+                adapters, budget, filter_scorer(config, make))
+
+
+def filter_scorer(config: RunConfig, make: Any) -> Any:
+    """The adapter ``--synthetic-filter-by`` names (built with the [adapter] options when
+    it is the run's adapter), or ``None`` for the built-in probe; an adapter that cannot
+    score images without fitting is refused."""
+    name = config.synthetic_filter_by
+    if config.synthetic_filter == 0 or name == FILTER_PROBE:
+        return None
+    scorer = make("adapters", name, config.options["adapter"] if name == config.adapter else {})
+    if not declared(scorer, "scores_images", "adapters"):
+        raise UserError(f"--synthetic-filter-by {name}: this adapter cannot score images "
+                        f"without training (it does not declare scores_images); use "
+                        f"{FILTER_PROBE} or a zero-shot adapter such as clip:PATH.")
+    return scorer
 
 
 def check_generator_mode(config: RunConfig, generator: Any, registry: Registry,

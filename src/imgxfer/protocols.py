@@ -93,7 +93,9 @@ class Captioner(Protocol):
 
     Optional: ``attributes(images) -> list[dict[str, float]]``, the measured values a
     caption was written from, one dict per image (``imgxfer caption`` writes them to
-    captions.jsonl beside the text)."""
+    captions.jsonl beside the text); ``to(device)``, for a captioner that computes with a
+    model: a run calls it with the run's device before captioning (images still arrive
+    on the CPU)."""
 
     def caption(self, images: torch.Tensor | None, labels: torch.Tensor | None = None, *,
                 class_names: Sequence[str], domain: str, description: str = "",
@@ -182,7 +184,11 @@ class Adapter(Protocol):
 
     Optional (declared): ``trains_by_steps = False`` (ignores ``budget.steps``, e.g. a
     probe solved to convergence; ``--adapter-steps 0`` is accepted) and ``history`` (one
-    loss per step, plotted in the report).
+    loss per step, plotted in the report). ``scores_images = True`` promises
+    ``score_images(images, labels, *, class_names, description, device) -> tensor [N]``:
+    without fitting anything (a zero-shot classifier), the probability in [0, 1] that each
+    image (``[N, C, H, W]`` in [0, 1], on the CPU) shows the class ``labels[i]``; such an
+    adapter can judge synthetic images (``--synthetic-filter-by NAME``).
     """
 
     uses: frozenset[str] | set[str]
@@ -208,14 +214,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Declared abilities and their defaults when a component does not declare them.
 OPTIONAL: dict[str, dict[str, Any]] = {
     "encoders": {"pretrains": False},
-    "captioners": {"attributes": None},
+    "captioners": {"attributes": None, "to": None},
     "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None,
                    "resolved_options": None, "synthesis": frozenset({"text"})},
-    "adapters": {"trains_by_steps": True, "history": ()},
+    "adapters": {"trains_by_steps": True, "history": (), "scores_images": False},
 }
 # A declared ability and the method it promises (a resumable generator's fit taking
 # checkpoint= and resume= is exercised by imgxfer.testing.check_generator).
-IMPLIES: dict[str, dict[str, str]] = {"encoders": {"pretrains": "pretrain"}}
+IMPLIES: dict[str, dict[str, str]] = {"encoders": {"pretrains": "pretrain"},
+                                      "adapters": {"scores_images": "score_images"}}
 KIND_OF = {"encoders": "encoder", "captioners": "captioner", "generators": "generator",
            "adapters": "adapter", "datasets": "dataset"}
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from imgxfer.budget import Budget
-from imgxfer.classifier import Classifier
+from imgxfer.classifier import Classifier, rebuild
 from imgxfer.data import GeneratorData, ImageDataset, TransferData
 from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress
@@ -341,8 +341,8 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
         assert logits.shape == (len(x), len(data.class_names)), f"logits {tuple(logits.shape)}"
         assert logits.isfinite().all(), "non-finite logits"
         assert torch.allclose(twin(x), logits, atol=1e-5), "the same seed fitted another model"
-        rebuilt = Classifier(copy.deepcopy(encoder), len(data.class_names)).eval()
-        rebuilt.load_state_dict(_round_trip(model.state_dict()))
+        rebuilt = rebuild(copy.deepcopy(encoder), len(data.class_names),
+                          _round_trip(model.state_dict())).eval()
         assert torch.allclose(rebuilt(x), logits, atol=1e-5), "state_dict round trip"
     _check_refuses_unknown_options("adapters", factory, args)
     return model

@@ -97,7 +97,7 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
                     ) -> LoadedClassifier:
     """Rebuild a run's classifier: the encoder from the run's ``config.toml`` (through the
     registry, so a plugin encoder needs its plugin), then the trained weights."""
-    from imgxfer.classifier import Classifier
+    from imgxfer.classifier import rebuild
     from imgxfer.config import load
     from imgxfer.runfolder import read_tensors
 
@@ -136,9 +136,8 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
             raise
         encoder = registry.build("encoders", config.encoder,
                                  {**options, "pretrained": "random"}, seed=config.seed)
-    model = Classifier(encoder, len(classes))
     try:
-        model.load_state_dict(tensors)
+        model = rebuild(encoder, len(classes), tensors)
     except RuntimeError as error:
         # torch's first line only says "Error(s) in loading state_dict"; the second names keys.
         lines = str(error).strip().splitlines()

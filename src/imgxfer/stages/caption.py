@@ -9,6 +9,7 @@ import torch
 
 from imgxfer.images import CHUNK, ImageStore
 from imgxfer.plan import Plan
+from imgxfer.protocols import declared
 from imgxfer.training import predict_logits
 
 
@@ -17,6 +18,7 @@ def caption_labelled(plan: Plan) -> dict[str, list[str]]:
     labelled target shot."""
     source, split, captioner = plan.source, plan.split, plan.captioner
     target = split.test
+    on_device(captioner, plan.device)
     return {
         "source": in_chunks(captioner, source.images, source.labels,
                             class_names=source.class_names, domain=source.domain,
@@ -25,6 +27,14 @@ def caption_labelled(plan: Plan) -> dict[str, list[str]]:
                             class_names=target.class_names, domain=target.domain,
                             description=target.description),
     }
+
+
+def on_device(captioner: Any, device: torch.device) -> None:
+    """Move a captioner that computes with a model (it declares ``to``) to the run's
+    device; the template captioner has nothing to move."""
+    move = declared(captioner, "to", "captioners")
+    if move is not None:
+        move(device)
 
 
 def in_chunks(captioner: Any, images: ImageStore, labels: torch.Tensor | None,
@@ -44,6 +54,7 @@ def caption_unlabelled(plan: Plan, classifier: Any) -> list[str]:
     ``classifier``'s guesses (they are documented in captions.jsonl)."""
     split, device = plan.split, plan.device
     target = split.test
+    on_device(plan.captioner, device)
 
     def guess(images: torch.Tensor) -> torch.Tensor:
         return predict_logits(classifier, images, device, preprocess=plan.encoder.preprocess).softmax(1)

@@ -13,11 +13,11 @@ import torch
 
 from imgxfer import artifacts, runfolder
 from imgxfer.budget import Budget
-from imgxfer.config import RunConfig
+from imgxfer.config import FILTER_PROBE, RunConfig
 from imgxfer.data import GeneratorData, ImageDataset, Split, TransferData
 from imgxfer.encoders.preprocess import match_channels
 from imgxfer.errors import UserError
-from imgxfer.images import ConcatImages
+from imgxfer.images import CHUNK, ConcatImages
 from imgxfer.metrics import GeneratorMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.probe import fit_probe
@@ -74,10 +74,11 @@ def generate(plan: Plan, captions: dict[str, list[str]], folder: Path,
 
 
 def keep_confident(out: Generated, plan: Plan) -> None:
-    """``--synthetic-filter``: keep only the images the probe finds confidently right."""
+    """``--synthetic-filter``: keep only the images the probe (or the adapter of
+    ``--synthetic-filter-by``) finds confidently right."""
     synthetic, kept, out.metrics.filter = filter_synthetic(
         out.synthetic, plan.encoder, plan.source, plan.split, plan.config.synthetic_filter,
-        plan.device)
+        plan.device, scorer=plan.filter_scorer, scorer_name=plan.config.synthetic_filter_by)
     out.synthetic = synthetic
     out.prompts = [p for p, k in zip(out.prompts, kept.tolist()) if k]
     if out.inputs is not None:
@@ -157,14 +158,34 @@ def check_images(images: Any, count: int, name: str, method: str = "sample") -> 
 
 
 def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset, split: Split,
-                     threshold: float, device: torch.device
+                     threshold: float, device: torch.device, *, scorer: Any = None,
+                     scorer_name: str = FILTER_PROBE
                      ) -> tuple[ImageDataset | None, torch.Tensor, dict[str, Any]]:
-    """Keep the synthetic images that a linear probe on the frozen encoder, fitted to the
-    labelled source and target shots (AdaBN on the target), gives at least ``threshold``
-    probability for the class they were generated as (He et al. 2023, "Is synthetic data
-    from generative models ready for image recognition?"). Returns the kept images (or
-    ``None``), the boolean mask and a summary for metrics.json. The probe involves no
-    randomness, and the global RNG is left as it was."""
+    """Keep the synthetic images given at least ``threshold`` probability for the class
+    they were generated as (He et al. 2023, "Is synthetic data from generative models
+    ready for image recognition?"): by ``scorer.score_images`` when a scorer is given (an
+    adapter that declares ``scores_images``), else by :func:`probe_confidence`. Returns
+    the kept images (or ``None``), the boolean mask and a summary for metrics.json."""
+    if scorer is None:
+        confidence = probe_confidence(synthetic, encoder, source, split, device)
+    else:
+        confidence = scorer_confidence(scorer, scorer_name, synthetic, device)
+    kept = confidence >= threshold
+    info = {"by": scorer_name, "threshold": threshold, "generated": len(synthetic),
+            "kept": int(kept.sum()),
+            "kept_per_class": torch.bincount(synthetic.labels[kept],
+                                             minlength=synthetic.num_classes).tolist(),
+            "mean_confidence": float(confidence.mean())}
+    log.info("synthetic filter: kept %d of %d images (p >= %.2f)", info["kept"], len(synthetic),
+             threshold)
+    return (synthetic.subset(torch.nonzero(kept).flatten()) if kept.any() else None), kept, info
+
+
+def probe_confidence(synthetic: ImageDataset, encoder: Any, source: ImageDataset, split: Split,
+                     device: torch.device) -> torch.Tensor:
+    """The probability a linear probe on the frozen encoder, fitted to the labelled
+    source and target shots (AdaBN on the target), gives each synthetic image's class.
+    The probe involves no randomness, and the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         probe = fit_probe(copy.deepcopy(encoder), TransferData(source, split.labelled,
                                                                split.unlabelled, None),
@@ -172,15 +193,24 @@ def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset
                           device=device, name="synthetic_filter")
         proba = predict_logits(probe, synthetic.images, device,
                                preprocess=probe.encoder.preprocess).softmax(1)
-    confidence = proba.gather(1, synthetic.labels.view(-1, 1)).flatten()
-    kept = confidence >= threshold
-    info = {"threshold": threshold, "generated": len(synthetic), "kept": int(kept.sum()),
-            "kept_per_class": torch.bincount(synthetic.labels[kept],
-                                             minlength=synthetic.num_classes).tolist(),
-            "mean_confidence": float(confidence.mean())}
-    log.info("synthetic filter: kept %d of %d images (p >= %.2f)", info["kept"], len(synthetic),
-             threshold)
-    return (synthetic.subset(torch.nonzero(kept).flatten()) if kept.any() else None), kept, info
+    return proba.gather(1, synthetic.labels.view(-1, 1)).flatten()
+
+
+def scorer_confidence(scorer: Any, name: str, synthetic: ImageDataset,
+                      device: torch.device) -> torch.Tensor:
+    """``scorer.score_images`` over the synthetic images, :data:`CHUNK` at a time, checked
+    to be one probability per image."""
+    parts = []
+    for start, images in zip(range(0, len(synthetic), CHUNK), synthetic.images.chunks(CHUNK)):
+        labels = synthetic.labels[start:start + len(images)]
+        scores = scorer.score_images(images, labels, class_names=list(synthetic.class_names),
+                                     description=synthetic.description, device=device)
+        if (not isinstance(scores, torch.Tensor) or scores.shape != (len(images),)
+                or not bool(((scores >= 0) & (scores <= 1)).all())):
+            raise UserError(f"adapter {name!r} broke its protocol: score_images must return "
+                            "one probability in [0, 1] per image (see imgxfer.protocols.Adapter).")
+        parts.append(scores.detach().float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0)
 
 
 def cas_steps(max_steps: int, n_images: int) -> int:
