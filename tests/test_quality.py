@@ -76,7 +76,9 @@ def test_cas_real_vs_real_is_high_and_shuffled_labels_near_chance():
     labels = torch.cat([torch.arange(3).repeat(7)[torch.randperm(21, generator=g)][:20]
                         for _ in range(3)])
     noise = ImageDataset(train.images[:], labels, train.class_names, "shuffled")
-    assert classification_accuracy_score(noise, test, steps=40) < 0.5
+    # Averaged over three seeds: one run on 45 test images scatters from 0.24 to 0.51.
+    shuffled = [classification_accuracy_score(noise, test, steps=40, seed=s) for s in range(3)]
+    assert sum(shuffled) / 3 < 0.5
 
 
 def test_generator_quality_keys_and_rng_untouched():
