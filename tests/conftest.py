@@ -70,3 +70,24 @@ TINY_RUN = [
     "--encoder-steps", "30", "--generator-steps", "5", "--adapter-steps", "40",
     "--synthetic-per-class", "4",
 ]
+
+
+def tiny_compare_run(tmp_path_factory, compare: str):
+    """The folder of a tiny run (no generator) that compared ``compare`` adapters, made
+    with the built-ins and the fake plugin only; for module-scoped fixtures."""
+    from click.testing import CliRunner
+
+    from imgxfer.cli import cli
+
+    out = tmp_path_factory.mktemp("runs")
+    h = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    h.add(FakePlugin(), "fake")
+    plugins._HOST = h
+    try:
+        result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--generator", "none",
+                                          "--compare", compare, "--out", str(out)])
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    return folder, result

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY_RUN, FakePlugin, tiny_bars
+from conftest import tiny_bars, tiny_compare_run
 from imgxfer.cli import cli
 from imgxfer.classnames import class_matches
 from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba, run_class_names
@@ -20,19 +20,7 @@ from imgxfer.commands.predict import accuracy_note, load_classifier, predict_pro
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     """A tiny run that saved two classifiers (--compare finetune,linear)."""
-    from imgxfer import plugins
-
-    out = tmp_path_factory.mktemp("runs")
-    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
-    host.add(FakePlugin(), "fake")
-    plugins._HOST = host
-    try:
-        result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--generator", "none",
-                                          "--compare", "finetune,linear", "--out", str(out)])
-    finally:
-        plugins.reset_host()
-    assert result.exit_code == 0, result.output
-    (folder,) = out.iterdir()
+    folder, result = tiny_compare_run(tmp_path_factory, "finetune,linear")
     # The run says how to use its classifier, as one copyable line.
     assert (f"imgxfer predict IMAGES --from {folder} --adapter finetune  (or --adapter linear)\n"
             in result.output)

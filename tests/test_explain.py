@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from conftest import TINY_RUN, FakePlugin
+from conftest import tiny_compare_run
 from imgxfer.classifier import Classifier
 from imgxfer.cli import cli
 from imgxfer.encoders.smallcnn import SmallCNN
@@ -169,20 +169,7 @@ def test_layer_names_and_encoders_without_a_spatial_layer():
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     """A tiny run comparing source-only with finetune (no generator: cheaper)."""
-    from imgxfer import plugins
-
-    out = tmp_path_factory.mktemp("runs")
-    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
-    host.add(FakePlugin(), "fake")
-    plugins._HOST = host
-    try:
-        result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--generator", "none",
-                                          "--compare", "source-only,finetune", "--out", str(out)])
-    finally:
-        plugins.reset_host()
-    assert result.exit_code == 0, result.output
-    (folder,) = out.iterdir()
-    return folder
+    return tiny_compare_run(tmp_path_factory, "source-only,finetune")[0]
 
 
 def run_explain(*args):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import click
 
 from imgxfer.commands.context import current_registry
-from imgxfer.commands.options import dataset_opt_option, force_option, limit_option
+from imgxfer.commands.options import dataset_opt_option, force_option, from_run, limit_option
 from imgxfer.errors import UserError
 from imgxfer.explain import DEFAULT_METHOD, METHODS
 
@@ -93,11 +93,7 @@ def write_maps(folder: Path, images: Any, explanation: Any, rows: list[dict[str,
 
 @click.command("explain", short_help="Heat maps of where a run's classifier looks.")
 @click.argument("source", metavar="PATH_OR_DATASET")
-@click.option("--from", "run", required=True, metavar="RUN_FOLDER_OR_FILE",
-              help="A run folder of `imgxfer run` (one seed's folder after --seeds), or a "
-                   "classifier .safetensors file in one.")
-@click.option("--adapter", metavar="NAME",
-              help="Which classifier of a --compare run (see its classifier-NAME files).")
+@from_run
 @click.option("--method", default=DEFAULT_METHOD, show_default=True,
               type=click.Choice(list(METHODS)),
               help="How the map is computed (pytorch-grad-cam); eigencam ignores the class.")

@@ -31,7 +31,8 @@ import torch
 
 from imgxfer.classnames import class_matches
 from imgxfer.commands.context import current_registry
-from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
+from imgxfer.commands.options import (dataset_opt_option, force_option, from_run, limit_option,
+                                      out_option)
 from imgxfer.datasets.layout import GLYPH
 from imgxfer.errors import UserError
 from imgxfer.registry import Registry
@@ -354,11 +355,7 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 @click.command("predict", short_help="Classify images with a run's classifier.")
 @click.argument("source", metavar="PATH_OR_DATASET")
-@click.option("--from", "run", required=True, metavar="RUN_FOLDER_OR_FILE",
-              help="A run folder of `imgxfer run` (one seed's folder after --seeds), or a "
-                   "classifier .safetensors file in one.")
-@click.option("--adapter", metavar="NAME",
-              help="Which classifier of a --compare run (see its classifier-NAME files).")
+@from_run
 @out_option(f"CSV file to write, an existing folder to write {DEFAULT_OUT} into "
             f"(default ./{DEFAULT_OUT}), or - for standard output.")
 @limit_option("Classify")
