@@ -11,6 +11,31 @@ import click
 from imgxfer.config import AUGMENT_POLICIES, MIXED_PRECISION, STAGES, RunConfig
 
 
+# Budgets, seed, device, data loading, precision and augmentation: the same help for both
+# commands.
+_BUDGET_AND_RUNTIME = [
+        click.option("--encoder-steps", type=int, help="Steps of source training for the "
+                     f"encoder (default {RunConfig.encoder_steps})."),
+        click.option("--generator-steps", type=int,
+                     help=f"Generator training steps (default {RunConfig.generator_steps})."),
+        click.option("--generator-time",
+                     help="Wall-clock cap on generator training, e.g. 90s or 3m."),
+        click.option("--adapter-steps", type=int,
+                     help=f"Adapter training steps (default {RunConfig.adapter_steps})."),
+        click.option("--seed", type=int, help=f"Seed for everything random (default {RunConfig.seed})."),
+        click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
+        click.option("--workers", type=int, metavar="N",
+                     help="Processes that decode images of datasets streamed from files "
+                          "(default: one per spare core, at most 4; 0: in the main process)."),
+        click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION),
+                     help="bf16: training's forward passes in bfloat16 (default no)."),
+        click.option("--augment", type=click.Choice(AUGMENT_POLICIES),
+                     help="Augmentation policy of every training stage: encoder pre-training, "
+                          "adapters and the GAN's discriminator (default light; see "
+                          "`imgxfer.augmentation`)."),
+]
+
+
 def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[Any], Any]:
     """A decorator adding the shared options; the four help texts differ per command."""
     R = RunConfig
@@ -34,25 +59,7 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
                      help="How synthetic images are made: text (from prompts, default), shots "
                           "(variations of the labelled target images) or translate (labelled "
                           "source images in the target's style; works at --shots 0)."),
-        click.option("--encoder-steps", type=int, help="Steps of source training for the "
-                     f"encoder (default {R.encoder_steps})."),
-        click.option("--generator-steps", type=int,
-                     help=f"Generator training steps (default {R.generator_steps})."),
-        click.option("--generator-time",
-                     help="Wall-clock cap on generator training, e.g. 90s or 3m."),
-        click.option("--adapter-steps", type=int,
-                     help=f"Adapter training steps (default {R.adapter_steps})."),
-        click.option("--seed", type=int, help=f"Seed for everything random (default {R.seed})."),
-        click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
-        click.option("--workers", type=int, metavar="N",
-                     help="Processes that decode images of datasets streamed from files "
-                          "(default: one per spare core, at most 4; 0: in the main process)."),
-        click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION),
-                     help="bf16: training's forward passes in bfloat16 (default no)."),
-        click.option("--augment", type=click.Choice(AUGMENT_POLICIES),
-                     help="Augmentation policy of every training stage: encoder pre-training, "
-                          "adapters and the GAN's discriminator (default light; see "
-                          "`imgxfer.augmentation`)."),
+        *_BUDGET_AND_RUNTIME,
         click.option("--out", type=click.Path(), help=out),
         *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
                        help=f"Option for the {stage} component (repeatable).")
