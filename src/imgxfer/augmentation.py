@@ -8,7 +8,9 @@ One policy name sets the strength of augmentation everywhere a run trains:
 - ``strong``: a larger warp with shear, brightness and contrast jitter, Gaussian noise and
   one grey square erased (FixMatch's strong view in fixed random ranges).
 - ``randaugment`` / ``trivialaugment``: Kornia's RandAugment (2 operations at magnitude
-  10) and TrivialAugment.
+  10) and TrivialAugment. Kornia chooses their operations once per batch (each image
+  still gets its own random parameters), so a batch shares its operations; one-channel
+  images go through them as grey RGB.
 
 Each consumer has a recipe per policy. Classifiers (encoder pre-training, adapters) use
 the list above. A GAN's discriminator uses DiffAugment (Zhao et al. 2020): the same
