@@ -172,5 +172,11 @@ def test_a_runs_augment_reaches_encoder_adapters_and_gan_and_is_recorded(host, t
     assert plan.adapters["finetune"].augmentation.policy == "none"
     assert plan.adapters["self-training"].augmentation.policy == "strong"
     assert plan.adapters["self-training"].strong.policy == "strong"
+    # Without --augment every component keeps its own default.
+    plain = prepare(from_mapping({"source": "tiny-source", "target": "tiny-target",
+                                  "shots": 3, "generator": "gan", "out": str(tmp_path)}),
+                    host.registry)
+    assert plain.encoder.augment == plain.generator.augment.policy == "light"
+    assert plain.adapters["finetune"].augmentation.policy == "light"
     with pytest.raises(UserError, match="augment must be one of"):
         prepare(from_mapping({"augment": "heavy", "out": str(tmp_path)}), host.registry)

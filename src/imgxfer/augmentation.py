@@ -34,10 +34,9 @@ import torch
 from torch import nn
 
 from imgxfer.config import AUGMENT_POLICIES as POLICIES
-from imgxfer.config import RunConfig
 from imgxfer.errors import UserError
 
-DEFAULT = RunConfig.augment
+DEFAULT = "light"  # of every built-in component that augments
 DIFF_OPS = ("color", "translation", "cutout")
 # The discriminator's operations per policy (DiffAugment's names).
 _DIFF_POLICY = {"none": (), "light": ("translation",), "strong": ("color", "translation", "cutout")}

@@ -81,8 +81,9 @@ class RunConfig:
     workers: int = -1
     mixed_precision: str = "no"  # one of MIXED_PRECISION
     # The augmentation policy of every component that trains and takes an `augment`
-    # option (imgxfer.augmentation.POLICIES), unless its own options set one.
-    augment: str = "light"
+    # option (imgxfer.augmentation.POLICIES), unless its own options set one; "": each
+    # component's own default.
+    augment: str = ""
     out: str = "runs"
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
@@ -151,7 +152,7 @@ class RunConfig:
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
         check_seed(self.seed)
         check_device(self.device)
-        if self.augment not in AUGMENT_POLICIES:
+        if self.augment and self.augment not in AUGMENT_POLICIES:
             raise UserError(f"augment must be one of {', '.join(AUGMENT_POLICIES)}; got "
                             f"{self.augment!r}.")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -147,7 +147,7 @@ class Registry:
         the user set one in the component's options."""
         component = self.get(kind, name)
         options = dict(options or {})
-        for key, value in (("seed", seed), ("augment", augment)):
+        for key, value in (("seed", seed), ("augment", augment or None)):
             if value is not None and key in component.options():
                 options.setdefault(key, value)
         return component.build(name, options)

@@ -31,8 +31,8 @@ _BUDGET_AND_RUNTIME = [
                      help="bf16: training's forward passes in bfloat16 (default no)."),
         click.option("--augment", type=click.Choice(AUGMENT_POLICIES),
                      help="Augmentation policy of every training stage: encoder pre-training, "
-                          "adapters and the GAN's discriminator (default light; see "
-                          "`imgxfer.augmentation`)."),
+                          "adapters and the GAN's discriminator (default: each component's "
+                          "own, light for the built-ins; see `imgxfer.augmentation`)."),
 ]
 
 
