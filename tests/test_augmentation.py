@@ -70,6 +70,8 @@ def test_empty_batch_and_unknown_policy():
         Augmentation("heavy")
     with pytest.raises(UserError, match="or a comma list of color"):
         Augmentation("color,blur", discriminator=True)
+    with pytest.raises(UserError, match="got 3"):  # --generator-opt augment=3
+        Augmentation(3, discriminator=True)
 
 
 # ------------------------------------------------------------------ regularisers

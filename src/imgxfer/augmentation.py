@@ -56,7 +56,8 @@ def seeded(generator: torch.Generator, device: torch.device) -> Iterator[None]:
 def check_policy(name: str, what: str = "augment", *, discriminator: bool = False) -> str:
     """``name`` if it is a policy (or, for a discriminator, a DiffAugment list), else one
     sentence naming the choices."""
-    if name in POLICIES or (discriminator and _diff_ops(name) is not None):
+    if name in POLICIES or (discriminator and isinstance(name, str)
+                            and _diff_ops(name) is not None):
         return name
     extra = f", or a comma list of {', '.join(DIFF_OPS)}" if discriminator else ""
     raise UserError(f"{what} must be one of {', '.join(POLICIES)}{extra}; got {name!r}.")
