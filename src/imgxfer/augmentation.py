@@ -106,7 +106,8 @@ def _discriminator_ops(name: str) -> nn.Module | None:
     from kornia.augmentation import auto
 
     if name in ("randaugment", "trivialaugment"):
-        return _Gray(auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.TrivialAugment())
+        chosen = auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.TrivialAugment()
+        return _Gray(chosen)
     ops = _DIFF_POLICY.get(name) or _diff_ops(name) or ()
     layers: list[nn.Module] = []
     if "color" in ops:  # DiffAugment's brightness ±0.5 and contrast 0.5–1.5 (on [-1, 1])

@@ -73,5 +73,6 @@ def register_commands(cli: Any) -> None:
     from imgxfer.commands import cache, caption, explain, generate, plugin, predict, tune
 
     for command in (caption.caption, generate.generate_command, predict.predict_command,
-                    explain.explain_command, tune.tune_command, cache.cache_command, plugin.plugin_group):
+                    explain.explain_command, tune.tune_command, cache.cache_command,
+                    plugin.plugin_group):
         cli.add_command(command)

@@ -43,11 +43,11 @@ NONE = "none"  # generator = "none" skips generation
 # (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
 # labelled source images into the target domain's style (both Generator.edit).
 SYNTHESIS_MODES = ("text", "shots", "translate")
-# Mixed precision of training's forward passes (imgxfer.distributed). fp16 is left out:
-# it needs loss scaling, which imgxfer's training loops do not do.
 # The augmentation policies of imgxfer.augmentation (declared here so that reading a
 # config does not import torch).
 AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
+# Mixed precision of training's forward passes (imgxfer.distributed). fp16 is left out:
+# it needs loss scaling, which imgxfer's training loops do not do.
 MIXED_PRECISION = ("no", "bf16")
 FILTER_PROBE = "probe"  # the built-in scorer of --synthetic-filter
 

@@ -19,8 +19,9 @@ class SelfTraining(TrainedAdapter):
     warp by default) becomes a pseudo-label where its confidence is at least
     ``threshold``, and a strongly augmented view of the same images (``strong_augment``:
     the ``strong`` policy's larger warp with shear, contrast/brightness jitter, noise and
-    an erased square by default) is trained on it with weight ``unlabelled_weight`` (uses all four sets). The weak
-    and strong target views go through the network as one target-only batch, so
+    an erased square by default) is trained on it with weight ``unlabelled_weight``
+    (uses all four sets). The weak and strong target views go through the network as one
+    target-only batch, so
     BatchNorm normalises them with target statistics, as AdaBN does at test time
     (``adabn``, on all target images at the end); the labelled sets are forwarded on
     their own. No label smoothing: it would cap confidence below the threshold. With

@@ -22,7 +22,8 @@ _BUDGET_AND_RUNTIME = [
                      help="Wall-clock cap on generator training, e.g. 90s or 3m."),
         click.option("--adapter-steps", type=int,
                      help=f"Adapter training steps (default {RunConfig.adapter_steps})."),
-        click.option("--seed", type=int, help=f"Seed for everything random (default {RunConfig.seed})."),
+        click.option("--seed", type=int,
+                     help=f"Seed for everything random (default {RunConfig.seed})."),
         click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps."),
         click.option("--workers", type=int, metavar="N",
                      help="Processes that decode images of datasets streamed from files "

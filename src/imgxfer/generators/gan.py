@@ -311,12 +311,12 @@ class ConditionalGAN:
     of each batch drawn from the target domain; ``diversity`` weight of the mode-seeking
     term (0 turns it off); ``cdc`` weight of the cross-domain consistency term (0: off);
     ``augment`` the discriminator's augmentation: a policy of :mod:`imgxfer.augmentation`
-    (``light``, the run's default, is DiffAugment's translation; ``strong`` adds colour and
-    cutout) or a comma list of color, translation, cutout ("" for none); ``checkpoint_every`` steps between training
-    checkpoints when ``fit`` is given a checkpoint path (one is also written every
-    ``CHECKPOINT_SECONDS``, 30 s); ``content_weight`` weight of the
-    class-keeping loss when it learns to translate (``--synthesis translate``, see
-    :mod:`imgxfer.generators.translation`); ``seed``.
+    (``light``, the default, is DiffAugment's translation; ``strong`` adds colour and
+    cutout) or a comma list of color, translation, cutout ("" for none);
+    ``checkpoint_every`` steps between training checkpoints when ``fit`` is given a
+    checkpoint path (one is also written every ``CHECKPOINT_SECONDS``, 30 s);
+    ``content_weight`` weight of the class-keeping loss when it learns to translate
+    (``--synthesis translate``, see :mod:`imgxfer.generators.translation`); ``seed``.
 
     ``fit`` trains new networks, or resumes from its own training checkpoint;
     ``load_state_dict`` restores the sampler only.

@@ -23,8 +23,8 @@ from imgxfer.images import ConcatImages
 from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.plan import Plan
 from imgxfer.progress import Progress
-from imgxfer.stages.explain import Explainer
 from imgxfer.protocols import declared
+from imgxfer.stages.explain import Explainer
 from imgxfer.training import predict_logits
 
 log = logging.getLogger("imgxfer")
