@@ -132,6 +132,7 @@ class Augmentation:
         self.ops = _discriminator_ops(policy) if discriminator else _classifier_ops(policy)
         # Classifiers preprocess [0, 1] images; DiffAugment's colour shifts may leave it.
         self.clamp = not discriminator
+        self._device = torch.device("cpu")  # where the ops' buffers are
 
     def __call__(self, images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         if self.ops is None or len(images) == 0:
@@ -139,7 +140,9 @@ class Augmentation:
         with seeded(generator, images.device), warnings.catch_warnings():
             # Kornia warns that auto policies' transformation matrices are not tracked.
             warnings.simplefilter("ignore", UserWarning)
-            self.ops.to(images.device)
+            if self._device != images.device:  # once, not at every training step
+                self.ops.to(images.device)
+                self._device = images.device
             out = self.ops(images)
         return out.clamp(0, 1) if self.clamp else out
 

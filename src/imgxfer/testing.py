@@ -371,3 +371,24 @@ def check_dataset(factory: Callable[..., Any], *args: Any, **options: Any) -> Im
         "two builds gave other images"
     _check_refuses_unknown_options("datasets", factory, args)
     return data
+
+
+def check_installed_plugin(name: str, module: str, components: dict[str, list[str]],
+                           install: str) -> Any:
+    """Check that an installed plugin is found through its entry point ``name`` (group
+    ``imgxfer``) pointing at ``module``, loads without error and registers exactly
+    ``components`` (kind -> sorted names); returns the host that loaded only it.
+    ``install`` is the command the failure message suggests."""
+    import importlib.metadata as md
+
+    from imgxfer.plugins import PluginHost
+
+    eps = {ep.name: ep for ep in md.entry_points(group="imgxfer")}
+    assert name in eps, (f"no {name!r} entry point in group 'imgxfer': install the plugin "
+                         f"with `{install}` before running these tests")
+    assert eps[name].value == module
+    host = PluginHost(env={"IMGXFER_LOAD_PLUGINS": name}).load_all()
+    info = host.plugins[name]
+    assert (info.status, info.source, info.error) == ("ok", "entry point", "")
+    assert info.components == components
+    return host

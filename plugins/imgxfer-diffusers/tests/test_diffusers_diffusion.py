@@ -4,7 +4,6 @@ tiny UNet on tiny images so that they take seconds."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import math
 import os
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import torch
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
+from imgxfer.testing import check_installed_plugin
 from imgxfer.errors import UserError
 from imgxfer.plugins import PluginHost
 from imgxfer.progress import NullProgress
@@ -68,15 +68,9 @@ LABELS = [0, 1, 2, 0]
 
 
 def test_found_through_installed_entry_point() -> None:
-    eps = {ep.name: ep for ep in md.entry_points(group="imgxfer")}
-    assert "diffusers" in eps, (
-        "no 'diffusers' entry point in group 'imgxfer': install the plugin with "
-        "`pip install './plugins/imgxfer-diffusers[test]'` before running these tests")
-    assert eps["diffusers"].value == "imgxfer_diffusers"
-    host = PluginHost(env={"IMGXFER_LOAD_PLUGINS": "diffusers"}).load_all()
-    info = host.plugins["diffusers"]
-    assert (info.status, info.source, info.error) == ("ok", "entry point", "")
-    assert info.components == {"generators": ["diffusers:", "diffusion"]}
+    host = check_installed_plugin("diffusers", "imgxfer_diffusers",
+                                  {"generators": ["diffusers:", "diffusion"]},
+                                  "pip install './plugins/imgxfer-diffusers[test]'")
     component = host.registry.get("generators", "diffusion")
     assert component.options() == list(DiffusionGenerator().resolved_options())
     generator = host.registry.build("generators", "diffusion", {"width": 16})

@@ -4,7 +4,6 @@ the plugin is found and refuses folders that are not such models."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import subprocess
 import sys
@@ -41,16 +40,10 @@ def images(n: int = 4, channels: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 def test_found_through_installed_entry_point() -> None:
-    eps = {ep.name: ep for ep in md.entry_points(group="imgxfer")}
-    assert "transformers" in eps, (
-        "no 'transformers' entry point in group 'imgxfer': install the plugin with "
-        "`pip install './plugins/imgxfer-transformers'` before running these tests")
-    assert eps["transformers"].value == "imgxfer_transformers"
-    host = PluginHost(env={"IMGXFER_LOAD_PLUGINS": "transformers"}).load_all()
-    info = host.plugins["transformers"]
-    assert (info.status, info.source, info.error) == ("ok", "entry point", "")
-    assert info.components == {"adapters": ["clip:"], "captioners": ["hf:"],
-                               "encoders": ["clip:"]}
+    testing.check_installed_plugin(
+        "transformers", "imgxfer_transformers",
+        {"adapters": ["clip:"], "captioners": ["hf:"], "encoders": ["clip:"]},
+        "pip install './plugins/imgxfer-transformers'")
 
 
 def test_importing_the_plugin_does_not_import_transformers() -> None:
