@@ -66,6 +66,12 @@ def register_adapters(register: Register) -> None:
     register("coral", DeepCORAL)
     register("mmd", MMD)
     register("self-training", SelfTraining)
+    # The same names for --task segment/detect are other methods (imgxfer.dense.adapters);
+    # they declare those tasks, so the registry keeps them apart.
+    from imgxfer.dense.adapters import ADAPTERS
+
+    for adapter in ADAPTERS:
+        register(adapter.name, adapter)
 
 
 @hookimpl

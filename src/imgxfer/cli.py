@@ -24,7 +24,7 @@ from imgxfer.commands.context import CliState, current_registry
 from imgxfer.config import STAGES, RunConfig
 from imgxfer.commands.run_options import run_options
 from imgxfer.errors import UserError
-from imgxfer.registry import KINDS
+from imgxfer.registry import KINDS, TASKS
 
 if TYPE_CHECKING:  # the schema is read at run time through RunMetrics objects only
     from imgxfer.metrics import RunMetrics
@@ -242,7 +242,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         config = resume_config(Path(resume_folder))
     else:
         config = cfg.load(config_file) if config_file else cfg.RunConfig()
-        config = cfg.apply_overrides(config, flags, options)
+        config = cfg.apply_overrides(config, flags, options).for_task()
         _apply_generator_budget(config, generator_budget, flags, config_file)
         if config.name == cfg.RunConfig.name and not flags.get("name"):
             # The default name follows the pair, so run folders say what they hold.
@@ -250,6 +250,11 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     registry = current_registry()
     progress = RichProgress(err)
     _show_warnings_on_screen()
+    if config.task != "classify":
+        from imgxfer.commands.dense import run_dense
+
+        return run_dense(config, registry, progress, seeds=seeds, as_json=as_json,
+                         resume=Path(resume_folder) if resume_folder else None)
     if seeds is None:
         if resume_folder is not None:
             result = execute(prepare(config, registry), progress=progress,
@@ -449,19 +454,22 @@ def list_(kind: str | None, as_json: bool) -> None:
     registry = current_registry()
     kinds = [kind] if kind else list(registry.components)
     rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
-             "description": c.description, "options": c.options(), "defaults": c.defaults()}
-            for k in kinds for c in sorted(registry.components[k].values(), key=lambda c: c.name)]
+             "tasks": sorted(c.tasks, key=TASKS.index), "description": c.description,
+             "options": c.options(), "defaults": c.defaults()}
+            for k in kinds for c in sorted(registry.all(k), key=lambda c: (c.name, min(
+                map(TASKS.index, c.tasks))))]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=repr))  # a plugin's default may be any object
         return
     # One table per kind: without a kind column, names and option tokens keep their
     # whole width at 80 columns.
     for k in kinds:
-        cells = [[escape(r["name"]), escape(r["plugin"]), escape(r["description"]),
-                  escape(", ".join(_shown_options(r)))] for r in rows if r["kind"] == k]
-        out.print(_table(f"registered {k}", ["name", "plugin", "description",
+        cells = [[escape(r["name"]), escape(",".join(r["tasks"])), escape(r["plugin"]),
+                  escape(r["description"]), escape(", ".join(_shown_options(r)))]
+                 for r in rows if r["kind"] == k]
+        out.print(_table(f"registered {k}", ["name", "tasks", "plugin", "description",
                                               "options (=default)"], cells, out,
-                         whole=("name", "plugin")))
+                         whole=("name", "tasks", "plugin")))
 
 
 def _shown_options(row: dict[str, Any]) -> list[str]:

@@ -50,11 +50,24 @@ AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
 # it needs loss scaling, which imgxfer's training loops do not do.
 MIXED_PRECISION = ("no", "bf16")
 FILTER_PROBE = "probe"  # the built-in scorer of --synthetic-filter
+# What a run does (imgxfer.registry.TASKS, repeated here to keep config torch-free).
+TASKS = ("classify", "segment", "detect")
+# A dense task's defaults where a config keeps the classification ones: the embedded
+# digit scenes, synthetic source -> MNIST-M style, and no generator unless asked for
+# (a dense run makes images only by translating labelled source scenes).
+DENSE_DEFAULTS = {"source": ("syndigits", "digit-scenes:syndigits"),
+                  "target": ("digits", "digit-scenes:mnist-m"),
+                  "generator": ("gan", NONE)}
 
 
 @dataclass
 class RunConfig:
     name: str = "syndigits-to-digits"
+    # classify (default), segment or detect; a dense task takes DENSE_DEFAULTS where
+    # source, target and generator are the classification defaults.
+    task: str = "classify"
+    # The dense model's head (imgxfer.dense.model.HEADS); "": the task's default.
+    head: str = ""
     source: str = "syndigits"
     target: str = "digits"
     encoder: str = "smallcnn"
@@ -111,6 +124,25 @@ class RunConfig:
         if self.synthetic_filter > 0 and self.synthetic_filter_by != FILTER_PROBE:
             named.append(("adapters", self.synthetic_filter_by))  # the filter's scorer
         return named + ([("generators", self.generator)] if self.generator != NONE else [])
+
+    def for_task(self) -> "RunConfig":
+        """The config with a dense task's defaults where the classification ones stand
+        (:data:`DENSE_DEFAULTS`); a classification config as it is."""
+        if self.task not in TASKS:
+            raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        if self.task == "classify":
+            if self.head:
+                raise UserError(f"--head {self.head} chooses a segmentation or detection head; "
+                                "use it with --task segment or --task detect.")
+            return self
+        swapped = {key: dense for key, (classify, dense) in DENSE_DEFAULTS.items()
+                   if getattr(self, key) == classify
+                   and not (key == "generator" and self.synthesis == "translate")}
+        config = replace(self, **swapped)
+        if self.name == RunConfig.name:  # the run folder says what it holds
+            short = (lambda name: name.rpartition(":")[2].rstrip("/") or name)
+            config.name = f"{self.task}-{short(config.source)}-to-{short(config.target)}"
+        return config
 
     def validate(self) -> None:
         if not all(isinstance(n, str) and n for n in self.compare):

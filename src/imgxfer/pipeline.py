@@ -30,7 +30,7 @@ log = logging.getLogger("imgxfer")
 @dataclass
 class RunResult:
     folder: Path
-    metrics: RunMetrics
+    metrics: Any  # RunMetrics; a dense run's imgxfer.dense.record.DenseRunMetrics
     config: RunConfig
     extras: dict[str, Any] = field(default_factory=dict)  # what the report draws
 
@@ -38,8 +38,18 @@ class RunResult:
 def run(config: RunConfig, registry: Registry, *, progress: Progress = NullProgress(),
         folder: Path | None = None) -> RunResult:
     """Run the chain and write the run folder (``folder``, or a new one under
-    ``config.out``)."""
-    return execute(prepare(config, registry), progress=progress, folder=folder)
+    ``config.out``); a dense task (``--task segment|detect``) runs :mod:`imgxfer.dense.run`."""
+    return execute(plan_for(config, registry), progress=progress, folder=folder)
+
+
+def plan_for(config: RunConfig, registry: Registry) -> Any:
+    """The plan of ``config``'s task: :class:`Plan`, or a dense run's ``DensePlan``."""
+    config = config.for_task()
+    if config.task == "classify":
+        return prepare(config, registry)
+    from imgxfer.dense import run as dense
+
+    return dense.prepare(config, registry)
 
 
 def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = False) -> RunResult:
@@ -105,10 +115,10 @@ def resume_config(folder: Path) -> RunConfig:
     return load(folder / runfolder.CONFIG)
 
 
-def execute(plan: Plan, *, progress: Progress = NullProgress(),
+def execute(plan: Any, *, progress: Progress = NullProgress(),
             folder: Path | None = None, resume: bool = False) -> RunResult:
-    """Run the stages of ``plan`` into ``folder`` (a new folder under ``config.out`` when
-    None). With ``resume``, ``folder`` is an interrupted run of the same config: the run
+    """Run the stages of ``plan`` (a :class:`Plan` or a dense run's plan) into ``folder``
+    (a new folder under ``config.out`` when None). With ``resume``, ``folder`` is an interrupted run of the same config: the run
     starts again from the beginning with the same seed (so the same split and encoder),
     and the generator continues from its training checkpoint instead of step 0."""
     config = plan.config
@@ -128,7 +138,11 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
                  " (resumed)" if resume else "")
         (folder / runfolder.FAILED).unlink(missing_ok=True)  # a resumed run is no longer failed
         try:
-            return run_stages(plan, folder, progress, resume)
+            if isinstance(plan, Plan):
+                return run_stages(plan, folder, progress, resume)
+            from imgxfer.dense import run as dense
+
+            return RunResult(folder, dense.run_stages(plan, folder, progress), config)
         except BaseException as error:
             mark_failed(folder, error)
             raise

@@ -12,6 +12,19 @@ from imgxfer.errors import DuplicateComponentError, UnknownComponentError, UserE
 KINDS = ("encoders", "captioners", "generators", "adapters", "datasets")
 # The singular, as used in messages and CLI flags ("--encoder").
 SINGULAR = {kind: kind[:-1] for kind in KINDS}
+# What a run does (``--task``): classify images, segment them (a class per pixel) or
+# detect objects (boxes). A factory declares the tasks its components serve as a
+# ``tasks`` attribute (default: classify only).
+TASKS = ("classify", "segment", "detect")
+CLASSIFY = "classify"
+# The kinds whose components serve some tasks only. Any encoder serves every task (a
+# dense model reads its feature maps), and a generator serves a dense run when it can
+# translate (checked where the run is planned).
+TASKED = ("adapters", "datasets")
+
+
+def declared_tasks(factory: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(getattr(factory, "tasks", (CLASSIFY,)))
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,10 @@ class Component:
     factory: Callable[..., Any]
     plugin: str
     description: str
+
+    @property
+    def tasks(self) -> frozenset[str]:
+        return declared_tasks(self.factory)
 
     @property
     def is_family(self) -> bool:
@@ -90,11 +107,22 @@ def _check_option(what: str, param: inspect.Parameter | None, key: str, value: A
 
 @dataclass
 class Registry:
-    """Components by kind. Filled by :mod:`imgxfer.plugins` through the register hooks."""
+    """Components by kind. Filled by :mod:`imgxfer.plugins` through the register hooks.
+
+    Components whose factory declares only dense tasks (``tasks = {"segment",
+    "detect"}``) live in a table of their own, ``dense``: a segmentation ``finetune`` is
+    another method than the classifier's ``finetune`` of the same name, and each run
+    looks names up in the table of its task (:meth:`get`)."""
 
     components: dict[str, dict[str, Component]] = field(
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
+    dense: dict[str, dict[str, Component]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+
+    def _table(self, kind: str, task: str) -> dict[str, Component]:
+        return self.components[kind] if task == CLASSIFY else self.dense[kind]
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str,
             description: str = "") -> None:
@@ -102,7 +130,11 @@ class Registry:
             raise ValueError(f"plugin {plugin!r} registered a {SINGULAR[kind]} with an empty name")
         if not callable(factory):
             raise TypeError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with a non-callable factory")
-        table = self.components[kind]
+        tasks = declared_tasks(factory)
+        if not tasks or not tasks <= set(TASKS):
+            raise ValueError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with "
+                             f"tasks {sorted(tasks)}; tasks are {', '.join(TASKS)}")
+        table = self.components[kind] if CLASSIFY in tasks else self.dense[kind]
         if name in table:
             raise DuplicateComponentError(
                 f"{SINGULAR[kind]} {name!r} is registered by both plugin {table[name].plugin!r} "
@@ -112,42 +144,61 @@ class Registry:
         table[name] = Component(kind, name, factory, plugin, description or (doc[0] if doc else ""))
 
     def remove_plugin(self, plugin: str) -> None:
-        for table in self.components.values():
+        for table in [*self.components.values(), *self.dense.values()]:
             for name in [n for n, c in table.items() if c.plugin == plugin]:
                 del table[name]
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self.components[kind])
+    def names(self, kind: str, task: str = CLASSIFY) -> list[str]:
+        """The names a run of ``task`` can use."""
+        if task == CLASSIFY or kind not in TASKED:
+            return sorted(self.components[kind])
+        both = [*self.components[kind].values(), *self.dense[kind].values()]
+        return sorted({c.name for c in both if task in c.tasks})
+
+    def all(self, kind: str) -> list[Component]:
+        """Every component of ``kind``, whatever its tasks."""
+        return [*self.components[kind].values(), *self.dense[kind].values()]
 
     def by_plugin(self, plugin: str) -> dict[str, list[str]]:
-        return {
-            kind: sorted(n for n, c in table.items() if c.plugin == plugin)
-            for kind, table in self.components.items()
-            if any(c.plugin == plugin for c in table.values())
-        }
+        return {kind: sorted({c.name for c in self.all(kind) if c.plugin == plugin})
+                for kind in KINDS if any(c.plugin == plugin for c in self.all(kind))}
 
-    def get(self, kind: str, name: str) -> Component:
-        table = self.components[kind]
-        if name in table:
-            return table[name]
-        # Longest family prefix wins, so "timm/" and a more specific "timm/vit_" can coexist.
-        families = [c for n, c in table.items() if c.is_family and name.startswith(n)]
-        if families:
-            return max(families, key=lambda c: len(c.name))
-        shown = [n + "<...>" if n.endswith(("/", ":")) else n for n in self.names(kind)]
+    def get(self, kind: str, name: str, task: str = CLASSIFY) -> Component:
+        """The component ``name`` of a run of ``task``; an unknown name, or one that
+        serves other tasks, is one sentence naming those that would work."""
+        for table in ([self.dense[kind]] if task != CLASSIFY else []) + [self.components[kind]]:
+            found = _lookup(table, name)
+            if found is not None and (task in found.tasks or kind not in TASKED):
+                return found
+        shown = [n + "<...>" if n.endswith(("/", ":")) else n for n in self.names(kind, task)]
+        elsewhere = sorted({t for c in self.all(kind) if _lookup({c.name: c}, name)
+                            for t in c.tasks})
+        if elsewhere:
+            raise UnknownComponentError(
+                f"{SINGULAR[kind]} {name!r} is for --task {' or '.join(elsewhere)}, not "
+                f"--task {task}; {SINGULAR[kind]}s for {task}: {', '.join(shown) or 'none'}.")
         raise UnknownComponentError(
             f"unknown {SINGULAR[kind]} {name!r}; available: {', '.join(shown) or 'none'} "
             f"(see `imgxfer plugins` and `imgxfer list {kind}`)."
         )
 
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None, *,
-              seed: int | None = None, augment: str | None = None) -> Any:
+              seed: int | None = None, augment: str | None = None,
+              task: str = CLASSIFY) -> Any:
         """Build a component (checked against its protocol). The run-wide settings
         ``seed`` and ``augment`` go to a factory that takes a keyword of that name, unless
         the user set one in the component's options."""
-        component = self.get(kind, name)
+        component = self.get(kind, name, task)
         options = dict(options or {})
         for key, value in (("seed", seed), ("augment", augment or None)):
             if value is not None and key in component.options():
                 options.setdefault(key, value)
         return component.build(name, options)
+
+
+def _lookup(table: dict[str, Component], name: str) -> Component | None:
+    if name in table:
+        return table[name]
+    # Longest family prefix wins, so "timm/" and a more specific "timm/vit_" can coexist.
+    families = [c for n, c in table.items() if c.is_family and name.startswith(n)]
+    return max(families, key=lambda c: len(c.name)) if families else None

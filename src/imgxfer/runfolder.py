@@ -37,6 +37,8 @@ SAMPLES = "samples.png"
 # Class-activation maps of a few target test images under each adapter (the report's
 # explanations section; metrics.json's ``explanations`` describes them).
 EXPLANATIONS = "explanations.png"
+# A dense run's test scenes with true and predicted masks or boxes (imgxfer.dense.report).
+PREDICTIONS = "predictions.png"
 GENERATOR = "generator.safetensors"
 # The generator's training checkpoint: written while it trains (when the generator
 # supports checkpoints), read by ``imgxfer run --resume``, removed once the run has

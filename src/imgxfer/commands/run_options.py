@@ -43,6 +43,12 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help=config),
         click.option("--name", help=name),
+        click.option("--task", type=click.Choice(["classify", "segment", "detect"]),
+                     help="classify images (default), segment them (a class per pixel) or "
+                          "detect objects (boxes); segment/detect default to the embedded "
+                          "digit-scenes:syndigits -> digit-scenes:mnist-m."),
+        click.option("--head", help="Segmentation head (unet, the default; fcn, deeplabv3, "
+                                    "lraspp) or detection head (centernet) of a dense task."),
         click.option("--source", help=f"Source dataset (default {R.source})."),
         click.option("--target", help=f"Target dataset (default {R.target})."),
         click.option("--shots", type=int,

@@ -1,0 +1,38 @@
+"""A dense model on the target's test scenes: its predictions and the task's metrics
+(:mod:`imgxfer.dense.metrics`, through torchmetrics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from imgxfer.dense.model import DenseModel
+from imgxfer.dense.training import predict
+from imgxfer.scenes import SceneDataset
+
+# The number each task's tables lead with, and its name in messages.
+HEADLINE = {"segment": ("miou", "mIoU"), "detect": ("map_50", "mAP@0.5")}
+
+
+def evaluate(model: DenseModel, test: SceneDataset, device: torch.device
+             ) -> tuple[list[Any], dict[str, Any]]:
+    """Per-scene predictions (masks [H, W], or dicts of boxes, scores and labels) and
+    the metrics over the whole test split."""
+    from imgxfer.dense import metrics
+
+    chunks = predict(model, test, device)
+    if model.task == "segment":
+        masks = torch.cat([c["masks"] for c in chunks])
+        scores = metrics.segmentation_metrics(masks, test.masks, test.class_names)
+        return list(masks), scores
+    detections = [d for chunk in chunks for d in chunk]
+    assert test.boxes is not None and test.box_labels is not None
+    scores = metrics.detection_metrics(detections, test.boxes, test.box_labels,
+                                       test.class_names)
+    return detections, scores
+
+
+def headline(metrics: dict[str, Any], task: str) -> str:
+    key, label = HEADLINE[task]
+    return f"{label} {metrics[key]:.3f}"
