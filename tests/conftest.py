@@ -42,6 +42,9 @@ class FakePlugin:
                  description="three bar shapes (source)")
         register("tiny-target", lambda n_per_class=30, seed=0: tiny_bars("tiny-target", n_per_class, seed=seed + 7, invert=True),
                  description="three bar shapes, inverted (target)")
+        from scenes_fixture import register_tiny_scenes
+
+        register_tiny_scenes(register)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ import pluggy
 
 from imgxfer import __version__, hookspecs
 from imgxfer.errors import UnknownComponentError, UserError
-from imgxfer.registry import KINDS, SINGULAR, Component, Registry
+from imgxfer.registry import CLASSIFY, KINDS, SINGULAR, Component, Registry
 
 ENTRY_POINT_GROUP = hookspecs.ENTRY_POINT_GROUP
 BUILTIN = "builtin"
@@ -73,10 +73,12 @@ class HintingRegistry(Registry):
     hint: Callable[[str, str], str | None] | None = field(default=None, repr=False,
                                                           compare=False)
 
-    def get(self, kind: str, name: str) -> Component:
+    def get(self, kind: str, name: str, task: str = CLASSIFY) -> Component:
         try:
-            return super().get(kind, name)
-        except UnknownComponentError:
+            return super().get(kind, name, task)
+        except UnknownComponentError as error:
+            if str(error).startswith(f"{SINGULAR[kind]} {name!r} is for --task"):
+                raise  # registered, for another task: nothing to install
             hint = self.hint(kind, name) if self.hint is not None else None
             if not hint:
                 raise

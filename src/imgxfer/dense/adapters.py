@@ -178,14 +178,16 @@ class SelfTraining(FineTune):
     """Self-training with pseudo-masks or pseudo-boxes: on each unlabelled target batch
     the model's confident predictions (probability, or box score, at least
     ``threshold``) on the scene as it is become the labels of a photometrically perturbed
-    view of it (brightness, contrast, noise), weighted by ``unlabelled_weight``; plus
+    view of it (brightness, contrast, noise), weighted by ``unlabelled_weight``
+    (``threshold`` 0: the head's own, 0.9 for a pixel's class probability and 0.5 for a
+    box score); plus
     finetune's supervised sets and AdaBN. Both views go through the network as one
     target batch, so BatchNorm sees target statistics as after AdaBN."""
 
     name = "self-training"
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
-                 threshold: float = 0.9, unlabelled_weight: float = 1.0,
+                 threshold: float = 0.0, unlabelled_weight: float = 1.0,
                  source_weight: float = 1.0, target_weight: float = 1.0,
                  synthetic_weight: float = 1.0, adabn: bool = True, seed: int = 0) -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
@@ -200,7 +202,8 @@ class SelfTraining(FineTune):
                     outputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         strong = perturb(images, self.generator)
         weak_out, strong_out = _split_outputs(model(torch.cat([images, strong])), len(images))
-        pseudo = model.pseudo_labels(weak_out, self.threshold)
+        pseudo = model.pseudo_labels(weak_out, self.threshold
+                                     or model.head.default_threshold)
         loss, _ = model.loss(strong_out, pseudo)
         return self.unlabelled_weight * loss, {"kept": kept_fraction(pseudo)}
 

@@ -26,6 +26,7 @@ class SegmentationHead(nn.Module):
     resolution or coarser; :meth:`forward` brings them to the input size."""
 
     task = "segment"
+    default_threshold = 0.9  # a pixel's class probability that self-training trusts
 
     def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         logits = self.decode(maps)
@@ -105,7 +106,6 @@ class DeepLabV3Head(SegmentationHead):
         self.head = DeepLabHead(channels[-1], num_classes + 1)
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        # ASPP's image pooling branch needs more than one value per channel in training.
         return self.head(maps[-1])
 
 

@@ -108,9 +108,9 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
             loss, shown = _step(model, streams, target, target_loss, device,
                                 step / max(1, budget.steps or 1))
             distributed.backward_step(loss, optimizer)
-            history.append(float(loss))
+            history.append(float(loss.detach()))
             step += 1
-            task.advance(1, loss=f"{float(loss):.3f}", **shown)
+            task.advance(1, loss=f"{history[-1]:.3f}", **shown)
     distributed.sync_buffers(model)
     return history
 
