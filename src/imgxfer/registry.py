@@ -172,7 +172,7 @@ class Registry:
                 return found
         shown = [n + "<...>" if n.endswith(("/", ":")) else n for n in self.names(kind, task)]
         elsewhere = sorted({t for c in self.all(kind) if _lookup({c.name: c}, name)
-                            for t in c.tasks})
+                            for t in c.tasks}, key=TASKS.index)
         if elsewhere:
             raise UnknownComponentError(
                 f"{SINGULAR[kind]} {name!r} is for --task {' or '.join(elsewhere)}, not "

@@ -1,0 +1,122 @@
+"""The dense tasks' core: task-aware lookup, the config's task defaults, the feature
+pyramid of any encoder, the segmentation heads and the scene split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imgxfer.config import RunConfig
+from imgxfer.dense.features import Pyramid
+from imgxfer.dense.model import HEADS, DenseModel, check_head
+from imgxfer.encoders.smallcnn import SmallCNN
+from imgxfer.encoders.torchvision_backbones import TorchvisionEncoder
+from imgxfer.errors import UnknownComponentError, UserError
+from imgxfer.registry import Registry
+from imgxfer.scenes import IGNORE, align_scene_classes, scene_split
+from scenes_fixture import tiny_scenes
+
+
+def test_same_name_for_another_task_is_another_component(host) -> None:
+    registry = host.registry
+    classify = registry.get("adapters", "finetune")
+    segment = registry.get("adapters", "finetune", "segment")
+    assert classify is not segment and "segment" in segment.tasks
+    assert registry.get("adapters", "finetune", "detect") is segment
+    # Encoders serve every task; datasets only those they declare.
+    assert registry.get("encoders", "smallcnn", "detect").name == "smallcnn"
+    assert "advent" in registry.names("adapters", "segment")
+    assert "advent" not in registry.names("adapters", "detect")
+    assert "dann" not in registry.names("adapters", "segment")
+
+
+@pytest.mark.parametrize("kind, name, task, says", [
+    ("adapters", "advent", "classify", "'advent' is for --task segment, not --task classify"),
+    ("adapters", "advent", "detect", "is for --task segment, not --task detect"),
+    ("adapters", "dann", "segment", "'dann' is for --task classify"),
+    ("datasets", "tiny-scenes", "classify", "is for --task segment or detect"),
+    ("datasets", "tiny-source", "segment", "is for --task classify"),
+])
+def test_a_component_of_another_task_is_one_sentence(host, kind, name, task, says) -> None:
+    with pytest.raises(UnknownComponentError, match=says):
+        host.registry.get(kind, name, task)
+
+
+def test_registering_a_task_that_does_not_exist_fails() -> None:
+    def factory() -> None: ...
+    factory.tasks = ("paint",)
+    with pytest.raises(ValueError, match="tasks are classify, segment, detect"):
+        Registry().add("adapters", "x", factory, "p")
+
+
+def test_dense_task_takes_its_defaults_where_classification_ones_stand() -> None:
+    config = RunConfig(task="segment").for_task()
+    assert (config.source, config.target) == ("digit-scenes:syndigits", "digit-scenes:mnist-m")
+    assert config.generator == "none" and config.name == "segment-syndigits-to-mnist-m"
+    kept = RunConfig(task="detect", source="coco:a.json", target="coco:b.json",
+                     synthesis="translate").for_task()
+    assert (kept.source, kept.target, kept.generator) == ("coco:a.json", "coco:b.json", "gan")
+    assert RunConfig().for_task() == RunConfig()
+    with pytest.raises(UserError, match="--head unet chooses a segmentation"):
+        RunConfig(head="unet").for_task()
+    with pytest.raises(UserError, match="task must be one of"):
+        RunConfig(task="paint").for_task()
+
+
+def test_heads_are_checked_against_the_task() -> None:
+    assert check_head("", "segment") == "unet" and check_head("", "detect") == "centernet"
+    with pytest.raises(UserError, match="head 'unet' is for --task segment, not --task detect"):
+        check_head("unet", "detect")
+    with pytest.raises(UserError, match="unknown head 'mask-rcnn'; heads for --task segment"):
+        check_head("mask-rcnn", "segment")
+
+
+@pytest.mark.parametrize("encoder", [SmallCNN(width=4, input_size=32, in_channels=3),
+                                     TorchvisionEncoder("resnet18", input_size=64)])
+def test_pyramid_finds_each_stage_of_an_encoder(encoder) -> None:
+    size = encoder.input_size
+    pyramid = Pyramid(encoder, size)
+    maps = pyramid(torch.zeros(2, 3, *size))
+    assert [m.shape[1] for m in maps] == pyramid.channels
+    assert [size[0] // m.shape[-1] for m in maps] == pyramid.strides
+    assert pyramid.strides == sorted(pyramid.strides) and pyramid.strides[0] == 2
+
+
+@pytest.mark.parametrize("head", [n for n, h in HEADS.items() if h.task == "segment"])
+def test_each_segmentation_head_gives_logits_at_the_input_size(head) -> None:
+    torch.manual_seed(0)
+    model = DenseModel(SmallCNN(width=4, input_size=32, in_channels=1), head, ["a", "b"],
+                       (32, 32))
+    logits = model(model.preprocess(torch.rand(2, 1, 32, 32)))
+    assert logits.shape == (2, 3, 32, 32)
+    masks = torch.randint(0, 3, (2, 32, 32))
+    masks[0] = IGNORE  # a fully ignored scene adds nothing
+    loss, _ = model.loss(logits, {"masks": masks})
+    loss.backward()
+    pseudo = model.pseudo_labels(logits, 0.99)["masks"]
+    assert ((pseudo == IGNORE) | (pseudo < 3)).all()
+
+
+def test_scene_split_is_seeded_disjoint_and_refuses_too_many_shots() -> None:
+    data = tiny_scenes("d", n=20)
+    split = scene_split(data, 3, test_fraction=0.3, seed=1)
+    assert (len(split.labelled), len(split.test), len(split.unlabelled)) == (3, 6, 11)
+    again = scene_split(data, 3, test_fraction=0.3, seed=1)
+    assert torch.equal(split.test.masks, again.test.masks)
+    with pytest.raises(UserError, match="too few for 14 labelled scenes"):
+        scene_split(data, 14)
+
+
+def test_align_classes_renumbers_masks_and_box_labels() -> None:
+    target = tiny_scenes("t", n=4)
+    source = tiny_scenes("s", n=4)
+    source.class_names = ["bar", "square"]  # same classes, other order
+    aligned = align_scene_classes(source, target)
+    swapped = {0: 0, 1: 2, 2: 1, IGNORE: IGNORE}
+    expected = source.masks.clone().apply_(lambda v: swapped[v])
+    assert torch.equal(aligned.masks, expected)
+    assert torch.equal(aligned.box_labels[0], 1 - source.box_labels[0])
+    other = tiny_scenes("o", n=4)
+    other.class_names = ["square", "circle"]
+    with pytest.raises(UserError, match="only in target: bar"):
+        align_scene_classes(other, target)
