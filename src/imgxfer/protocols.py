@@ -201,6 +201,8 @@ class Adapter(Protocol):
 # A dataset factory returns an :class:`imgxfer.data.ImageDataset` (images [N, C, H, W]
 # float in [0, 1], int labels indexing ``class_names``, the ``domain`` name, optional
 # ``description``, ``notes``, ``paths`` and ``layout``); it needs no protocol of its own.
+# A scene dataset's factory (``--task segment``/``detect``) returns an
+# :class:`imgxfer.scenes.SceneDataset` instead.
 Dataset = ImageDataset
 
 # The members the core calls, per kind (what check_component looks for).
@@ -237,9 +239,12 @@ def check_component(kind: str, component: Any, name: str, plugin: str) -> Any:
     :class:`UserError` naming the plugin, the component and what is missing."""
     what = f"{KIND_OF[kind]} {name!r} of plugin {plugin!r}"
     if kind == "datasets":
-        if not isinstance(component, ImageDataset):
+        from imgxfer.scenes import SceneDataset  # the dense tasks' datasets
+
+        if not isinstance(component, (ImageDataset, SceneDataset)):
             raise UserError(f"{what} returned a {type(component).__name__}, not an "
-                            "imgxfer.data.ImageDataset (see imgxfer.protocols).")
+                            "imgxfer.data.ImageDataset or imgxfer.scenes.SceneDataset (see "
+                            "imgxfer.protocols).")
         return component
     if isinstance(component, (type, types.FunctionType, types.MethodType, functools.partial)):
         raise UserError(f"{what}: its factory returned {component!r}, not a component "

@@ -62,6 +62,7 @@ def digit_scenes(digits: str, *, n: int = 600, size: int = 64, max_digits: int =
 
 
 def _check_scene_options(digits: str, n: int, size: int, max_digits: int) -> None:
+    """One sentence for a source or option that cannot make scenes."""
     what = f"dataset 'digit-scenes:{digits}'"
     if digits not in SOURCES:
         raise UserError(f"{what}: the digits must be one of {', '.join(SOURCES)}, "
@@ -113,7 +114,10 @@ def _fit(glyph: torch.Tensor, side: int) -> torch.Tensor:
     return out
 
 
-def _syndigit_glyphs(rng: np.random.Generator) -> Callable[[int], tuple[torch.Tensor, int]]:
+Glyphs = Callable[[int], tuple[torch.Tensor, int]]  # digit -> (cropped glyph, MNIST index)
+
+
+def _syndigit_glyphs(rng: np.random.Generator) -> Glyphs:
     """Glyphs rendered as :func:`imgxfer.datasets.digits.syndigits` renders its digits."""
     fonts = [ImageFont.truetype(str(p), 64) for p in _font_paths()]
 
@@ -123,7 +127,7 @@ def _syndigit_glyphs(rng: np.random.Generator) -> Callable[[int], tuple[torch.Te
     return glyph
 
 
-def _mnist_glyphs(rng: np.random.Generator, half: bool) -> Callable[[int], tuple[torch.Tensor, int]]:
+def _mnist_glyphs(rng: np.random.Generator, half: bool) -> Glyphs:
     """MNIST glyphs from mnist-m's half (``half``) or from the other half, with the index
     of the MNIST digit each one is."""
     pixels, labels = load_mnist_pixels("digit-scenes")
@@ -190,6 +194,7 @@ def _digit_scenes(digits: str, n: int, size: int, max_digits: int, seed: int) ->
 
 # --------------------------------------------------------------------------- shared file helpers
 def _check_file_size(what: str, size: int) -> None:
+    """Option size of the file readers: 0 (as read) or a square side."""
     if isinstance(size, bool) or not isinstance(size, int) or not (
             size == 0 or 4 <= size <= 1024):
         raise UserError(f"{what}: option size must be 0 (as read) or a whole number of pixels "
@@ -408,6 +413,8 @@ def _read_coco(file: Path, what: str) -> dict[str, Any]:
 
 def _annotations_by_image(spec: dict[str, Any], index: dict[Any, int],
                           what: str) -> dict[Any, list[dict[str, Any]]]:
+    """Annotations by image id, each checked to name a known category and image and to
+    have a ``[x, y, w, h]`` box."""
     ids = {entry["id"] for entry in spec["images"]}
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for i, ann in enumerate(spec["annotations"]):
@@ -426,6 +433,7 @@ def _annotations_by_image(spec: dict[str, Any], index: dict[Any, int],
 
 
 def _find_image(name: str, folders: list[Path], what: str) -> Path:
+    """The first of ``folders`` that holds image ``name``."""
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
@@ -454,6 +462,7 @@ def _coco_boxes(anns: list[dict[str, Any]], index: dict[Any, int], w: int, h: in
 
 
 def _coco_notes(what: str, counts: list[int]) -> list[str]:
+    """Notes for the annotations that gave no box (crowd, zero area)."""
     notes = []
     if counts[0]:
         notes.append(f"{what}: {counts[0]} crowd annotations (iscrowd) give no box; their "
