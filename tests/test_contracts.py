@@ -27,11 +27,14 @@ OPTIONS = {
                                  "sample_steps": 3}},
     "adapters": {"*": {"batch_size": 8}, "linear": {}, "lp-ft": {"batch_size": 8}},
     "datasets": {"syndigits": {"n_per_class": 3, "size": 16}, "mnist": {"n_per_class": 3},
-                 "fashion-mnist": {"n_per_class": 3, "download": False}, "digits": {}},
+                 "fashion-mnist": {"n_per_class": 3, "download": False}, "digits": {},
+                 "digit-scenes:": {"n": 4, "size": 32}},
     "captioners": {},
 }
 # The rest of a family name, by family; families checked in their own plugin's tests.
-FAMILY_ARGS = {"timm/": "test_resnet"}
+FAMILY_ARGS = {"timm/": "test_resnet", "digit-scenes:": "syndigits"}
+# Families that read files: checked over files written by the tests below.
+FILE_FAMILIES = ("folder:", "csv:", "torchvision:", "masks:", "coco:")
 CHECKED_BY_THEIR_PLUGIN = {"diffusers:": "plugins/imgxfer-diffusers/tests",
                            # the captioner, and the CLIP encoder and adapter (both clip:)
                            "hf:": "plugins/imgxfer-transformers/tests",
@@ -51,7 +54,7 @@ def _cases() -> list:
     cases = []
     for kind in CHECKS:
         for name in REGISTRY.names(kind):
-            if name in CHECKED_BY_THEIR_PLUGIN or name in ("folder:", "csv:", "torchvision:"):
+            if name in CHECKED_BY_THEIR_PLUGIN or name in FILE_FAMILIES:
                 continue  # below, or with files of their own
             cases.append(pytest.param(kind, name, id=f"{kind}-{name}"))
     return cases
@@ -91,11 +94,33 @@ def test_file_datasets_keep_their_protocol(tmp_path) -> None:
                           size=16)
 
 
+def test_scene_file_datasets_keep_their_protocol(tmp_path) -> None:
+    """masks:PATH (a grey mask PNG per image) and coco:PATH (boxes and polygon masks)."""
+    import json
+
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    spec = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    for i in range(2):
+        mask = torch.zeros(12, 12, dtype=torch.uint8)
+        mask[2 + i:6 + i, 3:8] = 1
+        Image.fromarray((mask * 200).numpy(), mode="L").save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy(), mode="L").save(tmp_path / "masks" / f"{i}.png")
+        spec["images"].append({"id": i, "file_name": f"{i}.png"})
+        spec["annotations"].append({"image_id": i, "category_id": 1, "bbox": [3, 2 + i, 5, 4],
+                                    "segmentation": [[3, 2 + i, 8, 2 + i, 8, 6 + i, 3, 6 + i]]})
+    testing.check_dataset(REGISTRY.get("datasets", "masks:").factory, str(tmp_path))
+    (tmp_path / "ann.json").write_text(json.dumps(spec))
+    testing.check_dataset(REGISTRY.get("datasets", "coco:").factory, str(tmp_path / "ann.json"),
+                          images=str(tmp_path / "images"))
+
+
 def test_every_family_is_covered() -> None:
     """A family registered by an installed plugin is checked here or by its plugin."""
     families = {n for kind in CHECKS for n in REGISTRY.names(kind) if n.endswith(("/", ":"))}
-    covered = set(FAMILY_ARGS) | set(CHECKED_BY_THEIR_PLUGIN) | {"folder:", "csv:",
-                                                                 "torchvision:"}
+    covered = set(FAMILY_ARGS) | set(CHECKED_BY_THEIR_PLUGIN) | set(FILE_FAMILIES)
     assert families <= covered, f"families without a contract check: {families - covered}"
 
 

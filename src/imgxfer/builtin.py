@@ -10,7 +10,8 @@ from imgxfer.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_datasets(register: Register) -> None:
-    from imgxfer.datasets import csvlist, digits, fashion, folder, mnist, mnistm, tvdatasets
+    from imgxfer.datasets import (csvlist, digits, fashion, folder, mnist, mnistm, scenes,
+                                  tvdatasets)
 
     register("syndigits", digits.syndigits)
     register("digits", digits.digits)
@@ -21,6 +22,10 @@ def register_datasets(register: Register) -> None:
     register("folder:", folder.folder)
     register("csv:", csvlist.csv_list)
     register("torchvision:", tvdatasets.torchvision_dataset)
+    # Scene datasets (masks and/or boxes) for --task segment and --task detect.
+    register("digit-scenes:", scenes.digit_scenes)
+    register("masks:", scenes.masks_dataset)
+    register("coco:", scenes.coco_dataset)
 
 
 @hookimpl

@@ -37,6 +37,7 @@ from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress
 from imgxfer.protocols import FitResult, declared
 from imgxfer.registry import Component
+from imgxfer.scenes import IGNORE, SceneDataset
 
 __all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter",
            "check_dataset", "check_tunable", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
@@ -349,28 +350,59 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
 
 
 # --------------------------------------------------------------------------- datasets
-def check_dataset(factory: Callable[..., Any], *args: Any, **options: Any) -> ImageDataset:
+def check_dataset(factory: Callable[..., Any], *args: Any,
+                  **options: Any) -> ImageDataset | SceneDataset:
     """An :class:`ImageDataset` whose images (a tensor or an image store) read as float
     [N, C, H, W] in [0, 1] of the shape the store states, labels indexing at least two
-    class names, a domain name, and the same images when built twice."""
+    class names, a domain name, and the same images when built twice. A
+    :class:`~imgxfer.scenes.SceneDataset` (the dense tasks') instead has masks and boxes
+    that fit its images and classes (:func:`_check_scene_annotations`)."""
     data = _build("datasets", factory, args, options)
-    assert isinstance(data, ImageDataset), f"a {type(data).__name__}, not an ImageDataset"
+    assert isinstance(data, (ImageDataset, SceneDataset)), \
+        f"a {type(data).__name__}, not an ImageDataset or a SceneDataset"
     assert len(data) > 0, "no images"
-    assert data.num_classes >= 2, "fewer than two classes"
     images = data.images.tensor()
     assert images.is_floating_point() and images.ndim == 4, "float [N, C, H, W]"
     assert tuple(images.shape) == tuple(data.images.shape), \
         f"the store says {tuple(data.images.shape)}, reads {tuple(images.shape)}"
     assert images.shape[1] in (1, 3), f"{images.shape[1]} channels"
     assert images.min() >= 0 and images.max() <= 1, "images outside [0, 1]"
-    assert int(data.labels.min()) >= 0 and int(data.labels.max()) < data.num_classes
     assert all(isinstance(c, str) and c for c in data.class_names), "class names"
     assert isinstance(data.domain, str) and data.domain, "domain"
     again = _build("datasets", factory, args, options)
-    assert torch.equal(again.images.tensor(), images) and torch.equal(again.labels, data.labels), \
-        "two builds gave other images"
+    assert torch.equal(again.images.tensor(), images), "two builds gave other images"
+    if isinstance(data, SceneDataset):
+        _check_scene_annotations(data, again)
+    else:
+        assert data.num_classes >= 2, "fewer than two classes"
+        assert int(data.labels.min()) >= 0 and int(data.labels.max()) < data.num_classes
+        assert torch.equal(again.labels, data.labels), "two builds gave other labels"
     _check_refuses_unknown_options("datasets", factory, args)
     return data
+
+
+def _check_scene_annotations(data: SceneDataset, again: SceneDataset) -> None:
+    """Masks [N, H, W] of 0..C or IGNORE; boxes [K, 4] inside the image with x0 < x1 and
+    y0 < y1, labels indexing the classes; the same annotations when built twice."""
+    n, _, h, w = data.images.shape
+    assert data.num_classes >= 1 and data.tasks, "no classes, or neither masks nor boxes"
+    if data.masks is not None:
+        assert data.masks.dtype == torch.long and tuple(data.masks.shape) == (n, h, w), \
+            f"masks {tuple(data.masks.shape)} for images {tuple(data.images.shape)}"
+        valid = (data.masks >= 0) & ((data.masks <= data.num_classes) | (data.masks == IGNORE))
+        assert valid.all(), "mask values outside 0..num_classes and IGNORE"
+        assert again.masks is not None and torch.equal(again.masks, data.masks), \
+            "two builds gave other masks"
+    if data.boxes is not None:
+        assert data.box_labels is not None and again.boxes is not None
+        for boxes, labels in zip(data.boxes, data.box_labels):
+            assert boxes.shape == (len(labels), 4), f"boxes {tuple(boxes.shape)}"
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() \
+                and (boxes[:, 3] <= h).all(), "boxes outside the image"
+            assert (boxes[:, :2] < boxes[:, 2:]).all(), "boxes with x1 <= x0 or y1 <= y0"
+            assert ((labels >= 0) & (labels < data.num_classes)).all(), "box labels"
+        assert all(torch.equal(a, b) for a, b in zip(again.boxes, data.boxes)), \
+            "two builds gave other boxes"
 
 
 def check_installed_plugin(name: str, module: str, components: dict[str, list[str]],
