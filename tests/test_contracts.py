@@ -14,6 +14,7 @@ import torch
 from imgxfer import testing
 from imgxfer.install import known_plugins
 from imgxfer.plugins import PluginHost
+from imgxfer.registry import TASKS
 
 # The built-ins plus the installed first-party plugins (make test installs them all).
 FIRST_PARTY = ",".join(name for name, p in known_plugins().items() if not p.builtin)
@@ -53,16 +54,20 @@ def _options(kind: str, name: str, component) -> dict:
 def _cases() -> list:
     cases = []
     for kind in CHECKS:
-        for name in REGISTRY.names(kind):
+        for component in REGISTRY.all(kind):
+            name, task = component.name, min(component.tasks, key=TASKS.index)
             if name in CHECKED_BY_THEIR_PLUGIN or name in FILE_FAMILIES:
                 continue  # below, or with files of their own
-            cases.append(pytest.param(kind, name, id=f"{kind}-{name}"))
+            cases.append(pytest.param(kind, name, task, id=f"{kind}-{name}-{task}"))
     return cases
 
 
-@pytest.mark.parametrize("kind, name", _cases())
-def test_registered_component_keeps_its_protocol(kind, name) -> None:
-    component = REGISTRY.get(kind, name)
+@pytest.mark.parametrize("kind, name, task", _cases())
+def test_registered_component_keeps_its_protocol(kind, name, task) -> None:
+    component = REGISTRY.get(kind, name, task)
+    if kind == "adapters" and task != "classify":
+        testing.check_dense_adapter(component.factory)
+        return
     if component.is_family and name not in FAMILY_ARGS:
         pytest.fail(f"family {name!r} of plugin {component.plugin!r} has no argument in "
                     "FAMILY_ARGS (or a line in CHECKED_BY_THEIR_PLUGIN)")
@@ -111,15 +116,16 @@ def test_scene_file_datasets_keep_their_protocol(tmp_path) -> None:
         spec["images"].append({"id": i, "file_name": f"{i}.png"})
         spec["annotations"].append({"image_id": i, "category_id": 1, "bbox": [3, 2 + i, 5, 4],
                                     "segmentation": [[3, 2 + i, 8, 2 + i, 8, 6 + i, 3, 6 + i]]})
-    testing.check_dataset(REGISTRY.get("datasets", "masks:").factory, str(tmp_path))
+    testing.check_dataset(REGISTRY.get("datasets", "masks:", "segment").factory, str(tmp_path))
     (tmp_path / "ann.json").write_text(json.dumps(spec))
-    testing.check_dataset(REGISTRY.get("datasets", "coco:").factory, str(tmp_path / "ann.json"),
+    testing.check_dataset(REGISTRY.get("datasets", "coco:", "detect").factory,
+                          str(tmp_path / "ann.json"),
                           images=str(tmp_path / "images"))
 
 
 def test_every_family_is_covered() -> None:
     """A family registered by an installed plugin is checked here or by its plugin."""
-    families = {n for kind in CHECKS for n in REGISTRY.names(kind) if n.endswith(("/", ":"))}
+    families = {c.name for kind in CHECKS for c in REGISTRY.all(kind) if c.is_family}
     covered = set(FAMILY_ARGS) | set(CHECKED_BY_THEIR_PLUGIN) | set(FILE_FAMILIES)
     assert families <= covered, f"families without a contract check: {families - covered}"
 

@@ -40,7 +40,7 @@ from imgxfer.registry import Component
 from imgxfer.scenes import IGNORE, SceneDataset
 
 __all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter",
-           "check_dataset", "check_tunable", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
+           "check_dense_adapter", "tiny_scenes", "check_dataset", "check_tunable", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
 
 CPU = torch.device("cpu")
 SHAPES = ["bar", "column", "dot"]
@@ -347,6 +347,76 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
         assert torch.allclose(rebuilt(x), logits, atol=1e-5), "state_dict round trip"
     _check_refuses_unknown_options("adapters", factory, args)
     return model
+
+
+# --------------------------------------------------------------------------- dense adapters
+def tiny_scenes(domain: str = "tiny-scenes", n: int = 24, size: int = 32, seed: int = 0,
+                invert: bool = False) -> SceneDataset:
+    """Squares and bars, one per half of a dark canvas, with exact masks and boxes;
+    ``invert`` gives a shifted domain (dark objects on a light canvas)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, size, size)
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    boxes, labels = [], []
+    for i in range(n):
+        found, kinds = [], []
+        for half in (0, 1):
+            kind = int(torch.randint(2, (1,), generator=g))
+            h, w = (8, 8) if kind == 0 else (4, 12)
+            y = int(torch.randint(0, size - h, (1,), generator=g))
+            x = half * size // 2 + int(torch.randint(0, size // 2 - w + 1, (1,), generator=g))
+            images[i, 0, y:y + h, x:x + w] = 1
+            masks[i, y:y + h, x:x + w] = kind + 1
+            found.append([x, y, x + w, y + h])
+            kinds.append(kind)
+        boxes.append(torch.tensor(found, dtype=torch.float32))
+        labels.append(torch.tensor(kinds))
+    images = (images + 0.1 * torch.rand(images.shape, generator=g)).clamp(0, 1)
+    return SceneDataset(1 - images if invert else images, ["square", "bar"], domain, masks,
+                        boxes, labels, description="tiny shape scene")
+
+
+def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
+                        **options: Any) -> None:
+    """A dense adapter (``--task segment|detect``): it declares dense ``tasks`` and known
+    ``uses``, and for each task its ``fit`` returns the :class:`~imgxfer.dense.model.
+    DenseModel` it was given, trained, with finite outputs, the same for the same seed
+    and after a state round trip."""
+    from imgxfer.dense.model import DEFAULT_HEAD, DenseModel
+    from imgxfer.scenes import SceneTransferData
+
+    adapter = _build("adapters", factory, args, options)
+    tasks = set(getattr(adapter, "tasks", ()))
+    assert tasks and tasks <= {"segment", "detect"}, f"tasks {tasks}"
+    assert set(adapter.uses) <= {"source", "target_labelled", "target_unlabelled", "synthetic"}
+    target = tiny_scenes("tiny-target", n=12, seed=1, invert=True)
+    data = SceneTransferData(tiny_scenes(n=12), target.subset([0, 1]),
+                             target.subset(list(range(2, 12))), tiny_scenes(n=4, seed=2))
+    for task in sorted(tasks):
+        def fit() -> DenseModel:
+            torch.manual_seed(0)
+            from imgxfer.nets import SmallConvNet
+
+            encoder = SmallConvNet(width=4, input_size=32, in_channels=1, seed=0)
+            model = DenseModel(encoder, DEFAULT_HEAD[task], data.class_names, (32, 32))
+            fitted = _build("adapters", factory, args, options).fit(
+                model, data, budget=Budget(fit_steps).start(), progress=NullProgress(),
+                device=CPU)
+            assert isinstance(fitted, DenseModel), f"fit returned a {type(fitted).__name__}"
+            return fitted.eval()
+
+        model, twin = fit(), fit()
+        x = model.preprocess(target.images.tensor()[:4])
+        with torch.no_grad():
+            out = model(x)
+            values = out if isinstance(out, torch.Tensor) else torch.cat(
+                [v.flatten() for v in out.values()])
+            assert values.isfinite().all(), f"{task}: non-finite outputs"
+            again = twin(x)
+            same = (torch.allclose(again, out, atol=1e-5) if isinstance(out, torch.Tensor)
+                    else all(torch.allclose(again[k], out[k], atol=1e-5) for k in out))
+            assert same, f"{task}: the same seed fitted another model"
+    _check_refuses_unknown_options("adapters", factory, args)
 
 
 # --------------------------------------------------------------------------- datasets

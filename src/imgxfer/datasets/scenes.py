@@ -527,3 +527,10 @@ def _rle_string(text: str) -> list[int]:
                 x |= -1 << (5 * k)
         runs.append(x + runs[-2] if len(runs) > 2 else x)
     return runs
+
+
+# The tasks each family's scenes serve (imgxfer.registry keeps dense-only components in
+# their own table). A COCO file may have no segmentations: a run then says so.
+digit_scenes.tasks = ("segment", "detect")  # type: ignore[attr-defined]
+masks_dataset.tasks = ("segment",)  # type: ignore[attr-defined]
+coco_dataset.tasks = ("segment", "detect")  # type: ignore[attr-defined]
