@@ -234,3 +234,26 @@ def pseudo_targets(decoded: list[dict[str, torch.Tensor]],
         labels.append(det["labels"][keep].detach().long().reshape(-1))
     return boxes, labels
 
+class DetectionHead(CenterNetHead):
+    """:class:`CenterNetHead` as a dense model's head (:mod:`imgxfer.dense.model`): its
+    loss, decoded detections and pseudo-boxes over the outputs of one forward pass."""
+
+    task = "detect"
+    default_threshold = 0.5  # a box score that self-training trusts
+
+    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]  # type: ignore[override]
+                ) -> dict[str, torch.Tensor]:
+        self.image_size = tuple(size)  # decoding clips boxes to the image
+        return super().forward(maps)
+
+    def loss(self, outputs: dict[str, torch.Tensor], target: dict) -> tuple[torch.Tensor, dict]:
+        return detection_loss(outputs, target["boxes"], target["labels"], self.stride)
+
+    def predict(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return decode(outputs, self.stride, image_size=getattr(self, "image_size", None))
+
+    def pseudo_labels(self, outputs: dict[str, torch.Tensor], threshold: float) -> dict:
+        decoded = decode(outputs, self.stride, score_threshold=threshold,
+                         image_size=getattr(self, "image_size", None))
+        boxes, labels = pseudo_targets(decoded, threshold)
+        return {"boxes": boxes, "labels": labels}
