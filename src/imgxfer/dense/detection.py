@@ -52,7 +52,7 @@ class CenterNetHead(nn.Module):
     in cells) and ``offset`` ``[B, 2, h, w]`` (sub-cell x, y of the centre)."""
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int,
-                 width: int = 64) -> None:
+                 width: int = 32) -> None:
         super().__init__()
         if len(channels) != len(strides) or not strides:
             raise ValueError(f"channels {channels} and strides {strides} must pair up")

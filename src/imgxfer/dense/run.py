@@ -155,27 +155,41 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress) -> Any:
              len(split.labelled), len(split.unlabelled), len(split.test))
     started = time.perf_counter()
     model = plan.model.to(plan.device)
-    source_history = train_source(plan, model, progress)
+    source, held_out = hold_out(plan.source, plan.config.seed)
+    source_history = train_source(plan, model, source, progress)
+    _, source_val = evaluate.evaluate(model, held_out, plan.device)
+    log.info("source model on %d held-out source scenes: %s", len(held_out),
+             evaluate.headline(source_val, config.task))
     synthetic, generator_info = translate(plan, folder, progress)
-    data = SceneTransferData(plan.source, split.labelled, split.unlabelled, synthetic)
+    data = SceneTransferData(source, split.labelled, split.unlabelled, synthetic)
     results = {name: fit_adapter(plan, name, adapter, model, data, folder, progress)
                for name, adapter in plan.adapters.items()}
     metrics = record.DenseRunMetrics(
         __version__, config.seed, str(plan.device), config.task, record.describe(plan),
-        model.describe(), {name: r.metrics for name, r in results.items()},
+        {**model.describe(), "source_val": source_val},
+        {name: r.metrics for name, r in results.items()},
         generator_info, {"total": round(time.perf_counter() - started, 1)})
     report.write(folder, plan, metrics, results, source_history, synthetic)
     record.write(folder, metrics)
     return metrics
 
 
-def train_source(plan: DensePlan, model: DenseModel, progress: Progress) -> list[float]:
+def hold_out(source: SceneDataset, seed: int) -> tuple[SceneDataset, SceneDataset]:
+    """A seeded tenth of the source scenes (at least one) kept out of all training, to
+    report how well the source model does in its own domain (``model.source_val``)."""
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, len(source) // 10)
+    return source.subset(order[n_val:]), source.subset(order[:n_val])
+
+
+def train_source(plan: DensePlan, model: DenseModel, source: SceneDataset,
+                 progress: Progress) -> list[float]:
     """The model every adapter starts from: encoder and head trained on the labelled
     source scenes for ``encoder_steps`` (seeded, batch 16, AdamW 1e-3)."""
     if plan.config.encoder_steps == 0:
         return []
     budget = Budget(plan.config.encoder_steps).start()
-    return train(model, {"source": (plan.source, 1.0)}, Recipe(seed=plan.config.seed),
+    return train(model, {"source": (source, 1.0)}, Recipe(seed=plan.config.seed),
                  budget=budget, device=plan.device, progress=progress,
                  what=f"{plan.config.task} model: train on source")
 

@@ -66,7 +66,7 @@ class UNetHead(SegmentationHead):
     with two 3x3 convolutions; a 1x1 convolution gives the class logits."""
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int,
-                 width: int = 64) -> None:
+                 width: int = 32) -> None:
         super().__init__()
         self.top = _conv(channels[-1], width, 1)
         self.skips = nn.ModuleList(_conv(c, width, 1) for c in channels[:-1])

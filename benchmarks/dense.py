@@ -1,0 +1,130 @@
+"""Segmentation and detection transfer on the embedded digit scenes: every dense adapter
+against source-only and the target oracle, per (task, labelled target scenes, seed).
+
+    python benchmarks/dense.py --task segment --shots 0,1,5 --seeds 0,1,2 \
+        --out benchmarks/results/dense.jsonl
+
+One cell is one ``imgxfer run --task T --compare ...`` (the source model is trained
+once per cell and every adapter starts from a copy of it, on the same split), plus:
+
+- ``translate``: the same run with ``--generator gan --synthesis translate`` and the
+  adapter ``finetune`` (translated source scenes with their masks and boxes, AdaBN);
+- ``oracle``: ``target-only`` with every non-test target scene labelled.
+
+Settings (steps, widths, adapter options) are the script's arguments, chosen on
+``--pair syndigits:mnist`` scenes and reported unchanged on ``syndigits:mnist-m``;
+test labels are used for the reported numbers only. With --out, every finished cell is
+appended at once and a rerun skips the cells there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import cell, read_rows
+
+from imgxfer.config import RunConfig
+from imgxfer.pipeline import run
+from imgxfer.plugins import get_registry
+
+METHODS = {"segment": "source-only,adabn,finetune,self-training,advent,adaptsegnet",
+           "detect": "source-only,adabn,finetune,self-training"}
+
+
+def config_for(args: argparse.Namespace, task: str, shots: int, seed: int, kind: str,
+               out: str) -> RunConfig:
+    source, target = args.pair.split(":")
+    config = RunConfig(task=task, source=f"digit-scenes:{source}",
+                       target=f"digit-scenes:{target}", shots=shots, seed=seed,
+                       encoder_steps=args.source_steps, adapter_steps=args.adapter_steps,
+                       generator="none", out=out, compare=METHODS[task].split(","))
+    config.options["encoder"] = {"width": args.width}
+    config.options["source"] = config.options["target"] = {"n": args.scenes}
+    if kind == "translate":
+        config.generator, config.synthesis, config.compare = "gan", "translate", ["finetune"]
+        config.generator_steps = args.generator_steps
+    elif kind == "oracle":
+        test = max(1, round(args.scenes * config.test_fraction))
+        config.shots, config.compare = args.scenes - test - 1, ["target-only"]
+    return config.for_task()
+
+
+def run_cell(args: argparse.Namespace, task: str, shots: int, seed: int, kind: str
+             ) -> list[dict]:
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        result = run(config_for(args, task, shots, seed, kind, out), get_registry())
+        seconds = time.perf_counter() - started
+    metrics = result.metrics
+    rows = []
+    for name, scores in metrics.adapters.items():
+        method = {"translate": "translate+finetune", "oracle": "oracle"}.get(kind, name)
+        rows.append({"pair": args.pair, "task": task, "shots": shots, "seed": seed,
+                     "method": method, "kind": kind, "run_seconds": round(seconds, 1),
+                     "source_val": metrics.model["source_val"],
+                     **{k: v for k, v in scores.items() if not isinstance(v, dict)},
+                     "per_class": scores.get("iou", scores.get("ap"))})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="segment")
+    parser.add_argument("--pair", default="syndigits:mnist-m")
+    parser.add_argument("--shots", default="0,1,5")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--kinds", default="compare,translate,oracle")
+    parser.add_argument("--scenes", type=int, default=600)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--source-steps", type=int, default=600)
+    parser.add_argument("--adapter-steps", type=int, default=300)
+    parser.add_argument("--generator-steps", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    done = {(r["pair"], r["task"], r["shots"], r["seed"], r["kind"])
+            for r in (read_rows(args.out) if args.out else [])}
+    for seed in map(int, args.seeds.split(",")):
+        for kind in args.kinds.split(","):
+            shot_list = [0] if kind == "oracle" else map(int, args.shots.split(","))
+            for shots in shot_list:
+                key = (args.pair, args.task, shots, seed, kind)
+                if key in done:
+                    continue
+                rows = run_cell(args, args.task, shots, seed, kind)
+                print(json.dumps([{k: r[k] for k in ("method", "shots", "seed")} |
+                                  {"score": r.get("miou", r.get("map_50"))} for r in rows]),
+                      flush=True)
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in rows)
+    if args.out:
+        print(table(read_rows(args.out), args.pair, args.task))
+
+
+def table(rows: list[dict], pair: str, task: str) -> str:
+    """Mean ± std over seeds per method and shots (the oracle in every column)."""
+    key = "miou" if task == "segment" else "map_50"
+    rows = [r for r in rows if r["pair"] == pair and r["task"] == task]
+    shots = sorted({r["shots"] for r in rows if r["kind"] != "oracle"})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = [f"| method | {' | '.join(f'{s} labelled' for s in shots)} |",
+             "|---|" + "---|" * len(shots)]
+    for method in methods:
+        cells = []
+        for s in shots:
+            values = [r[key] for r in rows if r["method"] == method
+                      and (r["shots"] == s or method == "oracle")]
+            cells.append(cell(values) if values else "-")
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
