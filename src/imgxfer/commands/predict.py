@@ -366,6 +366,8 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
                     limit: int | None, dataset_opt: tuple[str, ...], device: str,
                     force: bool) -> None:
     """Classify images with the classifier a run trained; write one CSV row per image.
+    For a segmentation or detection run (--task segment|detect), write mask PNGs into a
+    folder (default ./masks) or boxes as COCO JSON (default ./detections.json).
 
     PATH_OR_DATASET is what `imgxfer caption` reads: a registered dataset, a folder with
     one sub-folder of images per class, a folder of images or one image file. Files are
@@ -385,10 +387,14 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     from imgxfer.commands.inputs import check_count, check_source, parse_options, resolve_out
     from imgxfer.plan import resolve_device
 
+    from imgxfer.commands.predict_dense import is_dense_run, predict_dense
+
     check_count("--limit", limit)
     registry = current_registry()
-    check_source(source, registry)
     target_device = resolve_device(device)
+    if is_dense_run(run):  # a segmentation or detection run: masks or boxes
+        return predict_dense(source, run, adapter, out, limit, target_device, force, registry)
+    check_source(source, registry)
     options = parse_options(dataset_opt, "--dataset-opt")
     # Loaded before any image is read, so a wrong run folder fails at once.
     loaded = load_classifier(run, adapter, registry)

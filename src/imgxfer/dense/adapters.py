@@ -275,7 +275,7 @@ class OutputAdversarial(FineTune):
         parts: dict[str, float] = {}
         if self.entropy > 0:
             ent = entropy_map(target).sum(1).mean() / math.log(target.shape[1])
-            loss, parts["entropy"] = loss + self.entropy * ent, float(ent)
+            loss, parts["entropy"] = loss + self.entropy * ent, float(ent.detach())
         if self.adversarial > 0 and source is not None:
             coeff = self.adversarial * dann_schedule(progress)
             maps = torch.cat([self.domain_map(source), self.domain_map(target)])
@@ -283,7 +283,7 @@ class OutputAdversarial(FineTune):
             domains = torch.cat([torch.ones(len(source)), torch.zeros(len(target))])
             domains = domains.view(-1, 1, 1, 1).expand_as(logits).to(logits)
             d_loss = F.binary_cross_entropy_with_logits(logits, domains)
-            loss, parts["domain"] = loss + d_loss, float(d_loss)
+            loss, parts["domain"] = loss + d_loss, float(d_loss.detach())
         return loss, parts
 
 

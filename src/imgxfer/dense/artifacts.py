@@ -41,8 +41,10 @@ def load(path: Path, encoder: Any) -> DenseModel:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
-        raise UserError(f"{str(path)!r} does not fit the encoder of its run's config.toml "
-                        f"({str(error).splitlines()[0]}).") from None
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise UserError(f"{str(path)!r} does not fit the model its run's config.toml "
+                        f"describes ({(lines or ['another architecture'])[0].rstrip('.')}); "
+                        "was it saved by another version of imgxfer?") from None
     return model.eval()
 
 

@@ -160,7 +160,7 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress) -> Any:
     _, source_val = evaluate.evaluate(model, held_out, plan.device)
     log.info("source model on %d held-out source scenes: %s", len(held_out),
              evaluate.headline(source_val, config.task))
-    synthetic, generator_info = translate(plan, folder, progress)
+    synthetic, generator_info = translate(plan, source, folder, progress)
     data = SceneTransferData(source, split.labelled, split.unlabelled, synthetic)
     results = {name: fit_adapter(plan, name, adapter, model, data, folder, progress)
                for name, adapter in plan.adapters.items()}
@@ -220,12 +220,12 @@ def fit_adapter(plan: DensePlan, name: str, adapter: Any, source_model: DenseMod
     return Fitted(model, metrics, predictions, list(getattr(adapter, "history", []) or []))
 
 
-def translate(plan: DensePlan, folder: Path, progress: Progress
+def translate(plan: DensePlan, source: SceneDataset, folder: Path, progress: Progress
               ) -> tuple[SceneDataset | None, dict[str, Any] | None]:
-    """With a generator: source scenes translated into the target's style, their masks
-    and boxes kept (CyCADA's labels for free)."""
+    """With a generator: the training source scenes translated into the target's style,
+    their masks and boxes kept (CyCADA's labels for free)."""
     if plan.generator is None:
         return None, None
     from imgxfer.dense.translate import translate_scenes
 
-    return translate_scenes(plan, folder, progress)
+    return translate_scenes(plan, source, folder, progress)

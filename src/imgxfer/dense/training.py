@@ -105,6 +105,7 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
     with progress.task(what, total=budget.steps) as task:
         step = 0
         while not budget.done(step):
+            optimizer.zero_grad(set_to_none=True)
             loss, shown = _step(model, streams, target, target_loss, device,
                                 step / max(1, budget.steps or 1))
             distributed.backward_step(loss, optimizer)

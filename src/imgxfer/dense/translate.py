@@ -46,10 +46,10 @@ def main_class(data: SceneDataset) -> torch.Tensor:
     return labels
 
 
-def translate_scenes(plan: Any, folder: Path, progress: Progress
+def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Progress
                      ) -> tuple[SceneDataset, dict[str, Any]]:
-    """Fit the plan's generator, translate every source scene, save the generator."""
-    config, generator, split, source = plan.config, plan.generator, plan.split, plan.source
+    """Fit the plan's generator, translate every ``source`` scene, save the generator."""
+    config, generator, split = plan.config, plan.generator, plan.split
     channels = int(split.test.images.shape[1])
     data = GeneratorData(
         images=torch.cat([match_channels(source.images.tensor(), channels),

@@ -1,0 +1,168 @@
+"""`imgxfer run --task segment|detect` and `imgxfer predict` of its models, end to end on
+tiny scenes (squares and bars, the target inverted), and every bad input of the issue."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgxfer.cli import cli
+
+TINY_SCENES = ["--source", "tiny-scenes", "--target", "tiny-scenes-inverted",
+               "--encoder-opt", "width=4", "--encoder-steps", "40", "--adapter-steps", "30",
+               "--shots", "2", "--seed", "0"]
+SEGMENT = "source-only,finetune,adabn,self-training,advent,adaptsegnet,target-only"
+DETECT = "source-only,finetune,adabn,self-training,target-only"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _fake_host():
+    from conftest import FakePlugin
+    from imgxfer import plugins
+
+    host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
+    host.add(FakePlugin(), "fake")
+    plugins._HOST = host
+    return plugins
+
+
+@pytest.fixture(scope="module", params=["segment", "detect"])
+def dense_run(request, tmp_path_factory):
+    """One finished tiny run per task, with every adapter of that task compared."""
+    task = request.param
+    out = tmp_path_factory.mktemp(f"{task}-runs")
+    plugins = _fake_host()
+    try:
+        # Boxes are learnt more slowly than masks: the detector gets more of everything.
+        slower = [] if task == "segment" else ["--encoder-opt", "width=8", "--encoder-steps",
+                                               "120", "--adapter-steps", "80"]
+        result = invoke("run", "--task", task, *TINY_SCENES, *slower, "--out", str(out),
+                        "--compare", SEGMENT if task == "segment" else DETECT, "--json")
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    return task, folder, json.loads((folder / "metrics.json").read_text())
+
+
+def test_a_dense_run_writes_its_folder(dense_run) -> None:
+    task, folder, metrics = dense_run
+    assert metrics["task"] == task and metrics["model"]["head"] == (
+        "unet" if task == "segment" else "centernet")
+    names = (SEGMENT if task == "segment" else DETECT).split(",")
+    assert list(metrics["adapters"]) == names
+    key = "miou" if task == "segment" else "map_50"
+    for name in names:
+        assert 0 <= metrics["adapters"][name][key] <= 1
+        assert (folder / f"model-{name}.safetensors").is_file()
+    assert metrics["data"]["target"] == {"name": "tiny-scenes-inverted",
+                                         "domain": "tiny-scenes-inverted", "labelled": 2,
+                                         "unlabelled": 26, "test": 12}
+    report = (folder / "report.html").read_text()
+    assert "Test scenes: truth and predictions" in report and "self-training" in report
+    assert (folder / "predictions.png").stat().st_size > 1000
+    assert "source_val" in metrics["model"]
+
+
+def test_adapting_to_the_inverted_scenes_beats_the_source_model(dense_run) -> None:
+    """The target is the source inverted: the source model fails there, and training on
+    two labelled target scenes (finetune), or on them plus confident pseudo-labels
+    (self-training), must recover much of it (seeded: the same numbers every run)."""
+    task, _, metrics = dense_run
+    key = "miou" if task == "segment" else "map_50"
+    scores = {name: m[key] for name, m in metrics["adapters"].items()}
+    assert scores["finetune"] > scores["source-only"] + 0.1, scores
+    assert scores["self-training"] > scores["source-only"] + 0.1, scores
+
+
+def test_predict_writes_masks_or_coco_boxes_at_each_image_size(dense_run, tmp_path) -> None:
+    task, folder, _ = dense_run
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((40, 50), 230, np.uint8)).save(images / "wide.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "square.jpg")
+    out = tmp_path / ("masks" if task == "segment" else "boxes.json")
+    plugins = _fake_host()
+    try:
+        result = invoke("predict", str(images), "--from", str(folder), "--adapter",
+                        "finetune", "--out", str(out))
+        again = invoke("predict", str(images), "--from", str(folder), "--out", str(out))
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    assert again.exit_code == 2 and "pass --force" in again.output
+    if task == "segment":
+        with Image.open(out / "wide.png") as mask:
+            assert mask.mode == "P" and mask.size == (50, 40)
+            assert np.asarray(mask).max() <= 2
+        assert (out / "classes.txt").read_text().split() == ["background", "square", "bar"]
+    else:
+        coco = json.loads(out.read_text())
+        assert [i["file_name"] for i in coco["images"]] == ["square", "wide"]
+        assert [c["name"] for c in coco["categories"]] == ["square", "bar"]
+        for ann in coco["annotations"]:
+            image = coco["images"][ann["image_id"] - 1]
+            x, y, w, h = ann["bbox"]
+            assert 0 <= x and x + w <= image["width"] + 1e-3 and 0 <= ann["score"] <= 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--task", "segment", "--source", "tiny-source"], "is for --task classify"),
+    (["--task", "detect", "--adapter", "advent"], "'advent' is for --task segment"),
+    (["--task", "segment", "--generator", "gan"], "add --synthesis translate"),
+    (["--task", "segment", "--head", "centernet"], "head 'centernet' is for --task detect"),
+    (["--head", "unet"], "use it with --task segment or --task detect"),
+    (["--task", "segment", "--seeds", "0,1"], "--seeds is for --task classify"),
+    (["--task", "detect", "--shots", "40"], "too few for 40 labelled scenes"),
+])
+def test_bad_dense_input_is_one_sentence(tmp_path, args, says) -> None:
+    plugins = _fake_host()
+    try:
+        result = invoke("run", *TINY_SCENES, *args, "--out", str(tmp_path))
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_translate_keeps_the_source_annotations(tmp_path) -> None:
+    plugins = _fake_host()
+    try:
+        result = invoke("run", "--task", "segment", *TINY_SCENES, "--generator", "gan",
+                        "--synthesis", "translate", "--generator-steps", "3",
+                        "--generator-opt", "width=8", "--adapter", "finetune",
+                        "--out", str(tmp_path))
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 0, result.output
+    (folder,) = tmp_path.iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["generator"]["translated_scenes"] == 36  # the source minus its tenth
+    assert (folder / "generator.safetensors").is_file()
+    config = (folder / "config.toml").read_text()
+    assert "image_size = 32" in config  # the generator works at the scenes' size
+
+
+def test_list_shows_each_components_tasks() -> None:
+    plugins = _fake_host()
+    try:
+        result = invoke("list", "adapters", "--json")
+    finally:
+        plugins.reset_host()
+    rows = json.loads(result.output)
+    tasks = {(r["name"], tuple(r["tasks"])) for r in rows}
+    assert ("advent", ("segment",)) in tasks and ("dann", ("classify",)) in tasks
+    assert ("finetune", ("classify",)) in tasks and ("finetune", ("segment", "detect")) in tasks
+
+
+def test_task_help_names_the_tasks() -> None:
+    result = invoke("run", "--help")
+    assert "--task [classify|segment|detect]" in result.output and "--head" in result.output
