@@ -242,7 +242,9 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         config = resume_config(Path(resume_folder))
     else:
         config = cfg.load(config_file) if config_file else cfg.RunConfig()
-        config = cfg.apply_overrides(config, flags, options).for_task()
+        given = {k for k, v in flags.items() if v is not None}
+        given |= set(cfg.read_toml(config_file)) if config_file else set()
+        config = cfg.apply_overrides(config, flags, options).for_task(given)
         _apply_generator_budget(config, generator_budget, flags, config_file)
         if config.name == cfg.RunConfig.name and not flags.get("name"):
             # The default name follows the pair, so run folders say what they hold.

@@ -125,9 +125,10 @@ class RunConfig:
             named.append(("adapters", self.synthetic_filter_by))  # the filter's scorer
         return named + ([("generators", self.generator)] if self.generator != NONE else [])
 
-    def for_task(self) -> "RunConfig":
+    def for_task(self, given: set[str] | frozenset[str] = frozenset()) -> "RunConfig":
         """The config with a dense task's defaults where the classification ones stand
-        (:data:`DENSE_DEFAULTS`); a classification config as it is."""
+        (:data:`DENSE_DEFAULTS`) and the user did not choose them (``given``: the keys a
+        config file or the command line set); a classification config as it is."""
         if self.task not in TASKS:
             raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
         if self.task == "classify":
@@ -136,7 +137,7 @@ class RunConfig:
                                 "use it with --task segment or --task detect.")
             return self
         swapped = {key: dense for key, (classify, dense) in DENSE_DEFAULTS.items()
-                   if getattr(self, key) == classify
+                   if getattr(self, key) == classify and key not in given
                    and not (key == "generator" and self.synthesis == "translate")}
         config = replace(self, **swapped)
         if self.name == RunConfig.name:  # the run folder says what it holds

@@ -38,13 +38,13 @@ class RunResult:
 def run(config: RunConfig, registry: Registry, *, progress: Progress = NullProgress(),
         folder: Path | None = None) -> RunResult:
     """Run the chain and write the run folder (``folder``, or a new one under
-    ``config.out``); a dense task (``--task segment|detect``) runs :mod:`imgxfer.dense.run`."""
-    return execute(plan_for(config, registry), progress=progress, folder=folder)
+    ``config.out``); a dense task (``--task segment|detect``) runs :mod:`imgxfer.dense.run`
+    with the task's defaults (:meth:`RunConfig.for_task`)."""
+    return execute(plan_for(config.for_task(), registry), progress=progress, folder=folder)
 
 
 def plan_for(config: RunConfig, registry: Registry) -> Any:
     """The plan of ``config``'s task: :class:`Plan`, or a dense run's ``DensePlan``."""
-    config = config.for_task()
     if config.task == "classify":
         return prepare(config, registry)
     from imgxfer.dense import run as dense
