@@ -71,9 +71,9 @@ def register_adapters(register: Register) -> None:
     register("coral", DeepCORAL)
     register("mmd", MMD)
     register("self-training", SelfTraining)
-    # The same names for --task segment/detect are other methods (imgxfer.dense.adapters);
+    # The same names for --task segment/detect are other methods (imgxfer.adapters.dense);
     # they declare those tasks, so the registry keeps them apart.
-    from imgxfer.dense.adapters import ADAPTERS
+    from imgxfer.adapters.dense import ADAPTERS
 
     for adapter in ADAPTERS:
         register(adapter.name, adapter)

@@ -255,8 +255,9 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     if config.task != "classify":
         from imgxfer.commands.dense import run_dense
 
-        return run_dense(config, registry, progress, seeds=seeds, as_json=as_json,
-                         resume=Path(resume_folder) if resume_folder else None)
+        return _print_dense(run_dense(config, registry, progress, seeds=seeds,
+                                      resume=Path(resume_folder) if resume_folder else None),
+                            config, as_json)
     if seeds is None:
         if resume_folder is not None:
             result = execute(prepare(config, registry), progress=progress,
@@ -285,6 +286,24 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
               highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
+
+
+def _print_dense(result: Any, config: Any, as_json: bool) -> None:
+    """A dense run's table (one row per adapter), its folder and how to predict with it."""
+    from imgxfer.commands.dense import result_rows
+    from imgxfer.runfolder import REPORT
+
+    metrics, folder = result.metrics, result.folder
+    columns, rows = result_rows(metrics)
+    err.print(_table(f"target test split: {config.target} ({metrics.data['target']['test']} "
+                     "scenes)", columns, rows, err, whole=("adapter",)))
+    err.print(f"run folder: [bold]{folder}[/]  (open {folder / REPORT})", highlight=False,
+              soft_wrap=True)
+    what = "segment" if metrics.task == "segment" else "detect objects in"
+    err.print(f"{what} new images: imgxfer predict IMAGES --from {folder}", highlight=False,
+              soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps(metrics.to_json(), indent=2))
 
 
 def _apply_generator_budget(config: Any, budget: str | None, flags: dict[str, Any],

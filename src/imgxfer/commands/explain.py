@@ -134,7 +134,13 @@ def explain_command(source: str, run: str, adapter: str | None, method: str,
     from imgxfer.explain import explain, find_target_layer
     from imgxfer.plan import resolve_device
 
+    from imgxfer.commands.predict_dense import is_dense_run
+
     check_count("--limit", limit)
+    if is_dense_run(run):
+        raise UserError("imgxfer explain shows where a classifier looks; a segmentation or "
+                        "detection run's masks and boxes already say where: see `imgxfer "
+                        "predict` and the run's predictions.png.")
     registry = current_registry()
     check_source(source, registry)
     target_device = resolve_device(device)

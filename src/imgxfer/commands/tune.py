@@ -76,6 +76,10 @@ def _config(config_file: str | None, flags: dict[str, Any]) -> Any:
     if config.compare:
         raise UserError("imgxfer tune searches one adapter's options; the config's compare "
                         "list has several; give --adapter instead.")
+    if config.task != "classify":
+        raise UserError(f"imgxfer tune searches classification runs; --task {config.task} "
+                        "runs are compared with `imgxfer run --compare` and "
+                        "benchmarks/dense.py instead.")
     return config
 
 
