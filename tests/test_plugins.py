@@ -89,7 +89,8 @@ def test_builtin_components_registered_through_hooks():
 def test_fake_plugin_fixture_components(host):
     ds = host.registry.build("datasets", "tiny-target", {"n_per_class": 4})
     assert len(ds) == 12 and ds.class_names == ["horizontal", "vertical", "dot"]
-    assert host.plugins["fake"].components == {"datasets": ["tiny-source", "tiny-target"]}
+    assert host.plugins["fake"].components == {"datasets": [
+        "tiny-scenes", "tiny-scenes-inverted", "tiny-source", "tiny-target"]}
 
 
 def test_entry_point_plugin_loaded(entry_points):

@@ -485,12 +485,14 @@ def list_(kind: str | None, as_json: bool) -> None:
     # One table per kind: without a kind column, names and option tokens keep their
     # whole width at 80 columns.
     for k in kinds:
-        cells = [[escape(r["name"]), escape(",".join(r["tasks"])), escape(r["plugin"]),
-                  escape(r["description"]), escape(", ".join(_shown_options(r)))]
-                 for r in rows if r["kind"] == k]
-        out.print(_table(f"registered {k}", ["name", "tasks", "plugin", "description",
+        # A component of other tasks than classification says which under its name.
+        cells = [[escape(r["name"]) + ("" if r["tasks"] == ["classify"] else
+                                       f"\n({','.join(r['tasks'])})"),
+                  escape(r["plugin"]), escape(r["description"]),
+                  escape(", ".join(_shown_options(r)))] for r in rows if r["kind"] == k]
+        out.print(_table(f"registered {k}", ["name", "plugin", "description",
                                               "options (=default)"], cells, out,
-                         whole=("name", "tasks", "plugin")))
+                         whole=("name", "plugin")))
 
 
 def _shown_options(row: dict[str, Any]) -> list[str]:

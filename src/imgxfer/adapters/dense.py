@@ -127,8 +127,10 @@ class SourceOnly(DenseAdapter):
 
 
 class FineTune(DenseAdapter):
-    """Dense fine-tuning on the labelled source, the labelled target scenes and the
-    translated source scenes (weights ``*_weight``), then AdaBN on the target scenes."""
+    """Dense fine-tuning on source, labelled target and translated scenes, then AdaBN.
+
+    Each step weighs one batch of the labelled source, of the labelled target scenes and
+    of the translated source scenes (``*_weight``); AdaBN on the target scenes ends it."""
 
     name = "finetune"
     uses = frozenset({"source", "target_labelled", "target_unlabelled", "synthetic"})
@@ -142,8 +144,10 @@ class FineTune(DenseAdapter):
 
 
 class TargetOnly(DenseAdapter):
-    """Dense baseline: training on the labelled target scenes only (from the
-    source-trained model). With every target scene labelled it is the oracle."""
+    """Dense baseline: training on the labelled target scenes only (the oracle with all).
+
+    It starts from the source-trained model; with every target scene labelled it is the
+    target oracle of the benchmarks."""
 
     name = "target-only"
     uses = frozenset({"target_labelled"})
@@ -158,8 +162,9 @@ class TargetOnly(DenseAdapter):
 
 
 class AdaBN(DenseAdapter):
-    """AdaBN (Li et al. 2016): the source model with BatchNorm statistics re-estimated on
-    the target scenes; no training."""
+    """AdaBN (Li et al. 2016): BatchNorm statistics re-estimated on the target scenes.
+
+    The source model as it is otherwise: no training."""
 
     name = "adabn"
     uses = frozenset({"target_labelled", "target_unlabelled"})
@@ -175,8 +180,9 @@ class AdaBN(DenseAdapter):
 
 
 class SelfTraining(FineTune):
-    """Self-training with pseudo-masks or pseudo-boxes: on each unlabelled target batch
-    the model's confident predictions (probability, or box score, at least
+    """Self-training: confident pseudo-masks or pseudo-boxes teach a perturbed view.
+
+    On each unlabelled target batch the model's confident predictions (probability, or box score, at least
     ``threshold``) on the scene as it is become the labels of a photometrically perturbed
     view of it (brightness, contrast, noise), weighted by ``unlabelled_weight``
     (``threshold`` 0: the head's own, 0.9 for a pixel's class probability and 0.5 for a
@@ -294,8 +300,10 @@ def entropy_map(logits: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptSegNet(OutputAdversarial):
-    """AdaptSegNet (Tsai et al. 2018): adversarial alignment in the output space, the
-    discriminator reading softmax outputs; plus finetune's supervised sets and AdaBN."""
+    """AdaptSegNet (Tsai et al. 2018): adversarial alignment of the softmax outputs.
+
+    A discriminator reads the softmax outputs of source and target scenes; plus
+    finetune's supervised sets and AdaBN."""
 
     name = "adaptsegnet"
 
@@ -313,9 +321,11 @@ class AdaptSegNet(OutputAdversarial):
 
 
 class AdvEnt(OutputAdversarial):
-    """AdvEnt (Vu et al. 2019): entropy minimisation on target scenes (``entropy``, the
-    paper's MinEnt) and adversarial alignment of the self-information maps
-    (``adversarial``); plus finetune's supervised sets and AdaBN."""
+    """AdvEnt (Vu et al. 2019): entropy minimisation and adversarial entropy alignment.
+
+    Entropy minimisation on target scenes (``entropy``, the paper's MinEnt) and
+    adversarial alignment of the self-information maps (``adversarial``); plus
+    finetune's supervised sets and AdaBN."""
 
     name = "advent"
 
