@@ -223,8 +223,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
       imgxfer run --source mnist --target mnist-m --shots 0 --synthesis translate
       imgxfer run --encoder resnet18 --encoder-opt pretrained=imagenet --adapter linear
       imgxfer run --config my-run.toml --adapter-steps 300
+      imgxfer run --task segment --shots 0 --compare source-only,adabn,advent
     """
-    from imgxfer import config as cfg
     from imgxfer.pipeline import execute, resume_config, run as run_pipeline
     from imgxfer.plan import prepare
     from imgxfer.seeds import run_seeds
@@ -238,17 +238,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
                             "give no other run options with it.")
     seeds = _parse_seeds(flags.pop("seeds"))
     generator_budget = flags.pop("generator_budget")
-    if resume_folder is not None:
-        config = resume_config(Path(resume_folder))
-    else:
-        config = cfg.load(config_file) if config_file else cfg.RunConfig()
-        given = {k for k, v in flags.items() if v is not None}
-        given |= set(cfg.read_toml(config_file)) if config_file else set()
-        config = cfg.apply_overrides(config, flags, options).for_task(given)
-        _apply_generator_budget(config, generator_budget, flags, config_file)
-        if config.name == cfg.RunConfig.name and not flags.get("name"):
-            # The default name follows the pair, so run folders say what they hold.
-            config.name = f"{config.source}-to-{config.target}"
+    config = (resume_config(Path(resume_folder)) if resume_folder is not None else
+              _new_config(config_file, flags, options, generator_budget))
     registry = current_registry()
     progress = RichProgress(err)
     _show_warnings_on_screen()
@@ -286,6 +277,23 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
               highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
+
+
+def _new_config(config_file: str | None, flags: dict[str, Any],
+                options: dict[str, list[str]], generator_budget: str | None) -> Any:
+    """The config of a new run: the file's, the flags over it, the task's defaults where
+    neither chose (:meth:`RunConfig.for_task`) and a name that says what it holds."""
+    from imgxfer import config as cfg
+
+    config = cfg.load(config_file) if config_file else cfg.RunConfig()
+    given = {k for k, v in flags.items() if v is not None}
+    given |= set(cfg.read_toml(config_file)) if config_file else set()
+    config = cfg.apply_overrides(config, flags, options).for_task(given)
+    _apply_generator_budget(config, generator_budget, flags, config_file)
+    if config.name == cfg.RunConfig.name and not flags.get("name"):
+        # The default name follows the pair, so run folders say what they hold.
+        config.name = f"{config.source}-to-{config.target}"
+    return config
 
 
 def _print_dense(result: Any, config: Any, as_json: bool) -> None:

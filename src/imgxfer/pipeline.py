@@ -118,9 +118,10 @@ def resume_config(folder: Path) -> RunConfig:
 def execute(plan: Any, *, progress: Progress = NullProgress(),
             folder: Path | None = None, resume: bool = False) -> RunResult:
     """Run the stages of ``plan`` (a :class:`Plan` or a dense run's plan) into ``folder``
-    (a new folder under ``config.out`` when None). With ``resume``, ``folder`` is an interrupted run of the same config: the run
-    starts again from the beginning with the same seed (so the same split and encoder),
-    and the generator continues from its training checkpoint instead of step 0."""
+    (a new folder under ``config.out`` when None). With ``resume``, ``folder`` is an
+    interrupted run of the same config: the run starts again from the beginning with
+    the same seed (so the same split and encoder), and the generator continues from its
+    training checkpoint instead of step 0."""
     config = plan.config
     if resume and distributed.world_size() > 1:
         raise UserError("--resume continues a run in one process; start it without a "

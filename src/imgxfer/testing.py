@@ -40,7 +40,8 @@ from imgxfer.registry import Component
 from imgxfer.scenes import IGNORE, SceneDataset
 
 __all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter",
-           "check_dense_adapter", "tiny_scenes", "check_dataset", "check_tunable", "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
+           "check_dense_adapter", "tiny_scenes", "check_dataset", "check_tunable",
+           "tiny_shapes", "tiny_generator_data", "tiny_transfer_data"]
 
 CPU = torch.device("cpu")
 SHAPES = ["bar", "column", "dot"]

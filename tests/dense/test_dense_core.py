@@ -14,7 +14,7 @@ from imgxfer.encoders.torchvision_backbones import TorchvisionEncoder
 from imgxfer.errors import UnknownComponentError, UserError
 from imgxfer.registry import Registry
 from imgxfer.scenes import IGNORE, align_scene_classes, scene_split
-from scenes_fixture import tiny_scenes
+from imgxfer.testing import tiny_scenes
 
 
 def test_same_name_for_another_task_is_another_component(host) -> None:
@@ -120,3 +120,19 @@ def test_align_classes_renumbers_masks_and_box_labels() -> None:
     other.class_names = ["square", "circle"]
     with pytest.raises(UserError, match="only in target: bar"):
         align_scene_classes(other, target)
+
+
+def test_scenes_of_two_sizes_or_not_square_are_one_sentence() -> None:
+    from imgxfer.dense.run import check_sizes
+
+    config = RunConfig(task="segment")
+    check_sizes(config, tiny_scenes("a", n=2), tiny_scenes("b", n=2))
+    with pytest.raises(UserError, match="source 32x32, target 24x24; read both at one size"):
+        check_sizes(config, tiny_scenes("a", n=2), tiny_scenes("b", n=2, size=24))
+    wide = tiny_scenes("w", n=2)
+    wide.images, wide.masks = wide.images.tensor()[..., :30], wide.masks[..., :30]
+    from imgxfer.images import as_store
+
+    wide.images = as_store(wide.images)
+    with pytest.raises(UserError, match="source 32x30"):
+        check_sizes(config, wide, tiny_scenes("b", n=2))

@@ -182,13 +182,13 @@ class AdaBN(DenseAdapter):
 class SelfTraining(FineTune):
     """Self-training: confident pseudo-masks or pseudo-boxes teach a perturbed view.
 
-    On each unlabelled target batch the model's confident predictions (probability, or box score, at least
-    ``threshold``) on the scene as it is become the labels of a photometrically perturbed
-    view of it (brightness, contrast, noise), weighted by ``unlabelled_weight``
-    (``threshold`` 0: the head's own, 0.9 for a pixel's class probability and 0.5 for a
-    box score); plus
-    finetune's supervised sets and AdaBN. Both views go through the network as one
-    target batch, so BatchNorm sees target statistics as after AdaBN."""
+    On each unlabelled target batch the model's confident predictions (probability, or
+    box score, at least ``threshold``; 0: the head's own, 0.9 for a pixel's class and
+    0.5 for a box) on the scene as it is become the labels of a photometrically
+    perturbed view of it (brightness, contrast, noise), weighted by
+    ``unlabelled_weight``; plus finetune's supervised sets and AdaBN. Both views go
+    through the network as one target batch, so BatchNorm sees target statistics as
+    after AdaBN."""
 
     name = "self-training"
 

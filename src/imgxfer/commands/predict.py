@@ -353,6 +353,16 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _write_csv(path: Path | None, rows: Sequence[dict[str, Any]]) -> None:
+    """The predictions' CSV into ``path``, or to standard output."""
+    if path is None:
+        click.echo(csv_text(rows), nl=False)
+        return
+    from imgxfer.runfolder import atomic_write_text
+
+    atomic_write_text(path, csv_text(rows))
+
+
 @click.command("predict", short_help="Classify images with a run's classifier.")
 @click.argument("source", metavar="PATH_OR_DATASET")
 @from_run
@@ -390,8 +400,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     from imgxfer.commands.predict_dense import is_dense_run, predict_dense
 
     check_count("--limit", limit)
-    registry = current_registry()
-    target_device = resolve_device(device)
+    registry, target_device = current_registry(), resolve_device(device)
     if is_dense_run(run):  # a segmentation or detection run: masks or boxes
         return predict_dense(source, run, adapter, out, limit, target_device, force, registry)
     check_source(source, registry)
@@ -404,12 +413,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
     data = images.data
     rows = prediction_rows(data, predict_proba(loaded, data.images, target_device),
                            loaded.class_names, images.root, images.renamed)
-    if path is None:
-        click.echo(csv_text(rows), nl=False)
-    else:
-        from imgxfer.runfolder import atomic_write_text
-
-        atomic_write_text(path, csv_text(rows))
+    _write_csv(path, rows)
     click.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} of "
                f"{loaded.adapter!r} ({loaded.path}) to {path or 'standard output'}", err=True)
     note = accuracy_note(rows, loaded.class_names)

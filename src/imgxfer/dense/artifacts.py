@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from imgxfer.dense.model import DenseModel
 from imgxfer.errors import UserError

@@ -32,8 +32,9 @@ def write(folder: Path, plan: Any, metrics: Any, results: dict[str, Any],
             f"{metrics.seed} · {metrics.device}</p>",
             _setup(config, metrics, synthetic), *_scores(metrics),
             "<h2>Test scenes: truth and predictions</h2>",
-            f"<p>The {SHOWN} best and {SHOWN} worst test scenes of {html.escape(next(iter(results)))}"
-            " (by per-scene score), with every adapter's prediction.</p>",
+            f"<p>The {SHOWN} best and {SHOWN} worst test scenes of "
+            f"{html.escape(next(iter(results)))} (by per-scene score), with every adapter's "
+            "prediction.</p>",
             _img_tag(figure, "test scenes with true and predicted annotations")]
     if any(curves.values()):
         body += ["<h2>Training</h2>", _img_tag(loss_plot(
@@ -45,7 +46,8 @@ def write(folder: Path, plan: Any, metrics: Any, results: dict[str, Any],
 
 def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
     data = metrics.data
-    rows = [["task", config.task], ["source", f"{config.source} ({data['source']['scenes']} scenes)"],
+    rows = [["task", config.task],
+            ["source", f"{config.source} ({data['source']['scenes']} scenes)"],
             ["target", f"{config.target}: {data['target']['labelled']} labelled, "
                        f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
             ["model", f"{config.encoder} + {metrics.model['head']} head "
@@ -63,7 +65,8 @@ def _scores(metrics: Any) -> list[str]:
     if metrics.task == "segment":
         columns, per = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")], "iou"
     else:
-        columns, per = [("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("map_75", "mAP@0.75")], "ap"
+        columns = [("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("map_75", "mAP@0.75")]
+        per = "ap"
     rows = [[name, *[f"{m.get(k, float('nan')):.4f}" for k, _ in columns],
              m.get("steps") if m.get("steps") is not None else "-", m.get("train_seconds")]
             for name, m in metrics.adapters.items()]

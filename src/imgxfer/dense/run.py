@@ -89,6 +89,7 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     head = check_head(config.head, config.task)
     seed_everything(config.seed)
     source, split = load_scenes(config, registry)
+    check_sizes(config, source, split.test)
     config = fit_to_scenes(config, registry, source)
     make = (lambda kind, name, options: registry.build(
         kind, name, options, seed=config.seed, task=config.task))
@@ -114,6 +115,17 @@ def check_dense(config: RunConfig) -> None:
     if config.compare_synthetic or config.synthetic_filter:
         raise UserError(f"--compare-synthetic and --synthetic-filter are for --task classify; "
                         f"compare --task {config.task} runs with and without --generator.")
+
+
+def check_sizes(config: RunConfig, source: SceneDataset, target: SceneDataset) -> None:
+    """A dense model reads square scenes of one size (its masks come out at that size)."""
+    sizes = {role: tuple(data.images.shape[-2:]) for role, data in
+             (("source", source), ("target", target))}
+    if any(h != w for h, w in sizes.values()) or sizes["source"] != sizes["target"]:
+        shown = ", ".join(f"{role} {h}x{w}" for role, (h, w) in sizes.items())
+        raise UserError(f"--task {config.task} reads square scenes of one size, and these are "
+                        f"{shown}; read both at one size with --source-opt size=N "
+                        "--target-opt size=N.")
 
 
 def check_translate(config: RunConfig, generator: Any, split: SceneSplit) -> None:
