@@ -99,7 +99,15 @@ def main() -> None:
     parser.add_argument("--generator-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--table-only", action="store_true",
+                        help="Print the tables of --out and stop.")
     args = parser.parse_args()
+    if args.table_only:
+        rows = read_rows(args.out)
+        for task in ("segment", "detect"):
+            print(f"\n{task}\n" + table(rows, args.pair, task) + "\n\n"
+                  + gap_table(rows, args.pair, task))
+        return
     torch.set_num_threads(args.threads)
     done = {(r["pair"], r["task"], r["shots"], r["seed"], r["kind"])
             for r in (read_rows(args.out) if args.out else [])}
@@ -138,6 +146,30 @@ def table(rows: list[dict], pair: str, task: str) -> str:
                       and (r["shots"] == s or method == "oracle")]
             cells.append(cell(values) if values else "-")
         lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def gap_table(rows: list[dict], pair: str, task: str) -> str:
+    """At 0 labels, per seed: how much of the gap between source-only and the oracle
+    each method closes, ``(method - source-only) / (oracle - source-only)``, mean ±
+    std over seeds, and its paired difference to source-only."""
+    key = "miou" if task == "segment" else "map_50"
+    rows = [r for r in rows if r["pair"] == pair and r["task"] == task and r["shots"] == 0]
+    by = {(r["method"], r["seed"]): r[key] for r in rows}
+    seeds = sorted({r["seed"] for r in rows if (("oracle", r["seed"]) in by
+                                                and ("source-only", r["seed"]) in by)})
+    lines = ["| method (0 labels) | minus source-only | share of the gap closed | seeds |",
+             "|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if method in ("source-only", "oracle"):
+            continue
+        have = [s for s in seeds if (method, s) in by]
+        if not have:
+            continue
+        delta = [by[method, s] - by["source-only", s] for s in have]
+        share = [d / (by["oracle", s] - by["source-only", s]) for d, s in zip(delta, have)]
+        lines.append(f"| {method} | {cell(delta, signed=True)} | {cell(share, signed=True)} "
+                     f"| {len(have)} |")
     return "\n".join(lines)
 
 

@@ -143,7 +143,7 @@ def execute(plan: Any, *, progress: Progress = NullProgress(),
                 return run_stages(plan, folder, progress, resume)
             from imgxfer.dense import run as dense
 
-            return RunResult(folder, dense.run_stages(plan, folder, progress), config)
+            return RunResult(folder, dense.run_stages(plan, folder, progress, resume), config)
         except BaseException as error:
             mark_failed(folder, error)
             raise

@@ -90,8 +90,9 @@ class SceneDataset:
                             self.box_labels, self.description, list(self.notes))
 
     def objects_per_class(self) -> list[int]:
-        """Objects of each class (boxes, else connected mask regions are not counted:
-        pixels with the class present per image)."""
+        """How many objects of each class there are: boxes per class when the dataset has
+        boxes, else the images in which the class has mask pixels (a mask does not say
+        how many objects it covers)."""
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         if self.box_labels is not None:
             for labels in self.box_labels:

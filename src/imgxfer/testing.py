@@ -377,13 +377,21 @@ def tiny_scenes(domain: str = "tiny-scenes", n: int = 24, size: int = 32, seed: 
                         boxes, labels, description="tiny shape scene")
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal outputs of a dense model (a tensor or a dict of tensors)."""
+    if isinstance(a, torch.Tensor):
+        return torch.allclose(a, b, atol=1e-5)
+    return all(torch.allclose(a[k], b[k], atol=1e-5) for k in b)
+
+
 def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
                         **options: Any) -> None:
     """A dense adapter (``--task segment|detect``): it declares dense ``tasks`` and known
-    ``uses``, and for each task its ``fit`` returns the :class:`~imgxfer.dense.model.
-    DenseModel` it was given, trained, with finite outputs, the same for the same seed
-    and after a state round trip."""
+    ``uses``, and for each task its ``fit`` returns a :class:`~imgxfer.dense.model.
+    DenseModel` with finite outputs, the same for the same seed and after a state round
+    trip into a freshly built model (what ``imgxfer predict`` does)."""
     from imgxfer.dense.model import DEFAULT_HEAD, DenseModel
+    from imgxfer.nets import SmallConvNet
     from imgxfer.scenes import SceneTransferData
 
     adapter = _build("adapters", factory, args, options)
@@ -396,8 +404,6 @@ def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int 
     for task in sorted(tasks):
         def fit() -> DenseModel:
             torch.manual_seed(0)
-            from imgxfer.nets import SmallConvNet
-
             encoder = SmallConvNet(width=4, input_size=32, in_channels=1, seed=0)
             model = DenseModel(encoder, DEFAULT_HEAD[task], data.class_names, (32, 32))
             fitted = _build("adapters", factory, args, options).fit(
@@ -407,16 +413,18 @@ def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int 
             return fitted.eval()
 
         model, twin = fit(), fit()
+        rebuilt = DenseModel(
+            SmallConvNet(width=4, input_size=32, in_channels=1, seed=1), DEFAULT_HEAD[task],
+            data.class_names, (32, 32))
+        rebuilt.load_state_dict(_round_trip(model.state_dict()))
         x = model.preprocess(target.images.tensor()[:4])
         with torch.no_grad():
             out = model(x)
             values = out if isinstance(out, torch.Tensor) else torch.cat(
                 [v.flatten() for v in out.values()])
             assert values.isfinite().all(), f"{task}: non-finite outputs"
-            again = twin(x)
-            same = (torch.allclose(again, out, atol=1e-5) if isinstance(out, torch.Tensor)
-                    else all(torch.allclose(again[k], out[k], atol=1e-5) for k in out))
-            assert same, f"{task}: the same seed fitted another model"
+            assert _same(twin(x), out), f"{task}: the same seed fitted another model"
+            assert _same(rebuilt.eval()(x), out), f"{task}: state_dict round trip"
     _check_refuses_unknown_options("adapters", factory, args)
 
 

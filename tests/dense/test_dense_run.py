@@ -99,13 +99,13 @@ def test_predict_writes_masks_or_coco_boxes_at_each_image_size(dense_run, tmp_pa
     assert result.exit_code == 0, result.output
     assert again.exit_code == 2 and "pass --force" in again.output
     if task == "segment":
-        with Image.open(out / "wide.png") as mask:
+        with Image.open(out / "masks" / "wide.png") as mask:
             assert mask.mode == "P" and mask.size == (50, 40)
             assert np.asarray(mask).max() <= 2
         assert (out / "classes.txt").read_text().split() == ["background", "square", "bar"]
     else:
         coco = json.loads(out.read_text())
-        assert [i["file_name"] for i in coco["images"]] == ["square", "wide"]
+        assert [i["file_name"] for i in coco["images"]] == ["square.jpg", "wide.png"]
         assert [c["name"] for c in coco["categories"]] == ["square", "bar"]
         for ann in coco["annotations"]:
             image = coco["images"][ann["image_id"] - 1]

@@ -40,7 +40,7 @@ from imgxfer.dense.training import Recipe, train
 from imgxfer.errors import UserError
 from imgxfer.images import ConcatImages
 from imgxfer.progress import Progress
-from imgxfer.scenes import SceneDataset, SceneTransferData
+from imgxfer.scenes import IGNORE, SceneDataset, SceneTransferData
 from imgxfer.training import adapt_batchnorm
 
 DENSE = frozenset({"segment", "detect"})
@@ -77,7 +77,8 @@ class DenseAdapter:
                 "synthetic": data.synthetic}
         uses = {"source": "source", "target": "target_labelled", "synthetic": "synthetic"}
         return {name: (sets[name], self.weights[name]) for name in sets
-                if uses[name] in self.uses and sets[name] is not None and len(sets[name])}
+                if uses[name] in self.uses and self.weights[name] > 0
+                and sets[name] is not None and len(sets[name])}
 
     def target_loss(self, model: DenseModel, images: torch.Tensor, progress: float,
                     outputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -108,9 +109,12 @@ class DenseAdapter:
 
 def adapt_target_batchnorm(model: DenseModel, data: SceneTransferData,
                            device: torch.device) -> None:
-    """AdaBN on every target scene there is (labelled and unlabelled)."""
+    """AdaBN on every target scene there is (labelled and unlabelled), in chunks of 64
+    (63 when that would leave a last chunk of one scene, which a pooled BatchNorm such
+    as DeepLabV3's cannot normalise)."""
     images = ConcatImages([data.target_labelled.images, data.target_unlabelled.images])
-    adapt_batchnorm(model, images, device, batch_size=64, preprocess=model.preprocess)
+    chunk = 63 if len(images) % 64 == 1 else 64
+    adapt_batchnorm(model, images, device, batch_size=chunk, preprocess=model.preprocess)
     model.eval()
 
 
@@ -237,7 +241,7 @@ def kept_fraction(pseudo: dict[str, Any]) -> float:
     """How much of a pseudo-labelled batch is kept: the share of confident pixels, or
     the pseudo-boxes per image."""
     if "masks" in pseudo:
-        return float((pseudo["masks"] != 255).float().mean())
+        return float((pseudo["masks"] != IGNORE).float().mean())
     return sum(len(b) for b in pseudo["boxes"]) / max(1, len(pseudo["boxes"]))
 
 
@@ -268,7 +272,6 @@ class OutputAdversarial(FineTune):
         raise NotImplementedError
 
     def extra_modules(self, model: DenseModel, device: torch.device) -> list[nn.Parameter]:
-        torch.manual_seed(self.recipe.seed)
         self.critic = discriminator(len(model.class_names) + 1).to(device)
         return list(self.critic.parameters())
 

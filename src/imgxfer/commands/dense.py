@@ -22,10 +22,9 @@ def run_dense(config: Any, registry: Any, progress: Any, *, seeds: list[int] | N
 
 def result_rows(metrics: Any) -> tuple[list[str], list[list[str]]]:
     """The columns and one row per adapter of a dense run's result table."""
-    if metrics.task == "segment":
-        columns = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")]
-    else:
-        columns = [("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]")]
+    from imgxfer.dense.evaluate import COLUMNS
+
+    columns = COLUMNS[metrics.task]
     rows = [[name, *[f"{m[key]:.4f}" for key, _ in columns]]
             for name, m in metrics.adapters.items()]
     return ["adapter", *[label for _, label in columns]], rows

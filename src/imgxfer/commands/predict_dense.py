@@ -4,13 +4,14 @@
 
 rebuilds the run's model (its encoder from config.toml, the head and weights from
 ``model-<adapter>.safetensors``) and writes, for a segmentation run, one mask PNG per
-image (``<name>.png``, a palette PNG whose pixel values are class indices, 0 the
-background) and ``classes.txt`` (background first) into the ``--out`` folder: the layout
-``masks:PATH`` reads. A detection run writes one COCO JSON file (``images``,
-``categories``, ``annotations`` with ``bbox`` as x, y, width, height and a ``score``),
-which ``coco:PATH`` reads. Images are predicted at the run's scene size and masks and
-boxes are mapped back to each image's own size. A scene dataset given by name
-(``digit-scenes:mnist``) is scored against its annotations too."""
+image into ``OUT/masks/`` (``<image stem>.png``, a palette PNG whose pixel values are
+class indices, 0 the background) and ``OUT/classes.txt`` (background first): with the
+images in ``OUT/images/`` that is a ``masks:OUT`` dataset. A detection run writes one
+COCO JSON file (``images`` with their file names, ``categories``, ``annotations`` with
+``bbox`` as x, y, width, height and a ``score``), which ``coco:FILE`` reads beside the
+images. Images are predicted at the run's scene size and masks and boxes are mapped
+back to each image's own size. A scene dataset given by name (``digit-scenes:mnist``)
+is scored against its annotations too."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def read_inputs(source: str, registry: Registry, task: str, limit: int | None
                             "scenes: a folder of images, one image or a scene dataset.")
         n = len(data) if limit is None else min(limit, len(data))
         data = data.subset(list(range(n)))
-        return list(data.images.tensor()), [f"{i:05d}" for i in range(n)], data
+        return list(data.images.tensor()), [f"{i:05d}.png" for i in range(n)], data
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"{source!r} is neither a registered dataset nor an existing path.")
@@ -83,7 +84,7 @@ def read_inputs(source: str, registry: Registry, task: str, limit: int | None
                                                  if p.is_file() and _is_image_name(p))
     if not files:
         raise UserError(f"folder {source!r} holds no images.")
-    return [_read(p) for p in files[:limit]], [p.stem for p in files[:limit]], None
+    return [_read(p) for p in files[:limit]], [p.name for p in files[:limit]], None
 
 
 def _is_scene_dataset(name: str, registry: Registry, task: str) -> bool:
@@ -118,7 +119,7 @@ def predict_one(model: DenseModel, image: torch.Tensor, device: torch.device) ->
     if model.task == "segment":
         logits = F.interpolate(outputs.float(), size=(h, w), mode="bilinear",
                                align_corners=False)
-        return logits.argmax(1)[0].cpu()
+        return model.predict(logits)["masks"][0].cpu()
     found = model.predict(outputs)[0]
     scale = torch.tensor([w / model.size[1], h / model.size[0]] * 2)
     return {k: v.cpu() for k, v in found.items()} | {"boxes": found["boxes"].cpu() * scale}
@@ -126,17 +127,18 @@ def predict_one(model: DenseModel, image: torch.Tensor, device: torch.device) ->
 
 def write_masks(folder: Path, names: list[str], masks: list[torch.Tensor],
                 class_names: list[str]) -> None:
-    """One palette PNG per mask (pixel value = class index) and classes.txt."""
+    """One palette PNG per mask (pixel value = class index) in ``folder/masks`` and
+    ``folder/classes.txt``: ``masks:folder`` once the images are in ``folder/images``."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
     for name, mask in zip(names, masks):
         image = Image.fromarray(mask.numpy().astype(np.uint8), mode="P")
         image.putpalette(palette)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        atomic_write_bytes(folder / f"{name}.png", buffer.getvalue())
+        atomic_write_bytes(folder / "masks" / f"{Path(name).stem}.png", buffer.getvalue())
     atomic_write_text(folder / "classes.txt", "\n".join(["background", *class_names]) + "\n")
 
 
@@ -181,11 +183,10 @@ def predict_dense(source: str, run: str, adapter: str | None, out: str | None,
     ``out``; every input problem is one sentence before anything is written."""
     model, config, adapter = load_model(run, adapter, registry)
     model = model.to(device)
-    target = Path(out or DEFAULT_OUT[config.task]).expanduser()
-    if target.exists() and not force and (target.is_file() or any(target.iterdir())):
-        raise UserError(f"{str(target)!r} exists; pass --force to overwrite it, or choose "
-                        "another --out.")
+    target = check_out(Path(out or DEFAULT_OUT[config.task]).expanduser(), config.task, force)
     images, names, data = read_inputs(source, registry, config.task, limit)
+    if data is not None:
+        data = _in_run_classes(data, model.class_names)
     found = [predict_one(model, image, device) for image in images]
     if config.task == "segment":
         write_masks(target, names, found, model.class_names)
@@ -197,8 +198,44 @@ def predict_dense(source: str, run: str, adapter: str | None, out: str | None,
         what = f"{len(coco['annotations'])} boxes in {len(found)} images"
     click.echo(f"wrote {what} of {adapter!r} to {target}", err=True)
     if data is not None:
-        from imgxfer.dense.evaluate import evaluate, headline
-
-        _, scores = evaluate(model, data, device)
-        click.echo(f"on these {len(data)} scenes: {headline(scores, config.task)} (the run's "
+        click.echo(f"on these {len(data)} scenes: {score(found, data, config.task)} (the run's "
                    "held-out score is in its metrics.json)", err=True)
+
+
+def check_out(target: Path, task: str, force: bool) -> Path:
+    """``--out``: a folder for masks, a file for boxes; an existing one only with
+    ``--force``."""
+    folder = task == "segment"
+    if target.exists() and (target.is_dir() != folder):
+        raise UserError(f"--out {str(target)!r} is a {'file' if folder else 'folder'}; a "
+                        f"{task} run writes {'a folder of masks' if folder else 'a JSON file'}"
+                        " there.")
+    if target.exists() and not force and (target.is_file() or any(target.iterdir())):
+        raise UserError(f"{str(target)!r} exists; pass --force to overwrite it, or choose "
+                        "another --out.")
+    return target
+
+
+def _in_run_classes(data: SceneDataset, class_names: list[str]) -> SceneDataset:
+    """A named scene dataset with its class indices in the run's order (other classes
+    are one sentence)."""
+    from types import SimpleNamespace
+
+    from imgxfer.scenes import align_scene_classes
+
+    run = SimpleNamespace(class_names=list(class_names), domain="the run")
+    return align_scene_classes(data, run)  # type: ignore[arg-type]
+
+
+def score(found: list[Any], data: SceneDataset, task: str) -> str:
+    """The headline score of the predictions just made against ``data``'s annotations."""
+    from imgxfer.dense import metrics
+    from imgxfer.dense.evaluate import HEADLINE
+
+    if task == "segment":
+        scores = metrics.segmentation_metrics(torch.stack(found), data.masks, data.class_names)
+    else:
+        scores = metrics.detection_metrics(found, data.boxes, data.box_labels,
+                                           data.class_names)
+    key, label = HEADLINE[task]
+    return f"{label} {scores[key]:.3f}"

@@ -33,7 +33,7 @@ def load(path: Path, encoder: Any) -> DenseModel:
     """The model saved in ``path``, on a freshly built ``encoder`` (the run's, from its
     config.toml); a file that is not a dense model or does not fit is one sentence."""
     tensors, meta = read_tensors(path)
-    if meta.get("format") != "imgxfer.dense":
+    if meta.get("format") != "imgxfer.dense" or "describe" not in meta:
         raise UserError(f"{str(path)!r} is not a segmentation or detection model of imgxfer.")
     info = json.loads(meta["describe"])
     model = DenseModel(encoder, info["head"], info["classes"], tuple(info["size"]))

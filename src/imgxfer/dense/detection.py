@@ -10,8 +10,9 @@ the handful of labelled scenes a few-shot transfer has.
 Conventions (those of :mod:`imgxfer.scenes`): boxes ``[K, 4]`` float ``x0, y0, x1, y1``
 in image pixels with ``x1``/``y1`` exclusive; labels ``[K]`` int64 index the object
 classes (no background). The head's maps have output stride ``stride``: cell ``(i, j)``
-covers pixels ``[j * stride, (j + 1) * stride)`` and its centre coordinate is ``j``, so an
-object centre ``c`` (pixels) lies at ``c / stride`` in map units.
+covers pixels ``[j * stride, (j + 1) * stride)`` and is addressed by ``j``: an object
+centre ``c`` (pixels) lies at ``c / stride`` in map units, its cell ``floor(c / stride)``
+and its offset the fraction left over (encoding and decoding agree on it).
 
 Size: the ``size`` branch predicts ``log(width / stride)`` and ``log(height / stride)``,
 the log of the box size in output-stride cells. The paper regresses plain sizes; the log
@@ -175,8 +176,10 @@ def detection_loss(outputs: dict[str, torch.Tensor], boxes: list[torch.Tensor],
     number of objects (at least 1, so a batch of empty images trains the heatmap towards
     background only). Returns the loss and its parts as floats for logging."""
     heatmap = outputs["heatmap"]
-    targets = detection_targets(boxes, labels, heatmap.shape[1], tuple(heatmap.shape[-2:]),
-                                stride)
+    # Targets are drawn on the CPU (small, built box by box), then moved to the outputs.
+    targets = detection_targets([b.detach().cpu() for b in boxes],
+                                [lab.detach().cpu() for lab in labels], heatmap.shape[1],
+                                tuple(heatmap.shape[-2:]), stride)
     targets = {k: v.to(heatmap.device) for k, v in targets.items()}
     mask = targets["mask"].unsqueeze(-1).float()
     count = targets["mask"].sum().clamp(min=1)
@@ -233,6 +236,7 @@ def pseudo_targets(decoded: list[dict[str, torch.Tensor]],
         boxes.append(det["boxes"][keep].detach().float().reshape(-1, 4))
         labels.append(det["labels"][keep].detach().long().reshape(-1))
     return boxes, labels
+
 
 class DetectionHead(CenterNetHead):
     """:class:`CenterNetHead` as a dense model's head (:mod:`imgxfer.dense.model`): its

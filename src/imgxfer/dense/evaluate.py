@@ -11,8 +11,12 @@ from imgxfer.dense.model import DenseModel
 from imgxfer.dense.training import predict
 from imgxfer.scenes import SceneDataset
 
-# The number each task's tables lead with, and its name in messages.
-HEADLINE = {"segment": ("miou", "mIoU"), "detect": ("map_50", "mAP@0.5")}
+# Each task's scores as tables show them (metrics.json key, label), the headline first,
+# and the key of its per-class scores.
+COLUMNS = {"segment": [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")],
+           "detect": [("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("map_75", "mAP@0.75")]}
+PER_CLASS = {"segment": ("iou", "IoU"), "detect": ("ap", "AP@[.5:.95]")}
+HEADLINE = {task: columns[0] for task, columns in COLUMNS.items()}
 
 
 def evaluate(model: DenseModel, test: SceneDataset, device: torch.device

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgxfer.dense.evaluate import HEADLINE
+from imgxfer.dense.evaluate import COLUMNS, PER_CLASS
 from imgxfer.report import _CSS, _img_tag, _png, _table, loss_plot, plt
 from imgxfer.runfolder import PREDICTIONS, REPORT, atomic_write_bytes, atomic_write_text
 from imgxfer.scenes import IGNORE, SceneDataset
@@ -61,12 +61,7 @@ def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
 
 
 def _scores(metrics: Any) -> list[str]:
-    key, label = HEADLINE[metrics.task]
-    if metrics.task == "segment":
-        columns, per = [("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")], "iou"
-    else:
-        columns = [("map_50", "mAP@0.5"), ("map", "mAP@[.5:.95]"), ("map_75", "mAP@0.75")]
-        per = "ap"
+    columns, (per, per_label) = COLUMNS[metrics.task], PER_CLASS[metrics.task]
     rows = [[name, *[f"{m.get(k, float('nan')):.4f}" for k, _ in columns],
              m.get("steps") if m.get("steps") is not None else "-", m.get("train_seconds")]
             for name, m in metrics.adapters.items()]
@@ -76,7 +71,7 @@ def _scores(metrics: Any) -> list[str]:
     if names:
         per_rows = [[c, *[f"{m.get(per, {}).get(c, float('nan')):.3f}"
                           for m in metrics.adapters.values()]] for c in names]
-        out += [f"<h3>{'IoU' if per == 'iou' else 'AP@[.5:.95]'} per class</h3>",
+        out += [f"<h3>{per_label} per class</h3>",
                 _table(["class", *metrics.adapters], per_rows)]
     return out
 

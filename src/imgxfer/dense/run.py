@@ -103,6 +103,7 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     if config.generator != NONE:
         generator = make("generators", config.generator, config.options["generator"])
         check_translate(config, generator, split)
+    check_adapters(config, adapters, source, split, generator is not None)
     return DensePlan(config, device, source, split, model, adapters, generator)
 
 
@@ -115,6 +116,28 @@ def check_dense(config: RunConfig) -> None:
     if config.compare_synthetic or config.synthetic_filter:
         raise UserError(f"--compare-synthetic and --synthetic-filter are for --task classify; "
                         f"compare --task {config.task} runs with and without --generator.")
+
+
+def check_adapters(config: RunConfig, adapters: dict[str, Any], source: SceneDataset,
+                   split: SceneSplit, translates: bool) -> None:
+    """Before any training: every adapter that trains has a labelled set to train on
+    (``target-only`` at 0 shots has none), the source can spare a tenth for scoring the
+    source model, and DeepLabV3's pooled BatchNorm gets batches of 2 or more."""
+    if len(source) < 2:
+        raise UserError(f"source {config.source!r} has {len(source)} scene; a dense run "
+                        "needs 2 or more (a tenth is held out to score the source model).")
+    data = SceneTransferData(source, split.labelled, split.unlabelled,
+                             source if translates else None)
+    for name, adapter in adapters.items():
+        has = getattr(adapter, "labelled", None)
+        if declared(adapter, "trains_by_steps", "adapters") and has and not has(data):
+            needs = adapter.needs() if hasattr(adapter, "needs") else ""
+            raise UserError(f"{name} has no labelled scenes to train on"
+                            f"{f' ({needs})' if needs else ''}.")
+        recipe = getattr(adapter, "recipe", None)
+        if config.head == "deeplabv3" and recipe is not None and recipe.batch_size < 2:
+            raise UserError(f"{name}: batch_size 1 cannot train the deeplabv3 head (its "
+                            "pooled BatchNorm needs 2 or more scenes per batch).")
 
 
 def check_sizes(config: RunConfig, source: SceneDataset, target: SceneDataset) -> None:
@@ -157,7 +180,7 @@ def fit_to_scenes(config: RunConfig, registry: Registry, source: SceneDataset) -
     return replace(config, options=options)
 
 
-def run_stages(plan: DensePlan, folder: Path, progress: Progress) -> Any:
+def run_stages(plan: DensePlan, folder: Path, progress: Progress, resume: bool = False) -> Any:
     """Source model, translated scenes, each adapter, evaluation, report."""
     from imgxfer.dense import record, report
 
@@ -172,7 +195,7 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress) -> Any:
     _, source_val = evaluate.evaluate(model, held_out, plan.device)
     log.info("source model on %d held-out source scenes: %s", len(held_out),
              evaluate.headline(source_val, config.task))
-    synthetic, generator_info = translate(plan, source, folder, progress)
+    synthetic, generator_info = translate(plan, source, folder, progress, resume)
     data = SceneTransferData(source, split.labelled, split.unlabelled, synthetic)
     results = {name: fit_adapter(plan, name, adapter, model, data, folder, progress)
                for name, adapter in plan.adapters.items()}
@@ -220,6 +243,9 @@ def fit_adapter(plan: DensePlan, name: str, adapter: Any, source_model: DenseMod
     from imgxfer.dense import artifacts
 
     model = copy.deepcopy(source_model)
+    # Every adapter draws from the same RNG state (dropout, a discriminator's weights),
+    # so its result does not depend on the adapters compared before it.
+    torch.manual_seed(plan.config.seed)
     budget = Budget(plan.config.adapter_steps).start()
     started = time.perf_counter()
     model = adapter.fit(model, data, budget=budget, progress=progress, device=plan.device)
@@ -232,12 +258,12 @@ def fit_adapter(plan: DensePlan, name: str, adapter: Any, source_model: DenseMod
     return Fitted(model, metrics, predictions, list(getattr(adapter, "history", []) or []))
 
 
-def translate(plan: DensePlan, source: SceneDataset, folder: Path, progress: Progress
-              ) -> tuple[SceneDataset | None, dict[str, Any] | None]:
+def translate(plan: DensePlan, source: SceneDataset, folder: Path, progress: Progress,
+              resume: bool = False) -> tuple[SceneDataset | None, dict[str, Any] | None]:
     """With a generator: the training source scenes translated into the target's style,
     their masks and boxes kept (CyCADA's labels for free)."""
     if plan.generator is None:
         return None, None
     from imgxfer.dense.translate import translate_scenes
 
-    return translate_scenes(plan, source, folder, progress)
+    return translate_scenes(plan, source, folder, progress, resume)

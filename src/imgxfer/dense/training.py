@@ -65,8 +65,8 @@ TargetLoss = Callable[[DenseModel, torch.Tensor, float, dict[str, Any]],
 @dataclass
 class Recipe:
     """How a dense adapter trains: AdamW at ``lr`` (the encoder at ``lr *
-    encoder_lr_scale``), ``batch_size`` scenes per set and step, the labelled sets'
-    weights, and the seed of every draw."""
+    encoder_lr_scale``; 0 freezes it), ``batch_size`` scenes per set and step, and the
+    seed of every batch draw."""
 
     lr: float = 1e-3
     encoder_lr_scale: float = 1.0

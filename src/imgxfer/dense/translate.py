@@ -46,9 +46,10 @@ def main_class(data: SceneDataset) -> torch.Tensor:
     return labels
 
 
-def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Progress
-                     ) -> tuple[SceneDataset, dict[str, Any]]:
-    """Fit the plan's generator, translate every ``source`` scene, save the generator."""
+def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Progress,
+                     resume: bool = False) -> tuple[SceneDataset, dict[str, Any]]:
+    """Fit the plan's generator (continuing its training checkpoint with ``resume``, when
+    it declares ``resumable``), translate every ``source`` scene, save the generator."""
     config, generator, split = plan.config, plan.generator, plan.split
     channels = int(split.test.images.shape[1])
     data = GeneratorData(
@@ -63,7 +64,7 @@ def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Pr
     budget = Budget(config.generator_steps or None, None).start()
     fitted = generator.fit(data, budget=budget, progress=progress, device=plan.device,
                            **checkpoint_args(generator, folder / runfolder.TRAINING_CHECKPOINT,
-                                             False))
+                                             resume))
     fit_seconds = time.perf_counter() - started
     images = _edit_all(generator, source, data.labels[:len(source)], config, plan.device)
     artifacts.save_generator(folder / runfolder.GENERATOR, config.generator, generator,
