@@ -146,6 +146,8 @@ class RunConfig:
         return config
 
     def validate(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
         if not all(isinstance(n, str) and n for n in self.compare):
             raise UserError(f"compare must be a list of adapter names, got {self.compare!r}.")
         if self.shots < 0:

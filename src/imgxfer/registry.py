@@ -121,9 +121,6 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
 
-    def _table(self, kind: str, task: str) -> dict[str, Component]:
-        return self.components[kind] if task == CLASSIFY else self.dense[kind]
-
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str,
             description: str = "") -> None:
         if not isinstance(name, str) or not name.strip():
