@@ -23,7 +23,8 @@ SHOWN = 4  # best and worst test scenes in the figure
 def write(folder: Path, plan: Any, metrics: Any, results: dict[str, Any],
           source_history: list[float], synthetic: SceneDataset | None) -> None:
     config, test = plan.config, plan.split.test
-    figure = prediction_figure(test, {n: r.predictions for n, r in results.items()})
+    figure = prediction_figure(test, {n: r.predictions for n, r in results.items()},
+                               config.task)
     atomic_write_bytes(folder / PREDICTIONS, figure)
     curves = {"source training": source_history,
               **{f"adapter {n}": r.history for n, r in results.items() if r.history}}
@@ -106,7 +107,8 @@ def _detection_score(boxes: torch.Tensor, labels: torch.Tensor, pred: dict) -> f
     return hits - float((~match.any(0)).sum()) / len(boxes)
 
 
-def prediction_figure(test: SceneDataset, predictions: dict[str, list[Any]]) -> bytes:
+def prediction_figure(test: SceneDataset, predictions: dict[str, list[Any]],
+                      task: str) -> bytes:
     """Rows: the best then the worst scenes of the first adapter; columns: the image,
     the truth, each adapter's prediction."""
     first = next(iter(predictions.values()))
@@ -118,7 +120,7 @@ def prediction_figure(test: SceneDataset, predictions: dict[str, list[Any]]) -> 
                              figsize=(1.6 * len(columns), 1.6 * len(rows)))
     for r, i in enumerate(rows):
         image = test.images[[int(i)]][0]
-        cells = [(image, None), (image, _truth(test, int(i)))]
+        cells = [(image, None), (image, _truth(test, int(i), task))]
         cells += [(image, preds[int(i)]) for preds in predictions.values()]
         for c, (img, annotation) in enumerate(cells):
             _draw(axes[r][c], img, annotation, test.class_names, c == 0)
@@ -129,8 +131,9 @@ def prediction_figure(test: SceneDataset, predictions: dict[str, list[Any]]) -> 
     return _png(fig)
 
 
-def _truth(test: SceneDataset, i: int) -> Any:
-    if test.masks is not None:
+def _truth(test: SceneDataset, i: int, task: str) -> Any:
+    """Scene ``i``'s annotation of the run's task (a dataset may have masks and boxes)."""
+    if task == "segment":
         return test.masks[i]
     return {"boxes": test.boxes[i], "labels": test.box_labels[i],
             "scores": torch.ones(len(test.boxes[i]))}
