@@ -214,7 +214,12 @@ class SelfTraining(FineTune):
         weak_out, strong_out = _split_outputs(model(torch.cat([images, strong])), len(images))
         pseudo = model.pseudo_labels(weak_out, self.threshold
                                      or model.head.default_threshold)
-        loss, _ = model.loss(strong_out, pseudo)
+        # A scene without one confident pixel or box says nothing about where objects
+        # are; taken as "all background" it would teach the detector to find nothing.
+        keep = informative(pseudo)
+        if not keep.any():
+            return strong_out_sum(strong_out) * 0.0, {"kept": 0.0}
+        loss, _ = model.loss(_rows(strong_out, keep), _rows(pseudo, keep))
         return self.unlabelled_weight * loss, {"kept": kept_fraction(pseudo)}
 
 
@@ -228,6 +233,29 @@ def perturb(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     noise = torch.randn(images.shape, generator=generator).to(images.device) * 0.1
     mean = images.mean((1, 2, 3), keepdim=True)
     return (images - mean) * contrast + mean + brightness + noise
+
+
+def informative(pseudo: dict[str, Any]) -> torch.Tensor:
+    """Per scene of a pseudo-labelled batch: whether it has a confident pixel or box."""
+    if "masks" in pseudo:
+        return (pseudo["masks"] != IGNORE).flatten(1).any(1)
+    return torch.tensor([len(b) > 0 for b in pseudo["boxes"]])
+
+
+def _rows(value: Any, keep: torch.Tensor) -> Any:
+    """The kept scenes of a batch's outputs or targets (tensors, dicts, lists)."""
+    if isinstance(value, torch.Tensor):
+        return value[keep.to(value.device)]
+    if isinstance(value, dict):
+        return {k: _rows(v, keep) for k, v in value.items()}
+    return [v for v, k in zip(value, keep.tolist()) if k]
+
+
+def strong_out_sum(outputs: Any) -> torch.Tensor:
+    """A zero that keeps the graph (for a step whose target batch teaches nothing)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.sum()
+    return sum(v.sum() for v in outputs.values())
 
 
 def _split_outputs(outputs: Any, n: int) -> tuple[Any, Any]:
