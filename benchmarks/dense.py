@@ -50,7 +50,8 @@ def config_for(args: argparse.Namespace, task: str, shots: int, seed: int, kind:
                        target=f"digit-scenes:{target}", shots=shots, seed=seed,
                        encoder_steps=args.source_steps, adapter_steps=args.adapter_steps,
                        generator="none", out=out,
-                       compare=(METHODS[task] if shots == 0 else LABELLED_METHODS).split(","))
+                       compare=(args.methods or (METHODS[task] if shots == 0 else
+                                                 LABELLED_METHODS)).split(","))
     config.options["encoder"] = {"width": args.width}
     config.options["source"] = config.options["target"] = {"n": args.scenes}
     if kind == "translate":
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--shots", default="0,1,5")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kinds", default="compare,translate,oracle")
+    parser.add_argument("--methods", default="",
+                        help="Adapters of the compare cells instead of the task's list.")
     parser.add_argument("--scenes", type=int, default=600)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--source-steps", type=int, default=300)

@@ -53,7 +53,11 @@ def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
                        f"{data['target']['unlabelled']} unlabelled, {data['target']['test']} test"],
             ["model", f"{config.encoder} + {metrics.model['head']} head "
                       f"(stages at strides {metrics.model['pyramid']['strides']})"],
-            ["steps", f"source {config.encoder_steps}, adapters {config.adapter_steps}"]]
+            ["steps", f"source {config.encoder_steps}, adapters {config.adapter_steps}"],
+            ["source model", "on held-out source scenes: " + ", ".join(
+                f"{label} {metrics.model['source_val'][key]:.3f}"
+                for key, label in COLUMNS[config.task] if key in metrics.model.get(
+                    "source_val", {}))]]
     if synthetic is not None and metrics.generator:
         rows.append(["translated scenes", f"{len(synthetic)} by {metrics.generator['name']} "
                                           f"({metrics.generator['steps']} steps)"])
@@ -64,7 +68,8 @@ def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
 def _scores(metrics: Any) -> list[str]:
     columns, (per, per_label) = COLUMNS[metrics.task], PER_CLASS[metrics.task]
     rows = [[name, *[f"{m.get(k, float('nan')):.4f}" for k, _ in columns],
-             m.get("steps") if m.get("steps") is not None else "-", m.get("train_seconds")]
+             m.get("steps") if m.get("steps") is not None else "-",
+             f"{m.get('train_seconds', 0):.1f}"]
             for name, m in metrics.adapters.items()]
     out = ["<h2>Target test scenes</h2>",
            _table(["adapter", *[c for _, c in columns], "steps", "train s"], rows)]
