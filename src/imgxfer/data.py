@@ -9,6 +9,7 @@ tensor given instead is wrapped in one. Labels are int64 ``[N]`` indexing
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -112,10 +113,9 @@ def few_shot_split(data: ImageDataset, shots: int, *, test_fraction: float = 0.3
     return Split(**{k: data.subset(torch.cat(v)) for k, v in parts.items()})
 
 
-def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
-    """Relabel ``source`` so that its class indices follow the target's class names."""
-    if source.class_names == target.class_names:
-        return source
+def class_order(source: ImageDataset | Any, target: ImageDataset | Any) -> torch.Tensor:
+    """For each source class, its index among the target's class names (datasets or
+    scene datasets); different class sets are one sentence naming the differences."""
     missing = sorted(set(target.class_names) - set(source.class_names))
     extra = sorted(set(source.class_names) - set(target.class_names))
     if missing or extra:
@@ -123,7 +123,14 @@ def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
             f"source {source.domain!r} and target {target.domain!r} have different classes: "
             f"only in target: {', '.join(missing) or '-'}; only in source: {', '.join(extra) or '-'}."
         )
-    order = torch.tensor([target.class_names.index(n) for n in source.class_names])
+    return torch.tensor([target.class_names.index(n) for n in source.class_names])
+
+
+def align_classes(source: ImageDataset, target: ImageDataset) -> ImageDataset:
+    """Relabel ``source`` so that its class indices follow the target's class names."""
+    if source.class_names == target.class_names:
+        return source
+    order = class_order(source, target)
     return ImageDataset(source.images, order[source.labels], list(target.class_names),
                         source.domain, source.description, list(source.notes), source.paths,
                         source.layout, source.origins)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from imgxfer.data import class_order
 from imgxfer.errors import UserError
 from imgxfer.images import ImageStore, as_store
 
@@ -138,14 +139,7 @@ def align_scene_classes(source: SceneDataset, target: SceneDataset) -> SceneData
     class names; different class sets are one sentence."""
     if source.class_names == target.class_names:
         return source
-    missing = sorted(set(target.class_names) - set(source.class_names))
-    extra = sorted(set(source.class_names) - set(target.class_names))
-    if missing or extra:
-        raise UserError(
-            f"source {source.domain!r} and target {target.domain!r} have different classes: "
-            f"only in target: {', '.join(missing) or '-'}; only in source: "
-            f"{', '.join(extra) or '-'}.")
-    order = torch.tensor([target.class_names.index(n) for n in source.class_names])
+    order = class_order(source, target)
     masks = None
     if source.masks is not None:  # 0 and IGNORE stay, k -> order[k - 1] + 1
         lut = torch.arange(256)
