@@ -165,7 +165,10 @@ def _without(data: ImageDataset, shared: set[str], role: str, other: str) -> Ima
 
 @dataclass
 class TransferData:
-    """Everything an adapter may train on; it documents in ``uses`` which parts it reads."""
+    """Everything an adapter may train on; it documents in ``uses`` which parts it reads.
+    A dense adapter (``--task segment|detect``) gets the same sets as
+    :class:`imgxfer.scenes.SceneDataset` s, ``synthetic`` then holding source scenes
+    translated into the target's style (their masks and boxes kept)."""
 
     source: ImageDataset
     target_labelled: ImageDataset

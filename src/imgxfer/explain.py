@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from imgxfer.errors import UserError
+from imgxfer.layers import output_shapes
 
 # --method names and the pytorch-grad-cam classes behind them (imported when used:
 # the library pulls in OpenCV). All read one layer's activations; eigencam uses no
@@ -55,31 +56,11 @@ def spatial_layers(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     Modules called more than once per forward pass (a ReLU shared inside a ResNet block)
     are left out: the library would mix up their several outputs."""
     encoder = model.encoder
-    calls: dict[str, list[tuple[int, ...]]] = {}
-    order: list[str] = []
-
-    def hook(name: str):
-        def record(module: nn.Module, args: object, output: object) -> None:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            calls.setdefault(name, []).append(shape)
-            order.append(name)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
     device = next(model.parameters()).device
     example = torch.zeros(1, encoder.in_channels, *encoder.input_size, device=device)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(encoder.preprocess(example))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    last = {name: i for i, name in enumerate(order)}
-    return [(name, calls[name][0]) for name in sorted(last, key=last.get)
-            if len(calls[name]) == 1 and len(calls[name][0]) == 4]
+    return [(name, shape) for name, shape in
+            output_shapes(model, lambda: model(encoder.preprocess(example)))
+            if len(shape) == 4]
 
 
 def find_target_layer(model: nn.Module, name: str | None = None) -> str:

@@ -150,18 +150,3 @@ def align_scene_classes(source: SceneDataset, target: SceneDataset) -> SceneData
                         source.boxes, labels, source.description, list(source.notes),
                         source.paths)
 
-
-@dataclass
-class SceneTransferData:
-    """What a dense adapter may train on; it documents in ``uses`` which parts it reads.
-    ``synthetic`` holds source scenes translated into the target's style (their masks
-    and boxes kept) when the run makes them."""
-
-    source: SceneDataset
-    target_labelled: SceneDataset
-    target_unlabelled: SceneDataset
-    synthetic: SceneDataset | None = None
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.source.class_names

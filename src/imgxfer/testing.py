@@ -392,14 +392,14 @@ def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int 
     trip into a freshly built model (what ``imgxfer predict`` does)."""
     from imgxfer.dense.model import DEFAULT_HEAD, DenseModel
     from imgxfer.nets import SmallConvNet
-    from imgxfer.scenes import SceneTransferData
+    from imgxfer.data import TransferData
 
     adapter = _build("adapters", factory, args, options)
     tasks = set(getattr(adapter, "tasks", ()))
     assert tasks and tasks <= {"segment", "detect"}, f"tasks {tasks}"
     assert set(adapter.uses) <= {"source", "target_labelled", "target_unlabelled", "synthetic"}
     target = tiny_scenes("tiny-target", n=12, seed=1, invert=True)
-    data = SceneTransferData(tiny_scenes(n=12), target.subset([0, 1]),
+    data = TransferData(tiny_scenes(n=12), target.subset([0, 1]),
                              target.subset(list(range(2, 12))), tiny_scenes(n=4, seed=2))
     for task in sorted(tasks):
         def fit() -> DenseModel:

@@ -1,7 +1,7 @@
 """The built-in adapters of the dense tasks (``--task segment|detect``).
 
 Each declares the tasks it serves (``tasks``) and what it trains on (``uses``), and its
-``fit(model, data: SceneTransferData, *, budget, progress, device)`` continues training
+``fit(model, data: TransferData, *, budget, progress, device)`` continues training
 the run's source-trained :class:`~imgxfer.dense.model.DenseModel` (a copy) and returns
 it. They share :func:`imgxfer.dense.training.train`; the methods differ in the labelled
 sets they weigh and in their loss on unlabelled target scenes:
@@ -35,12 +35,13 @@ from torch import nn
 
 from imgxfer.adapters.common import check_options, dann_schedule, grad_reverse
 from imgxfer.budget import Budget
+from imgxfer.data import TransferData
 from imgxfer.dense.model import DenseModel
 from imgxfer.dense.training import Recipe, train
 from imgxfer.errors import UserError
 from imgxfer.images import ConcatImages
 from imgxfer.progress import Progress
-from imgxfer.scenes import IGNORE, SceneDataset, SceneTransferData
+from imgxfer.scenes import IGNORE, SceneDataset
 from imgxfer.training import adapt_batchnorm
 
 DENSE = frozenset({"segment", "detect"})
@@ -72,7 +73,7 @@ class DenseAdapter:
         self.adabn = adabn
         self.history: list[float] = []
 
-    def labelled(self, data: SceneTransferData) -> dict[str, tuple[SceneDataset, float]]:
+    def labelled(self, data: TransferData) -> dict[str, tuple[SceneDataset, float]]:
         sets = {"source": data.source, "target": data.target_labelled,
                 "synthetic": data.synthetic}
         uses = {"source": "source", "target": "target_labelled", "synthetic": "synthetic"}
@@ -88,7 +89,7 @@ class DenseAdapter:
         """Parameters the method trains besides the model's (a discriminator)."""
         return []
 
-    def fit(self, model: DenseModel, data: SceneTransferData, *, budget: Budget,
+    def fit(self, model: DenseModel, data: TransferData, *, budget: Budget,
             progress: Progress, device: torch.device) -> DenseModel:
         labelled = self.labelled(data)
         if not labelled:
@@ -107,7 +108,7 @@ class DenseAdapter:
         return "it trains on the labelled source"
 
 
-def adapt_target_batchnorm(model: DenseModel, data: SceneTransferData,
+def adapt_target_batchnorm(model: DenseModel, data: TransferData,
                            device: torch.device) -> None:
     """AdaBN on every target scene there is (labelled and unlabelled), in chunks of 64
     (63 when that would leave a last chunk of one scene, which a pooled BatchNorm such
@@ -177,7 +178,7 @@ class AdaBN(DenseAdapter):
     def __init__(self, seed: int = 0) -> None:
         super().__init__(adabn=True, seed=seed)
 
-    def fit(self, model: DenseModel, data: SceneTransferData, *, budget: Budget,
+    def fit(self, model: DenseModel, data: TransferData, *, budget: Budget,
             progress: Progress, device: torch.device) -> DenseModel:
         adapt_target_batchnorm(model, data, device)
         return model

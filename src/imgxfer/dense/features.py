@@ -16,37 +16,19 @@ import torch
 from torch import nn
 
 from imgxfer.errors import UserError
+from imgxfer.layers import output_shapes
 
 
 def stage_layers(encoder: nn.Module, size: tuple[int, int]) -> list[tuple[str, int, int]]:
     """``(module name, channels, stride)`` of the last module at each resolution of
     ``encoder`` for ``size`` inputs, finest first. Modules called more than once per pass
     (a ReLU shared inside a ResNet block) are left out."""
-    calls: dict[str, list[tuple[int, ...]]] = {}
-    order: list[str] = []
-
-    def hook(name: str) -> Any:
-        def record(module: nn.Module, args: object, output: object) -> None:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            calls.setdefault(name, []).append(shape)
-            order.append(name)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in encoder.named_modules() if n]
     device = next(encoder.parameters()).device
-    was_training = encoder.training
-    try:
-        encoder.eval()
-        with torch.no_grad():
-            encoder(torch.zeros(1, encoder.in_channels, *size, device=device))
-    finally:
-        encoder.train(was_training)
-        for handle in handles:
-            handle.remove()
+    example = torch.zeros(1, encoder.in_channels, *size, device=device)
+    shapes = output_shapes(encoder, lambda: encoder(example))
     last: dict[int, tuple[str, int]] = {}  # height -> (name, channels), last call wins
-    for name in order:
-        shape = calls[name][0]
-        if len(calls[name]) == 1 and len(shape) == 4 and 1 < shape[2] < size[0]:
+    for name, shape in shapes:
+        if len(shape) == 4 and 1 < shape[2] < size[0]:
             last[shape[2]] = (name, shape[1])
     return [(name, channels, size[0] // height)
             for height, (name, channels) in sorted(last.items(), reverse=True)]
@@ -73,12 +55,12 @@ class Pyramid(nn.Module):
         # Hooks are added per pass, not kept: a deep-copied model (every adapter fits a
         # copy) would otherwise carry hooks that write into the original's dictionary.
         maps: dict[str, torch.Tensor] = {}
-        modules = dict(self.encoder.named_modules())
 
         def keep(name: str) -> Any:
             return lambda module, args, output: maps.__setitem__(name, output)
 
-        handles = [modules[n].register_forward_hook(keep(n)) for n in self.layers]
+        handles = [self.encoder.get_submodule(n).register_forward_hook(keep(n))
+                   for n in self.layers]
         try:
             self.encoder(x)
         finally:

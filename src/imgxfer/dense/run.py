@@ -24,6 +24,7 @@ import torch
 from imgxfer import __version__
 from imgxfer.budget import Budget
 from imgxfer.config import NONE, RunConfig
+from imgxfer.data import TransferData
 from imgxfer.dense import evaluate
 from imgxfer.dense.model import DenseModel, check_head
 from imgxfer.dense.training import Recipe, train
@@ -31,8 +32,7 @@ from imgxfer.errors import UserError
 from imgxfer.progress import Progress
 from imgxfer.protocols import declared
 from imgxfer.registry import Registry
-from imgxfer.scenes import (SceneDataset, SceneSplit, SceneTransferData, align_scene_classes,
-                            scene_split)
+from imgxfer.scenes import SceneDataset, SceneSplit, align_scene_classes, scene_split
 
 log = logging.getLogger("imgxfer")
 
@@ -126,7 +126,7 @@ def check_adapters(config: RunConfig, adapters: dict[str, Any], source: SceneDat
     if len(source) < 2:
         raise UserError(f"source {config.source!r} has {len(source)} scene; a dense run "
                         "needs 2 or more (a tenth is held out to score the source model).")
-    data = SceneTransferData(source, split.labelled, split.unlabelled,
+    data = TransferData(source, split.labelled, split.unlabelled,
                              source if translates else None)
     for name, adapter in adapters.items():
         has = getattr(adapter, "labelled", None)
@@ -196,7 +196,7 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress, resume: bool =
     log.info("source model on %d held-out source scenes: %s", len(held_out),
              evaluate.headline(source_val, config.task))
     synthetic, generator_info = translate(plan, source, folder, progress, resume)
-    data = SceneTransferData(source, split.labelled, split.unlabelled, synthetic)
+    data = TransferData(source, split.labelled, split.unlabelled, synthetic)
     results = {name: fit_adapter(plan, name, adapter, model, data, folder, progress)
                for name, adapter in plan.adapters.items()}
     metrics = record.DenseRunMetrics(
@@ -238,7 +238,7 @@ class Fitted:
 
 
 def fit_adapter(plan: DensePlan, name: str, adapter: Any, source_model: DenseModel,
-                data: SceneTransferData, folder: Path, progress: Progress) -> Fitted:
+                data: TransferData, folder: Path, progress: Progress) -> Fitted:
     """A copy of the source model fitted by ``adapter``, evaluated and saved."""
     from imgxfer.dense import artifacts
 

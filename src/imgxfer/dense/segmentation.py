@@ -82,31 +82,31 @@ class UNetHead(SegmentationHead):
         return self.classify(x)
 
 
-class FCNHead(SegmentationHead):
-    """torchvision's FCN head (Long et al. 2015) on the coarsest map."""
+class CoarsestMapHead(SegmentationHead):
+    """A torchvision head reading the coarsest map alone (FCN, DeepLabV3)."""
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int) -> None:
+    def __init__(self, head: nn.Module) -> None:
         super().__init__()
-        from torchvision.models.segmentation.fcn import FCNHead as TorchvisionFCN
-
-        self.head = TorchvisionFCN(channels[-1], num_classes + 1)
+        self.head = head
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return self.head(maps[-1])
 
 
-class DeepLabV3Head(SegmentationHead):
+def FCNHead(channels: list[int], strides: list[int], num_classes: int) -> SegmentationHead:
+    """torchvision's FCN head (Long et al. 2015) on the coarsest map."""
+    from torchvision.models.segmentation.fcn import FCNHead as TorchvisionFCN
+
+    return CoarsestMapHead(TorchvisionFCN(channels[-1], num_classes + 1))
+
+
+def DeepLabV3Head(channels: list[int], strides: list[int], num_classes: int
+                  ) -> SegmentationHead:
     """torchvision's DeepLabV3 head (Chen et al. 2017: atrous spatial pyramid pooling)
     on the coarsest map."""
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-    def __init__(self, channels: list[int], strides: list[int], num_classes: int) -> None:
-        super().__init__()
-        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-
-        self.head = DeepLabHead(channels[-1], num_classes + 1)
-
-    def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(maps[-1])
+    return CoarsestMapHead(DeepLabHead(channels[-1], num_classes + 1))
 
 
 class LRASPPHead(SegmentationHead):
