@@ -145,6 +145,12 @@ def test_image_size_and_img2img_from_the_same_components(registry: Registry,
     ("unlisted-tokenizer",
      "is not a complete text-to-image pipeline: it lacks tokenizer (not in model_index.json)."),
     ("missing", "does not exist; give the folder of a pipeline saved with save_pretrained."),
+    ("garbage-unet", "unet/diffusion_pytorch_model.safetensors is not a readable safetensors "
+                     "file"),
+    ("pickled-unet", "unet/diffusion_pytorch_model.bin in"),
+    ("custom-code", "holds custom code (unet/my_unet.py), and imgxfer never runs"),
+    ("custom-part", "its part 'unet' comes from 'my_unet', custom code that imgxfer never "
+                    "runs"),
 ])
 def test_incomplete_folders_are_refused_in_one_sentence(registry: Registry, sd_folder: Path,
                                                          tmp_path: Path, breakage: str,
@@ -160,9 +166,23 @@ def test_incomplete_folders_are_refused_in_one_sentence(registry: Registry, sd_f
         index = json.loads((broken / "model_index.json").read_text())
         del index["tokenizer"]
         (broken / "model_index.json").write_text(json.dumps(index))
+    elif breakage == "garbage-unet":
+        (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage" * 9)
+    elif breakage == "pickled-unet":
+        weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+        torch.save({"w": torch.zeros(1)}, weights.with_suffix(".bin"))
+        weights.unlink()
+    elif breakage == "custom-code":
+        (broken / "unet" / "my_unet.py").write_text("raise SystemExit('ran')\n")
+    elif breakage == "custom-part":
+        index = json.loads((broken / "model_index.json").read_text())
+        index["unet"] = ["my_unet", "MyUNet"]
+        (broken / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserError) as error:
         build(registry, broken)
-    assert str(error.value) == f"diffusers: {str(broken)!r} {message}"
+    text = str(error.value)
+    assert text.startswith(f"diffusers: {str(broken)!r}") and len(text.splitlines()) == 1
+    assert message in text and text.endswith(".")
 
 
 @pytest.mark.parametrize("options, message", [

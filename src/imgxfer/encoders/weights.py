@@ -4,6 +4,7 @@ download host can be reached at all."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import socket
@@ -112,3 +113,42 @@ def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
 
 def _proxied(scheme: str, host: str) -> bool:
     return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(host)
+
+
+# Weights files that are pickles: loading one can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Keys of a saved config that make transformers or diffusers import the folder's own code.
+_CODE_KEYS = ("auto_map", "custom_pipeline")
+
+
+def check_model_folder(folder: Path, name: str) -> None:
+    """Refuse, in one :class:`UserError` sentence naming the component (``name``) and the
+    file, a saved Hugging Face model folder that could run code when loaded: one that
+    holds Python files or a config with ``auto_map`` (custom code, which imgxfer never
+    runs: ``trust_remote_code`` is always off), or whose weights are pickles with no
+    safetensors file beside them (only safetensors are loaded)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    relative = lambda p: str(p.relative_to(folder))  # noqa: E731
+    for path in files:
+        if path.suffix == ".py" or (path.suffix == ".json" and _names_code(path)):
+            raise UserError(
+                f"{name}: {str(folder)!r} holds custom code ({relative(path)}), and imgxfer "
+                "never runs a model folder's own code; use a model that transformers or "
+                "diffusers implement, saved without custom code.")
+    for path in files:
+        beside = path.parent.glob("*.safetensors")
+        if path.suffix.lower() in PICKLE_SUFFIXES and next(beside, None) is None:
+            raise UserError(
+                f"{name}: {relative(path)} in {str(folder)!r} is a pickled weights file, "
+                "and imgxfer loads only safetensors (pickles can run code); save the model "
+                "with save_pretrained(..., safe_serialization=True).")
+
+
+def _names_code(path: Path) -> bool:
+    """Whether a JSON config asks for the folder's own code (a top-level ``auto_map``)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # unreadable configs are the loader's to word
+    return isinstance(config, dict) and any(key in config for key in _CODE_KEYS)

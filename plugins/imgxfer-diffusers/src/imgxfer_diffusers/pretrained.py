@@ -4,8 +4,10 @@ training.
 
 - The folder is checked up front: it must hold ``model_index.json`` and the ``unet``,
   ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` components (each listed in
-  ``model_index.json`` and present as a sub-folder); anything else is one
-  :class:`~imgxfer.errors.UserError` sentence naming the folder and what is missing.
+  ``model_index.json`` and present as a sub-folder, with readable safetensors weights);
+  a folder with its own code (Python files, ``auto_map``, a part from another library)
+  or only pickled weights is refused: neither is ever loaded. Anything else is one
+  :class:`~imgxfer.errors.UserError` sentence naming the folder and what is wrong.
 - It is loaded with :class:`diffusers.StableDiffusionPipeline` and
   ``local_files_only=True``: nothing is downloaded, ever. The pipeline is loaded on the
   first ``sample`` (or :meth:`PretrainedPipeline.pipeline`), so building the generator is
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from imgxfer.budget import Budget
 from imgxfer.data import GeneratorData
+from imgxfer.encoders.weights import check_model_folder
 from imgxfer.errors import UserError
 from imgxfer.progress import Progress
 from imgxfer.protocols import FitResult
@@ -44,6 +47,8 @@ __all__ = ["PretrainedPipeline", "REQUIRED_COMPONENTS", "DTYPES", "check_pipelin
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _STATE_VERSION = 1
+# Where a pipeline's parts may come from (anything else is the folder's own code).
+_LIBRARIES = frozenset({"diffusers", "transformers"})
 # Prompts per pipeline call.
 _BATCH = 8
 
@@ -80,7 +85,41 @@ def check_pipeline_folder(path: str | Path) -> Path:
     if missing:
         raise UserError(f"{where} is not a complete text-to-image pipeline: it lacks "
                         f"{', '.join(missing)}.")
+    _check_libraries(spec, where)
+    check_model_folder(folder.resolve(), where)
+    _check_weights(folder, where)
     return folder.resolve()
+
+
+def _check_libraries(spec: dict[str, Any], where: str) -> None:
+    """Every listed part must come from diffusers or transformers: any other library name
+    is a module diffusers would import from the folder (custom code, never run here)."""
+    for name, entry in spec.items():
+        if (not name.startswith("_") and isinstance(entry, list) and len(entry) == 2
+                and entry[0] is not None and entry[0] not in _LIBRARIES):
+            raise UserError(f"{where}: its part {name!r} comes from {entry[0]!r}, custom code "
+                            "that imgxfer never runs; only diffusers and transformers parts "
+                            "are loaded.")
+
+
+def _check_weights(folder: Path, where: str) -> None:
+    """Each part's safetensors file must open (its header read, no tensor loaded), so a
+    damaged folder is refused when the generator is built, before the run folder exists."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in ("unet", "vae", "text_encoder"):
+        files = sorted((folder / name).glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{where}: its {name}/ folder has no .safetensors weights (only "
+                            "safetensors are loaded).")
+        for path in files:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise UserError(f"{where}: {name}/{path.name} is not a readable safetensors "
+                                f"file ({first or type(error).__name__}).") from None
 
 
 class PretrainedPipeline:
@@ -156,7 +195,8 @@ class PretrainedPipeline:
                     # Newer diffusers call it ``dtype``; ``torch_dtype`` works in all.
                     warnings.filterwarnings("ignore", ".*dtype.*", FutureWarning)
                     pipe = StableDiffusionPipeline.from_pretrained(
-                        str(self.path), local_files_only=True, **plain)
+                        str(self.path), local_files_only=True, use_safetensors=True,
+                        trust_remote_code=False, **plain)
             except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 raise UserError(f"diffusers: {str(self.path)!r} cannot be loaded as a Stable "

@@ -151,5 +151,6 @@ def load_captioning_model(path: str, name: str) -> tuple[Path, Any, Any]:
     if not callable(getattr(processor, "batch_decode", None)):
         raise UserError(f"{name}: {str(path)!r} has an image processor but no tokenizer; a "
                         "captioning model needs both (save its processor with the model).")
-    model = load_local(auto.from_pretrained, folder, name, f"{model_type} model")
+    model = load_local(auto.from_pretrained, folder, name, f"{model_type} model",
+                       use_safetensors=True)
     return folder, model.eval(), processor

@@ -43,7 +43,8 @@ def load_clip(path: str, name: str) -> tuple[Path, Any]:
                         "(model_type 'clip').")
     from transformers import CLIPModel
 
-    return folder, load_local(CLIPModel.from_pretrained, folder, name, "CLIP model").eval()
+    return folder, load_local(CLIPModel.from_pretrained, folder, name, "CLIP model",
+                              use_safetensors=True).eval()
 
 
 def load_tokenizer(folder: Path, name: str) -> Any:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from imgxfer.encoders.weights import check_model_folder
 from imgxfer.errors import UserError
 
 # What a from_pretrained of a damaged or foreign folder raises.
@@ -45,6 +46,7 @@ def check_folder(path: str | Path, name: str, what: str) -> tuple[Path, str]:
                         f"({first_line(error)}).") from None
     if not isinstance(model_type, str) or not model_type:
         raise UserError(f"{name}: the config.json in {str(path)!r} names no model_type; {hint}.")
+    check_model_folder(folder.resolve(), name)
     return folder.resolve(), model_type
 
 
@@ -68,13 +70,16 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_local(loader: Callable[..., Any], folder: Path, name: str, part: str,
                **kwargs: Any) -> Any:
-    """``loader(folder, local_files_only=True, **kwargs)``; a folder it cannot read is one
-    :class:`UserError` naming the ``part`` that failed (the model, its processor...)."""
+    """``loader(folder, local_files_only=True, trust_remote_code=False, **kwargs)``: never
+    a download, never the folder's own code (:func:`check_folder` has refused such folders
+    already; this is the second lock). A folder it cannot read is one :class:`UserError`
+    naming the ``part`` that failed (the model, its processor...)."""
     from safetensors import SafetensorError  # a damaged weights file
 
     try:
         with quiet_transformers():
-            return loader(str(folder), local_files_only=True, **kwargs)
+            return loader(str(folder), local_files_only=True, trust_remote_code=False,
+                          **kwargs)
     except LOAD_ERRORS + (SafetensorError,) as error:
         raise UserError(f"{name}: the {part} in {str(folder)!r} cannot be loaded "
                         f"({first_line(error)}).") from None
