@@ -142,3 +142,14 @@ def test_a_broken_component_fails_its_check_by_name() -> None:
 
     with pytest.raises(AssertionError, match=r"outside \[0, 1\]"):
         testing.check_generator(too_bright, width=8, image_size=16, batch_size=8)
+
+
+def test_check_encoder_accepts_an_int_input_size_and_names_the_forms_otherwise() -> None:
+    from test_protocols import SquareEncoder
+
+    from imgxfer.errors import UserError
+
+    testing.check_encoder(SquareEncoder, input_size=16)
+    with pytest.raises(UserError, match=r"input_size '16x16'; it must be a positive int \(a "
+                                        r"square size such as 32\) or a pair \(height, width\)"):
+        testing.check_encoder(SquareEncoder, input_size="16x16")

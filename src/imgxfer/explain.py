@@ -19,6 +19,7 @@ from torch import nn
 
 from imgxfer.errors import UserError
 from imgxfer.layers import output_shapes
+from imgxfer.protocols import encoder_input_size
 
 # --method names and the pytorch-grad-cam classes behind them (imported when used:
 # the library pulls in OpenCV). All read one layer's activations; eigencam uses no
@@ -57,7 +58,7 @@ def spatial_layers(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     are left out: the library would mix up their several outputs."""
     encoder = model.encoder
     device = next(model.parameters()).device
-    example = torch.zeros(1, encoder.in_channels, *encoder.input_size, device=device)
+    example = torch.zeros(1, encoder.in_channels, *encoder_input_size(encoder), device=device)
     return [(name, shape) for name, shape in
             output_shapes(model, lambda: model(encoder.preprocess(example)))
             if len(shape) == 4]
@@ -132,7 +133,7 @@ def explain(model: nn.Module, images: torch.Tensor, classes: Sequence[int] | Non
         # The library's context manager swallows an IndexError and returns nothing.
         raise RuntimeError(f"pytorch-grad-cam returned {sum(len(m) for m in maps)} maps for "
                            f"{len(images)} images.")
-    size = tuple(model.encoder.input_size)
+    size = encoder_input_size(model.encoder)
     stacked = np.concatenate(maps) if maps else np.zeros((0, *size), np.float32)
     return Explanation(stacked.astype(np.float32), explained, proba, layer, method)
 

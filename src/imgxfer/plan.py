@@ -16,7 +16,7 @@ from imgxfer.budget import Budget, parse_duration
 from imgxfer.config import FILTER_PROBE, NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
 from imgxfer.errors import UserError
-from imgxfer.protocols import declared
+from imgxfer.protocols import declared, encoder_input_size
 from imgxfer.registry import Registry
 from imgxfer.runfolder import check_out_dir
 from imgxfer.stages.data import load_data, resolve_auto_options
@@ -93,7 +93,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
 
     encoder = make("encoders", config.encoder, config.options["encoder"])
     # Files and stored originals are read at the size the encoder asks for.
-    size = max(encoder.input_size)
+    size = max(encoder_input_size(encoder))
     source, split = source.at_size(size), split.at_size(size)
     captioner = make("captioners", config.captioner, config.options["captioner"])
     # The [adapter] options belong to the adapter named there; compared ones use defaults.

@@ -29,6 +29,7 @@ the same result on the CPU.
 from __future__ import annotations
 
 import functools
+import numbers
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ from imgxfer.errors import UserError
 from imgxfer.progress import Progress
 
 __all__ = ["Encoder", "Captioner", "Generator", "Adapter", "FitResult", "Budget",
-           "Progress", "Classifier", "check_component", "declared", "OPTIONAL", "REQUIRED"]
+           "Progress", "Classifier", "check_component", "declared", "encoder_input_size",
+           "OPTIONAL", "REQUIRED"]
 
 
 @dataclass
@@ -60,7 +62,8 @@ class FitResult:
 class Encoder(Protocol):
     """An ``nn.Module`` mapping preprocessed images ``[B, C, H, W]`` to features ``[B, D]``.
 
-    Required: ``forward``, ``feature_dim`` (D), ``input_size`` ((H, W)), ``in_channels``,
+    Required: ``forward``, ``feature_dim`` (D), ``input_size`` (a pair (H, W), or an int
+    for a square; the core reads it through :func:`encoder_input_size`), ``in_channels``,
     ``weights_source`` (a short text: "random", "imagenet", a path) and
     ``preprocess(images) -> tensor`` mapping float images in [0, 1] of any channel count
     and size to what ``forward`` expects (on the images' device).
@@ -71,7 +74,7 @@ class Encoder(Protocol):
     """
 
     feature_dim: int
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | int
     in_channels: int
     weights_source: str
     pretrains: ClassVar[bool] = False
@@ -234,6 +237,26 @@ def declared(component: Any, ability: str, kind: str) -> Any:
     return getattr(component, ability, OPTIONAL[kind][ability])
 
 
+def _positive_int(value: Any) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) > 0)
+
+
+def encoder_input_size(encoder: Any, what: str = "the encoder") -> tuple[int, int]:
+    """``encoder.input_size`` as (H, W): an int is a square size. Every place the core
+    reads an encoder's input size goes through here, so a plugin may declare either form;
+    any other is one sentence naming ``what`` and the forms accepted."""
+    size = encoder.input_size
+    if _positive_int(size):
+        return int(size), int(size)
+    if (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(_positive_int(s) for s in size)):
+        return int(size[0]), int(size[1])
+    raise UserError(f"{what} has input_size {size!r}; it must be a positive int (a square "
+                    "size such as 32) or a pair (height, width) of positive ints (see "
+                    "imgxfer.protocols.Encoder).")
+
+
 def check_component(kind: str, component: Any, name: str, plugin: str) -> Any:
     """Return ``component`` if it has every member its protocol requires; otherwise a
     :class:`UserError` naming the plugin, the component and what is missing."""
@@ -261,6 +284,8 @@ def check_component(kind: str, component: Any, name: str, plugin: str) -> Any:
     if missing:
         raise UserError(f"{what} breaks the {KIND_OF[kind]} protocol: it has no "
                         f"{', '.join(missing)} (see imgxfer.protocols.{KIND_OF[kind].title()}).")
+    if kind == "encoders":
+        encoder_input_size(component, what)  # refused here, not deep inside a run
     return component
 
 

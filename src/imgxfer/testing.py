@@ -35,7 +35,7 @@ from imgxfer.classifier import Classifier, rebuild
 from imgxfer.data import GeneratorData, ImageDataset, TransferData
 from imgxfer.errors import UserError
 from imgxfer.progress import NullProgress
-from imgxfer.protocols import FitResult, declared
+from imgxfer.protocols import FitResult, declared, encoder_input_size
 from imgxfer.registry import Component
 from imgxfer.scenes import IGNORE, SceneDataset
 
@@ -143,7 +143,7 @@ def check_encoder(factory: Callable[..., Any], *args: Any, **options: Any) -> An
     encoder = _build("encoders", factory, args, options)
     assert isinstance(encoder, torch.nn.Module), "an encoder must be a torch.nn.Module"
     assert isinstance(encoder.feature_dim, int) and encoder.feature_dim > 0, "feature_dim"
-    assert len(tuple(encoder.input_size)) == 2, "input_size must be (H, W)"
+    encoder_input_size(encoder)  # an int or (H, W); building refused any other form
     assert isinstance(encoder.weights_source, str) and encoder.weights_source, "weights_source"
     encoder.eval()
     features = {}

@@ -35,6 +35,7 @@ from imgxfer.commands.options import (dataset_opt_option, force_option, from_run
                                       out_option)
 from imgxfer.datasets.layout import GLYPH
 from imgxfer.errors import UserError
+from imgxfer.protocols import encoder_input_size
 from imgxfer.registry import Registry
 from imgxfer.runfolder import CLASSIFIER_GLOB, CONFIG
 
@@ -310,7 +311,7 @@ def read_as_run_did(source: str, loaded: LoadedClassifier, registry: Registry,
     if files:  # read like the run's training files
         run_options = reading_options(loaded.config, loaded.metadata.get("target_layout", ""))
         # size 0: the run read its files at its encoder's input size.
-        run_options["size"] = run_options["size"] or max(loaded.model.encoder.input_size)
+        run_options["size"] = run_options["size"] or max(encoder_input_size(loaded.model.encoder))
         if "fit" not in options and run_options["fit"] == GLYPH:
             click.echo(f"reading the images in the {GLYPH} layout of the run's target "
                        f"{loaded.config.target!r} (fit={GLYPH}; --dataset-opt fit=crop reads "
