@@ -153,3 +153,178 @@ def test_check_encoder_accepts_an_int_input_size_and_names_the_forms_otherwise()
     with pytest.raises(UserError, match=r"input_size '16x16'; it must be a positive int \(a "
                                         r"square size such as 32\) or a pair \(height, width\)"):
         testing.check_encoder(SquareEncoder, input_size="16x16")
+
+
+# Deliberately wrong tiny components: each check of the kit must catch its mistake and
+# name the expected value.
+class TinyEncoder(torch.nn.Module):
+    """A correct tiny encoder (8 features, 1 channel, 16x16); subclasses break one thing."""
+
+    feature_dim, in_channels, input_size, weights_source = 8, 1, 16, "random"
+    pretrains = True
+    pretrain_steps = None  # None: as many as the budget allows
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.make_net()
+
+    def make_net(self) -> None:
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2),
+                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        from imgxfer.encoders.preprocess import prepare
+
+        return prepare(images, channels=1, size=(16, 16), mean=[0.5], std=[0.5])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def pretrain(self, source, *, budget, progress, device) -> dict:
+        opt = torch.optim.SGD(self.parameters(), lr=0.01)
+        step = 0
+        while (not budget.done(step) if self.pretrain_steps is None
+               else step < self.pretrain_steps):
+            loss = self(self.preprocess(source.images[:4])).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        return {}
+
+
+def test_tiny_encoder_keeps_the_protocol() -> None:
+    """The base of the broken encoders below passes, so each failure is its own mistake."""
+    testing.check_encoder(TinyEncoder)
+
+
+class WideForward(TinyEncoder):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(x)] * 2, dim=1)
+
+
+class KeepsChannels(TinyEncoder):
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(images, size=(16, 16))
+
+
+class PretrainsTooLong(TinyEncoder):
+    pretrain_steps = 5
+
+
+class GlobalWeights(TinyEncoder):
+    """Its weights come from torch's global generator: its seed changes nothing."""
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.nn.Module.__init__(self)
+        self.make_net()
+
+
+@pytest.mark.parametrize("broken, message", [
+    (WideForward, r"forward gave shape \(2, 16\), expected \(2, 8\): feature_dim is 8"),
+    (KeepsChannels, r"preprocess gave shape \(2, 3, 16, 16\) for 2 3-channel 20x24 images, "
+                    r"expected \(2, 1, 16, 16\): in_channels is 1 and input_size 16"),
+    (PretrainsTooLong, r"pretrain ran 5 optimiser steps for budget.steps = 2, expected at "
+                       r"most that: stop when budget.done\(step\) is true"),
+    (GlobalWeights, r"two encoders built with the same seed have different weights "
+                    r"\(net.0.weight\) once torch's global generator moved: draw them from a "
+                    r"torch.Generator seeded with the `seed` option"),
+], ids=["forward", "preprocess", "pretrain-budget", "global-generator"])
+def test_a_broken_encoder_fails_its_check_naming_the_expected_value(broken, message) -> None:
+    with pytest.raises(AssertionError, match=message):
+        testing.check_encoder(broken)
+
+
+class TinyAdapter:
+    """A correct tiny adapter: a linear head on the target shots for budget.steps steps;
+    the class attributes break it."""
+
+    uses = frozenset({"target_labelled"})
+    steps = None  # None: budget.steps
+    extra_classes = 0
+    leave_training = False
+
+    def fit(self, encoder, data, *, budget, progress, device):
+        from imgxfer.classifier import Classifier
+
+        model = Classifier(encoder, len(data.class_names) + self.extra_classes)
+        opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+        shots = data.target_labelled
+        for _ in range(budget.steps if self.steps is None else self.steps):
+            loss = torch.nn.functional.cross_entropy(
+                model(encoder.preprocess(shots.images[:])), shots.labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model if self.leave_training else model.eval()
+
+
+def test_tiny_adapter_keeps_the_protocol() -> None:
+    testing.check_adapter(TinyAdapter)
+
+
+def _broken(**attributes):
+    return type("Broken", (TinyAdapter,), attributes)
+
+
+@pytest.mark.parametrize("broken, message", [
+    (_broken(uses=frozenset({"target", "source"})),
+     r"uses \['source', 'target'\] names target, expected a non-empty subset of source, "
+     r"target_labelled, target_unlabelled, synthetic"),
+    (_broken(extra_classes=1), r"logits of shape \(24, 4\) for 24 images, expected \(24, 3\): "
+                               r"the data has 3 classes"),
+    (_broken(steps=10), r"fit ran 10 optimiser steps for budget.steps = 3, expected at most "
+                        r"that"),
+    (_broken(leave_training=True), r"fit returned the classifier in training mode \(the "
+                                   r"classifier is training\), expected eval mode"),
+], ids=["uses", "logits", "budget", "train-mode"])
+def test_a_broken_adapter_fails_its_check_naming_the_expected_value(broken, message) -> None:
+    with pytest.raises(AssertionError, match=message):
+        testing.check_adapter(broken)
+
+
+class TinyGenerator:
+    """Class means plus a learned-looking offset drawn from its seed, plus seeded noise."""
+
+    conditioning = frozenset({"label"})
+
+    def __init__(self, seed: int = 0) -> None:
+        self.offset = self.draw_offset(seed)
+        self.means = torch.zeros(0)
+
+    def draw_offset(self, seed: int) -> torch.Tensor:
+        return 0.1 * torch.rand(1, generator=torch.Generator().manual_seed(seed))
+
+    def fit(self, data, *, budget, progress, device):
+        from imgxfer.protocols import FitResult
+
+        self.means = torch.stack([data.images[data.labels == c].mean(0)
+                                  for c in range(len(data.class_names))])
+        return FitResult(1)
+
+    def sample(self, prompts, labels, *, seed, device):
+        g = torch.Generator().manual_seed(seed)
+        base = self.means[torch.as_tensor(labels)] + self.offset
+        return (base + 0.1 * torch.randn(base.shape, generator=g)).clamp(0, 1)
+
+    def state_dict(self):
+        return {"means": self.means, "offset": self.offset}
+
+    def load_state_dict(self, state):
+        self.means, self.offset = state["means"], state["offset"]
+
+
+class GlobalOffsetGenerator(TinyGenerator):
+    def draw_offset(self, seed: int) -> torch.Tensor:
+        return 0.1 * torch.rand(1)  # the global generator: the seed changes nothing
+
+
+def test_a_generator_drawing_from_the_global_generator_fails_its_check() -> None:
+    testing.check_generator(TinyGenerator)
+    with pytest.raises(AssertionError, match=r"two generators built with the same seed and "
+                                             r"fitted alike draw other images once torch's "
+                                             r"global generator moved: draw them from a "
+                                             r"torch.Generator seeded with the `seed` option"):
+        testing.check_generator(GlobalOffsetGenerator)

@@ -3,9 +3,11 @@
 Each ``check_<kind>(factory, *args, **options)`` builds the component the way imgxfer does
 (through a registry entry, so options are refused by name before the factory runs), runs
 it on tiny data and asserts what :mod:`imgxfer.protocols` promises: members, shapes,
-value ranges, determinism for a seed, and a state-dict round trip through safetensors.
-It returns the component it built, for further checks of the author's own. A broken
-promise is an ``AssertionError`` that says which one::
+value ranges, determinism for a seed (weights from the component's own seed, not from
+torch's global generator), training within ``budget.steps`` (optimiser steps are
+counted), a classifier returned in eval mode, and a state-dict round trip through
+safetensors. It returns the component it built, for further checks of the author's own.
+A broken promise is an ``AssertionError`` that says which one and what was expected::
 
     from imgxfer.testing import check_encoder
     from imgxfer_mine import MyEncoder
@@ -24,11 +26,13 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from imgxfer.budget import Budget
 from imgxfer.classifier import Classifier, rebuild
@@ -45,6 +49,8 @@ __all__ = ["check_encoder", "check_captioner", "check_generator", "check_adapter
 
 CPU = torch.device("cpu")
 SHAPES = ["bar", "column", "dot"]
+# The sets of TransferData an adapter may name in ``uses``.
+SETS = ("source", "target_labelled", "target_unlabelled", "synthetic")
 
 
 def tiny_shapes(domain: str, *, n_per_class: int = 12, size: int = 16, channels: int = 1,
@@ -105,8 +111,53 @@ def _build(kind: str, factory: Callable[..., Any], args: tuple[Any, ...],
     entry = _entry(kind, factory, args)
     if "seed" in entry.options() and "seed" not in options:
         options = {**options, "seed": seed}
-    torch.manual_seed(seed)  # for factories that draw from the global generator
+    # The global generator is left as it is: a component must draw from its own seed
+    # (imgxfer.protocols), which _check_seeded_build checks.
     return entry.build("check:" + str(args[0]) if args else "check", options)
+
+
+def _seed_advice(kind: str, factory: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    if "seed" in _entry(kind, factory, args).options():
+        return ("draw them from a torch.Generator seeded with the `seed` option (or call "
+                "torch.manual_seed(seed) inside torch.random.fork_rng)")
+    return "take a `seed` option and draw them from a torch.Generator seeded with it"
+
+
+def _check_seeded_build(kind: str, factory: Callable[..., Any], args: tuple[Any, ...],
+                        options: dict[str, Any], first: Any) -> None:
+    """A second build with the same seed, after torch's global generator moved on, has
+    the same weights as ``first``: weights drawn from the global generator differ
+    between runs that differ anywhere before the build."""
+    torch.rand(16)  # move the global generator, as a run's earlier stages do
+    again = _build(kind, factory, args, options)
+    ours, theirs = first.state_dict(), again.state_dict()
+    differ = [k for k, v in ours.items()
+              if isinstance(v, torch.Tensor) and not torch.equal(v, theirs[k])]
+    assert not differ, (
+        f"two {kind} built with the same seed have different weights ({differ[0]}) once "
+        f"torch's global generator moved: {_seed_advice(kind, factory, args)}")
+
+
+@contextmanager
+def _optimizer_steps() -> Iterator[dict[int, int]]:
+    """The ``step()`` calls of each torch optimiser while inside, by optimiser: how many
+    steps a component trained, whatever its loop looks like."""
+    counts: dict[int, int] = {}
+
+    def count(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        counts[id(optimizer)] = counts.get(id(optimizer), 0) + 1
+
+    handle = register_optimizer_step_post_hook(count)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+
+
+def _check_steps(what: str, counts: dict[int, int], steps: int) -> None:
+    taken = max(counts.values(), default=0)
+    assert taken <= steps, (f"{what} ran {taken} optimiser steps for budget.steps = {steps}, "
+                            "expected at most that: stop when budget.done(step) is true")
 
 
 def _check_refuses_unknown_options(kind: str, factory: Callable[..., Any],
@@ -137,24 +188,32 @@ def _round_trip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- encoders
 def check_encoder(factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
-    """An encoder maps images of any channel count and size, through ``preprocess``, to
-    finite ``[B, feature_dim]`` features, the same for the same seed and after a state
-    round trip; ``pretrain`` (when declared) trains on tiny source data."""
+    """An encoder maps images of any channel count and size, through ``preprocess`` (to
+    ``[B, in_channels, *input_size]``), to finite ``[B, feature_dim]`` features, the same
+    for the same seed (whatever torch's global generator did before) and after a state
+    round trip; ``pretrain`` (when declared) trains on tiny source data within its
+    budget."""
     encoder = _build("encoders", factory, args, options)
     assert isinstance(encoder, torch.nn.Module), "an encoder must be a torch.nn.Module"
     assert isinstance(encoder.feature_dim, int) and encoder.feature_dim > 0, "feature_dim"
-    encoder_input_size(encoder)  # an int or (H, W); building refused any other form
+    size = encoder_input_size(encoder)  # an int or (H, W); building refused any other form
     assert isinstance(encoder.weights_source, str) and encoder.weights_source, "weights_source"
+    _check_seeded_build("encoders", factory, args, options, encoder)
     encoder.eval()
     features = {}
     for channels in (1, 3):
         images = torch.rand(2, channels, 20, 24, generator=torch.Generator().manual_seed(0))
         x = encoder.preprocess(images)
-        assert x.shape[0] == 2 and x.shape[1] == encoder.in_channels, \
-            f"preprocess gave shape {tuple(x.shape)} for {channels}-channel images"
+        expected = (2, encoder.in_channels, *size)
+        assert tuple(x.shape) == expected, (
+            f"preprocess gave shape {tuple(x.shape)} for 2 {channels}-channel 20x24 images, "
+            f"expected {expected}: in_channels is {encoder.in_channels} and input_size "
+            f"{encoder.input_size}")
         with torch.no_grad():
             features[channels] = out = encoder(x)
-        assert out.shape == (2, encoder.feature_dim), f"forward gave shape {tuple(out.shape)}"
+        assert out.shape == (2, encoder.feature_dim), (
+            f"forward gave shape {tuple(out.shape)}, expected {(2, encoder.feature_dim)}: "
+            f"feature_dim is {encoder.feature_dim}")
         assert out.isfinite().all(), "forward gave non-finite features"
     again = _build("encoders", factory, args, options).eval()
     x = encoder.preprocess(torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(0)))
@@ -164,8 +223,10 @@ def check_encoder(factory: Callable[..., Any], *args: Any, **options: Any) -> An
         again.load_state_dict(_round_trip(encoder.state_dict()))
         assert torch.allclose(again(x), features[1], atol=1e-6), "state_dict round trip"
     if declared(encoder, "pretrains", "encoders"):
-        result = encoder.pretrain(tiny_shapes("shapes", size=16), budget=Budget(2).start(),
-                                  progress=NullProgress(), device=CPU)
+        with _optimizer_steps() as counts:
+            result = encoder.pretrain(tiny_shapes("shapes", size=16), budget=Budget(2).start(),
+                                      progress=NullProgress(), device=CPU)
+        _check_steps("pretrain", counts, 2)
         json.dumps(result or {})  # merged into metrics.json
     _check_refuses_unknown_options("encoders", factory, args)
     return encoder
@@ -242,6 +303,7 @@ def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
     assert images.min() >= 0 and images.max() <= 1, "images outside [0, 1]"
     assert torch.equal(images, generator.sample(prompts, labels, seed=3, device=CPU)), \
         "the same seed drew other images"
+    _check_seeded_generator(factory, args, options, data, budget, (prompts, labels), images)
     assert not torch.equal(images, generator.sample(prompts, labels, seed=4, device=CPU)), \
         "another seed drew the same images"
     count = declared(generator, "num_classes", "generators")
@@ -260,6 +322,21 @@ def check_generator(factory: Callable[..., Any], *args: Any, fit_steps: int = 2,
         _check_edits(factory, args, options, data, mode, fit_steps)
     _check_refuses_unknown_options("generators", factory, args)
     return generator
+
+
+def _check_seeded_generator(factory: Callable[..., Any], args: tuple[Any, ...],
+                            options: dict[str, Any], data: GeneratorData, budget: Budget,
+                            call: tuple[list[str], torch.Tensor], images: torch.Tensor) -> None:
+    """Built with the same seed after torch's global generator moved, and fitted alike, a
+    generator draws the same images: its weights (made when built or when fitted) come
+    from its own seed."""
+    torch.rand(16)  # move the global generator, as a run's earlier stages do
+    again = _build("generators", factory, args, options)
+    again.fit(data, budget=Budget(budget.steps, budget.seconds).start(),
+              progress=NullProgress(), device=CPU)
+    assert torch.equal(again.sample(*call, seed=3, device=CPU), images), (
+        "two generators built with the same seed and fitted alike draw other images once "
+        f"torch's global generator moved: {_seed_advice('generators', factory, args)}")
 
 
 def _check_edits(factory: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any],
@@ -317,30 +394,40 @@ def _tiny_encoder() -> Any:
 def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
                   encoder: Any = None, data: TransferData | None = None,
                   **options: Any) -> Any:
-    """``uses`` names known sets; ``fit`` returns a :class:`Classifier` giving finite logits
-    for every class, the same for the same seed, and the same after a state round trip
-    into a fresh classifier (what ``imgxfer predict`` does)."""
+    """``uses`` names known sets; ``fit`` takes at most ``budget.steps`` optimiser steps
+    (unless it declares ``trains_by_steps = False``) and returns a :class:`Classifier` in
+    eval mode giving finite logits for every class, the same for the same seed, and the
+    same after a state round trip into a fresh classifier (what ``imgxfer predict``
+    does)."""
     data = data or tiny_transfer_data()
     encoder = encoder if encoder is not None else _tiny_encoder()
     check_tunable("adapters", factory, *args, **options)
 
     def fit() -> Classifier:
         adapter = _build("adapters", factory, args, options)
-        uses = set(adapter.uses)
-        assert uses and uses <= {"source", "target_labelled", "target_unlabelled",
-                                 "synthetic"}, f"uses {uses}"
-        torch.manual_seed(0)
-        model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(fit_steps).start(),
-                            progress=NullProgress(), device=CPU)
+        _check_uses(adapter.uses)
+        torch.manual_seed(0)  # a run resets the global generator before each adapter too
+        with _optimizer_steps() as counts:
+            model = adapter.fit(copy.deepcopy(encoder), data, budget=Budget(fit_steps).start(),
+                                progress=NullProgress(), device=CPU)
+        if declared(adapter, "trains_by_steps", "adapters"):
+            _check_steps("fit", counts, fit_steps)
         assert isinstance(model, Classifier), \
             f"fit returned a {type(model).__name__}, not an imgxfer.classifier.Classifier"
-        return model.eval()
+        training = [name or "the classifier" for name, m in model.named_modules() if m.training]
+        assert not training, (f"fit returned the classifier in training mode ({training[0]} is "
+                              "training), expected eval mode: call model.eval() before "
+                              "returning it")
+        return model
 
     model, twin = fit(), fit()
     x = encoder.preprocess(data.target_unlabelled.images.tensor())
     with torch.no_grad():
         logits = model(x)
-        assert logits.shape == (len(x), len(data.class_names)), f"logits {tuple(logits.shape)}"
+        classes = len(data.class_names)
+        assert logits.shape == (len(x), classes), (
+            f"logits of shape {tuple(logits.shape)} for {len(x)} images, expected "
+            f"{(len(x), classes)}: the data has {classes} classes")
         assert logits.isfinite().all(), "non-finite logits"
         assert torch.allclose(twin(x), logits, atol=1e-5), "the same seed fitted another model"
         rebuilt = rebuild(copy.deepcopy(encoder), len(data.class_names),
@@ -348,6 +435,14 @@ def check_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int = 3,
         assert torch.allclose(rebuilt(x), logits, atol=1e-5), "state_dict round trip"
     _check_refuses_unknown_options("adapters", factory, args)
     return model
+
+
+def _check_uses(uses: Any) -> None:
+    uses = set(uses)
+    unknown = sorted(uses - set(SETS))
+    assert uses and not unknown, (
+        f"uses {sorted(uses)} names {'no set' if not uses else ', '.join(unknown)}, expected "
+        f"a non-empty subset of {', '.join(SETS)}")
 
 
 # --------------------------------------------------------------------------- dense adapters
@@ -396,8 +491,9 @@ def check_dense_adapter(factory: Callable[..., Any], *args: Any, fit_steps: int 
 
     adapter = _build("adapters", factory, args, options)
     tasks = set(getattr(adapter, "tasks", ()))
-    assert tasks and tasks <= {"segment", "detect"}, f"tasks {tasks}"
-    assert set(adapter.uses) <= {"source", "target_labelled", "target_unlabelled", "synthetic"}
+    assert tasks and tasks <= {"segment", "detect"}, \
+        f"tasks {sorted(tasks)}, expected a non-empty subset of segment, detect"
+    _check_uses(adapter.uses)
     target = tiny_scenes("tiny-target", n=12, seed=1, invert=True)
     data = TransferData(tiny_scenes(n=12), target.subset([0, 1]),
                              target.subset(list(range(2, 12))), tiny_scenes(n=4, seed=2))
