@@ -201,4 +201,4 @@ def linear_classifier(encoder: ClipImageEncoder, text: torch.Tensor,
     with torch.no_grad():
         model.head.weight.copy_(weight)
         model.head.bias.zero_()
-    return model.to(device)
+    return model.to(device).eval()  # a classifier is returned ready to predict
