@@ -17,9 +17,12 @@ else:
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+import imgxfer
 from imgxfer import scaffold, testing
+from imgxfer.data import ImageDataset
 from imgxfer.cli import cli
 from imgxfer.plugins import PluginHost
 
@@ -188,3 +191,41 @@ def test_skeleton_installs_passes_its_own_tests_and_uninstalls(tmp_path):
         run(sys.executable, "-m", "pip", "uninstall", "--yes", "-q", dist)
     importlib.invalidate_caches()
     assert name not in {ep.name for ep in md.entry_points(group="imgxfer")}
+
+
+class ColourPlugin:
+    """A colour target: the fake plugin's inverted bars, tinted per channel."""
+
+    @imgxfer.hookimpl
+    def register_datasets(self, register):
+        from conftest import tiny_bars
+
+        def colour(n_per_class: int = 30, seed: int = 0):
+            data = tiny_bars("tiny-colour", n_per_class, seed=seed + 7, invert=True)
+            tint = torch.tensor([1.0, 0.6, 0.3]).view(1, 3, 1, 1)
+            return ImageDataset(data.images.tensor() * tint, data.labels, data.class_names,
+                                "tiny-colour")
+
+        register("tiny-colour", colour)
+
+
+def test_the_skeleton_encoder_follows_the_datas_channels(host, tmp_path, load_skeleton):
+    """It hard-coded in_channels=1, so colour images were read as grey."""
+    from imgxfer.config import from_mapping
+    from imgxfer.plan import prepare
+
+    assert new(tmp_path, "my-backbone", "--kind", "encoder").exit_code == 0
+    host.add(load_skeleton(tmp_path / "imgxfer-my-backbone", "imgxfer_my_backbone"),
+             "my-backbone")
+    host.add(ColourPlugin(), "colour")
+
+    def plan(target: str):
+        return prepare(from_mapping({
+            "source": "tiny-source", "target": target, "shots": 3, "generator": "none",
+            "encoder": {"name": "my-backbone", "width": 4, "input_size": 16},
+            "out": str(tmp_path / "runs")}), host.registry)
+
+    colour = plan("tiny-colour")
+    assert colour.encoder.in_channels == 3
+    assert tomllib.loads(colour.config.to_toml())["encoder"]["in_channels"] == 3
+    assert plan("tiny-target").encoder.in_channels == 1

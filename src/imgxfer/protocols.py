@@ -66,7 +66,15 @@ class Encoder(Protocol):
     for a square; the core reads it through :func:`encoder_input_size`), ``in_channels``,
     ``weights_source`` (a short text: "random", "imagenet", a path) and
     ``preprocess(images) -> tensor`` mapping float images in [0, 1] of any channel count
-    and size to what ``forward`` expects (on the images' device).
+    and size to what ``forward`` expects, ``[B, in_channels, H, W]`` at ``input_size``
+    (on the images' device).
+
+    Channels follow the data when the factory asks: a factory whose ``in_channels``
+    keyword defaults to 0 gets the run's image channels (3 when the source or the target
+    is colour, else 1) unless the user set it, and the run's config.toml records the
+    value, so ``imgxfer predict`` rebuilds the same encoder. A factory without that
+    keyword, or with another default, keeps its own channels and ``preprocess`` maps the
+    images to them (colour to grey or grey to colour).
 
     Optional: ``pretrain(source: ImageDataset, *, budget, progress, device) -> dict`` trains
     on labelled source images; the dict (JSON numbers, e.g. ``{"val_accuracy": 0.98}``) is

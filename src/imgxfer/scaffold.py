@@ -356,18 +356,24 @@ from imgxfer.progress import NullProgress, Progress
 
 
 class TinyConvEncoder(nn.Module):
-    """Tiny CNN: two strided convolutions and global average pooling (2 x width features)."""
+    """Tiny CNN: two strided convolutions and global average pooling (2 x width features).
+
+    ``in_channels`` 0 (the default) follows the data: ``imgxfer run`` replaces it with the
+    run's image channels (3 when source or target is colour, else 1) and records that in
+    config.toml, so colour images are not read as grey; built alone it reads grey (1).
+    """
 
     # Declared ability: imgxfer calls pretrain() on the labelled source before transfer.
     pretrains = True
 
-    def __init__(self, width: int = 16, input_size: int = 32, in_channels: int = 1,
+    def __init__(self, width: int = 16, input_size: int = 32, in_channels: int = 0,
                  lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
-        if width < 1 or input_size < 8 or in_channels not in (1, 3):
+        if width < 1 or input_size < 8 or in_channels not in (0, 1, 3):
             raise UserError(f"encoder '$name' needs width >= 1, input_size >= 8 and "
-                            f"in_channels 1 or 3, got width={width}, "
+                            f"in_channels 0 (from the data), 1 or 3, got width={width}, "
                             f"input_size={input_size}, in_channels={in_channels}.")
+        in_channels = in_channels or 1  # 0 reaches here only when built outside a run
         with torch.random.fork_rng(devices=[]):  # seeded weights; the global RNG is untouched
             torch.manual_seed(seed)
             self.net = nn.Sequential(
