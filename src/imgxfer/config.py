@@ -110,6 +110,9 @@ class RunConfig:
     # declares scores_images (a zero-shot classifier such as the CLIP plugin's clip:PATH).
     synthetic_filter_by: str = FILTER_PROBE
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
+    # Written by a run, never read as options: which plugin distribution (and version)
+    # registered each component, and the encoder's channels (imgxfer.provenance).
+    provenance: list[dict[str, Any]] = field(default_factory=list)
 
     def adapter_names(self) -> list[str]:
         """The adapters to run: ``compare`` when given (the first is the headline one),
@@ -228,14 +231,16 @@ def _check_type(key: str, value: Any, where: str) -> Any:
 
 def same_run(saved: RunConfig, current: RunConfig) -> bool:
     """Whether ``current`` is the run a saved config.toml describes: equal apart from
-    ``out`` (where run folders go, not what runs) and the encoder options a run resolves
+    ``out`` (where run folders go, not what runs), ``provenance`` (what was installed, not
+    what runs) and the encoder options a run resolves
     itself (smallcnn's ``in_channels`` 0, auto) where either config leaves them to the run,
     so folders written before an option was resolved still resume and compare."""
     def normal(config: RunConfig, auto: bool) -> RunConfig:
         encoder = dict(config.options.get("encoder", {}))
         if auto:
             encoder.pop("in_channels", None)
-        return replace(config, out="", options={**config.options, "encoder": encoder})
+        return replace(config, out="", provenance=[],
+                       options={**config.options, "encoder": encoder})
 
     auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))
     return normal(saved, auto) == normal(current, auto)

@@ -5,13 +5,13 @@ training is raised here (docs/architecture.md, "The chain")."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from imgxfer import distributed, images
+from imgxfer import distributed, images, provenance
 from imgxfer.budget import Budget, parse_duration
 from imgxfer.config import FILTER_PROBE, NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
@@ -79,9 +79,10 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     device = distributed.setup(config.device, config.mixed_precision) or device
     images.set_workers(None if config.workers < 0 else config.workers)
     check_out_dir(config.out)
-    # Look every component up first, so a typo fails in a second, not after data loading.
+    # Look every component up first, so a typo fails in a second, not after data loading
+    # (a resumed run whose plugin is gone names the distribution it needs).
     for kind, name in config.components():
-        registry.get(kind, name)
+        provenance.require(registry, config, kind, name)
     budget = generator_budget(config)
     seed_everything(config.seed)
     with distributed.main_first():  # a download happens once, in the main process
@@ -105,6 +106,9 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     check_zero_steps(config, adapters, generator)
     if generator is not None:
         check_generator_mode(config, generator, registry, split)
+    # config.toml records where each component came from (imgxfer.provenance).
+    config = replace(config, provenance=provenance.record(config, registry, encoder,
+                                                          config.components()))
     return Plan(config, device, source, split, encoder, captioner, generator,
                 adapters, budget, filter_scorer(config, make))
 

@@ -43,11 +43,15 @@ class PluginInfo:
     status: str = "ok"  # "ok" or "failed"
     error: str = ""
     components: dict[str, list[str]] = field(default_factory=dict)
+    # The installed distribution that provides it ("imgxfer" for the built-ins; "" for a
+    # plugin added from Python), which a run records so a missing one can be named.
+    distribution: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "source": self.source,
             "status": self.status, "error": self.error, "components": self.components,
+            "distribution": self.distribution,
         }
 
 
@@ -72,6 +76,13 @@ class HintingRegistry(Registry):
 
     hint: Callable[[str, str], str | None] | None = field(default=None, repr=False,
                                                           compare=False)
+    # plugin name -> {"distribution": ..., "version": ...} (PluginHost.distribution_of)
+    distribution: Callable[[str], dict[str, str]] | None = field(default=None, repr=False,
+                                                                 compare=False)
+
+    def origin(self, kind: str, name: str, task: str = CLASSIFY) -> dict[str, str]:
+        found = super().origin(kind, name, task)
+        return {**found, **(self.distribution(found["plugin"]) if self.distribution else {})}
 
     def get(self, kind: str, name: str, task: str = CLASSIFY) -> Component:
         try:
@@ -92,8 +103,17 @@ class PluginHost:
         self.env = os.environ if env is None else env
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.registry = HintingRegistry(hint=self.missing_plugin)
+        self.registry = HintingRegistry(hint=self.missing_plugin,
+                                        distribution=self.distribution_of)
         self.plugins: dict[str, PluginInfo] = {}
+
+    def distribution_of(self, plugin: str) -> dict[str, str]:
+        """The distribution that installed ``plugin`` and its version ({} when unknown:
+        a plugin added from Python)."""
+        info = self.plugins.get(plugin)
+        if info is None or not info.distribution:
+            return {}
+        return {"distribution": info.distribution, "version": info.version}
 
     def missing_plugin(self, kind: str, name: str) -> str | None:
         """For a component name no loaded plugin registered: the plugin of registry.toml
@@ -138,7 +158,8 @@ class PluginHost:
 
         if BUILTIN in self.plugins:
             return self
-        self.add(builtin, BUILTIN, version=__version__, source="built-in")
+        self.add(builtin, BUILTIN, version=__version__, source="built-in",
+                 distribution="imgxfer")
         for ep in self._selected_entry_points():
             if ep.name in self.plugins or self.pm.has_plugin(ep.name):
                 # The same distribution seen twice on sys.path (e.g. an editable and a
@@ -147,12 +168,14 @@ class PluginHost:
                               "that name is already loaded.", PluginLoadWarning, stacklevel=2)
                 continue
             version = ep.dist.version if ep.dist is not None else "?"
+            distribution = ep.dist.metadata["Name"] if ep.dist is not None else ""
             try:
                 module = ep.load()
             except Exception as exc:  # any import failure must not stop the host
                 self._fail(ep.name, version, "entry point", exc, stage="import")
                 continue
-            self.add(module, ep.name, version=version, source="entry point")
+            self.add(module, ep.name, version=version, source="entry point",
+                     distribution=distribution)
         return self
 
     def _selected_entry_points(self) -> list[md.EntryPoint]:
@@ -172,7 +195,7 @@ class PluginHost:
         return [ep for ep in eps if ep.name in names]
 
     def add(self, plugin: ModuleType | object, name: str, *, version: str = "?",
-            source: str = "added") -> PluginInfo:
+            source: str = "added", distribution: str = "") -> PluginInfo:
         """Register one plugin and run its register hooks; on failure it is rolled back."""
         try:
             self.pm.register(plugin, name=name)
@@ -185,7 +208,8 @@ class PluginHost:
             self.registry.remove_plugin(name)
             self.pm.unregister(name=name)
             return self._fail(name, version, source, exc, stage="register")
-        info = PluginInfo(name, version, source, components=self.registry.by_plugin(name))
+        info = PluginInfo(name, version, source, components=self.registry.by_plugin(name),
+                          distribution=distribution)
         self.plugins[name] = info
         return info
 

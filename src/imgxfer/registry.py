@@ -179,6 +179,11 @@ class Registry:
             f"(see `imgxfer plugins` and `imgxfer list {kind}`)."
         )
 
+    def origin(self, kind: str, name: str, task: str = CLASSIFY) -> dict[str, str]:
+        """Where ``name`` comes from: the plugin that registered it (a plugin host's
+        registry adds the distribution that installed that plugin, and its version)."""
+        return {"plugin": self.get(kind, name, task).plugin}
+
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None, *,
               seed: int | None = None, augment: str | None = None,
               task: str = CLASSIFY) -> Any:

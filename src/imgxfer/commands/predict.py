@@ -101,6 +101,7 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
     registry, so a plugin encoder needs its plugin), then the trained weights."""
     from imgxfer.classifier import rebuild
     from imgxfer.config import load
+    from imgxfer.provenance import require
     from imgxfer.runfolder import read_tensors
 
     path, adapter = find_classifier(source, adapter)
@@ -125,6 +126,7 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
     if any(not k.startswith(("encoder.", "head.")) for k in tensors):
         raise UserError(f"{str(path)!r} holds a model other than an encoder with a linear head "
                         "(a plugin adapter's own model?); predict can rebuild only those.")
+    require(registry, config, "encoders", config.encoder)  # names a missing plugin's distribution
     options = dict(config.options.get("encoder", {}))
     # The encoder as the run built it: pretrained weights can choose an architecture
     # variant (timm's EfficientNet-Lite0 with its packaged weights uses "same" padding and

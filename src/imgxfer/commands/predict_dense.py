@@ -29,6 +29,7 @@ from imgxfer.config import RunConfig, load
 from imgxfer.dense import artifacts
 from imgxfer.dense.model import DenseModel
 from imgxfer.errors import UserError
+from imgxfer.provenance import require
 from imgxfer.registry import Registry
 from imgxfer.runfolder import CONFIG, atomic_write_bytes, atomic_write_text
 from imgxfer.scenes import SceneDataset
@@ -58,6 +59,7 @@ def load_model(run: str | Path, adapter: str | None, registry: Registry
             raise UserError(f"the run in {str(folder)!r} has no adapter {adapter!r}; it has "
                             f"{', '.join(names)}.")
         path = folder / artifacts.model_file(adapter)
+    require(registry, config, "encoders", config.encoder, config.task)  # a missing plugin
     encoder = registry.build("encoders", config.encoder, config.options["encoder"],
                              seed=config.seed, task=config.task)
     return artifacts.load(path, encoder), config, adapter or path.stem

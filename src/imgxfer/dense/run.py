@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from imgxfer import __version__
+from imgxfer import __version__, provenance
 from imgxfer.budget import Budget
 from imgxfer.config import NONE, RunConfig
 from imgxfer.data import TransferData
@@ -83,9 +83,9 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     check_dense(config)
     device = resolve_device(config.device)
     check_out_dir(config.out)
-    for kind, name in config.components():
-        if kind != "captioners":  # a dense run writes no captions
-            registry.get(kind, name, config.task)
+    components = [(k, n) for k, n in config.components() if k != "captioners"]  # no captions
+    for kind, name in components:
+        provenance.require(registry, config, kind, name, config.task)
     head = check_head(config.head, config.task)
     seed_everything(config.seed)
     source, split = load_scenes(config, registry)
@@ -104,6 +104,7 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
         generator = make("generators", config.generator, config.options["generator"])
         check_translate(config, generator, split)
     check_adapters(config, adapters, source, split, generator is not None)
+    config = replace(config, provenance=provenance.record(config, registry, encoder, components))
     return DensePlan(config, device, source, split, model, adapters, generator)
 
 
