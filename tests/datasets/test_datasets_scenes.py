@@ -260,3 +260,49 @@ def test_coco_errors_are_one_sentence(tmp_path):
         coco_dataset(path)
     with pytest.raises(UserError, match="image file 'im0.png' is not in"):
         coco_dataset(path, images=str(tmp_path / "elsewhere"))
+
+
+# Issue 29, item 13: COCO input that ran without a check, or crashed.
+@pytest.mark.parametrize("bbox", [[float("nan"), 2, 5, float("inf")], [0, 0, float("-inf"), 3]])
+def test_coco_refuses_a_box_that_is_not_finite(tmp_path, bbox):
+    path = _coco(tmp_path, [_ann(10, 3, bbox)])  # json writes NaN and Infinity, and reads them
+    with pytest.raises(UserError, match=r"annotation 0 has bbox .*must be finite numbers\.$"):
+        coco_dataset(path)
+
+
+def test_coco_refuses_two_images_of_one_id(tmp_path):
+    path = _coco(tmp_path, [_ann(10, 3, [0, 0, 4, 4])])
+    spec = json.loads((tmp_path / "ann.json").read_text())
+    spec["images"][1]["id"] = 10
+    (tmp_path / "ann.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="images entries 0 and 1 have the same id 10"):
+        coco_dataset(path)
+
+
+def test_coco_refuses_a_file_without_objects(tmp_path):
+    with pytest.raises(UserError, match="the file lists no annotations"):
+        coco_dataset(_coco(tmp_path, []))
+    # Annotations that all give nothing: crowd, and a box off the image.
+    path = _coco(tmp_path, [_ann(10, 3, [1, 1, 2, 2], iscrowd=1), _ann(11, 3, [50, 50, 5, 5])])
+    with pytest.raises(UserError, match=r"none of its 2 annotations gives an object .*\(1 "
+                                        r"crowd, 0 of zero area, 1 wholly outside the image\)"):
+        coco_dataset(path)
+
+
+@pytest.mark.parametrize("polygon, says", [
+    (["a", "b", "c", "d", "e", "f"], r"a polygon \['a', .*; a polygon is a flat list of numbers"),
+    ("abcdefgh", r"a polygon abcdefgh; a polygon is a flat list of numbers"),
+    ([1, 1, 9, 1, 9, 9, 1], r"a polygon of 7 coordinates; a polygon holds x, y pairs"),
+])
+def test_coco_bad_polygons_are_one_sentence(tmp_path, polygon, says):
+    path = _coco(tmp_path, [_ann(10, 3, [1, 1, 8, 8], segmentation=[polygon])])
+    with pytest.raises(UserError, match=f"annotation 0 has {says}"):
+        coco_dataset(path)
+
+
+def test_coco_box_outside_its_image_is_said_to_be_outside(tmp_path):
+    path = _coco(tmp_path, [_ann(10, 3, [0, 0, 4, 4]), _ann(10, 3, [-20, 5, 10, 5]),
+                            _ann(11, 7, [2, 2, 0, 5])])
+    notes = " ".join(coco_dataset(path).notes)
+    assert "1 boxes that lie wholly outside their image were skipped" in notes
+    assert "1 boxes of zero area inside the image were skipped" in notes

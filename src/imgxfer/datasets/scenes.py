@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -367,7 +368,7 @@ def coco_dataset(path: str, *, images: str = "", size: int = 0) -> SceneDataset:
     with_masks = bool(spec["annotations"]) and all(a.get("segmentation")
                                                    for a in spec["annotations"])
     folders = [Path(images).expanduser()] if images else [file.parent, file.parent / "images"]
-    arrays, masks, boxes, labels, paths, counts = [], [], [], [], [], [0, 0]
+    arrays, masks, boxes, labels, paths, counts = [], [], [], [], [], [0, 0, 0]
     for entry in spec["images"]:
         image_path = _find_image(entry["file_name"], folders, what)
         arrays.append(_read_image(image_path, what))
@@ -379,6 +380,7 @@ def coco_dataset(path: str, *, images: str = "", size: int = 0) -> SceneDataset:
         paths.append(str(image_path))
         if with_masks:
             masks.append(_coco_mask(anns, index, h, w, what))
+    _check_objects(what, len(spec["annotations"]), boxes, masks, counts)
     notes = _coco_notes(what, counts)
     shape = _target_shape(what, [a.shape[:2] for a in arrays], size, notes)
     boxes = [b * torch.tensor([shape[1] / a.shape[1], shape[0] / a.shape[0]] * 2)
@@ -408,7 +410,27 @@ def _read_coco(file: Path, what: str) -> dict[str, Any]:
                 raise UserError(f"{what}: {key} entry {i} has no {', '.join(lacking)}.")
     if not spec["images"]:
         raise UserError(f"{what}: the file lists no images.")
+    _check_unique_ids(spec["images"], what)
+    if not spec["annotations"]:
+        # Nothing to train on or to score against: a run would "succeed" on empty labels.
+        raise UserError(f"{what}: the file lists no annotations; a scene dataset needs "
+                        "boxes or masks to train and test on.")
     return spec
+
+
+def _check_unique_ids(images: list[dict[str, Any]], what: str) -> None:
+    """Image ids are what annotations point at: two images of one id would make it
+    ambiguous which one an annotation belongs to."""
+    first: dict[Any, int] = {}
+    for i, entry in enumerate(images):
+        key = entry["id"]
+        if not isinstance(key, (int, str)) or isinstance(key, bool):
+            raise UserError(f"{what}: images entry {i} has id {key!r}; an id is a number or "
+                            "a string.")
+        if key in first:
+            raise UserError(f"{what}: images entries {first[key]} and {i} have the same id "
+                            f"{key!r}; each image needs its own id.")
+        first[key] = i
 
 
 def _annotations_by_image(spec: dict[str, Any], index: dict[Any, int],
@@ -424,12 +446,37 @@ def _annotations_by_image(spec: dict[str, Any], index: dict[Any, int],
         if ann["image_id"] not in ids:
             raise UserError(f"{what}: annotation {i} has image_id {ann['image_id']!r}, "
                             "which no image has.")
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) for v in bbox)):
-            raise UserError(f"{what}: annotation {i} has bbox {bbox!r}, not [x, y, w, h].")
+        _check_bbox(ann["bbox"], i, what)
+        if isinstance(ann.get("segmentation"), list):
+            _check_polygons(ann["segmentation"], i, what)
         by_image.setdefault(ann["image_id"], []).append(ann)
     return by_image
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number (Python's json reads NaN and Infinity, which COCO has none of)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_bbox(bbox: Any, i: int, what: str) -> None:
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        raise UserError(f"{what}: annotation {i} has bbox {bbox!r}, not [x, y, w, h].")
+    if not all(_number(v) for v in bbox):
+        raise UserError(f"{what}: annotation {i} has bbox {bbox!r}; x, y, w and h must be "
+                        "finite numbers.")
+
+
+def _check_polygons(polygons: list[Any], i: int, what: str) -> None:
+    """COCO polygons are lists of x, y pairs: checked here so a bad one is one sentence
+    before any image is read, not an error of the drawing code."""
+    for polygon in polygons:
+        if not (isinstance(polygon, list) and all(_number(v) for v in polygon)):
+            raise UserError(f"{what}: annotation {i} has a polygon {str(polygon)[:60]}; a "
+                            "polygon is a flat list of numbers, the x and y of each point.")
+        if len(polygon) % 2:
+            raise UserError(f"{what}: annotation {i} has a polygon of {len(polygon)} "
+                            "coordinates; a polygon holds x, y pairs, an even number.")
 
 
 def _find_image(name: str, folders: list[Path], what: str) -> Path:
@@ -444,13 +491,17 @@ def _find_image(name: str, folders: list[Path], what: str) -> Path:
 
 def _coco_boxes(anns: list[dict[str, Any]], index: dict[Any, int], w: int, h: int,
                 counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corner boxes clipped to the image, and labels; counts crowd and empty boxes."""
+    """Corner boxes clipped to the image, and labels; counts crowd boxes, boxes wholly
+    outside the image and empty ones."""
     boxes, labels = [], []
     for ann in anns:
         if ann.get("iscrowd", 0):
             counts[0] += 1
             continue
         x, y, bw, bh = (float(v) for v in ann["bbox"])
+        if bw > 0 and bh > 0 and (x >= w or y >= h or x + bw <= 0 or y + bh <= 0):
+            counts[2] += 1  # a real box in the wrong place, not an empty one: said apart
+            continue
         x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)
         if x1 <= x0 or y1 <= y0:
             counts[1] += 1
@@ -461,14 +512,28 @@ def _coco_boxes(anns: list[dict[str, Any]], index: dict[Any, int], w: int, h: in
             torch.tensor(labels, dtype=torch.long))
 
 
+def _check_objects(what: str, n: int, boxes: list[torch.Tensor], masks: list[np.ndarray],
+                   counts: list[int]) -> None:
+    """Refuse a file whose annotations all give nothing (crowd, empty or outside boxes):
+    a run on it would train and score on no object at all."""
+    if any(len(b) for b in boxes) or any(((m > 0) & (m != IGNORE)).any() for m in masks):
+        return
+    raise UserError(f"{what}: none of its {n} annotations gives an object inside its image "
+                    f"({counts[0]} crowd, {counts[1]} of zero area, {counts[2]} wholly outside "
+                    "the image).")
+
+
 def _coco_notes(what: str, counts: list[int]) -> list[str]:
-    """Notes for the annotations that gave no box (crowd, zero area)."""
+    """Notes for the annotations that gave no box (crowd, zero area, outside)."""
     notes = []
     if counts[0]:
         notes.append(f"{what}: {counts[0]} crowd annotations (iscrowd) give no box; their "
                      "mask regions, if any, are ignored.")
     if counts[1]:
         notes.append(f"{what}: {counts[1]} boxes of zero area inside the image were skipped.")
+    if counts[2]:
+        notes.append(f"{what}: {counts[2]} boxes that lie wholly outside their image were "
+                     "skipped.")
     return notes
 
 
