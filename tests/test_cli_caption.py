@@ -4,6 +4,7 @@ bad input as one sentence with exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -97,6 +98,24 @@ def test_folder_of_loose_images(host, tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = read_rows(tmp_path / "one.jsonl")
     assert row["path"] == "right.png" and row["caption"] == right
+
+
+def test_a_file_name_that_is_not_utf8(host, tmp_path):
+    """Issue 29, item 14: a Latin-1 file name (byte 0xe9) is written with that byte as
+    \\xe9, not a UnicodeEncodeError; the folder: dataset's path column likewise."""
+    folder = tmp_path / "scans"
+    draw(folder / os.fsdecode(b"caf\xe9.png"), (2, 20, 18, 44))
+    draw(folder / "plain.png", (46, 20, 62, 44))
+    out = tmp_path / "c.jsonl"
+    result = invoke(str(folder), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert [r["path"] for r in read_rows(out)] == ["caf\\xe9.png", "plain.png"]
+    for name in ("a", "b"):
+        draw(tmp_path / "classes" / name / os.fsdecode(b"\xff" + name.encode() + b".png"),
+             (2, 20, 18, 44))
+    result = invoke(f"folder:{tmp_path / 'classes'}", "--out", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert read_rows(out)[0]["path"] == str(tmp_path / "classes" / "a" / "\\xffa.png")
 
 
 def test_folder_of_class_folders(host, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -223,6 +224,27 @@ def test_bad_input_is_one_sentence(host, compare_run, tmp_path, args, message):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "maps").exists()
     assert {p.name: p.stat().st_mtime_ns for p in compare_run.iterdir()} == before
+
+
+def test_a_file_name_that_is_not_utf8(host, compare_run, tmp_path):
+    """Issue 29, item 14: explain and predict write a Latin-1 file name (byte 0xe9) with
+    that byte as \\xe9 (one helper, inputs.text_path), instead of a UnicodeEncodeError."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (16, 16), 200).save(folder / os.fsdecode(b"caf\xe9.png"))
+    shown = str(folder / "caf\\xe9.png")
+    result = run_explain(str(folder), "--from", str(compare_run), "--adapter", "finetune",
+                         "--out", str(tmp_path / "maps"))
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "maps" / "explanations.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["path"] == shown and (tmp_path / "maps" / row["map"]).is_file()
+    result = CliRunner().invoke(cli, ["predict", str(folder), "--from", str(compare_run),
+                                      "--adapter", "finetune", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].startswith(f"{shown},")
 
 
 def test_no_images_and_an_existing_output(host, compare_run, tmp_path):

@@ -113,6 +113,58 @@ def test_predict_writes_masks_or_coco_boxes_at_each_image_size(dense_run, tmp_pa
             assert 0 <= x and x + w <= image["width"] + 1e-3 and 0 <= ann["score"] <= 1
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels and that holds none: what
+    a decompression bomb looks like to Pillow before it decodes anything."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_predict_refuses_a_decompression_bomb(dense_run, tmp_path) -> None:
+    """Issue 29, item 14: a 10^10-pixel PNG is one sentence, as in classification."""
+    _, folder, _ = dense_run
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(100_000, 100_000))
+    plugins = _fake_host()
+    try:
+        result = invoke("predict", str(tmp_path / "bomb.png"), "--from", str(folder),
+                        "--adapter", "finetune", "--out", str(tmp_path / "out"))
+    finally:
+        plugins.reset_host()
+    assert result.exit_code == 2, result.output
+    assert "bomb.png' cannot be read (Image size (10000000000 pixels) exceeds limit" in (
+        result.output)
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_predict_out_dash_is_standard_output(dense_run, tmp_path, monkeypatch) -> None:
+    """Issue 29, item 15: ``--out -`` puts a detect run's COCO JSON on standard output
+    (not into a file named '-'); a segment run's masks cannot go there: one sentence."""
+    task, folder, _ = dense_run
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    plugins = _fake_host()
+    try:
+        result = invoke("predict", "a.png", "--from", str(folder), "--adapter", "finetune",
+                        "--out", "-")
+    finally:
+        plugins.reset_host()
+    assert not (tmp_path / "-").exists()
+    if task == "segment":
+        assert result.exit_code == 2, result.output
+        assert "a segment run writes a folder of mask PNGs" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    coco = json.loads(result.stdout)
+    assert [i["file_name"] for i in coco["images"]] == ["a.png"]
+    assert "to standard output" in result.stderr
+
+
 @pytest.mark.parametrize("args, says", [
     (["--task", "segment", "--source", "tiny-source"], "is for --task classify"),
     (["--task", "detect", "--adapter", "advent"], "'advent' is for --task segment"),

@@ -17,7 +17,8 @@ import click
 
 from imgxfer.commands.context import current_registry
 from imgxfer.commands.inputs import (ImageInput, check_count, check_source, load_images,
-                                     parse_options, resolve_out, select, write_jsonl)
+                                     parse_options, resolve_out, select, text_path,
+                                     write_jsonl)
 from imgxfer.commands.options import dataset_opt_option, force_option, limit_option, out_option
 
 DEFAULT_OUT = "captions.jsonl"
@@ -35,9 +36,10 @@ def caption_rows(captioner: Any, data: ImageInput) -> list[dict[str, Any]]:
     attributes = measure(data.images) if measure is not None else None
     rows = []
     for i, text in enumerate(captions):
-        row: dict[str, Any] = {data.id_key: data.ids[i]}
+        loose = data.id_key == "path"  # a file's path, which may not be UTF-8
+        row: dict[str, Any] = {data.id_key: text_path(data.ids[i]) if loose else data.ids[i]}
         if data.paths is not None:
-            row["path"] = data.paths[i]
+            row["path"] = text_path(data.paths[i])
         if data.labels is not None:
             row["label"] = data.class_names[int(data.labels[i])]
         row["caption"] = text

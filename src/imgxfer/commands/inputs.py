@@ -63,6 +63,14 @@ class ImageInput:
         return "index" if self.labels is not None else "path"
 
 
+def text_path(path: str | Path) -> str:
+    """A file path as text any UTF-8 output takes. A file name that is not UTF-8 reaches
+    Python with surrogate characters in it (PEP 383), which no UTF-8 file or terminal can
+    hold; its undecodable bytes are written as ``\\xNN`` instead, the rest unchanged.
+    Every command that writes image paths (predict, explain, caption) goes through here."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def check_count(flag: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UserError(f"{flag} must be a positive number of images, got {value}.")

@@ -207,18 +207,21 @@ def prediction_rows(data: Any, proba: torch.Tensor, class_names: Sequence[str],
                     root: Path | None = None, renamed: dict[str, str] | None = None
                     ) -> list[dict[str, Any]]:
     """One row per image: ``path`` for images read from files (loose files are named
-    relative to ``root``, the folder they were found in, as the user wrote it), else the
-    dataset ``index``; the prediction, its confidence and the label when known, in the
-    run's spelling where ``renamed`` (from :func:`run_class_names`) has one."""
+    relative to ``root``, the folder they were found in, as the user wrote it; written as
+    :func:`~imgxfer.commands.inputs.text_path` writes paths), else the dataset ``index``;
+    the prediction, its confidence and the label when known, in the run's spelling where
+    ``renamed`` (from :func:`run_class_names`) has one."""
+    from imgxfer.commands.inputs import text_path
+
     confidence, predicted = proba.max(1)
     renamed = renamed or {}
     rows = []
     for i in range(len(proba)):
         row: dict[str, Any]
         if data.paths is not None:
-            row = {"path": data.paths[i]}
+            row = {"path": text_path(data.paths[i])}
         elif data.labels is None:
-            row = {"path": str(root / data.ids[i]) if root is not None else data.ids[i]}
+            row = {"path": text_path(root / data.ids[i] if root is not None else data.ids[i])}
         else:
             row = {"index": data.ids[i]}
         row["predicted"] = class_names[int(predicted[i])]

@@ -9,7 +9,7 @@ class indices, 0 the background) and ``OUT/classes.txt`` (background first): wit
 images in ``OUT/images/`` that is a ``masks:OUT`` dataset. A detection run writes one
 COCO JSON file (``images`` with their file names, ``categories``, ``annotations`` with
 ``bbox`` as x, y, width, height and a ``score``), which ``coco:FILE`` reads beside the
-images. Images are predicted at the run's scene size and masks and boxes are mapped
+images (``--out -`` writes it to standard output). Images are predicted at the run's scene size and masks and boxes are mapped
 back to each image's own size. A scene dataset given by name (``digit-scenes:mnist``)
 is scored against its annotations too."""
 
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from imgxfer.config import RunConfig, load
+from imgxfer.datasets.common import one_line
 from imgxfer.dense import artifacts
 from imgxfer.dense.model import DenseModel
 from imgxfer.errors import UserError
@@ -100,13 +101,16 @@ def _is_scene_dataset(name: str, registry: Registry, task: str) -> bool:
 
 
 def _read(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    """One file as float RGB [3, H, W], decoded as classification decodes its files (a
+    decompression bomb, too, is one sentence)."""
+    from imgxfer.datasets.files import Unreadable, decode
 
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
+        array = np.asarray(decode(path).convert("RGB"), dtype=np.float32) / 255.0
+    except Unreadable as error:
         raise UserError(f"image {str(path)!r} cannot be read ({error}).") from None
+    except ValueError as error:  # a mode Pillow cannot turn into RGB
+        raise UserError(f"image {str(path)!r} cannot be read ({one_line(error)}).") from None
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
@@ -185,29 +189,39 @@ def predict_dense(source: str, run: str, adapter: str | None, out: str | None,
     ``out``; every input problem is one sentence before anything is written."""
     model, config, adapter = load_model(run, adapter, registry)
     model = model.to(device)
-    target = check_out(Path(out or DEFAULT_OUT[config.task]).expanduser(), config.task, force)
+    target = check_out(out or DEFAULT_OUT[config.task], config.task, force)
     images, names, data = read_inputs(source, registry, config.task, limit)
     if data is not None:
         data = _in_run_classes(data, model.class_names)
     found = [predict_one(model, image, device) for image in images]
     if config.task == "segment":
+        assert target is not None  # check_out refuses standard output for masks
         write_masks(target, names, found, model.class_names)
         what = f"{len(found)} masks"
     else:
         coco = coco_json(names, [tuple(i.shape[-2:]) for i in images], found,
                          model.class_names)
-        atomic_write_text(target, json.dumps(coco))
+        if target is None:
+            click.echo(json.dumps(coco))
+        else:
+            atomic_write_text(target, json.dumps(coco))
         what = f"{len(coco['annotations'])} boxes in {len(found)} images"
-    click.echo(f"wrote {what} of {adapter!r} to {target}", err=True)
+    click.echo(f"wrote {what} of {adapter!r} to {target or 'standard output'}", err=True)
     if data is not None:
         click.echo(f"on these {len(data)} scenes: {score(found, data, config.task)} (the run's "
                    "held-out score is in its metrics.json)", err=True)
 
 
-def check_out(target: Path, task: str, force: bool) -> Path:
+def check_out(out: str, task: str, force: bool) -> Path | None:
     """``--out``: a folder for masks, a file for boxes; an existing one only with
-    ``--force``."""
+    ``--force``. ``-`` is standard output (None), which only boxes can go to."""
     folder = task == "segment"
+    if out == "-":
+        if folder:
+            raise UserError("--out - (standard output) takes a detect run's COCO JSON; a "
+                            "segment run writes a folder of mask PNGs, so give a folder.")
+        return None
+    target = Path(out).expanduser()
     if target.exists() and (target.is_dir() != folder):
         raise UserError(f"--out {str(target)!r} is a {'file' if folder else 'folder'}; a "
                         f"{task} run writes {'a folder of masks' if folder else 'a JSON file'}"

@@ -104,11 +104,16 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _decode(path: Path, size: int) -> Image.Image:
+def decode(path: Path, size: int = 0) -> Image.Image:
+    """One file as Pillow decodes it (upright by its EXIF orientation), or
+    :class:`Unreadable` with the reason: damaged data, a foreign format, or a
+    decompression bomb (more pixels than Pillow's limit). Every command that opens a
+    user's image file goes through here, so each refuses the same files the same way.
+    ``size`` > 0 lets a JPEG decode at a reduced scale that is still at least that."""
     try:
         with Image.open(path) as image:
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale; stays >= size on both sides.
-            image.draft(None, (size, size))
+            if size > 0:  # JPEG can decode at 1/2, 1/4 or 1/8 scale; stays >= size.
+                image.draft(None, (size, size))
             image.load()
             return ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
@@ -165,7 +170,7 @@ def read_image(path: Path, options: ImageOptions) -> np.ndarray:
     :data:`DEFAULT_SIZE`."""
     options = options if options.size else replace(options, size=DEFAULT_SIZE)
     background = BACKGROUNDS[options.background]
-    image = _decode(path, options.size)
+    image = decode(path, options.size)
     try:
         image = _flatten(image, background)
     except ValueError as exc:  # a mode Pillow cannot convert (HSV, LAB...)
