@@ -112,6 +112,44 @@ def test_a_bad_stream_or_worker_count_is_one_sentence(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_too_many_workers_are_refused_in_one_sentence(workers, monkeypatch):
+    """Issue 29, item 15: --workers 100000 is refused before anything starts (4 per core,
+    and fewer under a process limit), not an 'Aborted!' with a traceback midway."""
+    import resource
+
+    monkeypatch.setattr(store_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(store_module, "_process_room", lambda: None)
+    workers(8)
+    with pytest.raises(UserError, match=r"^--workers 100000 is more than this machine allows "
+                                        r"\(at most 8: 4 per usable core, 2 here\); use fewer"):
+        workers(100000)
+    # Under `ulimit -u 60` with 20 tasks of the user running: room for 10 workers.
+    monkeypatch.undo()
+    monkeypatch.setattr(store_module, "usable_cores", lambda: 16)
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (60, 60))
+    monkeypatch.setattr(store_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(store_module, "_user_tasks", lambda: 20)
+    workers(10)
+    with pytest.raises(UserError, match=r"at most 10: what the user's process limit"):
+        workers(11)
+    assert store_module.workers() == 10
+
+
+def test_workers_that_cannot_start_are_one_sentence(tmp_path, workers, monkeypatch):
+    """When the machine has no process to spare at the time, the fork server's connection
+    closes (EOFError, which click reports as 'Aborted!'): one sentence instead."""
+    class NoForks(store_module.DataLoader):
+        def __iter__(self):
+            raise EOFError
+
+    workers(2)
+    monkeypatch.setattr(store_module, "DataLoader", NoForks)
+    store = folder(str(bars_folder(tmp_path / "bars")), stream="always").images
+    with pytest.raises(UserError, match=r"could not start 2 worker processes to decode images "
+                                        r"\(EOFError\); use fewer --workers"):
+        list(store.chunks(4))
+
+
 def test_a_streamed_run_gives_the_metrics_of_an_in_memory_run(host, tmp_path):
     """The same folders streamed through a worker and kept in memory: the same pixels, so
     the same trained models and metrics, to the last digit."""

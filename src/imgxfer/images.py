@@ -51,12 +51,68 @@ def default_workers() -> int:
     return max(1, min(4, usable_cores() - 1))
 
 
+# Workers per usable core at most: a decoding worker beyond that only waits for a core,
+# holding a process and its memory the while.
+WORKERS_PER_CORE = 4
+# Tasks one worker counts against RLIMIT_NPROC (Linux counts threads): its process, torch's
+# threads and the queue's feeder thread, with room to spare.
+TASKS_PER_WORKER = 4
+
+
+def _user_tasks() -> int:
+    """Processes and threads of this user now (what RLIMIT_NPROC counts), from /proc; 0
+    where it cannot be read."""
+    uid, tasks = os.getuid(), 0
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            tasks += int(fields.get("Threads", "1").strip())
+    return tasks
+
+
+def _process_room() -> int | None:
+    """Workers the user's process limit (``ulimit -u``) leaves room for; None without a
+    limit (or as root, whom it does not bind)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY or os.geteuid() == 0:
+        return None
+    return max(0, (soft - _user_tasks()) // TASKS_PER_WORKER)
+
+
+def max_workers() -> tuple[int, str]:
+    """The most decoding workers worth starting here, and what sets that bound."""
+    cap = WORKERS_PER_CORE * usable_cores()
+    why = f"{WORKERS_PER_CORE} per usable core, {usable_cores()} here"
+    room = _process_room()
+    if room is not None and room < cap:
+        return room, "what the user's process limit (ulimit -u) still leaves room for"
+    return cap, why
+
+
 def set_workers(n: int | None) -> None:
     """Worker processes that decode streamed images (0: decode in this process; None: the
-    default, :func:`default_workers`)."""
+    default, :func:`default_workers`). More than :func:`max_workers` is refused: past
+    the process limit, starting them fails midway through a run."""
     global _workers
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise UserError(f"--workers must be 0 (decode in the main process) or more, got {n!r}.")
+    if n is not None and n > 0:
+        most, why = max_workers()
+        if n > most:
+            raise UserError(f"--workers {n} is more than this machine allows (at most {most}: "
+                            f"{why}); use fewer, or 0 to decode in the main process.")
     _workers = n
 
 
@@ -324,6 +380,19 @@ def _worker_context() -> Any:
     return context
 
 
+def _started(loader: DataLoader) -> Iterator[Any]:
+    """The loader's iterator once its workers run. Starting them can fail when the
+    machine has no process to spare (other programs took the room :func:`set_workers`
+    saw): the fork server's connection then closes (EOFError) or fork fails (OSError)."""
+    try:
+        return iter(loader)
+    except (OSError, EOFError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"could not start {loader.num_workers} worker processes to decode "
+                        f"images ({reason}); use fewer --workers, or 0 to decode in the "
+                        "main process.") from None
+
+
 def _loader_batches(store: ImageStore, index_batches: Iterable[Any]) -> Iterator[torch.Tensor]:
     sampler = ([int(i) for i in (idx.tolist() if isinstance(idx, torch.Tensor) else idx)]
                for idx in index_batches)
@@ -333,7 +402,7 @@ def _loader_batches(store: ImageStore, index_batches: Iterable[Any]) -> Iterator
                         collate_fn=_collate, worker_init_fn=_one_thread, prefetch_factor=2,
                         generator=torch.Generator().manual_seed(0),
                         multiprocessing_context=_worker_context())
-    for batch in loader:
+    for batch in _started(loader):
         if isinstance(batch, _Failed):
             raise UserError(batch.message)
         yield torch.from_numpy(batch)
