@@ -115,6 +115,12 @@ def test_names_are_normalised(host, tmp_path, given, name, module):
     (["builtin"], "plugin name 'builtin' is reserved by imgxfer; choose another name."),
     (["imgxfer"], "plugin name 'imgxfer' is reserved by imgxfer; choose another name."),
     (["timm"], "plugin name 'timm' is taken"),
+    # Issue 29, item 15: words with a meaning on the command line.
+    (["none", "--kind", "generator"], "plugin name 'none' is reserved: on imgxfer's command "
+                                      "line 'none' means 'no component' (e.g. --generator none)"),
+    (["Auto", "--kind", "adapter"], "plugin name 'Auto' is reserved: on imgxfer's command line "
+                                    "'auto' means 'let imgxfer choose'"),
+    (["probe", "--kind", "adapter"], "'probe' names the built-in scorer of --synthetic-filter-by"),
     (["smallcnn"], "encoder 'smallcnn' is already registered by plugin 'builtin', and the "
                    "new plugin registers its encoder under its own name; choose another name."),
     (["tiny-source", "--kind", "dataset"], "dataset 'tiny-source' is already registered by "

@@ -17,6 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Iterable
 
+from imgxfer.config import AUTO, FILTER_PROBE, NONE
 from imgxfer.errors import UserError
 from imgxfer.registry import KINDS as PLURAL_KINDS, SINGULAR
 
@@ -29,6 +30,12 @@ FACTORY = {"encoder": "TinyConvEncoder", "generator": "MeanImageGenerator",
 RUN_FLAG = {"encoder": "--encoder", "generator": "--generator", "adapter": "--adapter",
             "captioner": "--captioner"}
 RESERVED = {"builtin", "imgxfer"}
+# Words the CLI reads as something other than a component name: a component called so
+# could never be chosen (--generator none means no generator, auto lets imgxfer choose,
+# --synthetic-filter-by probe is the built-in scorer).
+COMPONENT_WORDS = {NONE: "means 'no component' (e.g. --generator none)",
+                   AUTO: "means 'let imgxfer choose' (e.g. --synthesis auto, --device auto)",
+                   FILTER_PROBE: "names the built-in scorer of --synthetic-filter-by"}
 _NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _MAX_NAME = 40
 
@@ -57,6 +64,10 @@ def normalise(name: str) -> str:
                         "(e.g. my-encoder).")
     if name in RESERVED:
         raise UserError(f"plugin name {given!r} is reserved by imgxfer; choose another name.")
+    if name in COMPONENT_WORDS:
+        raise UserError(f"plugin name {given!r} is reserved: on imgxfer's command line "
+                        f"{name!r} {COMPONENT_WORDS[name]}, so a component of that name could "
+                        "not be chosen; choose another name.")
     return name
 
 
