@@ -54,10 +54,28 @@ def test_cache_clear_reports_files_it_cannot_remove(host, tmp_path, monkeypatch)
 
     monkeypatch.setattr(type(stuck), "unlink", unlink)
     result = CliRunner().invoke(cli, ["cache", "--clear"])
-    assert result.exit_code == 1
-    assert "removed 1 cached feature file(s)" in result.output
-    assert f"could not remove 1 cached feature file(s), e.g. {stuck}" in result.output
+    assert result.exit_code == 2
+    assert result.output.startswith("error: removed 1 cached feature file(s) (")
+    assert (f"from {folder}, but could not remove 1 (permission denied, e.g. {stuck.name}): "
+            "is the folder writable?") in result.output
     assert [p for p in folder.iterdir()] == [stuck]
+
+
+def test_cache_clear_of_a_read_only_cache_is_one_sentence(host, tmp_path, monkeypatch):
+    """Issue 29, item 15: no file can be removed (a read-only folder; simulated, since
+    root may write anywhere): one sentence, not a warning per file and a second error."""
+    folder = write_two_cache_files(tmp_path, monkeypatch)
+
+    def unlink(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(folder), "unlink", unlink)
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: removed 0 cached feature file(s)")
+    assert "but could not remove 2 (permission denied, e.g. " in lines[0]
+    assert len(list(folder.iterdir())) == 2
 
 
 def test_cache_folder_that_is_a_file(host, tmp_path, monkeypatch):

@@ -139,9 +139,11 @@ def cache_entries(folder: Path) -> list[tuple[Path, int]]:
     return [(path, size) for _, path, size in sorted(found)]
 
 
-def prune_cache(folder: Path, max_bytes: int) -> list[Path]:
+def prune_cache(folder: Path, max_bytes: int,
+                failed: list[tuple[Path, OSError]] | None = None) -> list[Path]:
     """Remove the least recently used cache files until ``folder`` holds at most
-    ``max_bytes`` of them; returns the removed files."""
+    ``max_bytes`` of them; returns the removed files. A file that cannot be removed is
+    warned about, or appended to ``failed`` when given (a caller that says it once)."""
     entries = cache_entries(folder)
     total, removed = sum(size for _, size in entries), []
     for path, size in entries:
@@ -152,7 +154,10 @@ def prune_cache(folder: Path, max_bytes: int) -> list[Path]:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("could not remove feature cache file %s (%s)", path, exc)
+            if failed is None:
+                log.warning("could not remove feature cache file %s (%s)", path, exc)
+            else:
+                failed.append((path, exc))
             continue
         total -= size
         removed.append(path)

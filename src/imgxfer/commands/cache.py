@@ -9,8 +9,11 @@ of the same encoder on the same images reads them instead of encoding again. The
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from imgxfer.errors import UserError
 from imgxfer.features import cache_entries, cache_limit_bytes, default_cache_dir, prune_cache
 
 
@@ -22,6 +25,22 @@ def _size(n: float) -> str:
         if n < 1024 or unit == "GB":
             break
     return f"{n:.1f} {unit}"
+
+
+def _clear(folder: Path, entries: list[tuple[Path, int]]) -> None:
+    """Remove every cache file; what could not be removed (a read-only folder) is one
+    sentence with the first reason, not a warning per file."""
+    failed: list[tuple[Path, OSError]] = []
+    removed = set(prune_cache(folder, 0, failed))
+    freed = sum(size for path, size in entries if path in removed)
+    done = f"removed {len(removed)} cached feature file(s) ({_size(freed)}) from {folder}"
+    if not failed:
+        click.echo(done)
+        return
+    path, error = failed[0]
+    reason = error.strerror or type(error).__name__
+    raise UserError(f"{done}, but could not remove {len(failed)} ({reason.lower()}, e.g. "
+                    f"{path.name}): is the folder writable?")
 
 
 @click.command("cache", short_help="Show or clear the feature cache.")
@@ -39,14 +58,7 @@ def cache_command(clear: bool) -> None:
     entries = cache_entries(folder)
     total = sum(size for _, size in entries)
     if clear:
-        removed = set(prune_cache(folder, 0))
-        freed = sum(size for path, size in entries if path in removed)
-        click.echo(f"removed {len(removed)} cached feature file(s) ({_size(freed)}) from {folder}")
-        # Only files that were there and still are: a run may write new ones meanwhile.
-        left = [path for path, _ in entries if path not in removed and path.exists()]
-        if left:
-            raise click.ClickException(f"could not remove {len(left)} cached feature file(s), "
-                                       f"e.g. {left[0]} (is the folder writable?).")
+        _clear(folder, entries)
         return
     click.echo(f"folder: {folder}")
     click.echo(f"files:  {len(entries)} ({_size(total)}; limit {_size(limit)}, "
