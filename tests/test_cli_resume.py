@@ -106,8 +106,9 @@ def test_resume_refuses_a_folder_of_another_config(host, tmp_path):
 
 def test_a_folder_interrupted_before_synthesis_and_auto_channels_resumes(host, tmp_path,
                                                                          monkeypatch):
-    """A run interrupted by an older imgxfer: its config.toml has no ``synthesis`` and no
-    resolved ``in_channels``, its GAN checkpoint no ``content_weight``."""
+    """A run interrupted by an older imgxfer: its config.toml has no ``synthesis`` (then
+    text, not today's auto) and no resolved ``in_channels``, its GAN checkpoint no
+    ``content_weight``."""
     from safetensors.torch import save_file
 
     def crash_after_step_4(self, path, state):
@@ -117,7 +118,8 @@ def test_a_folder_interrupted_before_synthesis_and_auto_channels_resumes(host, t
 
     real_save = gan_module.ConditionalGAN._save_training
     monkeypatch.setattr(gan_module.ConditionalGAN, "_save_training", crash_after_step_4)
-    assert isinstance(invoke(*RUN, "--out", str(tmp_path)).exception, Crash)
+    assert isinstance(invoke(*RUN, "--synthesis", "text", "--out", str(tmp_path)).exception,
+                      Crash)
     monkeypatch.undo()
     (folder,) = tmp_path.iterdir()
     config = (folder / "config.toml").read_text()

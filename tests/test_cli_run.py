@@ -67,11 +67,20 @@ def test_run_folder_contents(finished_run):
     assert generator["fid"] >= 0 and generator["kid_std"] >= 0 and "kid_mean" in generator
     assert 0 <= generator["nearest_shot"] <= 1 and 0 <= generator["nearest_shot_real"] <= 1
     assert "generator_quality" in metrics["timings_s"]
-    assert "synthetic_delta" not in metrics
+    # By default the run also fits its adapter without the synthetic images, and scores
+    # the source model: the baselines a reader judges it by, in the output and the report.
+    delta = metrics["synthetic_delta"]["finetune"]
+    assert delta["with"] == target["accuracy"] and 0 <= delta["without"] <= 1
+    baseline = metrics["baselines"]["source model"]
+    assert 0 <= baseline["accuracy"] <= 1 and baseline["steps"] is None
+    assert "what the run is compared with" in result.output
+    assert "source model (source images only)" in result.output
+    assert "finetune without synthetic images" in result.output
     assert "tiny-source" in (folder / "config.toml").read_text()
     assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (folder / "report.html").read_text()
     assert "Target accuracy" in report and "data:image/png;base64," in report
+    assert "<h2>Compared with</h2>" in report and "finetune without synthetic images" in report
     assert "<h2>Adapter losses</h2>" in report  # finetune trains with gradient steps
     assert "FID, real reference" in report  # each class with its real floor
     assert load_file(folder / "classifier.safetensors")  # readable, non-empty
@@ -122,13 +131,12 @@ def _snapshot(folder):
     (["--encoder", "resnet999"], "unknown encoder 'resnet999'; available: convnext_tiny,"),
     (["--source", "nowhere"], "unknown dataset 'nowhere'; available:"),
     (["--config", "missing.toml"], "config file 'missing.toml' does not exist."),
-    (["--shots", "0"], "--shots 0 leaves no labelled target images"),
+    (["--shots", "0", "--synthesis", "text"], "--shots 0 leaves no labelled target images"),
     (["--shots", "25"], "class 'horizontal' of 'tiny-target' has 30 images: too few for 25 shots"),
     (["--encoder-opt", "depth=3"], "encoder 'smallcnn' has no option 'depth'"),
     (["--encoder-opt", "width"], "--encoder-opt expects key=value"),
     (["--generator-time", "soon"], "cannot read the duration 'soon'"),
     (["--device", "tpu"], "device must be auto, cpu"),
-    (["--generator", "none", "--compare-synthetic"], "--compare-synthetic compares adapters"),
     (["--synthetic-filter", "1.5"], "synthetic_filter must be in [0, 1)"),
     (["--synthetic-filter-by", "clip:/m"], "--synthetic-filter-by clip:/m chooses what judges "
                                            "generated images, so it needs a threshold"),
@@ -311,14 +319,13 @@ def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):
     runs = [json.loads((parent / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
     for metrics in runs:
         delta = metrics["synthetic_delta"]
-        assert set(delta) == {"finetune", "source-only"}
+        # source-only never reads synthetic images: it gets no row (not a delta of 0)
+        assert set(delta) == {"finetune"}
         for row in delta.values():
             assert {"with", "without", "delta"} <= set(row)
             assert row["delta"] == pytest.approx(row["with"] - row["without"])
             assert row["synthetic_images"] == 12
         assert delta["finetune"]["with"] == metrics["adapters"]["finetune"]["accuracy"]
-        # source-only never reads synthetic images: no difference by construction.
-        assert delta["source-only"]["delta"] == 0
         assert "adapter:finetune (no synthetic)" in metrics["timings_s"]
         assert {"cas", "cas_real", "fid", "kid_mean", "kid_std"} <= set(metrics["generator"])
         assert metrics["generator"]["filter"]["kept"] == 12
@@ -332,6 +339,10 @@ def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):
     assert row["delta_std"] == pytest.approx(abs(deltas[0] - deltas[1]) / 2 ** 0.5)
     assert summary["generator"]["cas_mean"] == pytest.approx(
         sum(m["generator"]["cas"] for m in runs) / 2)
+    baseline = summary["adapters"]["source model (baseline)"]
+    assert baseline["accuracy_mean"] == pytest.approx(
+        sum(m["baselines"]["source model"]["accuracy"] for m in runs) / 2)
+    assert "source model (baseline)" in result.output
     assert "with and without synthetic images" in result.output
     rows = [json.loads(line) for line in
             (parent / "seed-0" / "captions.jsonl").read_text().splitlines()]

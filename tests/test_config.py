@@ -65,7 +65,8 @@ def test_resolved_config_round_trips():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"shots": 0}, "--shots 0 leaves no labelled target images for the generator 'gan'"),
+    ({"shots": 0, "synthesis": "text"},
+     "--shots 0 leaves no labelled target images for the generator 'gan'"),
     ({"shots": -1}, "shots must be zero or more"),
     ({"device": "tpu"}, "device must be auto, cpu"),
     ({"adapter_steps": -5}, "adapter_steps must be zero or more"),

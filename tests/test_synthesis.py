@@ -21,7 +21,7 @@ from imgxfer.errors import UserError
 from imgxfer.generators.gan import ConditionalGAN
 from imgxfer.progress import NullProgress
 from imgxfer.protocols import check_component
-from imgxfer.synthesis import check_mode, edit_inputs
+from imgxfer.synthesis import check_mode, choose_mode, edit_inputs
 from imgxfer.testing import tiny_generator_data
 
 CPU = torch.device("cpu")
@@ -66,8 +66,57 @@ def test_config_allows_zero_shots_only_for_translate():
     with pytest.raises(UserError, match="--shots 0 leaves no labelled target images for the "
                                         "generator 'gan' to edit"):
         RunConfig(shots=0, synthesis="shots").validate()
-    with pytest.raises(UserError, match="synthesis must be one of text, shots, translate"):
+    with pytest.raises(UserError, match="synthesis must be one of auto, text, shots, translate"):
         RunConfig(synthesis="paint").validate()
+
+
+class _Modes:
+    """A generator that declares ``modes`` and nothing else (choose_mode reads only that)."""
+
+    def __init__(self, *modes: str) -> None:
+        self.synthesis = frozenset(modes)
+
+
+@pytest.mark.parametrize("modes, unlabelled, chosen, why", [
+    (("text", "translate"), 50, "translate", "gan can translate and the target has 50 "
+                                             "unlabelled images"),
+    (("text", "translate"), 0, "text", "the target has no unlabelled images"),
+    (("text",), 50, "text", "gan cannot translate, so gan draws images from prompts"),
+    (("shots", "translate"), 7, "translate", "7 unlabelled images"),
+])
+def test_auto_chooses_translate_where_it_can_else_text(modes, unlabelled, chosen, why):
+    mode, reason = choose_mode(_Modes(*modes), "gan", unlabelled)
+    assert mode == chosen and reason.startswith("auto: ") and why in reason
+
+
+@pytest.mark.parametrize("modes, unlabelled, hint", [
+    (("shots",), 50, "needs a generator that can, or choose --synthesis shots"),
+    (("shots", "translate"), 0, "needs unlabelled target images (lower --shots or "
+                                "--test-fraction), or choose --synthesis shots or translate"),
+])
+def test_auto_with_a_generator_that_can_do_neither_is_one_sentence(modes, unlabelled, hint):
+    with pytest.raises(UserError, match="--synthesis auto: generator 'diffusion' can neither "
+                                        "translate here nor draw from prompts") as error:
+        choose_mode(_Modes(*modes), "diffusion", unlabelled)
+    assert hint in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_auto_is_the_default_and_a_run_records_its_choice(host, tmp_path):
+    """The default run translates where it can: config.toml and the report say so and
+    why, and the run resumes against its own (resolved) config."""
+    from imgxfer.config import load, same_run
+
+    assert RunConfig().synthesis == "auto"
+    result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--no-quality", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (folder,) = tmp_path.iterdir()
+    saved = load(folder / "config.toml")
+    assert saved.synthesis == "translate" and "unlabelled images" in saved.synthesis_reason
+    assert same_run(saved, replace(saved, synthesis="auto", synthesis_reason="", out="x"))
+    assert not same_run(saved, replace(saved, synthesis="text"))
+    assert json.loads((folder / "metrics.json").read_text())["generator"]["synthesis"] == \
+        "translate"
+    assert "auto: gan can translate" in (folder / "report.html").read_text()
 
 
 def test_a_generator_that_declares_edits_must_have_edit():
@@ -250,7 +299,7 @@ def test_generate_edits_images_with_a_translate_run(host, tmp_path):
 
 def test_generate_refuses_to_edit_with_a_text_generator(host, tmp_path):
     runner = CliRunner()
-    assert runner.invoke(cli, ["run", *TINY_RUN, "--no-quality",
+    assert runner.invoke(cli, ["run", *TINY_RUN, "--no-quality", "--synthesis", "text",
                                "--out", str(tmp_path / "runs")]).exit_code == 0
     (folder,) = (tmp_path / "runs").iterdir()
     result = runner.invoke(cli, ["generate", "--from", str(folder), "--images", "tiny-source",

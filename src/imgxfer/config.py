@@ -41,8 +41,10 @@ STAGES = ("source", "target", "encoder", "captioner", "generator", "adapter")
 NONE = "none"  # generator = "none" skips generation
 # How a run makes synthetic images (``--synthesis``): ``text`` draws them from prompts
 # (Generator.sample), ``shots`` edits the labelled target images and ``translate`` turns
-# labelled source images into the target domain's style (both Generator.edit).
-SYNTHESIS_MODES = ("text", "shots", "translate")
+# labelled source images into the target domain's style (both Generator.edit); ``auto``
+# (the default) is translate where it can be, else text (imgxfer.synthesis.choose_mode).
+AUTO = "auto"
+SYNTHESIS_MODES = (AUTO, "text", "shots", "translate")
 # The augmentation policies of imgxfer.augmentation (declared here so that reading a
 # config does not import torch).
 AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
@@ -79,8 +81,11 @@ class RunConfig:
     test_fraction: float = 0.3
     synthetic_per_class: int = 100
     # How synthetic images are made: text (prompts), shots (edits of the labelled target
-    # images) or translate (labelled source images in the target's style).
-    synthesis: str = "text"
+    # images), translate (labelled source images in the target's style) or auto. A run
+    # resolves auto before it starts: config.toml then holds the mode it chose, and
+    # synthesis_reason why (docs/benchmarks.md, "Default run", measured the rule).
+    synthesis: str = AUTO
+    synthesis_reason: str = ""
     # The default run's budget (issue 15: `make run` in about 2 minutes on 2 cores), chosen
     # on syndigits -> mnist: docs/benchmarks.md, "Default run".
     encoder_steps: int = 200
@@ -101,8 +106,9 @@ class RunConfig:
     # Generator quality (CAS, FID/KID on the target test split) when a generator runs.
     quality: bool = True
     quality_steps: int = 200  # most training steps of each CAS classifier
-    # Also train every adapter without the synthetic images and report the difference.
-    compare_synthetic: bool = False
+    # Also train every adapter that reads synthetic images without them and report the
+    # difference: on by default, so a run shows what its generated images did.
+    compare_synthetic: bool = True
     # Keep synthetic images that a probe on source + shots gives at least this
     # probability for their intended class (He et al. 2023); 0 keeps all.
     synthetic_filter: float = 0.0
@@ -158,10 +164,11 @@ class RunConfig:
         if self.synthesis not in SYNTHESIS_MODES:
             raise UserError(f"synthesis must be one of {', '.join(SYNTHESIS_MODES)}, got "
                             f"{self.synthesis!r}.")
-        if self.synthesis != "text" and self.generator == NONE:
+        if self.synthesis not in ("text", AUTO) and self.generator == NONE:
             raise UserError(f"--synthesis {self.synthesis} makes images with a generator, so "
                             "it needs one (not --generator none).")
-        if self.shots == 0 and self.generator != NONE and self.synthesis != "translate":
+        if (self.shots == 0 and self.generator != NONE
+                and self.synthesis not in ("translate", AUTO)):
             raise UserError(
                 f"--shots 0 leaves no labelled target images for the generator {self.generator!r} "
                 f"to {'edit' if self.synthesis == 'shots' else 'learn the target domain from'}; "
@@ -180,9 +187,6 @@ class RunConfig:
         if self.quality_steps < 1:
             raise UserError(f"quality_steps must be 1 or more, got {self.quality_steps}; "
                             "turn the measurement off with --no-quality (quality = false).")
-        if self.compare_synthetic and self.generator == NONE:
-            raise UserError("--compare-synthetic compares adapters with and without generated "
-                            "images, so it needs a generator (not --generator none).")
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
@@ -232,14 +236,17 @@ def _check_type(key: str, value: Any, where: str) -> Any:
 def same_run(saved: RunConfig, current: RunConfig) -> bool:
     """Whether ``current`` is the run a saved config.toml describes: equal apart from
     ``out`` (where run folders go, not what runs), ``provenance`` (what was installed, not
-    what runs) and the encoder options a run resolves
+    what runs), an ``auto`` synthesis mode against the mode it resolved to, and the
+    encoder options a run resolves
     itself (smallcnn's ``in_channels`` 0, auto) where either config leaves them to the run,
     so folders written before an option was resolved still resume and compare."""
     def normal(config: RunConfig, auto: bool) -> RunConfig:
         encoder = dict(config.options.get("encoder", {}))
         if auto:
             encoder.pop("in_channels", None)
-        return replace(config, out="", provenance=[],
+        # --synthesis auto matches whatever mode a run resolved it to.
+        synthesis = AUTO if AUTO in (saved.synthesis, current.synthesis) else config.synthesis
+        return replace(config, out="", provenance=[], synthesis=synthesis, synthesis_reason="",
                        options={**config.options, "encoder": encoder})
 
     auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))

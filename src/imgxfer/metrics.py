@@ -147,6 +147,9 @@ class RunMetrics:
     adapters: dict[str, AdapterMetrics]
     generator: GeneratorMetrics | None = None
     synthetic_delta: dict[str, SyntheticDelta] | None = None  # --compare-synthetic
+    # What a reader judges the run against, on the same test split: "source model" (the
+    # source-trained encoder with a linear head fitted on source images only).
+    baselines: dict[str, AdapterMetrics] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     # The report's explanations figure: method, layer, figure (file name), adapters, and per
     # image its test index, label, correct (by the run's classifier), predicted and
@@ -155,7 +158,8 @@ class RunMetrics:
     extra: dict[str, Any] = field(default_factory=dict)
 
     ORDER: ClassVar[tuple[str, ...]] = ("imgxfer_version", "seed", "device", "data", "encoder",
-                                        "generator", "adapters", "synthetic_delta", "target",
+                                        "generator", "adapters", "baselines",
+                                        "synthetic_delta", "target",
                                         "timings_s", "explanations")
 
     def to_json(self) -> dict[str, Any]:
@@ -166,7 +170,7 @@ class RunMetrics:
                 value = value.to_json()
             elif key == "target":
                 value = value.to_json()
-            elif key in ("adapters", "synthetic_delta") and value is not None:
+            elif key in ("adapters", "baselines", "synthetic_delta") and value is not None:
                 value = {n: r.to_json() for n, r in value.items()}
             elif value is None:
                 continue
@@ -175,7 +179,7 @@ class RunMetrics:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunMetrics":
-        delta = data.get("synthetic_delta")
+        delta, baselines = data.get("synthetic_delta"), data.get("baselines")
         return cls(
             imgxfer_version=data.get("imgxfer_version", "?"), seed=data.get("seed", 0),
             device=data.get("device", "?"), data=data.get("data", {}),
@@ -186,6 +190,8 @@ class RunMetrics:
                        if "generator" in data else None),
             synthetic_delta=(None if delta is None else
                              {n: SyntheticDelta.from_json(r) for n, r in delta.items()}),
+            baselines=(None if baselines is None else
+                       {n: AdapterMetrics.from_json(r) for n, r in baselines.items()}),
             timings_s=data.get("timings_s", {}), explanations=data.get("explanations"),
             extra={k: v for k, v in data.items() if k not in cls.ORDER})
 

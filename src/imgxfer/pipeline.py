@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from imgxfer import __version__, distributed, runfolder
-from imgxfer.config import RunConfig, load, same_run
+from imgxfer.config import RunConfig, load, read_toml, same_run
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics, Timings
 from imgxfer.plan import Plan, prepare
 from imgxfer.progress import NullProgress, Progress
 from imgxfer.registry import Registry
 from imgxfer.runfolder import atomic_write_json, atomic_write_text, create_run_dir
-from imgxfer.stages.adapt import adapt
+from imgxfer.stages.adapt import adapt, reads_synthetic
 from imgxfer.stages.caption import caption_labelled, caption_unlabelled
 from imgxfer.stages.data import describe
 from imgxfer.stages.encode import encode
@@ -63,7 +63,10 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     with timings.measure("captioner"):
         captions = caption_labelled(plan)
     generated = None
-    if plan.generator is not None:
+    if plan.generator is not None and not reads_synthetic(plan.adapters):
+        progress.log(f"generator {config.generator} skipped: no adapter of this run reads "
+                     f"synthetic images ({', '.join(plan.adapters)}).")
+    elif plan.generator is not None:
         generated = generate(plan, captions, folder, progress, resume, timings)
         if generated.synthetic is not None:
             captions["synthetic"] = generated.prompts
@@ -72,7 +75,8 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     metrics = RunMetrics(__version__, config.seed, str(plan.device),
                          describe(config, source, split), encoder_metrics, adapted.target,
                          adapted.adapters, generated.metrics if generated else None,
-                         adapted.deltas, timings.rounded(), adapted.explanations)
+                         adapted.deltas, adapted.baselines, timings.rounded(),
+                         adapted.explanations)
     if distributed.describe():  # processes, precision: how the numbers were made
         metrics.extra["distributed"] = distributed.describe()
     captions["unlabelled"] = caption_unlabelled(plan, adapted.classifier)
@@ -112,7 +116,10 @@ def resume_config(folder: Path) -> RunConfig:
     if (folder / runfolder.METRICS).is_file():
         raise UserError(f"--resume: the run in {str(folder)!r} has already finished; "
                         "start a new run instead.")
-    return load(folder / runfolder.CONFIG)
+    config = load(folder / runfolder.CONFIG)
+    if "synthesis" not in read_toml(folder / runfolder.CONFIG):
+        config.synthesis = "text"  # written before --synthesis existed: prompts, then
+    return config
 
 
 def execute(plan: Any, *, progress: Progress = NullProgress(),

@@ -13,14 +13,14 @@ import torch
 
 from imgxfer import distributed, images, provenance
 from imgxfer.budget import Budget, parse_duration
-from imgxfer.config import FILTER_PROBE, NONE, RunConfig, check_device
+from imgxfer.config import AUTO, FILTER_PROBE, NONE, RunConfig, check_device
 from imgxfer.data import ImageDataset, Split
 from imgxfer.errors import UserError
 from imgxfer.protocols import declared, encoder_input_size
 from imgxfer.registry import Registry
 from imgxfer.runfolder import check_out_dir
 from imgxfer.stages.data import load_data, resolve_auto_options
-from imgxfer.synthesis import check_mode
+from imgxfer.synthesis import check_mode, choose_mode
 
 
 @dataclass
@@ -105,6 +105,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
                  if config.generator != NONE else None)
     check_zero_steps(config, adapters, generator)
     if generator is not None:
+        config = resolve_synthesis(config, generator, split)
         check_generator_mode(config, generator, registry, split)
     # config.toml records where each component came from (imgxfer.provenance).
     config = replace(config, provenance=provenance.record(config, registry, encoder,
@@ -126,6 +127,17 @@ def filter_scorer(config: RunConfig, make: Any) -> Any:
                         f"without training (it does not declare scores_images); use "
                         f"{FILTER_PROBE} or a zero-shot adapter such as clip:PATH.")
     return scorer
+
+
+def resolve_synthesis(config: RunConfig, generator: Any, split: Split) -> RunConfig:
+    """The config with ``--synthesis auto`` replaced by the mode it chooses and the reason
+    (config.toml records both), checked again as if the user had asked for that mode."""
+    if config.synthesis != AUTO:
+        return config
+    mode, reason = choose_mode(generator, config.generator, len(split.unlabelled))
+    config = replace(config, synthesis=mode, synthesis_reason=reason)
+    config.validate()
+    return config
 
 
 def check_generator_mode(config: RunConfig, generator: Any, registry: Registry,

@@ -64,3 +64,17 @@ class RichProgress:
 
     def log(self, message: str) -> None:
         self.console.print(message)
+
+
+class Labelled:
+    """Another progress with ``suffix`` after every task's description, so two fits of one
+    component (an adapter with and without synthetic images) have bars that say which."""
+
+    def __init__(self, progress: Progress, suffix: str) -> None:
+        self.progress, self.suffix = progress, suffix
+
+    def task(self, description: str, total: int | None) -> "contextmanager[Task]":
+        return self.progress.task(description + self.suffix, total)
+
+    def log(self, message: str) -> None:
+        self.progress.log(message)

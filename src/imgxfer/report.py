@@ -310,7 +310,28 @@ def _header(folder: Path, config: Any, metrics: RunMetrics) -> list[str]:
             f"device {metrics.device} · seed {metrics.seed}</p>",
             f"<p class='big'>Target accuracy <b>{target.accuracy:.3f}</b> · macro F1 "
             f"<b>{target.macro_f1:.3f}</b> <span class='muted'>(chance {target.chance:.3f}, "
-            f"{target.n_test} held-out test images)</span></p>"]
+            f"{target.n_test} held-out test images)</span></p>"] + _baselines(metrics)
+
+
+def _baselines(metrics: RunMetrics) -> list[str]:
+    """What the headline is judged against, on the same test split: the source model (no
+    target image) and the run's adapter without its synthetic images."""
+    first = next(iter(metrics.adapters))
+    rows = [[f"{name} (source images only)", r.accuracy, r.macro_f1]
+            for name, r in (metrics.baselines or {}).items()]
+    delta = (metrics.synthetic_delta or {}).get(first)
+    if delta is not None:
+        rows += [[f"{first} without synthetic images", delta.without, delta.macro_f1_without],
+                 [f"{first} with synthetic images (this run)", delta.with_, delta.macro_f1_with]]
+    if not rows:
+        return []
+    gain = (f" The synthetic images changed {html.escape(first)}'s accuracy by "
+            f"<b>{delta.delta:+.3f}</b> (one seed; <code>imgxfer run --seeds 0,1,2,3,4</code> "
+            "tells a gain from noise)." if delta is not None else "")
+    return ["<h2>Compared with</h2><p class='muted'>The same test split. The source model "
+            "is the run's encoder as the source trained it, with a linear head fitted on "
+            f"source images: what transfer starts from.{gain}</p>"
+            + _table(["model", "accuracy", "macro F1"], rows)]
 
 
 def _setup(config: Any, metrics: RunMetrics) -> list[str]:
@@ -326,6 +347,9 @@ def _setup(config: Any, metrics: RunMetrics) -> list[str]:
         ["generator", config.generator, ", ".join(f"{k}={_short(v)}" for k, v in generator.items())],
         ["adapter", ", ".join(config.adapter_names()), _adapter_steps(metrics.adapters)],
     ])]
+    if metrics.generator is not None and config.synthesis_reason:
+        parts.append(f"<p>Synthetic images: <b>--synthesis {html.escape(config.synthesis)}</b> "
+                     f"({html.escape(config.synthesis_reason)}).</p>")
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
     return parts

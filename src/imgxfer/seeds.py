@@ -52,12 +52,17 @@ def _numbers(values: list[Any]) -> bool:
 
 
 def summarise(runs: list[RunMetrics]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation over seeds, per adapter."""
+    """Mean and sample standard deviation over seeds, per adapter, then per baseline
+    (named "<baseline> (baseline)", e.g. the source model) where every run has it."""
+    groups = [(name, [r.adapters[name] for r in runs]) for name in runs[0].adapters]
+    if all(r.baselines for r in runs):
+        groups += [(f"{name} (baseline)", [r.baselines[name] for r in runs])
+                   for name in runs[0].baselines or {}]
     summary: dict[str, dict[str, float]] = {}
-    for name in runs[0].adapters:
+    for name, records in groups:
         row: dict[str, float] = {"seeds": len(runs)}
         for key in ("accuracy", "macro_f1", "unlabelled_im", "train_seconds"):
-            values = [getattr(r.adapters[name], key) for r in runs]
+            values = [getattr(record, key) for record in records]
             if _numbers(values):  # IM needs unlabelled images
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
         summary[name] = row

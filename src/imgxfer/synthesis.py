@@ -7,7 +7,9 @@
   ``Generator.edit``, their labels kept (PixelDA, Bousmalis et al. 2017), which works
   with no target label at all, since the style is learned from unlabelled target images.
 
-The modes a generator can do are declared in its ``synthesis`` attribute
+``auto`` (the default) is ``translate`` where the generator can translate and the target
+has unlabelled images, else ``text`` (:func:`choose_mode`). The modes a generator can do
+are declared in its ``synthesis`` attribute
 (:class:`imgxfer.protocols.Generator`); asking for another is one sentence naming the
 generators that can.
 """
@@ -41,6 +43,27 @@ def check_mode(mode: str, generator: Any, name: str, registry: Any) -> None:
             "shots and translate: imgxfer install diffusers)")
     raise UserError(f"generator {name!r} cannot do --synthesis {mode} (it does "
                     f"{', '.join(sorted(modes))}); {hint}.")
+
+
+def choose_mode(generator: Any, name: str, unlabelled: int) -> tuple[str, str]:
+    """``--synthesis auto``: the mode a run uses and why, in one sentence for config.toml
+    and the report. Translation where the generator can translate and the target has
+    unlabelled images to learn its style from (the one mode measured to pay: it needs no
+    target label; docs/benchmarks.md), else images from prompts; a generator that can do
+    neither is one sentence naming the modes it does."""
+    modes = generator_modes(generator)
+    if "translate" in modes and unlabelled:
+        return "translate", (f"auto: {name} can translate and the target has {unlabelled} "
+                             "unlabelled images to learn its style from")
+    if "text" in modes:
+        why = (f"{name} cannot translate" if "translate" not in modes
+               else "the target has no unlabelled images to learn its style from")
+        return "text", f"auto: {why}, so {name} draws images from prompts"
+    need = ("unlabelled target images (lower --shots or --test-fraction)"
+            if "translate" in modes else "a generator that can")
+    raise UserError(f"--synthesis auto: generator {name!r} can neither translate here nor draw "
+                    f"from prompts (it does {', '.join(sorted(modes)) or 'nothing'}); translating "
+                    f"needs {need}, or choose --synthesis {' or '.join(sorted(modes)) or 'text'}.")
 
 
 def edit_inputs(mode: str, source: ImageDataset, split: Split, per_class: int,

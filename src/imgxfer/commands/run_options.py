@@ -62,10 +62,12 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
         click.option("--adapter", help=adapter),
         click.option("--synthetic-per-class", type=int,
                      help=f"Synthetic images per class (default {R.synthetic_per_class})."),
-        click.option("--synthesis", type=click.Choice(["text", "shots", "translate"]),
-                     help="How synthetic images are made: text (from prompts, default), shots "
-                          "(variations of the labelled target images) or translate (labelled "
-                          "source images in the target's style; works at --shots 0)."),
+        click.option("--synthesis", type=click.Choice(["auto", "text", "shots", "translate"]),
+                     help="How synthetic images are made: translate (labelled source images "
+                          "in the target's style; works at --shots 0), text (from prompts), "
+                          "shots (variations of the labelled target images) or auto "
+                          "(default: translate where the generator can and the target has "
+                          "unlabelled images, else text)."),
         *_BUDGET_AND_RUNTIME,
         click.option("--out", type=click.Path(), help=out),
         *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",

@@ -23,7 +23,7 @@ import torch
 
 from imgxfer import __version__, provenance
 from imgxfer.budget import Budget
-from imgxfer.config import NONE, RunConfig
+from imgxfer.config import AUTO, NONE, RunConfig
 from imgxfer.data import TransferData
 from imgxfer.dense import evaluate
 from imgxfer.dense.model import DenseModel, check_head
@@ -103,6 +103,10 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     if config.generator != NONE:
         generator = make("generators", config.generator, config.options["generator"])
         check_translate(config, generator, split)
+        if config.synthesis == AUTO:  # the one mode a dense run has
+            config = replace(config, synthesis="translate", synthesis_reason=(
+                f"auto: a --task {config.task} run makes images only by translating "
+                "labelled source scenes"))
     check_adapters(config, adapters, source, split, generator is not None)
     config = replace(config, provenance=provenance.record(config, registry, encoder, components))
     return DensePlan(config, device, source, split, model, adapters, generator)
@@ -110,13 +114,13 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
 
 def check_dense(config: RunConfig) -> None:
     """What a dense run cannot do, each one sentence."""
-    if config.generator != NONE and config.synthesis != "translate":
+    if config.generator != NONE and config.synthesis not in ("translate", AUTO):
         raise UserError(f"--task {config.task} makes images only by translating labelled "
                         "source scenes (their masks and boxes kept): add --synthesis "
                         "translate, or use --generator none.")
-    if config.compare_synthetic or config.synthetic_filter:
-        raise UserError(f"--compare-synthetic and --synthetic-filter are for --task classify; "
-                        f"compare --task {config.task} runs with and without --generator.")
+    if config.synthetic_filter:
+        raise UserError(f"--synthetic-filter is for --task classify; compare --task "
+                        f"{config.task} runs with and without --generator.")
 
 
 def check_adapters(config: RunConfig, adapters: dict[str, Any], source: SceneDataset,

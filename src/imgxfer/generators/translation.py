@@ -150,6 +150,9 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
         g = Translator(channels=channels, image_size=size, width=width, z_dim=z_dim).to(device)
         d = _Critic(channels, width).to(device)
         t = _content_classifier(channels, width, data.classes).to(device)
+    # channels_last makes these small convolutions (and max pooling) several times
+    # faster on a CPU (oneDNN); the weights are the same numbers in another layout.
+    g, d, t = (m.to(memory_format=torch.channels_last) for m in (g, d, t))
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=4 * lr, betas=(0.5, 0.999))
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -182,6 +185,9 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
 
     train_steps(state, train_step, budget=budget, progress=progress,
                 description="generator: gan (translate)", checkpoint=checkpoint)
+    # Translation runs in the default layout, as after load_state_dict, so a saved and
+    # reloaded translator gives bit-identical images.
+    g = g.to(memory_format=torch.contiguous_format)
     return TranslationResult(g.eval(), state.step, state.history)
 
 

@@ -22,12 +22,17 @@ from imgxfer.evaluation import classification_metrics, information_maximization
 from imgxfer.images import ConcatImages
 from imgxfer.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.plan import Plan
-from imgxfer.progress import Progress
+from imgxfer.probe import fit_probe
+from imgxfer.progress import Labelled, Progress
 from imgxfer.protocols import declared
 from imgxfer.stages.explain import Explainer
 from imgxfer.training import predict_logits
 
 log = logging.getLogger("imgxfer")
+# The baseline of every run (metrics.json's ``baselines``), and how many source images
+# its head is fitted on at most (a streamed source may hold far more).
+SOURCE_MODEL = "source model"
+BASELINE_IMAGES = 2000
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Adapted:
     deltas: dict[str, SyntheticDelta] | None
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     explanations: dict[str, Any] | None = None  # metrics.json's, see stages/explain.py
+    baselines: dict[str, AdapterMetrics] | None = None
 
 
 def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
@@ -48,7 +54,8 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     config, split = plan.config, plan.split
     data = TransferData(plan.source, split.labelled, split.unlabelled, synthetic)
     compare = config.compare_synthetic and synthetic is not None
-    if config.compare_synthetic and synthetic is None:
+    if config.compare_synthetic and synthetic is None and plan.generator is not None \
+            and reads_synthetic(plan.adapters):  # the filter kept none
         progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
     brightness = artifacts.image_brightness(ConcatImages([split.labelled.images,
                                                           split.unlabelled.images]))
@@ -57,12 +64,17 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     deltas: dict[str, SyntheticDelta] = {}
     history: dict[str, list[dict[str, float]]] = {}
     explainer = Explainer(split.test, len(plan.adapters))
+    with timings.measure("baseline"):
+        baselines = {SOURCE_MODEL: source_model(plan)}
     for name, adapter in plan.adapters.items():
         # Both fits of a pair start from the same global RNG state (head initialisation),
         # so they differ only in the synthetic images.
         rng_state = torch.get_rng_state()
-        twin = copy.deepcopy(adapter) if compare else None
-        model, seconds = fit_adapter(plan, adapter, data, progress, name)
+        # The twin without synthetic images, for the adapters that read them (for the
+        # others it would be the same fit: no row rather than a delta of 0).
+        twin = copy.deepcopy(adapter) if compare and reads_synthetic({name: adapter}) else None
+        shown = Labelled(progress, " (with synthetic)") if twin is not None else progress
+        model, seconds = fit_adapter(plan, adapter, data, shown, name)
         predicted = test_predictions(model, plan.encoder, split, plan.device)
         result = evaluate(model, plan.encoder, split, plan.device, predicted)
         timings[f"adapter:{name}"] = seconds
@@ -85,8 +97,35 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     classifier, target = first
     explanations = explainer.finish(folder)
     timings["explanations"] = explainer.seconds
-    return Adapted(classifier, target, adapters, deltas if compare else None, history,
-                   explanations)
+    return Adapted(classifier, target, adapters, deltas or None, history,
+                   explanations, baselines)
+
+
+def reads_synthetic(adapters: dict[str, Any]) -> bool:
+    """Whether any of ``adapters`` trains on synthetic images: declares it in ``uses``, or
+    declares ``uses = None`` (not known before it runs)."""
+    return any(a.uses is None or "synthetic" in a.uses for a in adapters.values())
+
+
+def source_model(plan: Plan) -> AdapterMetrics:
+    """The baseline every run is judged against: what the source alone gives on the
+    target test split. The run's encoder as the source trained it, with a logistic head
+    fitted on (up to :data:`BASELINE_IMAGES` of) the source images: no target image, no
+    training steps, deterministic, a few seconds; the global RNG is left as it was."""
+    source = plan.source
+    if len(source) > BASELINE_IMAGES:
+        pick = torch.randperm(len(source), generator=torch.Generator().manual_seed(
+            plan.config.seed))[:BASELINE_IMAGES]
+        source = source.subset(pick.sort().values)
+    split = plan.split
+    data = TransferData(source, split.labelled, split.unlabelled, None)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        model = fit_probe(copy.deepcopy(plan.encoder), data, {"source": 1.0}, c=1.0,
+                          max_iter=1000, adabn=False, device=plan.device, name=SOURCE_MODEL)
+    result = evaluate(model, plan.encoder, split, plan.device)
+    return AdapterMetrics(None, result.accuracy, result.macro_f1, result.unlabelled_im,
+                          round(time.perf_counter() - t0, 2))
 
 
 def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
@@ -95,16 +134,13 @@ def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
     """The adapter again without the synthetic images, from the RNG state its first fit
     started from; every generator (CUDA included) is put back afterwards, so later
     adapters see the state they would see without --compare-synthetic."""
-    same_fit = "synthetic" not in adapter.uses
-    other = result  # an adapter that never reads synthetic images: the same fit
-    if not same_fit:
-        device = plan.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.set_rng_state(rng_state)
-            _, other, seconds = fit_and_evaluate(plan, twin, replace(data, synthetic=None),
-                                                 progress, name)
-        timings[f"adapter:{name} (no synthetic)"] = seconds
-    delta = SyntheticDelta.between(result, other, len(data.synthetic), same_fit)
+    device = plan.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(rng_state)
+        _, other, seconds = fit_and_evaluate(plan, twin, replace(data, synthetic=None),
+                                             Labelled(progress, " (without synthetic)"), name)
+    timings[f"adapter:{name} (no synthetic)"] = seconds
+    delta = SyntheticDelta.between(result, other, len(data.synthetic), False)
     log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
              other.accuracy, delta.delta)
     return delta

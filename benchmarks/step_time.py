@@ -1,0 +1,81 @@
+"""Milliseconds per training step (issue 26, part 4): the GAN drawing from text, the
+translator (``--synthesis translate``) and a fine-tuning adapter, at 32 px, batch 64, on
+the default pair's data (syndigits -> digits), through the public library calls only, so
+the same script times any checkout of the code.
+
+    python benchmarks/step_time.py --threads 2
+
+Each figure is (time of ``2 * steps`` steps - time of ``steps`` steps) / ``steps``: the
+set-up (network construction, standing statistics, data preparation) cancels out. To
+compare two versions of the code, run this script under each checkout (``PYTHONPATH=
+CHECKOUT/src``) alternately, several times, and compare medians (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from imgxfer.budget import Budget
+from imgxfer.config import RunConfig
+from imgxfer.data import TransferData
+from imgxfer.plan import prepare
+from imgxfer.plugins import get_registry
+from imgxfer.progress import NullProgress
+from imgxfer.stages.generate import generator_data
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def per_step(make, steps: int) -> float:
+    """ms per step of ``make(n)`` (which trains ``n`` steps from a fresh start)."""
+    short, long = timed(lambda: make(steps)), timed(lambda: make(2 * steps))
+    return 1000 * (long - short) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--only", default="gan,translate,finetune")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    registry = get_registry()
+    cpu = torch.device("cpu")
+    base = RunConfig(device="cpu", quality=False)
+    plans = {mode: prepare(replace(base, synthesis=mode), registry)
+             for mode in ("text", "translate")}
+    captions = {"source": ["a digit"] * len(plans["text"].source),
+                "target": ["a digit"] * len(plans["text"].split.labelled)}
+
+    def generator(mode: str):
+        plan = plans[mode]
+        data = generator_data(plan.config, plan.source, plan.split, captions)
+        return lambda n: copy.deepcopy(plan.generator).fit(
+            data, budget=Budget(n).start(), progress=NullProgress(), device=cpu)
+
+    def finetune(n: int) -> None:
+        plan = plans["text"]
+        data = TransferData(plan.source, plan.split.labelled, plan.split.unlabelled, None)
+        adapter = copy.deepcopy(plan.adapters["finetune"])
+        adapter.fit(copy.deepcopy(plan.encoder), data, budget=Budget(n).start(),
+                    progress=NullProgress(), device=cpu)
+
+    makers = {"gan": generator("text"), "translate": generator("translate"),
+              "finetune": finetune}
+    result = {name: round(per_step(makers[name], args.steps), 1)
+              for name in args.only.split(",")}
+    print(json.dumps({"threads": args.threads, "ms_per_step": result}))
+
+
+if __name__ == "__main__":
+    main()
