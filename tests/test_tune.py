@@ -240,3 +240,39 @@ def test_a_given_storage_is_not_written_when_the_input_is_bad(host, tmp_path):
                     "--out", str(tmp_path / "out"))
     _one_sentence(result, "--folds must be between 2 and 3")
     assert not db.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_trial_killed_mid_run_is_failed_when_the_study_is_continued(tmp_path, monkeypatch):
+    """Issue 29, item 16: a trial whose process died (its heartbeat stopped) does not stay
+    RUNNING: continuing the study fails it once the grace period has passed."""
+    import time
+
+    from imgxfer import tuning
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    url, config = f"sqlite:///{tmp_path / 'study.db'}", tiny_config(tmp_path)
+    study = tuning.open_study(url, "killed", config).study
+    killed = study.ask()  # what a trial looks like when `kill -9` stops its process
+    study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)
+    again = tuning.open_study(url, "killed", config).study
+    assert again.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_unfinished_trials_are_no_results(tmp_path):
+    """summary.md and trials.csv count only trials that ended: a RUNNING one (another
+    worker's, or killed within the grace period) is said apart, with no empty row."""
+    from imgxfer.tune_report import summary, trials_csv
+
+    study = optuna.create_study(direction="maximize")
+    done = study.ask()
+    done.suggest_float("adapter.lr", 1e-3, 1e-1, log=True)
+    study.tell(done, 0.5)
+    study.ask().suggest_float("adapter.lr", 1e-3, 1e-1, log=True)  # left running
+    rows = list(csv.DictReader(trials_csv(study).splitlines()))
+    assert [(r["number"], r["state"], r["value"]) for r in rows] == [("0", "COMPLETE", "0.5")]
+    text = summary(study, "sqlite:///x.db")
+    assert "- trials: 1 complete\n" in text and "running" not in text.split("\n- 1 unfinished")[0]
+    assert "- 1 unfinished trial(s) left out (running elsewhere, or stopped" in text
+    assert "| 1 |" not in text  # the running trial has no row in the table

@@ -66,14 +66,21 @@ def _seconds(trial: optuna.trial.FrozenTrial) -> str:
     return f"{trial.duration.total_seconds():.1f}" if trial.duration else ""
 
 
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that ended (complete, pruned or failed): a trial still RUNNING or
+    WAITING is no result yet (another worker's, or one killed within the heartbeat's
+    grace period), so the outputs leave it out."""
+    return [t for t in study.trials if t.state.is_finished()]
+
+
 def trials_csv(study: optuna.Study) -> str:
-    """One row per trial: number, state, value, the running mean after each fold (the
-    intermediate values the pruner saw), seconds and every parameter."""
+    """One row per finished trial: number, state, value, the running mean after each fold
+    (the intermediate values the pruner saw), seconds and every parameter."""
     names = _params(study)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["number", "state", "value", "intermediate", "seconds", *names])
-    for t in study.trials:
+    for t in finished(study):
         steps = ";".join(f"{v:.4f}" for _, v in sorted(t.intermediate_values.items()))
         writer.writerow([t.number, t.state.name, _cell(t.value), steps, _seconds(t),
                          *(_cell(t.params.get(n)) for n in names)])
@@ -84,18 +91,25 @@ def summary(study: optuna.Study, storage: str) -> str:
     """A markdown summary: objective and why, best value and parameters against the
     starting config's, and a table of every trial with its state."""
     attrs = study.user_attrs
-    states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    ended = finished(study)
+    states = {s.name: sum(t.state == s for t in ended) for s in optuna.trial.TrialState}
+    unfinished = len(study.trials) - len(ended)
     lines = [f"# imgxfer tune: study {study.study_name!r}", "",
              f"- objective: {attrs.get('objective', '?')} (maximised); "
              f"{attrs.get('objective_why', '')}",
              "- the target test split was not used; rerun best.toml to measure on it",
              f"- storage: `{shown_url(storage)}`",
-             "- trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items() if n), ""]
+             "- trials: " + (", ".join(f"{n} {s.lower()}" for s, n in states.items() if n)
+                             or "none finished")]
+    if unfinished:
+        lines.append(f"- {unfinished} unfinished trial(s) left out (running elsewhere, or "
+                     "stopped; a stopped one is failed once its heartbeat is overdue)")
+    lines.append("")
     lines += _best_lines(study)
     names = _params(study)
     lines += ["## Trials", "", "| # | state | value | " + " | ".join(names) + " |",
               "|---|---|---|" + "---|" * len(names)]
-    for t in study.trials:
+    for t in ended:
         mark = " (start)" if t.user_attrs.get("start") else ""
         lines.append(f"| {t.number}{mark} | {t.state.name.lower()} | {_cell(t.value)} | "
                      + " | ".join(_cell(t.params.get(n)) for n in names) + " |")

@@ -21,6 +21,7 @@ import copy
 import logging
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -262,18 +263,40 @@ def check_storage(url: str) -> None:
                         f"{str(folder)!r} does not exist.")
 
 
+# Optuna's heartbeat of a running trial, and how long a silent one counts as running
+# still (a slow fold may hold the GIL a while; several beats missed means it is gone).
+HEARTBEAT_S = 60
+GRACE_S = 300
+
+
+@contextmanager
+def _no_experimental_warning() -> Iterator[None]:
+    """Optuna marks its heartbeat experimental; a user of `imgxfer tune` need not read so."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def open_study(url: str, name: str, config: RunConfig) -> Study:
     """Create the study, or load it when ``url`` already holds one by that name (several
     machines given one URL share it: Optuna's distributed mode). A URL that cannot be
     opened, or a study of another config, is one sentence."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=url, study_name=name, direction=DIRECTION,
+        # A running trial beats every HEARTBEAT_S; a trial whose process was killed stops
+        # beating, and once GRACE_S have passed it is failed (below, and by Optuna before
+        # each new trial) instead of staying RUNNING in the study forever.
+        with _no_experimental_warning():
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=GRACE_S)
+        study = optuna.create_study(storage=storage, study_name=name, direction=DIRECTION,
                                     load_if_exists=True)
     except Exception as error:  # SQLAlchemy and Optuna raise many types for a bad URL
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"--storage {shown_url(url)!r} cannot be opened: {reason.rstrip('.')}.") from None
     check_same_study(study, config, url)
+    with _no_experimental_warning():
+        optuna.storages.fail_stale_trials(study)  # a continued study: trials killed earlier
     return Study(study, url, name, len(study.trials))
 
 
