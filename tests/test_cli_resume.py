@@ -136,3 +136,21 @@ def test_a_folder_interrupted_before_synthesis_and_auto_channels_resumes(host, t
     resumed = invoke("--resume", str(folder))
     assert resumed.exit_code == 0, resumed.output
     assert "resumed from" in resumed.output
+
+
+def test_a_run_that_stops_says_so_once_with_the_resume_command(host, tmp_path, monkeypatch):
+    """Issue 29, item 3: a user error in the middle of a run is one sentence that ends with
+    the command that continues it (not a warning and then the same error again)."""
+    from imgxfer.errors import UserError
+    from imgxfer.stages import adapt
+
+    def full_disk(*args, **kwargs):
+        raise UserError("the disk is full.")
+
+    monkeypatch.setattr(adapt, "fit_adapter", full_disk)
+    result = invoke(*RUN, "--generator", "none", "--out", str(tmp_path))
+    (folder,) = tmp_path.iterdir()
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.count("the disk is full") == 1 and "warning" not in result.output
+    assert f"continue it with imgxfer run --resume {folder}" in " ".join(result.output.split())
+    assert json.loads((folder / "failed.json").read_text())["message"] == "the disk is full."

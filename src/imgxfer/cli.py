@@ -309,8 +309,11 @@ def _print_dense(result: Any, config: Any, as_json: bool) -> None:
     err.print(f"run folder: [bold]{folder}[/]  (open {folder / REPORT})", highlight=False,
               soft_wrap=True)
     what = "segment" if metrics.task == "segment" else "detect objects in"
-    err.print(f"{what} new images: imgxfer predict IMAGES --from {folder}", highlight=False,
-              soft_wrap=True)
+    adapters = config.adapter_names()
+    choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
+              if len(adapters) > 1 else "")
+    err.print(f"{what} new images: imgxfer predict IMAGES --from {folder}{choose}",
+              highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(metrics.to_json(), indent=2))
 
@@ -346,7 +349,7 @@ class _ScreenWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if message not in self.seen:
+        if getattr(record, "screen", True) and message not in self.seen:
             self.seen.add(message)
             err.print(f"[yellow]warning:[/] {message}", highlight=False)
 

@@ -151,6 +151,10 @@ def execute(plan: Any, *, progress: Progress = NullProgress(),
             from imgxfer.dense import run as dense
 
             return RunResult(folder, dense.run_stages(plan, folder, progress, resume), config)
+        except UserError as error:  # one sentence, with the way back
+            mark_failed(folder, error)
+            raise UserError(f"{str(error).rstrip('.')}; the run stopped and its folder is "
+                            f"kept: continue it with imgxfer run --resume {folder}") from None
         except BaseException as error:
             mark_failed(folder, error)
             raise
@@ -163,8 +167,8 @@ def mark_failed(folder: Path, error: BaseException) -> None:
     interrupted = isinstance(error, KeyboardInterrupt)
     if interrupted:
         log.error("run interrupted")
-    elif isinstance(error, UserError):
-        log.error("run stopped: %s", error)
+    elif isinstance(error, UserError):  # the CLI shows it once, as the error
+        log.error("run stopped: %s", error, extra={"screen": False})
     else:
         log.error("run failed", exc_info=error)
     atomic_write_json(folder / runfolder.FAILED, {

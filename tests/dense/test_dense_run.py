@@ -93,11 +93,17 @@ def test_predict_writes_masks_or_coco_boxes_at_each_image_size(dense_run, tmp_pa
     try:
         result = invoke("predict", str(images), "--from", str(folder), "--adapter",
                         "finetune", "--out", str(out))
-        again = invoke("predict", str(images), "--from", str(folder), "--out", str(out))
+        again = invoke("predict", str(images), "--from", str(folder), "--adapter",
+                       "finetune", "--out", str(out))
+        unchosen = invoke("predict", str(images), "--from", str(folder), "--out",
+                          str(tmp_path / "other"))
     finally:
         plugins.reset_host()
     assert result.exit_code == 0, result.output
     assert again.exit_code == 2 and "pass --force" in again.output
+    # Issue 29, item 2: several adapters and no --adapter is a question, as in classify.
+    assert unchosen.exit_code == 2 and "choose one with --adapter" in unchosen.output
+    assert "source-only" in unchosen.output and not (tmp_path / "other").exists()
     if task == "segment":
         with Image.open(out / "masks" / "wide.png") as mask:
             assert mask.mode == "P" and mask.size == (50, 40)

@@ -47,7 +47,8 @@ def is_dense_run(run: str | Path) -> bool:
 
 def load_model(run: str | Path, adapter: str | None, registry: Registry
                ) -> tuple[DenseModel, RunConfig, str]:
-    """The run's model of ``adapter`` (default: its first), rebuilt from its files."""
+    """The run's model of ``adapter`` (its only one when ``None``; a run of several asks
+    for ``--adapter``, as classification does), rebuilt from its files."""
     given = Path(run).expanduser()
     folder = given if given.is_dir() else given.parent
     config = load(folder / CONFIG)
@@ -55,6 +56,9 @@ def load_model(run: str | Path, adapter: str | None, registry: Registry
     if given.is_file():
         path = given
     else:
+        if adapter is None and len(names) > 1:
+            raise UserError(f"the run {str(folder)!r} holds models of several adapters "
+                            f"({', '.join(names)}); choose one with --adapter.")
         adapter = adapter or names[0]
         if adapter not in names:
             raise UserError(f"the run in {str(folder)!r} has no adapter {adapter!r}; it has "
