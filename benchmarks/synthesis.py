@@ -56,7 +56,7 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
                                dict(shots=shots, generator="none", compare=adapters)))
             for spec in [s for s in args.synthesis.split(",") if s]:
                 generator, mode = spec.split(":")
-                cells.append((f"{source}-{target}-{shots}shot-{generator}-{mode}",
+                cells.append((f"{source}-{target}-{shots}shot-{generator}-{mode}{args.tag}",
                               dict(shots=shots, generator=generator, synthesis=mode,
                                    compare=adapters, compare_synthetic=True)))
         for name, extra in cells:
@@ -117,6 +117,8 @@ def main() -> None:
                     "two benchmarks with default threads on 2 cores run up to 10x slower)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the synthesis cells' names, for an "
+                    "ablation of the same cell (e.g. -g6000 for --generator-steps 6000)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for name, config in [] if args.table_only else configs(args):
