@@ -22,6 +22,8 @@ from imgxfer.data import ImageDataset, Split  # noqa: E402
 from imgxfer.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # noqa: E402
 from imgxfer.runfolder import (EXPLANATIONS, REPORT, SAMPLES, atomic_write_bytes,  # noqa: E402
                                atomic_write_text)
+from imgxfer.uncertainty import (accuracy_interval, cas_intervals, noise_warnings,  # noqa: E402
+                                 with_interval)
 
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
@@ -178,19 +180,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto}
-.big{font-size:1.4em}.muted{color:#777}"""
+.big{font-size:1.4em}.muted{color:#777}.warn{color:#8a4b00;background:#fff4e0;padding:.3em .6em}"""
 
 
 # Shown in "Generator quality", not in the setup table.
 _QUALITY_KEYS = {"name", "cas", "cas_real", "cas_real_images", "cas_steps", "fid", "kid_mean",
                  "kid_std", "fid_real", "kid_real_mean", "feature_space", "nearest_shot",
-                 "nearest_shot_real", "label_kept"}
+                 "nearest_shot_real", "label_kept", "cas_interval", "cas_real_interval",
+                 "cas_test_images", "fid_real_spread"}
 
 
 def _generator_sections(metrics: RunMetrics) -> list[str]:
     """Generator quality (CAS, FID/KID, the filter) and the synthetic delta, as HTML."""
     gen = metrics.generator or GeneratorMetrics()
-    parts = _quality_section(gen) if gen.cas is not None else []
+    parts = _quality_section(gen, metrics.target.n_test) if gen.cas is not None else []
     if gen.filter is not None:
         f = gen.filter
         parts.append(f"<p>Synthetic filter: kept {f['kept']} of {f['generated']} generated images "
@@ -201,8 +204,8 @@ def _generator_sections(metrics: RunMetrics) -> list[str]:
     if metrics.synthetic_delta:
         parts.append("<h2>Do the synthetic images help?</h2><p class='muted'>Each adapter trained "
                      "twice on the same split, encoder and seed: with and without the synthetic "
-                     "images (once only if it never reads them, e.g. source-only). Target test "
-                     "accuracy.</p>" + _table(
+                     "images (adapters that never read them, e.g. source-only, are not "
+                     "listed). Target test accuracy.</p>" + _table(
                          ["adapter", "with synthetic", "without", "delta"],
                          [[n, r.with_, r.without, f"{r.delta:+.4f}"
                            + (" (does not read them)" if r.same_fit else "")]
@@ -210,24 +213,30 @@ def _generator_sections(metrics: RunMetrics) -> list[str]:
     return parts
 
 
-def _quality_section(gen: GeneratorMetrics) -> list[str]:
+def _quality_section(gen: GeneratorMetrics, n_test: int | None) -> list[str]:
     space = html.escape(gen.feature_space or "the run's encoder")
+    cas, cas_real = cas_intervals(gen, n_test)
+    floor = _or_dash(gen.fid_real) if gen.fid_real_spread is None else \
+        f"{gen.fid_real:.4f} ± {gen.fid_real_spread:.4f}"
     parts = [
         "<h2>Generator quality</h2><p>CAS: a fixed small classifier (imgxfer.nets.SmallConvNet) trained on "
         "the synthetic images only and tested on the real target test split; CAS real: "
         f"the same classifier trained on {gen.cas_real_images or '?'} real target "
-        "training images (class-matched). FID and KID compare the synthetic images with "
+        "training images (class-matched); in brackets their 95% Wilson intervals on "
+        f"{gen.cas_test_images or n_test or '?'} test images. FID and KID compare the synthetic images with "
         f"the target test split in the feature space of the run's encoder ({space}), "
         "<b>not Inception's: the values are not comparable with published FID/KID</b>; "
         "the 'real' column is the same distance for the real reference images, the floor "
-        "a perfect generator would reach. 'Nearest real image is a shot': how often the "
+        "a perfect generator would reach (± its spread over bootstrap resamples). "
+        "'Nearest real image is a shot': how often the "
         "closest real target image of the same class (in pixels, among the labelled shots "
         "and the test split) is one of the shots; for real held-out images it is the "
         "reference, and a synthetic value far above it means the generator copies its "
         "few target shots rather than drawing new target images.</p>" + _table(
             ["", "synthetic", "real reference"],
-            [["CAS (accuracy on real test)", gen.cas, gen.cas_real],
-             ["FID (encoder features)", gen.fid, _or_dash(gen.fid_real)],
+            [["CAS (accuracy on real test)", with_interval(gen.cas, cas),
+              "-" if gen.cas_real is None else with_interval(gen.cas_real, cas_real)],
+             ["FID (encoder features)", gen.fid, floor],
              ["KID (encoder features)", f"{gen.kid_mean:.4f} ± {gen.kid_std:.4f}",
               _or_dash(gen.kid_real_mean)]]
             + ([["Nearest real image is a shot", gen.nearest_shot, gen.nearest_shot_real]]
@@ -308,9 +317,22 @@ def _header(folder: Path, config: Any, metrics: RunMetrics) -> list[str]:
     return [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
             f"<p class='muted'>{html.escape(str(folder))} · imgxfer {metrics.imgxfer_version} · "
             f"device {metrics.device} · seed {metrics.seed}</p>",
-            f"<p class='big'>Target accuracy <b>{target.accuracy:.3f}</b> · macro F1 "
-            f"<b>{target.macro_f1:.3f}</b> <span class='muted'>(chance {target.chance:.3f}, "
-            f"{target.n_test} held-out test images)</span></p>"] + _baselines(metrics)
+            f"<p class='big'>Target accuracy <b>{target.accuracy:.3f}</b>{_interval(target)} · "
+            f"macro F1 <b>{target.macro_f1:.3f}</b> <span class='muted'>(chance "
+            f"{target.chance:.3f}, {target.n_test} held-out test images)</span></p>"]
+            + _noise_warnings(metrics) + _baselines(metrics))
+
+
+def _interval(target: Any) -> str:
+    """The headline accuracy's 95% interval, small beside it (none in very old files)."""
+    low_high = accuracy_interval(target)
+    return ("" if low_high is None else
+            f" <span class='muted'>(95% interval {low_high[0]:.3f}-{low_high[1]:.3f})</span>")
+
+
+def _noise_warnings(metrics: RunMetrics) -> list[str]:
+    """One line per figure within noise of chance (imgxfer.uncertainty), under the headline."""
+    return [f"<p class='warn'>&#9888; {html.escape(w)}</p>" for w in noise_warnings(metrics)]
 
 
 def _baselines(metrics: RunMetrics) -> list[str]:
@@ -363,7 +385,8 @@ def _target_metrics(metrics: RunMetrics) -> list[str]:
     parts = ["<h2>Target test metrics</h2>" + _table(
         ["accuracy", "macro precision", "macro recall", "macro F1"]
         + (["IM (no labels)"] if im is not None else []),
-        [[target.accuracy, target.macro_precision, target.macro_recall, target.macro_f1]
+        [[with_interval(target.accuracy, accuracy_interval(target)), target.macro_precision,
+          target.macro_recall, target.macro_f1]
          + ([im] if im is not None else [])])]
     if len(adapters) > 1:
         parts.append("<h3>Adapters compared on the same split</h3><p class='muted'>The first one "

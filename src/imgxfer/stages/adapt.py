@@ -92,8 +92,8 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
         first = first or (model, result)
         explainer.add(name, model, predicted)  # while this adapter's classifier exists
         if twin is not None:
-            deltas[name] = fit_twin(plan, twin, adapter, data, result, rng_state,
-                                    progress, timings, name)
+            deltas[name] = fit_twin(plan, twin, data, result, rng_state, progress,
+                                    timings, name)
     classifier, target = first
     explanations = explainer.finish(folder)
     timings["explanations"] = explainer.seconds
@@ -128,9 +128,9 @@ def source_model(plan: Plan) -> AdapterMetrics:
                           round(time.perf_counter() - t0, 2))
 
 
-def fit_twin(plan: Plan, twin: Any, adapter: Any, data: TransferData,
-             result: TargetMetrics, rng_state: torch.Tensor, progress: Progress,
-             timings: Timings, name: str) -> SyntheticDelta:
+def fit_twin(plan: Plan, twin: Any, data: TransferData, result: TargetMetrics,
+             rng_state: torch.Tensor, progress: Progress, timings: Timings,
+             name: str) -> SyntheticDelta:
     """The adapter again without the synthetic images, from the RNG state its first fit
     started from; every generator (CUDA included) is put back afterwards, so later
     adapters see the state they would see without --compare-synthetic."""
