@@ -355,3 +355,25 @@ def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):
         assert section in report, section
     assert report.count("<tr><td>synthetic</td>") >= 3  # captioned synthetic thumbnails
 
+
+
+def test_figures_carry_intervals_and_a_noise_generator_is_flagged(finished_run):
+    """Issue 29, item 8, end to end: the tiny run's 5-step GAN draws noise, so its CAS is
+    within noise of chance, which metrics.json, the report and the screen all say."""
+    from imgxfer.metrics import RunMetrics
+    from imgxfer.uncertainty import noise_warnings
+
+    out, folder, result = finished_run
+    metrics = RunMetrics.read(folder / "metrics.json")
+    low, high = metrics.target.accuracy_interval
+    assert low <= metrics.target.accuracy <= high
+    gen = metrics.generator
+    assert gen.cas_test_images == metrics.target.n_test
+    assert gen.cas_interval[0] <= metrics.target.chance <= gen.cas_interval[1]
+    warning = next(w for w in noise_warnings(metrics) if w.startswith("CAS"))
+    report = (folder / "report.html").read_text()
+    assert "95% interval" in report and f"{gen.cas_interval[0]:.3f}-" in report
+    assert "within noise of chance" in report
+    screen = " ".join(result.output.split())
+    assert f"CAS {gen.cas:.4f} ({gen.cas_interval[0]:.3f}-{gen.cas_interval[1]:.3f})" in screen
+    assert " ".join(warning.split()[:6]) in screen

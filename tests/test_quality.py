@@ -12,8 +12,8 @@ from imgxfer.encoders.smallcnn import SmallCNN
 from imgxfer.data import few_shot_split
 from imgxfer.stages.generate import filter_synthetic
 from imgxfer.synthesis import synthesis_prompts
-from imgxfer.quality import (classification_accuracy_score, feature_distances, frechet_distance,
-                             generator_quality, kernel_inception_distance, matched_real_subset,
+from imgxfer.quality import (classification_accuracy_score, feature_distances, fid_spread,
+                             frechet_distance, generator_quality, kernel_inception_distance, matched_real_subset,
                              shot_copying)
 
 
@@ -33,6 +33,13 @@ def test_fid_identical_sets_is_zero_and_shift_is_measured():
     expected = (a.mean(0) ** 2).sum() + np.trace(np.cov(a, rowvar=False))
     assert frechet_distance(a, 2 * a) == pytest.approx(expected, rel=1e-6)
     assert frechet_distance(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(0, abs=1e-8)
+
+
+def test_fid_spread_shrinks_with_the_sample_and_is_seeded():
+    small = fid_spread(gaussian(30, seed=4), gaussian(30, seed=5), rounds=20, seed=0)
+    large = fid_spread(gaussian(600, seed=4), gaussian(600, seed=5), rounds=20, seed=0)
+    assert 0 < large < small
+    assert small == fid_spread(gaussian(30, seed=4), gaussian(30, seed=5), rounds=20, seed=0)
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution():
@@ -93,6 +100,10 @@ def test_generator_quality_keys_and_rng_untouched():
     assert {"cas", "cas_real", "fid", "kid_mean", "kid_std", "fid_real", "kid_real_mean",
             "per_class", "nearest_shot", "nearest_shot_real"} <= set(out)
     assert 0 <= out["cas"] <= 1 and 0 <= out["cas_real"] <= 1 and out["cas_real_images"] == 12
+    # Their 95% intervals on the 30 test images hold them; the floor has a spread.
+    assert out["cas_test_images"] == 30 and out["fid_real_spread"] > 0
+    low, high = out["cas_interval"]
+    assert low <= out["cas"] <= high and high - low > 0.1
     # Each class beside its own real floor (4 real pool images of it against the test).
     assert [r["class"] for r in out["per_class"]] == real_test.class_names
     assert all(r["fid_real"] >= 0 and "kid_real_mean" in r and r["n_reference"] == 4

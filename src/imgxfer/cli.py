@@ -259,6 +259,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         folder, payload = result.folder, result.metrics.to_json()
         _print_result(result.metrics, config)  # the deltas are in its baselines table
         _print_synthetic(None, payload.get("generator"))
+        _print_noise_warnings(result.metrics)
     else:
         many = run_seeds(config, seeds, registry, progress=progress)
         _print_comparison(many.summary, f"target test accuracy over seeds "
@@ -370,6 +371,8 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 
 
 def _print_result(metrics: RunMetrics, config: Any) -> None:
+    from imgxfer.uncertainty import accuracy_interval, with_interval
+
     target = metrics.target
     if len(metrics.adapters) > 1:
         _print_comparison({n: r.to_json() for n, r in metrics.adapters.items()},
@@ -377,6 +380,7 @@ def _print_result(metrics: RunMetrics, config: Any) -> None:
     else:
         rows = [[key, f"{getattr(target, key):.4f}"]
                 for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance")]
+        rows[0][1] = with_interval(target.accuracy, accuracy_interval(target))  # 95% Wilson
         if target.unlabelled_im is not None:
             rows.append(["IM (no labels)", f"{target.unlabelled_im:.4f}"])
         err.print(_table(f"target test split: {config.target} ({target.n_test} images)",
@@ -401,10 +405,20 @@ def _print_baselines(metrics: RunMetrics) -> None:
                      ["model", "accuracy", "macro F1"], rows, err, whole=("model",)))
 
 
+def _print_noise_warnings(metrics: RunMetrics) -> None:
+    """One line per figure within noise of chance (imgxfer.uncertainty), as the report says."""
+    from imgxfer.uncertainty import noise_warnings
+
+    for warning in noise_warnings(metrics):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
 def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | None,
                      over_seeds: bool = False) -> None:
     """Generator quality (CAS, FID/KID) and, with --compare-synthetic, the accuracy with
     and without the generated images per adapter."""
+    from imgxfer.uncertainty import with_interval
+
     if generator and "cas_mean" in generator:  # over seeds
         err.print(f"generator: CAS {generator['cas_mean']:.4f} ± {generator['cas_std']:.4f} "
                   f"(real {generator['cas_real_mean']:.4f}), FID {generator['fid_mean']:.3f} ± "
@@ -412,7 +426,8 @@ def _print_synthetic(delta: dict[str, Any] | None, generator: dict[str, Any] | N
     elif generator and "cas" in generator:
         kept = (f", label kept {generator['label_kept']:.4f}" if "label_kept" in generator
                 else "")
-        err.print(f"generator: CAS {generator['cas']:.4f} (real {generator['cas_real']:.4f})"
+        err.print(f"generator: CAS {with_interval(generator['cas'], generator.get('cas_interval'))} "
+                  f"(real {with_interval(generator['cas_real'], generator.get('cas_real_interval'))})"
                   f"{kept}, FID {generator['fid']:.3f}, KID {generator['kid_mean']:.4f} "
                   "(in the encoder's feature space)", highlight=False)
     if not delta:

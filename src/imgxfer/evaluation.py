@@ -12,15 +12,20 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
                            class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro precision/recall/F1, per-class figures and the confusion matrix."""
+    """Accuracy (with its 95% Wilson interval), macro precision/recall/F1, per-class
+    figures and the confusion matrix."""
+    from imgxfer.uncertainty import wilson_interval
+
     labels = np.arange(len(class_names))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0)
     per_p, per_r, per_f, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0)
+    accuracy = float(accuracy_score(y_true, y_pred))
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": accuracy,
+        "accuracy_interval": wilson_interval(accuracy, len(y_true)),
         "macro_precision": float(precision),
         "macro_recall": float(recall),
         "macro_f1": float(f1),

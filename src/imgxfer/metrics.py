@@ -72,6 +72,9 @@ class TargetMetrics(_Record):
     per_class: list[dict[str, Any]] | None = None
     confusion_matrix: list[list[int]] | None = None
     unlabelled_im: float | None = None
+    # The accuracy's 95% Wilson interval [low, high] (imgxfer.uncertainty); None in files
+    # written before it was measured (imgxfer.uncertainty.accuracy_interval computes it).
+    accuracy_interval: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,12 +119,17 @@ class GeneratorMetrics(_Record):
     cas_real_images: int | None = None
     cas_steps: int | None = None
     cas_real: float | None = None
+    # 95% Wilson intervals of CAS and CAS real on cas_test_images real test images.
+    cas_interval: list[float] | None = None
+    cas_real_interval: list[float] | None = None
+    cas_test_images: int | None = None
     label_kept: float | None = None
     fid: float | None = None
     kid_mean: float | None = None
     kid_std: float | None = None
     fid_real: float | None = None
     kid_real_mean: float | None = None
+    fid_real_spread: float | None = None  # the floor's bootstrap standard deviation
     nearest_shot: float | None = None
     nearest_shot_real: float | None = None
     per_class: list[dict[str, Any]] | None = None

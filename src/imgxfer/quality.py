@@ -48,12 +48,15 @@ from imgxfer.data import ImageDataset
 from imgxfer.features import encode
 from imgxfer.nets import SmallConvNet
 from imgxfer.training import evaluate_accuracy, train_supervised
+from imgxfer.uncertainty import wilson_interval
 
 # The CAS classifier: fixed so that scores from different runs compare.
 CAS_WIDTH = 8
 CAS_STEPS = 200
 CAS_BATCH = 64
 CAS_LR = 2e-3
+# Bootstrap rounds of the real-to-real FID floor's spread (a few ms each at these sizes).
+FID_ROUNDS = 20
 
 
 # --------------------------------------------------------------------------- distances
@@ -118,14 +121,28 @@ def kernel_inception_distance(real: torch.Tensor | np.ndarray, fake: torch.Tenso
     return float(values.mean()), float(values.std(ddof=1)) if subsets > 1 else 0.0
 
 
+def fid_spread(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, *,
+               rounds: int = 20, seed: int = 0) -> float:
+    """The standard deviation of :func:`frechet_distance` over ``rounds`` bootstrap
+    resamples of both sets (rows drawn with replacement, seeded): how much FID moves
+    with the sample alone. Beside the real-to-real floor it says whether a synthetic
+    FID differs from the floor by more than noise (imgxfer.uncertainty)."""
+    a, b = _as_numpy(real), _as_numpy(fake)
+    rng = np.random.default_rng(seed)
+    values = [frechet_distance(a[rng.integers(0, len(a), len(a))],
+                               b[rng.integers(0, len(b), len(b))]) for _ in range(rounds)]
+    return float(np.std(values, ddof=1))
+
+
 def feature_distances(encoder: nn.Module, real: ImageDataset, fake: ImageDataset,
                       device: torch.device | str = "cpu", *, per_class: bool = False,
                       subsets: int = 100, subset_size: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, spread_rounds: int = 0) -> dict[str, Any]:
     """FID and KID between ``real`` and ``fake`` images in ``encoder``'s feature space
     (:func:`imgxfer.features.encode`: eval mode, the encoder's own preprocessing).
 
     Returns ``fid``, ``kid_mean``, ``kid_std`` and ``n_real`` / ``n_fake``; with
+    ``spread_rounds`` also ``fid_spread`` (:func:`fid_spread`); with
     ``per_class`` also ``per_class``: one ``{class, fid, kid_mean, n_real, n_fake}`` per
     class with at least two images in both sets (classes compared with themselves).
     Values are in this encoder's feature space, not Inception's: see the module docstring.
@@ -136,6 +153,8 @@ def feature_distances(encoder: nn.Module, real: ImageDataset, fake: ImageDataset
                                                   subset_size=subset_size, seed=seed)
     out: dict[str, Any] = {"fid": frechet_distance(fr, ff), "kid_mean": kid_mean,
                            "kid_std": kid_std, "n_real": len(real), "n_fake": len(fake)}
+    if spread_rounds:
+        out["fid_spread"] = fid_spread(fr, ff, rounds=spread_rounds, seed=seed)
     if per_class:
         rows = []
         for c, name in enumerate(real.class_names):
@@ -251,10 +270,12 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
     ``cas``: fixed classifier trained on ``synthetic``, tested on ``real_test``;
     ``cas_real``: the same classifier trained on a class-matched subset of ``real_train``
     (as many images per class as there are synthetic ones, where ``real_train`` has them;
-    ``cas_real_images`` says how many); ``fid``, ``kid_mean``, ``kid_std`` between
+    ``cas_real_images`` says how many); ``cas_interval`` / ``cas_real_interval``: their
+    95% Wilson intervals on ``cas_test_images``; ``fid``, ``kid_mean``, ``kid_std`` between
     ``real_test`` and ``synthetic`` in ``encoder``'s feature space, and ``fid_real`` /
     ``kid_real_mean`` between the real reference subset and ``real_test`` (the floor a
-    perfect generator would reach with that many images), overall and in ``per_class``
+    perfect generator would reach with that many images; ``fid_real_spread`` its bootstrap
+    standard deviation, :func:`fid_spread`), overall and in ``per_class``
     (``fid_real`` / ``kid_real_mean`` from ``n_reference`` images beside each class's
     ``fid`` / ``kid_mean``). With the labelled target ``shots``, also
     :func:`shot_copying`. The global RNG is left as it was.
@@ -270,14 +291,19 @@ def generator_quality(encoder: nn.Module, synthetic: ImageDataset, real_test: Im
         }
         out.update(label_agreement(synthetic, reference, real_test, steps=cas_steps,
                                    seed=seed, device=device))
+        # How far CAS and CAS real can be trusted on this many test images.
+        out.update(cas_test_images=len(real_test),
+                   cas_interval=wilson_interval(out["cas"], len(real_test)),
+                   cas_real_interval=wilson_interval(out["cas_real"], len(real_test)))
         dist = feature_distances(encoder, real_test, synthetic, device, per_class=per_class,
                                  seed=seed)
         out.update(fid=dist["fid"], kid_mean=dist["kid_mean"], kid_std=dist["kid_std"])
         floors: dict[str, dict[str, Any]] = {}
         if len(reference) >= 2:
             floor = feature_distances(encoder, real_test, reference, device,
-                                      per_class=per_class, seed=seed)
-            out.update(fid_real=floor["fid"], kid_real_mean=floor["kid_mean"])
+                                      per_class=per_class, seed=seed, spread_rounds=FID_ROUNDS)
+            out.update(fid_real=floor["fid"], kid_real_mean=floor["kid_mean"],
+                       fid_real_spread=floor["fid_spread"])
             floors = {r["class"]: r for r in floor.get("per_class", [])}
         if shots is not None and len(shots):
             out.update(shot_copying(synthetic, shots, real_test))

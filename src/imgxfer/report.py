@@ -314,7 +314,7 @@ def write_report(folder: Path, config: Any, metrics: RunMetrics, extras: dict[st
 
 def _header(folder: Path, config: Any, metrics: RunMetrics) -> list[str]:
     target = metrics.target
-    return [f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
+    return ([f"<h1>imgxfer run: {html.escape(config.name)}</h1>",
             f"<p class='muted'>{html.escape(str(folder))} · imgxfer {metrics.imgxfer_version} · "
             f"device {metrics.device} · seed {metrics.seed}</p>",
             f"<p class='big'>Target accuracy <b>{target.accuracy:.3f}</b>{_interval(target)} · "
