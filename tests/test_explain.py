@@ -282,3 +282,39 @@ def test_the_report_explains_both_adapters_side_by_side(compare_run):
     section = _explanations(compare_run, RunMetrics.read(compare_run / "metrics.json"))
     assert section and "data:image/png;base64," in section[0]
     assert RunMetrics.read(compare_run / "metrics.json").to_json() == metrics
+
+
+def test_the_report_figure_labels_are_readable_where_the_report_shows_them(monkeypatch):
+    """Issue 29, item 9: the labels under the maps were 5.5 pt (about 6 px in the report).
+    Every text in the figure is now at least 9 pt, and the figure is narrow enough that
+    the report (at most REPORT_WIDTH px wide) shrinks a label to no less than 10 px."""
+    import io
+
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from imgxfer.stages import explain as stage
+
+    sizes, save = [], Figure.savefig
+
+    def keep_sizes(fig, *args, **kwargs):
+        sizes.extend(t.get_fontsize() for ax in fig.axes for t in ax.texts)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep_sizes)
+    adapters = ["finetune", "source-only"]
+    rows, tiles = [], []
+    for c in ("zero", "one"):
+        for correct in (True, False):
+            for _ in range(2):
+                rows.append({"label": c, "correct": correct,
+                             "predicted": {a: "a-very-long-class-name" for a in adapters},
+                             "confidence": {a: 0.5 for a in adapters}})
+                tiles.append([np.zeros((stage.TILE, stage.TILE, 3), np.uint8)] * 3)
+    png = stage.figure(tiles, {"images": rows, "adapters": adapters}, per_class=2)
+    width = Image.open(io.BytesIO(png)).width
+    assert sizes and min(sizes) >= 9
+    shown_px = min(sizes) * 100 / 72 * min(1.0, stage.REPORT_WIDTH / width)  # 100 dpi
+    assert shown_px >= 10, (width, min(sizes))
+    # Long class names are cut so that two neighbouring labels do not run together.
+    assert "a-very-lon…" in stage._fit("a-very-long-class-name") and len(stage._fit("x" * 30)) == 11

@@ -27,8 +27,13 @@ log = logging.getLogger("imgxfer")
 PER_CLASS = 2
 PER_CLASS_MANY_ADAPTERS = 1
 MAX_CLASSES = 10  # rows of the figure; further classes are left out
-TILE = 56  # pixels of each image in the figure
-GAP, SPACE = 4, 12  # between the tiles of one image, between images
+TILE = 80  # pixels of each image in the figure
+GAP, SPACE = 6, 16  # between the tiles of one image, between images
+# Text sizes in points (at the figure's 100 dpi, 1 pt = 1.39 px): the report shows the
+# figure at most REPORT_WIDTH px wide, where a 9-pt label is still about 10 px tall
+# (at 5.5 pt the labels were 6 px: issue 29, item 9).
+LABEL_PT, HEAD_PT, CLASS_PT = 9, 9.5, 11
+REPORT_WIDTH = 1100  # report.py's body max-width
 
 
 class Explainer:
@@ -123,7 +128,7 @@ def tile(image: torch.Tensor, cam: np.ndarray | None = None) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((TILE, TILE), Image.NEAREST))
 
 
-ROW = TILE + 26  # a row's height: its images and, under each map, two lines of text
+ROW = TILE + 36  # a row: its images and, under each map, two lines of LABEL_PT text
 
 
 def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int) -> bytes:
@@ -146,16 +151,16 @@ def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int
             mosaic[y:y + TILE, x + t * (TILE + GAP):x + t * (TILE + GAP) + TILE] = image
         for t, line in enumerate(text, start=1):
             ax.text(x + t * (TILE + GAP) + TILE / 2, y + TILE + 2, line, ha="center",
-                    va="top", fontsize=5.5)
+                    va="top", fontsize=LABEL_PT)
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
     for r, name in enumerate(classes):
-        ax.text(-6, r * ROW + TILE / 2, name, ha="right", va="center", fontsize=8)
+        ax.text(-6, r * ROW + TILE / 2, name, ha="right", va="center", fontsize=CLASS_PT)
     for slot in range(2 * per_class):
         kind = "correct" if slot < per_class else "wrong"
         for t, head in enumerate([f"image\n({kind})"] + record["adapters"]):
             ax.text(slot * block + t * (TILE + GAP) + TILE / 2, -3, head, ha="center",
-                    va="bottom", fontsize=6)
+                    va="bottom", fontsize=HEAD_PT)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -172,6 +177,11 @@ def _placed(tiles: list[list[np.ndarray]], record: dict[str, Any], classes: list
         same = sum(1 for j in range(k) if rows[j]["label"] == row["label"]
                    and rows[j]["correct"] == row["correct"])
         slot = same + (0 if row["correct"] else per_class)
-        text = [f"{row['predicted'][a][:12]}\n{row['confidence'][a]:.2f}"
+        text = [f"{_fit(row['predicted'][a])}\n{row['confidence'][a]:.2f}"
                 for a in record["adapters"]]
         yield (classes.index(row["label"]) * ROW, slot * block), images, text
+
+
+def _fit(name: str, most: int = 11) -> str:
+    """A class name short enough that two neighbouring labels under LABEL_PT do not touch."""
+    return name if len(name) <= most else name[:most - 1] + "…"
