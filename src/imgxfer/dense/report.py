@@ -18,6 +18,8 @@ from imgxfer.runfolder import PREDICTIONS, REPORT, atomic_write_bytes, atomic_wr
 from imgxfer.scenes import IGNORE, SceneDataset
 
 SHOWN = 4  # best and worst test scenes in the figure
+TEXT_PT = 9  # titles, row names, the legend (at _png's 110 dpi about 14 px)
+BOX_PT = 8  # the class name on a box
 
 
 def write(folder: Path, plan: Any, metrics: Any, results: dict[str, Any],
@@ -130,10 +132,27 @@ def prediction_figure(test: SceneDataset, predictions: dict[str, list[Any]],
         for c, (img, annotation) in enumerate(cells):
             _draw(axes[r][c], img, annotation, test.class_names, c == 0)
             if r == 0:
-                axes[r][c].set_title(columns[c], fontsize=7)
-        axes[r][0].set_ylabel("best" if r < n else "worst", fontsize=7)
+                axes[r][c].set_title(columns[c], fontsize=TEXT_PT)
+        axes[r][0].set_ylabel("best" if r < n else "worst", fontsize=TEXT_PT)
     fig.tight_layout()
+    _legend(fig, test.class_names)
     return _png(fig)
+
+
+def _colour(k: int, n_classes: int) -> Any:
+    """The colour of ``class_names[k]`` (mask value ``k + 1``) in masks, boxes and the
+    legend alike: what ``imshow(mask, cmap="tab10", vmin=1, vmax=max(10, n))`` gives it."""
+    return plt.get_cmap("tab10")(k / (max(10, n_classes) - 1))
+
+
+def _legend(fig: Any, classes: list[str]) -> None:
+    """One patch per class under the figure: without it the colours name nothing."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=_colour(k, len(classes)), label=name) for k, name in enumerate(classes)]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(classes), 5), fontsize=TEXT_PT, frameon=False,
+               title="classes", title_fontsize=TEXT_PT)
 
 
 def _truth(test: SceneDataset, i: int, task: str) -> Any:
@@ -162,6 +181,8 @@ def _draw(ax: Any, image: torch.Tensor, annotation: Any, classes: list[str],
         if score < 0.3:
             continue
         x0, y0, x1, y1 = box.tolist()
+        colour = _colour(int(label), len(classes))
         ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                   color="yellow", linewidth=0.8))
-        ax.text(x0, y0 - 1, classes[int(label)][:5], color="yellow", fontsize=5)
+                                   color=colour, linewidth=1.5))
+        ax.text(x0, y0 - 1, classes[int(label)][:8], color="white", fontsize=BOX_PT,
+                bbox={"facecolor": colour, "edgecolor": "none", "pad": 1})
