@@ -82,7 +82,12 @@ def test_writes_n_pngs_and_a_grid(host, run_folder, tmp_path) -> None:
     first = _png(out / "000.png")
     assert first.size == (8, 8) and first.mode == "L"
     grid = _png(out / "grid.png")
-    assert grid.size == (3 * 10 + 2, 2 * 10 + 2)  # 3 columns, 2 rows, 2-pixel padding
+    # 3 columns, 2 rows, 2-pixel padding; each 8-px image shown 12 times larger (96 px,
+    # GRID_MIN_SIDE), nearest neighbour: every 12x12 block is one pixel of the image.
+    assert grid.size == (3 * 98 + 2, 2 * 98 + 2)
+    cell = np.asarray(grid.convert("L"))[2:98, 2:98]
+    assert (cell == np.kron(cell[::12, ::12], np.ones((12, 12), np.uint8))).all()
+    assert (cell[::12, ::12] == np.asarray(first)).all()
     assert "5 images of class 'vertical'" in result.output
 
 

@@ -41,6 +41,8 @@ from imgxfer.errors import UserError
 from imgxfer.registry import Registry
 from imgxfer.runfolder import GENERATOR as GENERATOR_FILE, METRICS, atomic_write_bytes
 
+GRID_MIN_SIDE = 96  # pixels each image takes at least in grid.png
+
 
 @dataclass
 class LoadedGenerator:
@@ -309,12 +311,22 @@ def _write_images(out: Path, images: torch.Tensor, force: bool) -> list[Path]:
         files.append(path)
     from torchvision.utils import make_grid
 
-    grid = make_grid(images, nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
+    grid = make_grid(_enlarged(images), nrow=math.ceil(math.sqrt(n)), padding=2, pad_value=0.5)
     atomic_write_bytes(out / GRID_FILE, _png(grid[:images.shape[1]]))
     for old in set(out.iterdir()) - set(files):
         if old.is_file() and SAMPLE_NAME.fullmatch(old.name):
             old.unlink()
     return files
+
+
+def _enlarged(images: torch.Tensor) -> torch.Tensor:
+    """The images scaled up by a whole factor, nearest neighbour (pixels stay sharp
+    squares, nothing is invented), so that each is at least GRID_MIN_SIDE pixels in
+    grid.png: 28-px digits at their own size are too small to look at."""
+    factor = math.ceil(GRID_MIN_SIDE / max(images.shape[-2:]))
+    if factor <= 1:
+        return images
+    return torch.nn.functional.interpolate(images.float(), scale_factor=factor, mode="nearest")
 
 
 @click.command("generate", short_help="Draw images from a run's generator.")
