@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -377,3 +378,16 @@ def test_figures_carry_intervals_and_a_noise_generator_is_flagged(finished_run):
     screen = " ".join(result.output.split())
     assert f"CAS {gen.cas:.4f} ({gen.cas_interval[0]:.3f}-{gen.cas_interval[1]:.3f})" in screen
     assert " ".join(warning.split()[:6]) in screen
+
+
+def test_a_prompt_to_a_translating_generator_points_to_images(finished_run, tmp_path):
+    """Issue 29, item 10: the tiny run translates (--synthesis auto), so its generator
+    draws nothing from a prompt; the one sentence says to give --images."""
+    out, folder, _ = finished_run
+    result = CliRunner().invoke(cli, ["generate", "--from", str(folder), "--prompt", "a dot",
+                                      "--out", str(tmp_path / "drawn")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "trained to translate images" in message
+    assert "give --images DATASET_OR_PATH instead of --prompt" in message
+    assert not re.search(r"[.;:] [A-Z]", message), message  # one sentence

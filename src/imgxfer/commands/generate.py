@@ -232,8 +232,7 @@ def generate(source: str | Path, prompt: str | None, registry: Registry, *, n: i
         raise UserError("--prompt is needed: what to draw (or --images, to edit images).")
     index = resolve_label(prompt, label, loaded.class_names,
                           declared(loaded.generator, "num_classes", "generators"))
-    drawn = check_images(loaded.generator.sample([prompt] * n, [index] * n, seed=seed,
-                                                 device=where), n, loaded.name)
+    drawn = check_images(_sample(loaded, prompt, index, n, seed, where), n, loaded.name)
     files = _write_images(out, drawn, force)
     name = loaded.class_names[index] if loaded.class_names else None
     notes = []
@@ -248,6 +247,23 @@ def generate(source: str | Path, prompt: str | None, registry: Registry, *, n: i
         names = " and ".join(repr(loaded.class_names[c]) for c in named)
         notes.append(f"the prompt names {names}, but --label draws {name!r}.")
     return Generated(drawn, index, name, files, out / GRID_FILE, notes)
+
+
+def _sample(loaded: LoadedGenerator, prompt: str, index: int, n: int, seed: int,
+            device: Any) -> torch.Tensor:
+    """``n`` images of class ``index`` from the prompt. A generator trained to edit
+    images (e.g. ``gan`` of a ``--synthesis translate`` run) refuses prompts in its own
+    words, which cannot name this command's option; the sentence is finished here."""
+    from imgxfer.protocols import declared
+
+    try:
+        return loaded.generator.sample([prompt] * n, [index] * n, seed=seed, device=device)
+    except UserError as error:
+        edits = set(declared(loaded.generator, "synthesis", "generators")) - {"text"}
+        if not edits or not hasattr(loaded.generator, "edit"):
+            raise
+        raise UserError(f"{str(error).rstrip('.')}; give --images DATASET_OR_PATH instead "
+                        "of --prompt to have it edit images (e.g. --images mnist).") from None
 
 
 def edit_images(loaded: LoadedGenerator, spec: str, prompt: str, *, n: int, out: Path,
