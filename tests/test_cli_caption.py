@@ -75,7 +75,7 @@ def test_limit_options_and_default_out(host, tmp_path, monkeypatch):
     assert rows[0]["caption"] == "horizontal in tiny-target"
 
 
-def test_folder_of_loose_images(host, tmp_path):
+def test_folder_of_loose_images(host, tmp_path, monkeypatch):
     folder = tmp_path / "scans"
     draw(folder / "left.png", (2, 20, 18, 44))
     draw(folder / "right.png", (46, 20, 62, 44))
@@ -87,7 +87,9 @@ def test_folder_of_loose_images(host, tmp_path):
     assert result.exit_code == 0, result.output
     assert "skipped 1 unreadable file (broken.png" in result.stderr
     rows = read_rows(out)
-    assert [r["path"] for r in rows] == ["left.png", "right.png"]
+    # Absolute paths, as predict writes them (issue 29, item 10), also for a folder
+    # given relative to the working directory.
+    assert [r["path"] for r in rows] == [str(folder / "left.png"), str(folder / "right.png")]
     assert all("label" not in r for r in rows)
     left, right = (r["caption"] for r in rows)
     assert left.startswith("a picture of unknown class, black ink on white, ")
@@ -97,7 +99,10 @@ def test_folder_of_loose_images(host, tmp_path):
     result = invoke(str(folder / "right.png"), "--out", str(tmp_path / "one.jsonl"))
     assert result.exit_code == 0, result.output
     (row,) = read_rows(tmp_path / "one.jsonl")
-    assert row["path"] == "right.png" and row["caption"] == right
+    assert row["path"] == str(folder / "right.png") and row["caption"] == right
+    monkeypatch.chdir(tmp_path)
+    assert invoke("scans", "--out", "rel.jsonl").exit_code == 0
+    assert [r["path"] for r in read_rows(tmp_path / "rel.jsonl")] == [r["path"] for r in rows]
 
 
 def test_a_file_name_that_is_not_utf8(host, tmp_path):
@@ -109,7 +114,7 @@ def test_a_file_name_that_is_not_utf8(host, tmp_path):
     out = tmp_path / "c.jsonl"
     result = invoke(str(folder), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert [r["path"] for r in read_rows(out)] == ["caf\\xe9.png", "plain.png"]
+    assert [r["path"] for r in read_rows(out)] == [f"{folder}/caf\\xe9.png", f"{folder}/plain.png"]
     for name in ("a", "b"):
         draw(tmp_path / "classes" / name / os.fsdecode(b"\xff" + name.encode() + b".png"),
              (2, 20, 18, 44))

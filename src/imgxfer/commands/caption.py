@@ -11,6 +11,7 @@ The steps are library functions, so the command is reachable from Python too::
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,10 +25,22 @@ from imgxfer.commands.options import dataset_opt_option, force_option, limit_opt
 DEFAULT_OUT = "captions.jsonl"
 
 
-def caption_rows(captioner: Any, data: ImageInput) -> list[dict[str, Any]]:
+def _absolute_root(source: str) -> Path | None:
+    """The absolute folder loose files of ``source`` were found in (``None`` for a dataset
+    name): captions.jsonl then names each file wholly, as predict's CSV does, not
+    relative to a folder the file does not record."""
+    given = Path(source).expanduser()
+    if not given.exists():
+        return None
+    return (given if given.is_dir() else given.parent).absolute()
+
+
+def caption_rows(captioner: Any, data: ImageInput,
+                 root: Path | None = None) -> list[dict[str, Any]]:
     """One JSON-ready row per image: index (datasets, with the file's path when read from
-    files) or path (loose files), label when known, caption, and the measured attributes
-    when the captioner offers ``attributes()``."""
+    files) or path (loose files: under ``root``, the folder they were found in, when
+    given), label when known, caption, and the measured attributes when the captioner
+    offers ``attributes()``."""
     captions = captioner.caption(data.images, data.labels, class_names=data.class_names,
                                  domain=data.domain, description=data.description)
     from imgxfer.protocols import declared
@@ -37,7 +50,8 @@ def caption_rows(captioner: Any, data: ImageInput) -> list[dict[str, Any]]:
     rows = []
     for i, text in enumerate(captions):
         loose = data.id_key == "path"  # a file's path, which may not be UTF-8
-        row: dict[str, Any] = {data.id_key: text_path(data.ids[i]) if loose else data.ids[i]}
+        where = root / data.ids[i] if loose and root is not None else data.ids[i]
+        row: dict[str, Any] = {data.id_key: text_path(where) if loose else where}
         if data.paths is not None:
             row["path"] = text_path(data.paths[i])
         if data.labels is not None:
@@ -94,7 +108,7 @@ def caption(source: str, out: str | None, limit: int | None, shots: int | None,
     for message in dict.fromkeys(messages):
         click.echo(f"warning: {message}", err=True)
     data = select(data, limit=limit, shots=shots)
-    rows = caption_rows(model, data)
+    rows = caption_rows(model, data, _absolute_root(source))
     write_jsonl(path, rows)
     click.echo(f"wrote {len(rows)} caption{'s' if len(rows) != 1 else ''} of {source!r} "
                f"to {path}", err=True)
