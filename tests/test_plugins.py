@@ -320,7 +320,8 @@ def test_list_command(host):
     assert "n_per_class" in names["syndigits"]["options"]
     assert names["tiny-source"]["defaults"] == {"n_per_class": 30, "seed": 0}
     table = CliRunner().invoke(cli, ["list", "datasets"], env={"COLUMNS": "200"}).output
-    assert "n_per_class=30, seed=0" in table  # options with their defaults
+    assert "n_per_class=30, seed=from --seed" in table  # options with their defaults
+    assert "seed=0" not in table  # a run passes its own seed (issue 29, item 10)
 
 
 # Click words the messages itself (and differently across versions): match the parts.

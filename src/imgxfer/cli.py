@@ -541,8 +541,11 @@ def list_(kind: str | None, as_json: bool) -> None:
 
 
 def _shown_options(row: dict[str, Any]) -> list[str]:
-    """--STAGE-opt KEY=VALUE takes these; the default shows the value's type too."""
-    return [f"{o}={json.dumps(row['defaults'][o], default=repr)}" if o in row["defaults"]
+    """--STAGE-opt KEY=VALUE takes these; the default shows the value's type too. A run
+    gives every factory that takes a ``seed`` its own (Registry.build), so the factory's
+    default seed is never what a run uses: the table says where it comes from."""
+    return ["seed=from --seed" if o == "seed" else
+            f"{o}={json.dumps(row['defaults'][o], default=repr)}" if o in row["defaults"]
             else o for o in row["options"]]
 
 
