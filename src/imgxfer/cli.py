@@ -143,7 +143,10 @@ def _table(title: str, columns: list[str], rows: list[list[str]], console: Conso
     # Borders and one space of padding on each side of every cell.
     widths = _share(least, most, console.width - 3 * len(columns) - 1,
                     [name not in whole for name in columns])
-    table = Table(title=title)
+    # At least as wide as the title's longest word, so that the title wraps at its spaces
+    # and a path in it stays whole on one line (a narrow table folded it mid-path).
+    longest_word = max(map(cell_len, title.split()), default=0)
+    table = Table(title=title, min_width=min(longest_word, console.width))
     for name, width in zip(columns, widths):
         table.add_column(name, width=width, overflow="fold")
     for row in rows:
