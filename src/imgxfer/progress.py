@@ -43,12 +43,23 @@ class RichProgress:
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Task]:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBar,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+                                   TextColumn, TimeRemainingColumn)
+        from rich.table import Column
 
+        # One line that fits 80 columns whole: the description, the count and the time
+        # never shrink; the bar takes what is left (it shrank the count to '1500/…'
+        # before); the numbers come last, at most 24 columns (two losses), cut with '…'
+        # beyond. One time column: the time left, the time taken once finished.
+        whole = Column(no_wrap=True)
         bar = RichBar(
-            TextColumn("[bold]{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=False,
+            TextColumn("[bold]{task.description}", table_column=whole),
+            BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=4)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(elapsed_when_finished=True,
+                                table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[info]}",
+                       table_column=Column(no_wrap=True, overflow="ellipsis", max_width=24)),
+            console=self.console, transient=False, expand=True,
         )
 
         class _Task:
