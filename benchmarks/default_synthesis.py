@@ -31,9 +31,10 @@ from imgxfer.config import RunConfig
 ROOT = Path(__file__).parent / "results" / "default_synthesis"
 
 
-def config_for(setting: str, source: str, target: str, seed: int) -> RunConfig:
-    base = RunConfig(name=f"{source}-{target}-{setting}", source=source, target=target,
-                     seed=seed, compare_synthetic=True, out=str(ROOT))
+def config_for(setting: str, source: str, target: str, seed: int, shots: int) -> RunConfig:
+    tag = "" if shots == RunConfig.shots else f"-{shots}shot"
+    base = RunConfig(name=f"{source}-{target}-{setting}{tag}", source=source, target=target,
+                     seed=seed, shots=shots, compare_synthetic=True, out=str(ROOT))
     if setting == "default":
         return base
     mode, _, steps = setting.rpartition("-")
@@ -45,6 +46,7 @@ def main() -> None:
     ap.add_argument("--pair", default="syndigits:mnist")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--settings", default="default")
+    ap.add_argument("--shots", type=int, default=RunConfig.shots)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +57,7 @@ def main() -> None:
     for setting in args.settings.split(","):
         with_, without, deltas, cas, cas_real, seconds = [], [], [], [], [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            config = config_for(setting, source, target, seed)
+            config = config_for(setting, source, target, seed, args.shots)
             metrics, _ = run_once(config, ROOT / config.name / f"seed-{seed}")
             delta = metrics.synthetic_delta[config.adapter]
             with_.append(delta.with_)
