@@ -25,7 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, cell, run_once
+from common import (TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, TABLE_GENERATOR_STEPS, cell,
+                    run_once)
 
 from imgxfer.config import RunConfig
 from imgxfer.metrics import RunMetrics
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--oracle", action="store_true", help="also target-only on all target labels")
     ap.add_argument("--oracle-shots", type=int, default=175)
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--generator-steps", type=int, default=RunConfig.generator_steps)
+    ap.add_argument("--generator-steps", type=int, default=TABLE_GENERATOR_STEPS)
     ap.add_argument("--adapter-steps", type=int, default=TABLE_ADAPTER_STEPS)
     ap.add_argument("--synthetic-per-class", type=int, default=RunConfig.synthetic_per_class)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly: "

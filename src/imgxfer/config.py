@@ -3,9 +3,9 @@
 A config file looks like::
 
     name = "syndigits-to-digits"
-    shots = 10
+    shots = 5
     seed = 0
-    generator_steps = 1500
+    generator_steps = 300
 
     [source]
     name = "syndigits"
@@ -45,6 +45,9 @@ NONE = "none"  # generator = "none" skips generation
 # (the default) is translate where it can be, else text (imgxfer.synthesis.choose_mode).
 AUTO = "auto"
 SYNTHESIS_MODES = (AUTO, "text", "shots", "translate")
+# generator_steps = MODE_DEFAULT: the steps of MODE_STEPS for the run's synthesis mode.
+MODE_DEFAULT = -1
+MODE_STEPS = {"translate": 300, "text": 1500, "shots": 1500}
 # The augmentation policies of imgxfer.augmentation (declared here so that reading a
 # config does not import torch).
 AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
@@ -77,7 +80,10 @@ class RunConfig:
     generator: str = "gan"
     adapter: str = "finetune"
     compare: list[str] = field(default_factory=list)  # several adapters on the same split
-    shots: int = 10
+    # Labelled target images per class. 0 by default (issue 26): the default run shows
+    # transfer and translated images without a target label, where they measured a gain
+    # (at 10 shots they did not; docs/benchmarks.md, "Default run").
+    shots: int = 0
     test_fraction: float = 0.3
     synthetic_per_class: int = 100
     # How synthetic images are made: text (prompts), shots (edits of the labelled target
@@ -89,7 +95,10 @@ class RunConfig:
     # The default run's budget (issue 15: `make run` in about 2 minutes on 2 cores), chosen
     # on syndigits -> mnist: docs/benchmarks.md, "Default run".
     encoder_steps: int = 200
-    generator_steps: int = 1500  # 0 with generator_time: no step cap, time only
+    # -1: the synthesis mode's own (MODE_STEPS: a translator step trains three networks
+    # and 300 already pay; docs/benchmarks.md, "Default run"); 0 with generator_time: no
+    # step cap, time only. A run records the number it used in config.toml.
+    generator_steps: int = -1
     generator_time: str = ""  # optional wall-clock cap, e.g. "3m"
     adapter_steps: int = 250
     seed: int = 0
@@ -188,7 +197,8 @@ class RunConfig:
             raise UserError(f"quality_steps must be 1 or more, got {self.quality_steps}; "
                             "turn the measurement off with --no-quality (quality = false).")
         for key in ("encoder_steps", "generator_steps", "adapter_steps", "synthetic_per_class"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) < 0 and not (key == "generator_steps"
+                                               and self.generator_steps == MODE_DEFAULT):
                 raise UserError(f"{key} must be zero or more, got {getattr(self, key)}.")
         if not math.isfinite(self.test_fraction):
             raise UserError(f"test_fraction must be a finite number, got {self.test_fraction}.")
@@ -233,6 +243,14 @@ def _check_type(key: str, value: Any, where: str) -> Any:
     return value
 
 
+def with_mode_steps(config: RunConfig) -> RunConfig:
+    """``config`` with ``generator_steps = -1`` replaced by its (resolved) synthesis mode's
+    steps (:data:`MODE_STEPS`)."""
+    if config.generator_steps != MODE_DEFAULT or config.synthesis not in MODE_STEPS:
+        return config
+    return replace(config, generator_steps=MODE_STEPS[config.synthesis])
+
+
 def same_run(saved: RunConfig, current: RunConfig) -> bool:
     """Whether ``current`` is the run a saved config.toml describes: equal apart from
     ``out`` (where run folders go, not what runs), ``provenance`` (what was installed, not
@@ -244,10 +262,14 @@ def same_run(saved: RunConfig, current: RunConfig) -> bool:
         encoder = dict(config.options.get("encoder", {}))
         if auto:
             encoder.pop("in_channels", None)
-        # --synthesis auto matches whatever mode a run resolved it to.
+        # --synthesis auto matches whatever mode a run resolved it to, and so do the
+        # mode's default generator steps.
         synthesis = AUTO if AUTO in (saved.synthesis, current.synthesis) else config.synthesis
+        steps = config.generator_steps
+        if MODE_DEFAULT in (saved.generator_steps, current.generator_steps):
+            steps = MODE_DEFAULT
         return replace(config, out="", provenance=[], synthesis=synthesis, synthesis_reason="",
-                       options={**config.options, "encoder": encoder})
+                       generator_steps=steps, options={**config.options, "encoder": encoder})
 
     auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))
     return normal(saved, auto) == normal(current, auto)

@@ -13,7 +13,8 @@ import torch
 
 from imgxfer import distributed, images, provenance
 from imgxfer.budget import Budget, parse_duration
-from imgxfer.config import AUTO, FILTER_PROBE, NONE, RunConfig, check_device
+from imgxfer.config import (AUTO, FILTER_PROBE, NONE, RunConfig, check_device,
+                            with_mode_steps)
 from imgxfer.data import ImageDataset, Split
 from imgxfer.errors import UserError
 from imgxfer.protocols import declared, encoder_input_size
@@ -63,11 +64,13 @@ def seed_everything(seed: int) -> None:
 
 def generator_budget(config: RunConfig) -> Budget | None:
     """Steps and/or time; ``generator_steps = 0`` with a time is a time-only budget
-    (``imgxfer run --generator-budget``)."""
+    (``imgxfer run --generator-budget``); the mode's default steps (-1) count as their
+    number once the mode is known (:func:`imgxfer.config.with_mode_steps`)."""
     gen_time = parse_duration(config.generator_time) if config.generator_time else None
-    if not (config.generator_steps or gen_time):
+    steps = with_mode_steps(config).generator_steps
+    if not (steps > 0 or gen_time):
         return None
-    return Budget(config.generator_steps or None, gen_time)
+    return Budget(steps if steps > 0 else None, gen_time)
 
 
 def prepare(config: RunConfig, registry: Registry) -> Plan:
@@ -83,7 +86,7 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     # (a resumed run whose plugin is gone names the distribution it needs).
     for kind, name in config.components():
         provenance.require(registry, config, kind, name)
-    budget = generator_budget(config)
+    budget = generator_budget(config)  # a bad duration fails before data is loaded
     seed_everything(config.seed)
     with distributed.main_first():  # a download happens once, in the main process
         source, split = load_data(config, registry)
@@ -105,8 +108,9 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
                  if config.generator != NONE else None)
     check_zero_steps(config, adapters, generator)
     if generator is not None:
-        config = resolve_synthesis(config, generator, split)
+        config = with_mode_steps(resolve_synthesis(config, generator, split))
         check_generator_mode(config, generator, registry, split)
+        budget = generator_budget(config)
     # config.toml records where each component came from (imgxfer.provenance).
     config = replace(config, provenance=provenance.record(config, registry, encoder,
                                                           config.components()))

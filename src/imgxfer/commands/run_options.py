@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from imgxfer.config import AUGMENT_POLICIES, MIXED_PRECISION, STAGES, RunConfig
+from imgxfer.config import AUGMENT_POLICIES, MIXED_PRECISION, MODE_STEPS, STAGES, RunConfig
 
 
 # Budgets, seed, device, data loading, precision and augmentation: the same help for both
@@ -17,7 +17,8 @@ _BUDGET_AND_RUNTIME = [
         click.option("--encoder-steps", type=int, help="Steps of source training for the "
                      f"encoder (default {RunConfig.encoder_steps})."),
         click.option("--generator-steps", type=int,
-                     help=f"Generator training steps (default {RunConfig.generator_steps})."),
+                     help=f"Generator training steps (default: {MODE_STEPS['translate']} "
+                          f"when it translates, {MODE_STEPS['text']} otherwise)."),
         click.option("--generator-time",
                      help="Wall-clock cap on generator training, e.g. 90s or 3m."),
         click.option("--adapter-steps", type=int,

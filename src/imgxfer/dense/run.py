@@ -23,7 +23,7 @@ import torch
 
 from imgxfer import __version__, provenance
 from imgxfer.budget import Budget
-from imgxfer.config import AUTO, NONE, RunConfig
+from imgxfer.config import AUTO, NONE, RunConfig, with_mode_steps
 from imgxfer.data import TransferData
 from imgxfer.dense import evaluate
 from imgxfer.dense.model import DenseModel, check_head
@@ -107,6 +107,7 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
             config = replace(config, synthesis="translate", synthesis_reason=(
                 f"auto: a --task {config.task} run makes images only by translating "
                 "labelled source scenes"))
+        config = with_mode_steps(config)
     check_adapters(config, adapters, source, split, generator is not None)
     config = replace(config, provenance=provenance.record(config, registry, encoder, components))
     return DensePlan(config, device, source, split, model, adapters, generator)
