@@ -180,7 +180,7 @@ def _share(least: list[int], most: list[int], room: int, foldable: list[bool]) -
 def cli() -> None:
     """Image transfer learning with generative data augmentation.
 
-    Start with `imgxfer run` (syndigits -> digits on embedded data), see what is
+    Start with `imgxfer run` (syndigits -> mnist on embedded data), see what is
     installed with `imgxfer plugins` and `imgxfer list`.
     """
 
@@ -221,7 +221,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
 
     \b
     Examples:
-      imgxfer run                                   # syndigits -> digits, 10 shots, GAN
+      imgxfer run                                   # syndigits -> mnist, 0 labels, GAN
       imgxfer run --target folder:my_images --shots 5 --generator none
       imgxfer run --compare source-only,finetune,dann --seeds 0,1,2
       imgxfer run --source mnist --target mnist-m --shots 0 --synthesis translate

@@ -126,7 +126,7 @@ def explain_command(source: str, run: str, adapter: str | None, method: str,
 
     \b
     Examples:
-      imgxfer explain photos/ --from runs/20250101-120000-syndigits-to-digits
+      imgxfer explain photos/ --from runs/20250101-120000-syndigits-to-mnist
       imgxfer explain digits --from RUN --adapter dann --limit 20 --class 3 --out maps
     """
     from imgxfer.commands.inputs import check_count, check_source, parse_options

@@ -397,7 +397,7 @@ def predict_command(source: str, run: str, adapter: str | None, out: str | None,
 
     \b
     Examples:
-      imgxfer predict photos/ --from runs/20250101-120000-syndigits-to-digits
+      imgxfer predict photos/ --from runs/20250101-120000-syndigits-to-mnist
       imgxfer predict digits --from RUN --adapter mmd --out digits.csv --force
     """
     from imgxfer.commands.inputs import check_count, check_source, parse_options, resolve_out
