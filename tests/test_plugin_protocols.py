@@ -46,23 +46,25 @@ class MeanGenerator:
 
 class NearestMean:
     """A nearest-class-mean classifier on the frozen encoder's features of the target
-    shots, written as the linear head of an imgxfer Classifier (<f, m_c> - |m_c|^2 / 2
+    shots and the synthetic images, written as the linear head of an imgxfer Classifier (<f, m_c> - |m_c|^2 / 2
     ranks the classes as -|f - m_c|^2 does)."""
 
-    uses = frozenset({"target_labelled"})
+    uses = frozenset({"target_labelled", "synthetic"})
     trains_by_steps = False
 
     def fit(self, encoder, data, *, budget, progress, device):
         encoder.eval()
         model = imgxfer.Classifier(encoder, len(data.class_names)).to(device)
-        images, labels = data.target_labelled.images[:], data.target_labelled.labels
+        sets = [s for s in (data.target_labelled, data.synthetic) if s is not None and len(s)]
         with torch.no_grad():
-            features = encoder(encoder.preprocess(images.to(device)))
+            features = torch.cat([encoder(encoder.preprocess(s.images[:].to(device)))
+                                  for s in sets])
+            labels = torch.cat([s.labels for s in sets]).to(device)
             means = torch.stack([features[labels == c].mean(0)
                                  for c in range(len(data.class_names))])
             model.head.weight.copy_(means)
             model.head.bias.copy_(-(means ** 2).sum(1) / 2)
-        return model
+        return model.eval()
 
 
 class Pixels(torch.nn.Module):

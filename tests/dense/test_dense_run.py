@@ -174,7 +174,8 @@ def test_predict_out_dash_is_standard_output(dense_run, tmp_path, monkeypatch) -
 @pytest.mark.parametrize("args, says", [
     (["--task", "segment", "--source", "tiny-source"], "is for --task classify"),
     (["--task", "detect", "--adapter", "advent"], "'advent' is for --task segment"),
-    (["--task", "segment", "--generator", "gan"], "add --synthesis translate"),
+    (["--task", "segment", "--generator", "gan", "--synthesis", "text"],
+     "add --synthesis translate"),
     (["--task", "segment", "--head", "centernet"], "head 'centernet' is for --task detect"),
     (["--head", "unet"], "use it with --task segment or --task detect"),
     (["--task", "segment", "--seeds", "0,1"], "--seeds is for --task classify"),
