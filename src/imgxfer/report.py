@@ -295,7 +295,7 @@ def write_report(folder: Path, config: Any, metrics: RunMetrics, extras: dict[st
     parts = _header(folder, config, metrics) + _setup(config, metrics) + _target_metrics(metrics)
     parts.append(_img_tag(confusion_plot(metrics.target.confusion_matrix, names),
                           "confusion matrix"))
-    parts.append(_samples(grid, synthetic is not None))
+    parts.append(_samples(grid, synthetic is not None, len(split.labelled) > 0))
     parts += _synthesis_origins(names, extras, metrics.generator)
     parts += _generator_sections(metrics)
     parts += _explanations(folder, metrics)
@@ -407,15 +407,15 @@ def _target_metrics(metrics: RunMetrics) -> list[str]:
     return parts
 
 
-def _samples(grid: bytes, with_synthetic: bool) -> str:
+def _samples(grid: bytes, with_synthetic: bool, with_shots: bool) -> str:
+    shots = "the labelled target shots, then " if with_shots else ""
     if with_synthetic:
-        return ("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: the "
-                "labelled target shots (what the generator learned the target from), real "
-                "held-out target images, then synthetic images.</p>"
+        return ("<h2>Real vs synthetic images</h2><p class='muted'>One row per class: "
+                f"{shots}real held-out target images, then synthetic images.</p>"
                 + _img_tag(grid, "real and synthetic samples"))
-    return ("<h2>Target images</h2><p class='muted'>One row per class: the labelled "
-            "target shots, then real held-out target images (no generator in this "
-            "run).</p>" + _img_tag(grid, "target samples"))
+    return (f"<h2>Target images</h2><p class='muted'>One row per class: {shots}real "
+            "held-out target images (no generator in this run).</p>"
+            + _img_tag(grid, "target samples"))
 
 
 def _explanations(folder: Path, metrics: RunMetrics) -> list[str]:
