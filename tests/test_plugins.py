@@ -173,6 +173,14 @@ def test_unknown_component_message_lists_names(host):
     assert "imgxfer plugins" in message
 
 
+def test_a_folder_given_as_a_dataset_name_points_to_folder(host, tmp_path):
+    """A new user's `--target my_images/`: the fix (folder:PATH) in one sentence."""
+    with pytest.raises(UnknownComponentError) as info:
+        host.registry.get("datasets", str(tmp_path))
+    assert str(info.value) == (f"{str(tmp_path)!r} is a folder, not a dataset name; give it "
+                               f"as folder:{tmp_path} (one sub-folder of images per class).")
+
+
 def test_family_names_pass_the_rest_to_the_factory():
     host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""})
     host.add(module_with(register_encoders=lambda register: register(

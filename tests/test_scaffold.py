@@ -67,7 +67,8 @@ def test_new_plugin_of_every_kind_registers_a_working_component(host, tmp_path, 
     assert project["project"]["entry-points"]["imgxfer"] == {name: module}
     test_text = (folder / f"tests/test_my_{kind}.py").read_text()
     assert f"testing.check_{kind}(" in test_text and '["list", "--json"]' in test_text
-    assert f"pip install -e {folder}" in result.output
+    assert f"pip install -e '{folder}[test]'" in result.output
+    assert f"python -m pytest {folder}/tests" in result.output
 
     # Registered through the hooks by a plugin host (a pluggy PluginManager), like an
     # installed entry point would be.

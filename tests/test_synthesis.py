@@ -114,6 +114,7 @@ def test_auto_is_the_default_and_a_run_records_its_choice(host, tmp_path):
     assert saved.synthesis == "translate" and "unlabelled images" in saved.synthesis_reason
     assert same_run(saved, replace(saved, synthesis="auto", synthesis_reason="", out="x"))
     assert not same_run(saved, replace(saved, synthesis="text"))
+    assert "--synthesis translate (auto: gan can translate" in " ".join(result.output.split())
     assert json.loads((folder / "metrics.json").read_text())["generator"]["synthesis"] == \
         "translate"
     assert "auto: gan can translate" in (folder / "report.html").read_text()

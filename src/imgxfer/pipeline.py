@@ -67,6 +67,8 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
         progress.log(f"generator {config.generator} skipped: no adapter of this run reads "
                      f"synthetic images ({', '.join(plan.adapters)}).")
     elif plan.generator is not None:
+        if config.synthesis_reason:  # what --synthesis auto chose, on screen as in the report
+            progress.log(f"--synthesis {config.synthesis} ({config.synthesis_reason})")
         generated = generate(plan, captions, folder, progress, resume, timings)
         if generated.synthetic is not None:
             captions["synthetic"] = generated.prompts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from imgxfer.errors import DuplicateComponentError, UnknownComponentError, UserError
@@ -174,6 +175,10 @@ class Registry:
             raise UnknownComponentError(
                 f"{SINGULAR[kind]} {name!r} is for --task {' or '.join(elsewhere)}, not "
                 f"--task {task}; {SINGULAR[kind]}s for {task}: {', '.join(shown) or 'none'}.")
+        if kind == "datasets" and Path(name).expanduser().is_dir():  # a folder, not a name
+            raise UnknownComponentError(
+                f"{name!r} is a folder, not a dataset name; give it as folder:{name} "
+                "(one sub-folder of images per class).")
         raise UnknownComponentError(
             f"unknown {SINGULAR[kind]} {name!r}; available: {', '.join(shown) or 'none'} "
             f"(see `imgxfer plugins` and `imgxfer list {kind}`)."

@@ -339,13 +339,14 @@ def _baselines(metrics: RunMetrics) -> list[str]:
     """What the headline is judged against, on the same test split: the source model (no
     target image) and the run's adapter without its synthetic images."""
     first = next(iter(metrics.adapters))
-    rows = [[f"{name} (source images only)", r.accuracy, r.macro_f1]
-            for name, r in (metrics.baselines or {}).items()]
+    rows = [["chance (1 / classes)", metrics.target.chance, "–"]]
+    rows += [[f"{name} (source images only)", r.accuracy, r.macro_f1]
+             for name, r in (metrics.baselines or {}).items()]
     delta = (metrics.synthetic_delta or {}).get(first)
     if delta is not None:
         rows += [[f"{first} without synthetic images", delta.without, delta.macro_f1_without],
                  [f"{first} with synthetic images (this run)", delta.with_, delta.macro_f1_with]]
-    if not rows:
+    if len(rows) == 1:  # chance alone is in the headline already
         return []
     gain = (f" The synthetic images changed {html.escape(first)}'s accuracy by "
             f"<b>{delta.delta:+.3f}</b> (one seed; <code>imgxfer run --seeds 0,1,2,3,4</code> "

@@ -189,8 +189,10 @@ def _run_examples(s: Skeleton) -> str:
 
 def next_steps(skeleton: Skeleton, shown_folder: str) -> list[str]:
     """Commands to try the new plugin, for the CLI to print."""
-    steps = [f"pip install -e {shown_folder}",
-             f"pytest {shown_folder}/tests",
+    # [test] brings pytest into the environment imgxfer runs in (a `make run` venv has
+    # none, and another environment's pytest has no torch); python -m runs that one.
+    steps = [f"pip install -e '{shown_folder}[test]'",
+             f"python -m pytest {shown_folder}/tests",
              "imgxfer list" + (f" {skeleton.kinds[0]}s" if len(skeleton.kinds) == 1 else "")]
     runs = [k for k in skeleton.kinds if k != "dataset"]
     if runs:
@@ -268,8 +270,8 @@ $components
 ## Install and test
 
 ```sh
-pip install -e .            # from this folder; imgxfer finds it through its entry point
-pytest                      # the imgxfer contract kit and this plugin's own tests
+pip install -e '.[test]'    # from this folder, in imgxfer's environment (its entry point)
+python -m pytest            # the imgxfer contract kit and this plugin's own tests
 imgxfer plugins             # shows plugin '$name' and what it registered
 ```
 
