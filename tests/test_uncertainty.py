@@ -71,6 +71,15 @@ def test_a_noise_generator_is_flagged_and_a_good_run_is_not():
     assert noise_warnings(good) == []
 
 
+def test_synthetic_images_that_lose_their_label_are_flagged():
+    """The default run's translations: label kept 0.545 against CAS real 0.955."""
+    lossy = _run(0.85, 1500, {"cas": 0.6, "cas_real": 0.955, "label_kept": 0.545})
+    (warning,) = noise_warnings(lossy)
+    assert warning.startswith("label kept 0.545: a classifier that gets 0.955 of the real")
+    kept = _run(0.85, 1500, {"cas": 0.6, "cas_real": 0.955, "label_kept": 0.9})
+    assert noise_warnings(kept) == []
+
+
 def test_target_accuracy_near_chance_on_a_small_test_set_is_flagged():
     (warning,) = noise_warnings(_run(0.5, 12, None))  # 6 of 12: (0.254-0.746) holds 1/3
     assert "target accuracy 0.5000 (0.254-0.746)" in warning and "12 test images" in warning

@@ -52,10 +52,18 @@ def cas_intervals(gen: GeneratorMetrics, n_test: int | None) -> tuple[list[float
             gen.cas_real_interval or wilson_interval(gen.cas_real, n))
 
 
+# Label kept below this share of CAS real is warned about (a generator whose images keep
+# their class as well as real images carry theirs scores near CAS real).
+LABEL_KEPT_SHARE = 0.75
+
+
 def noise_warnings(metrics: RunMetrics) -> list[str]:
     """One sentence per figure that is within noise of chance: the target accuracy or
     CAS whose interval contains chance (1 / classes), and an FID within the spread of
-    the real-to-real floor (the encoder's features do not tell the images from real)."""
+    the real-to-real floor (the encoder's features do not tell the images from real);
+    and one when the synthetic images keep their label far less often than real images
+    carry theirs (below :data:`LABEL_KEPT_SHARE` of CAS real): then many of them teach a
+    wrong label, whatever their style."""
     target, chance = metrics.target, metrics.target.chance
     out = []
     interval = accuracy_interval(target)
@@ -76,6 +84,12 @@ def noise_warnings(metrics: RunMetrics) -> list[str]:
                    f"({gen.fid_real:.3f} ± {gen.fid_real_spread:.3f}): at this sample size "
                    "the encoder's features do not tell the synthetic images from real "
                    "ones, so FID says little here.")
+    if gen.label_kept is not None and gen.cas_real \
+            and gen.label_kept < LABEL_KEPT_SHARE * gen.cas_real:
+        out.append(f"label kept {gen.label_kept:.3f}: a classifier that gets {gen.cas_real:.3f} "
+                   "of the real test images right gives only that share of the synthetic "
+                   "images their intended class, so many of them teach a wrong label (see "
+                   "the synthetic rows of samples.png).")
     return out
 
 
