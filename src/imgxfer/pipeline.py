@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from imgxfer import __version__, distributed, runfolder
-from imgxfer.config import RunConfig, load, read_toml, same_run
+from imgxfer.config import RunConfig, from_mapping, read_toml, same_run
 from imgxfer.errors import UserError
 from imgxfer.metrics import RunMetrics, Timings
 from imgxfer.plan import Plan, prepare
@@ -63,7 +63,7 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     with timings.measure("captioner"):
         captions = caption_labelled(plan)
     generated = None
-    if plan.generator is not None and not reads_synthetic(plan.adapters):
+    if plan.generator is not None and not reads_synthetic(plan.adapters.values()):
         progress.log(f"generator {config.generator} skipped: no adapter of this run reads "
                      f"synthetic images ({', '.join(plan.adapters)}).")
     elif plan.generator is not None:
@@ -118,8 +118,9 @@ def resume_config(folder: Path) -> RunConfig:
     if (folder / runfolder.METRICS).is_file():
         raise UserError(f"--resume: the run in {str(folder)!r} has already finished; "
                         "start a new run instead.")
-    config = load(folder / runfolder.CONFIG)
-    if "synthesis" not in read_toml(folder / runfolder.CONFIG):
+    saved = read_toml(folder / runfolder.CONFIG)
+    config = from_mapping(saved, where=str(folder / runfolder.CONFIG))
+    if "synthesis" not in saved:
         config.synthesis = "text"  # written before --synthesis existed: prompts, then
     return config
 

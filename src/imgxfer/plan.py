@@ -64,10 +64,10 @@ def seed_everything(seed: int) -> None:
 
 def generator_budget(config: RunConfig) -> Budget | None:
     """Steps and/or time; ``generator_steps = 0`` with a time is a time-only budget
-    (``imgxfer run --generator-budget``); the mode's default steps (-1) count as their
-    number once the mode is known (:func:`imgxfer.config.with_mode_steps`)."""
+    (``imgxfer run --generator-budget``). ``prepare`` calls it again once the mode's
+    default steps (-1) are resolved (:func:`imgxfer.config.with_mode_steps`)."""
     gen_time = parse_duration(config.generator_time) if config.generator_time else None
-    steps = with_mode_steps(config).generator_steps
+    steps = config.generator_steps
     if not (steps > 0 or gen_time):
         return None
     return Budget(steps if steps > 0 else None, gen_time)

@@ -9,7 +9,7 @@ import time
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -55,7 +55,7 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
     data = TransferData(plan.source, split.labelled, split.unlabelled, synthetic)
     compare = config.compare_synthetic and synthetic is not None
     if config.compare_synthetic and synthetic is None and plan.generator is not None \
-            and reads_synthetic(plan.adapters):  # the filter kept none
+            and reads_synthetic(plan.adapters.values()):  # the filter kept none
         progress.log("--compare-synthetic: no synthetic images are left, nothing to compare.")
     brightness = artifacts.image_brightness(ConcatImages([split.labelled.images,
                                                           split.unlabelled.images]))
@@ -72,7 +72,7 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
         rng_state = torch.get_rng_state()
         # The twin without synthetic images, for the adapters that read them (for the
         # others it would be the same fit: no row rather than a delta of 0).
-        twin = copy.deepcopy(adapter) if compare and reads_synthetic({name: adapter}) else None
+        twin = copy.deepcopy(adapter) if compare and reads_synthetic([adapter]) else None
         shown = Labelled(progress, " (with synthetic)") if twin is not None else progress
         model, seconds = fit_adapter(plan, adapter, data, shown, name)
         predicted = test_predictions(model, plan.encoder, split, plan.device)
@@ -101,10 +101,10 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
                    explanations, baselines)
 
 
-def reads_synthetic(adapters: dict[str, Any]) -> bool:
+def reads_synthetic(adapters: Iterable[Any]) -> bool:
     """Whether any of ``adapters`` trains on synthetic images: declares it in ``uses``, or
     declares ``uses = None`` (not known before it runs)."""
-    return any(a.uses is None or "synthetic" in a.uses for a in adapters.values())
+    return any(a.uses is None or "synthetic" in a.uses for a in adapters)
 
 
 def source_model(plan: Plan) -> AdapterMetrics:
