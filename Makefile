@@ -1,10 +1,11 @@
-# The two set-up commands of the README: `make run` and `make test`. Each creates the
+# The two set-up commands of the README: `make run` and `make test`; each creates the
 # local virtual environment .venv when it is missing and installs what it needs into it.
+# `make lint` checks the code as CI does, before the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test clean-venv
+.PHONY: run test lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,16 @@ $(VENV)/.installed-test: $(VENV)/.installed-run plugins/imgxfer-timm/pyproject.t
 
 run: $(VENV)/.installed-run
 	$(BIN)/imgxfer run --generator gan
+
+$(VENV)/.installed-lint: $(VENV)/.installed-run
+	$(BIN)/pip install --quiet --editable '.[lint]'
+	touch $@
+
+# ruff (pyflakes, isort, pyupgrade, bugbear) over everything, mypy over the package
+# (strict on the plugin API, the ground floor and the run layer: pyproject.toml).
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -7,7 +7,7 @@ the difference exceeds one standard deviation of the paired differences.
         --out-dir benchmarks/results/augmentation
 
 Each (pair, shots, seed) is one ordinary `imgxfer run --compare finetune,mmd
---compare-synthetic` (the library call :func:`imgxfer.pipeline.run`), so encoder,
+--compare-synthetic` (the library call :func:`imgxfer.tasks.run`), so encoder,
 captions, GAN, adapters and evaluation are exactly the CLI's: every adapter is trained
 twice on the same split and encoder from the same random state, once with and once
 without the synthetic images, and ``metrics.json`` holds ``synthetic_delta``. The run
@@ -28,7 +28,7 @@ from typing import Any
 
 from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, mean_std, run_once
 
-from imgxfer.config import RunConfig
+from imgxfer.core.config import RunConfig
 
 
 def run_one(args: argparse.Namespace, source: str, target: str, shots: int, seed: int,

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from imgxfer.config import RunConfig, load, same_run
-from imgxfer.metrics import RunMetrics
-from imgxfer.pipeline import run
-from imgxfer.plugins import get_registry
-
+from imgxfer.core.config import RunConfig, load, same_run
+from imgxfer.plugin.host import get_registry
+from imgxfer.run.metrics import RunMetrics
+from imgxfer.tasks import run
 
 # The budget the documented tables were measured with (imgxfer run's defaults until issue
 # 15 shortened them for the default run): the scripts keep it, so their tables reproduce.

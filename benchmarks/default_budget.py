@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from common import cell, run_once
 
-from imgxfer.config import RunConfig
+from imgxfer.core.config import RunConfig
 
 ROOT = Path(__file__).parent / "results" / "default_budget"
 # name -> (encoder_steps, generator_steps, adapter_steps)

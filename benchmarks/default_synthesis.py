@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from common import cell, mean_std, run_once
 
-from imgxfer.config import RunConfig
+from imgxfer.core.config import RunConfig
 
 ROOT = Path(__file__).parent / "results" / "default_synthesis"
 

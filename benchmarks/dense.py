@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from common import cell, read_rows
 
-from imgxfer.config import RunConfig
-from imgxfer.pipeline import run
-from imgxfer.plugins import get_registry
+from imgxfer.core.config import RunConfig
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks import run
 
 METHODS = {"segment": "source-only,adabn,finetune,self-training,advent,adaptsegnet",
            "detect": "source-only,adabn,finetune,self-training"}
@@ -170,7 +170,7 @@ def gap_table(rows: list[dict], pair: str, task: str) -> str:
         if not have:
             continue
         delta = [by[method, s] - by["source-only", s] for s in have]
-        share = [d / (by["oracle", s] - by["source-only", s]) for d, s in zip(delta, have)]
+        share = [d / (by["oracle", s] - by["source-only", s]) for d, s in zip(delta, have, strict=True)]
         lines.append(f"| {method} | {cell(delta, signed=True)} | {cell(share, signed=True)} "
                      f"| {len(have)} |")
     return "\n".join(lines)

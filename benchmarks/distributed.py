@@ -60,7 +60,7 @@ def table(rows: list[dict]) -> str:
         f"| 2 (torchrun, gloo) | {cell(two)} | {cell([by[2, s]['seconds'] for s in seeds], 1)} "
         f"| {max(by[2, s]['folders'] for s in seeds)} |",
         "", f"paired difference (2 - 1) over seeds {seeds}: "
-            f"{cell([b - a for a, b in zip(one, two)], signed=True)}"])
+            f"{cell([b - a for a, b in zip(one, two, strict=True)], signed=True)}"])
 
 
 def main() -> None:

@@ -16,14 +16,14 @@ import argparse
 import statistics
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.encoders.torchvision_backbones import TorchvisionEncoder
-from imgxfer.features import encode
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.components.encoders.torchvision_backbones import TorchvisionEncoder
+from imgxfer.data.features import encode
 
 BASELINE_BATCH = 64
 

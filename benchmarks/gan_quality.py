@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from common import cell
 
-from imgxfer.budget import Budget, parse_duration
-from imgxfer.captioners.template import TemplateCaptioner
-from imgxfer.data import GeneratorData, ImageDataset, few_shot_split
-from imgxfer.datasets.mnist import mnist
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.generators.gan import ConditionalGAN
-from imgxfer.plan import resolve_device, seed_everything
-from imgxfer.synthesis import synthesis_prompts
+from imgxfer.components.captioners.template import TemplateCaptioner
+from imgxfer.components.datasets.mnist import mnist
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.components.generators.gan import ConditionalGAN
+from imgxfer.core.budget import Budget, parse_duration
+from imgxfer.data.dataset import GeneratorData, ImageDataset, few_shot_split
+from imgxfer.tasks.classify.plan import resolve_device, seed_everything
+from imgxfer.tasks.classify.synthesis import synthesis_prompts
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "gan": {},
@@ -93,8 +93,11 @@ class SeedSetup:
 
     def __init__(self, seed: int, args: argparse.Namespace, device: torch.device,
                  data: ImageDataset) -> None:
-        from imgxfer.quality import (classification_accuracy_score, feature_distances,
-                                     matched_real_subset)
+        from imgxfer.tasks.classify.quality import (
+            classification_accuracy_score,
+            feature_distances,
+            matched_real_subset,
+        )
 
         seed_everything(seed)
         self.seed, self.device = seed, device
@@ -121,7 +124,7 @@ class SeedSetup:
 
 
 def measure(setup: SeedSetup, variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    from imgxfer.quality import classification_accuracy_score, feature_distances
+    from imgxfer.tasks.classify.quality import classification_accuracy_score, feature_distances
 
     seed, device, train = setup.seed, setup.device, setup.train
     seed_everything(seed)

@@ -35,12 +35,12 @@ import torch
 from common import cell, read_rows
 from gan_quality import PrintProgress, SeedSetup
 
-from imgxfer.budget import Budget, parse_duration
-from imgxfer.config import parse_option
-from imgxfer.data import GeneratorData, ImageDataset
-from imgxfer.datasets.mnist import mnist
-from imgxfer.plan import resolve_device, seed_everything
-from imgxfer.synthesis import synthesis_prompts
+from imgxfer.components.datasets.mnist import mnist
+from imgxfer.core.budget import Budget, parse_duration
+from imgxfer.core.config import parse_option
+from imgxfer.data.dataset import GeneratorData, ImageDataset
+from imgxfer.tasks.classify.plan import resolve_device, seed_everything
+from imgxfer.tasks.classify.synthesis import synthesis_prompts
 
 METRICS = ("steps", "cas", "cas_real", "fid", "fid_real", "kid_mean", "kid_real_mean",
            "sample_s_per_1000")
@@ -48,7 +48,7 @@ METRICS = ("steps", "cas", "cas_real", "fid", "fid_real", "kid_mean", "kid_real_
 
 def make_generator(name: str, seed: int, options: dict[str, Any]) -> Any:
     if name == "gan":
-        from imgxfer.generators.gan import ConditionalGAN
+        from imgxfer.components.generators.gan import ConditionalGAN
 
         return ConditionalGAN(seed=seed, **options)
     if name == "diffusion":
@@ -74,7 +74,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure(setup: SeedSetup, name: str, budget: str, args: argparse.Namespace
             ) -> dict[str, Any]:
-    from imgxfer.quality import classification_accuracy_score, feature_distances
+    from imgxfer.tasks.classify.quality import classification_accuracy_score, feature_distances
 
     seed, device, train = setup.seed, setup.device, setup.train
     seed_everything(seed)
@@ -109,9 +109,13 @@ def measure_floor(setup: SeedSetup, size: int, args: argparse.Namespace) -> dict
     """The real training images (as many per class as a generator draws) taken down to
     ``size`` px and back, as the diffusion generator's samples are: the best CAS and FID a
     generator working at that size could reach here. Needs no training budget."""
-    from imgxfer.quality import (classification_accuracy_score, feature_distances,
-                                 matched_real_subset)
     import torch.nn.functional as F
+
+    from imgxfer.tasks.classify.quality import (
+        classification_accuracy_score,
+        feature_distances,
+        matched_real_subset,
+    )
 
     seed, device, train = setup.seed, setup.device, setup.train
     real = matched_real_subset(train, [args.per_class] * train.num_classes, seed=seed)
@@ -144,7 +148,7 @@ def table(rows: list[dict[str, Any]], generators: list[str], budgets: list[str])
                 continue
             col = {k: [float(r[k]) for r in rs] for k in METRICS}
 
-            def ratio(key: str) -> str:
+            def ratio(key: str, ref: list = ref, col: dict = col) -> str:
                 base = np.mean([r[key] for r in ref]) if ref else 0
                 return f"{np.mean(col[key]) / base:.2f}x" if base else "–"
 

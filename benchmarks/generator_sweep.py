@@ -1,12 +1,12 @@
 """Sweep one option of the generator and measure its target-domain images: CAS (a fixed
 small classifier trained on them only, tested on the real target test split) and shot
 copying (how often an image's nearest real target image of its class is a labelled shot;
-see :mod:`imgxfer.quality`), mean ± std over seeds.
+see :mod:`imgxfer.tasks.classify.quality`), mean ± std over seeds.
 
     python benchmarks/generator_sweep.py --pair syndigits:digits --shots 1 \\
         --option cdc --values 0,5,20 --seeds 0,1,2 --out-dir benchmarks/results/gan-cdc
 
-Each cell is one ordinary run of the pipeline (:func:`imgxfer.pipeline.run`) with the GAN
+Each cell is one ordinary run of the pipeline (:func:`imgxfer.tasks.run`) with the GAN
 at its default step budget. The encoder and adapter get one step each: neither CAS nor
 shot copying depends on them (FID/KID, which do, are left out of the table), so a cell
 costs about the GAN's training. A cell whose ``metrics.json`` exists is not run again.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import cell, run_once
 
-from imgxfer.config import RunConfig, parse_option
+from imgxfer.core.config import RunConfig, parse_option
 
 KEYS = ("cas", "cas_real", "nearest_shot", "nearest_shot_real")
 

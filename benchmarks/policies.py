@@ -31,12 +31,12 @@ import torch
 from common import cell, mean_std, read_rows
 from safetensors.torch import load_file, save_file
 
-from imgxfer.budget import Budget
-from imgxfer.data import TransferData, align_classes, few_shot_split
-from imgxfer.evaluation import classification_metrics
-from imgxfer.plan import seed_everything
-from imgxfer.plugins import get_registry
-from imgxfer.training import predict_logits
+from imgxfer.core.budget import Budget
+from imgxfer.data.dataset import TransferData, align_classes, few_shot_split
+from imgxfer.nn.training import predict_logits
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks.classify.evaluation import classification_metrics
+from imgxfer.tasks.classify.plan import seed_everything
 
 POLICY_VARIANTS = [f"finetune augment={p}" for p in ("none", "strong", "randaugment",
                                                       "trivialaugment")]

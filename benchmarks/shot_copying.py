@@ -3,7 +3,7 @@
 For each finished run folder of ``benchmarks/augmentation.py`` (``--runs``), rebuilds the
 run's data split (its ``config.toml``) and generator (``generator.safetensors``), draws
 the run's synthetic images again from the prompts recorded in ``captions.jsonl`` (same
-prompts, labels and seed as the run), and measures :func:`imgxfer.quality.shot_copying`:
+prompts, labels and seed as the run), and measures :func:`imgxfer.tasks.classify.quality.shot_copying`:
 the fraction of synthetic images whose nearest real target image of the same class (pixel
 L2, among the shots and the test split) is a shot, against the same fraction for real
 held-out images. Prints a markdown table, mean ± std over the seeds of each
@@ -22,10 +22,10 @@ from pathlib import Path
 from common import cell
 from synthetic_weight import synthetic_of  # the run's synthetic images, redrawn
 
-from imgxfer.config import load
-from imgxfer.stages.data import load_data
-from imgxfer.plugins import get_registry
-from imgxfer.quality import shot_copying
+from imgxfer.core.config import load
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks.classify.quality import shot_copying
+from imgxfer.tasks.classify.stages.data import load_data
 
 
 def measure(folder: Path) -> dict[str, float]:

@@ -22,13 +22,13 @@ from dataclasses import replace
 
 import torch
 
-from imgxfer.budget import Budget
-from imgxfer.config import RunConfig
-from imgxfer.data import TransferData
-from imgxfer.plan import prepare
-from imgxfer.plugins import get_registry
-from imgxfer.progress import NullProgress
-from imgxfer.stages.generate import generator_data
+from imgxfer.core.budget import Budget
+from imgxfer.core.config import RunConfig
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import TransferData
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks.classify.plan import prepare
+from imgxfer.tasks.classify.stages.generate import generator_data
 
 
 def timed(fn) -> float:

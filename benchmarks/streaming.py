@@ -46,7 +46,7 @@ def make_folders(root: Path, n: int) -> tuple[Path, Path]:
     import torch
     from PIL import Image
 
-    from imgxfer.datasets.digits import syndigits
+    from imgxfer.components.datasets.digits import syndigits
 
     out = []
     for role in ("src", "tgt"):
@@ -60,7 +60,7 @@ def make_folders(root: Path, n: int) -> tuple[Path, Path]:
         rng = np.random.default_rng(7 if role == "src" else 8)
         big = torch.nn.functional.interpolate(data.images.tensor(), size=(SIDE, SIDE),
                                               mode="bilinear", align_corners=False)
-        for i, (image, label) in enumerate(zip(big, data.labels.tolist())):
+        for i, (image, label) in enumerate(zip(big, data.labels.tolist(), strict=True)):
             array = image.repeat(3, 1, 1).permute(1, 2, 0).numpy()
             if role == "tgt":  # coloured paper, noise: another domain
                 paper = rng.uniform(0, 1, 3)
@@ -146,8 +146,8 @@ def throughput_cell(args: argparse.Namespace, n: int, size: int) -> dict:
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from imgxfer import images as store_module
-    from imgxfer.datasets.folder import folder
+    from imgxfer.components.datasets.folder import folder
+    from imgxfer.data import images as store_module
 
     torch.set_num_threads(args.threads)
     src, _ = make_folders(args.data, n)

@@ -25,11 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import (TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, TABLE_GENERATOR_STEPS, cell,
-                    run_once)
+from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, TABLE_GENERATOR_STEPS, cell, run_once
 
-from imgxfer.config import RunConfig
-from imgxfer.metrics import RunMetrics
+from imgxfer.core.config import RunConfig
+from imgxfer.run.metrics import RunMetrics
 
 ROOT = Path(__file__).parent / "results" / "synthesis"
 
@@ -89,7 +88,7 @@ def table(root: Path) -> str:
                 lines.append(f"| {name} | {adapter} | {len(metrics)} | – | {cell(acc)} | – | – |")
         gens = [m.generator for m in metrics if m.generator and m.generator.cas is not None]
         if gens:
-            def col(key: str) -> list[float]:
+            def col(key: str, gens: list = gens) -> list[float]:
                 return [getattr(g, key) for g in gens if getattr(g, key) is not None]
             shot = (f"{cell(col('nearest_shot'))} ({cell(col('nearest_shot_real'))})"
                     if col("nearest_shot") else "–")

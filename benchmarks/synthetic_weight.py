@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from common import cell
 
-from imgxfer.budget import Budget
-from imgxfer.commands.generate import load_generator
-from imgxfer.config import load
-from imgxfer.data import ImageDataset, TransferData
-from imgxfer.plan import prepare
-from imgxfer.stages.adapt import fit_and_evaluate
-from imgxfer.plugins import get_registry
-from imgxfer.progress import NullProgress
+from imgxfer.cli.generate import load_generator
+from imgxfer.core.budget import Budget
+from imgxfer.core.config import load
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import ImageDataset, TransferData
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks.classify.plan import prepare
+from imgxfer.tasks.classify.stages.adapt import fit_and_evaluate
 
 
 def synthetic_of(folder: Path, class_names: list[str], seed: int) -> ImageDataset:

@@ -27,12 +27,12 @@ import torch
 from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, cell
 from safetensors.torch import load_file, save_file
 
-from imgxfer.budget import Budget
-from imgxfer.data import TransferData, align_classes, few_shot_split
-from imgxfer.evaluation import classification_metrics, information_maximization
-from imgxfer.plan import resolve_device, seed_everything
-from imgxfer.plugins import get_registry
-from imgxfer.training import predict_logits
+from imgxfer.core.budget import Budget
+from imgxfer.data.dataset import TransferData, align_classes, few_shot_split
+from imgxfer.nn.training import predict_logits
+from imgxfer.plugin.host import get_registry
+from imgxfer.tasks.classify.evaluation import classification_metrics, information_maximization
+from imgxfer.tasks.classify.plan import resolve_device, seed_everything
 
 
 def main() -> None:

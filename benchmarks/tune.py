@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from common import cell, read_rows, run_once
 
-from imgxfer.config import RunConfig
-from imgxfer.plugins import get_registry
+from imgxfer.core.config import RunConfig
+from imgxfer.plugin.host import get_registry
 
 ROOT = Path(__file__).parent / "results" / "tune"
 ADAPTER_STEPS = 60
@@ -45,7 +45,7 @@ def base_config(shots: int, seed: int) -> RunConfig:
 
 
 def measure(shots: int, seed: int) -> dict[str, Any]:
-    from imgxfer.tuning import tune
+    from imgxfer.sweep.tune import tune
 
     trials, timeout, folds = SEARCH[shots]
     config = base_config(shots, seed)

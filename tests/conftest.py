@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import imgxfer
-from imgxfer import plugins
-from imgxfer.data import ImageDataset
+from imgxfer.data.dataset import ImageDataset
+from imgxfer.plugin import host as plugins
 
 CLASSES = ["horizontal", "vertical", "dot"]
 
@@ -80,7 +80,7 @@ def tiny_compare_run(tmp_path_factory, compare: str):
     with the built-ins and the fake plugin only; for module-scoped fixtures."""
     from click.testing import CliRunner
 
-    from imgxfer.cli import cli
+    from imgxfer.cli.app import cli
 
     out = tmp_path_factory.mktemp("runs")
     h = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()

@@ -1,10 +1,10 @@
-"""Tiny scene datasets for the dense tests (:func:`imgxfer.testing.tiny_scenes`),
+"""Tiny scene datasets for the dense tests (:func:`imgxfer.plugin.testing.tiny_scenes`),
 registered by the tests' fake plugin as ``tiny-scenes`` and ``tiny-scenes-inverted``."""
 
 from __future__ import annotations
 
-from imgxfer.scenes import SceneDataset
-from imgxfer.testing import tiny_scenes
+from imgxfer.data.scenes import SceneDataset
+from imgxfer.plugin.testing import tiny_scenes
 
 SCENE_CLASSES = ["square", "bar"]
 

@@ -1,15 +1,15 @@
-"""Augmentation policies (imgxfer.augmentation) and fine-tuning regularisers
-(imgxfer.adapters.regularizers): what each does to images and losses, seeding, options."""
+"""Augmentation policies (imgxfer.nn.augmentation) and fine-tuning regularisers
+(imgxfer.components.adapters.regularizers): what each does to images and losses, seeding, options."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from imgxfer.adapters.regularizers import Regularization, mixed_cross_entropy
-from imgxfer.augmentation import POLICIES, Augmentation
-from imgxfer.errors import UserError
-from imgxfer.registry import Registry
+from imgxfer.components.adapters.regularizers import Regularization, mixed_cross_entropy
+from imgxfer.core.errors import UserError
+from imgxfer.nn.augmentation import POLICIES, Augmentation
+from imgxfer.plugin.registry import Registry
 
 
 def digits_like(n: int = 8, channels: int = 3) -> torch.Tensor:
@@ -130,16 +130,16 @@ def test_mixed_cross_entropy_interpolates_the_two_losses():
     (dict(augment="heavy"), "finetune option augment must be one of"),
 ])
 def test_bad_regulariser_options_are_one_sentence(options, words):
-    from imgxfer.adapters.finetune import FineTune
+    from imgxfer.components.adapters.finetune import FineTune
 
     with pytest.raises(UserError, match=words):
         FineTune(**options)
 
 
 def test_l2sp_turns_the_encoders_weight_decay_off():
-    from imgxfer.adapters.finetune import FineTune
-    from imgxfer.classifier import Classifier
-    from imgxfer.encoders.smallcnn import SmallCNN
+    from imgxfer.components.adapters.finetune import FineTune
+    from imgxfer.components.encoders.smallcnn import SmallCNN
+    from imgxfer.nn.classifier import Classifier
 
     model = Classifier(SmallCNN(width=4, input_size=8), 3)
     decays = [grp["weight_decay"] for grp in FineTune(l2sp=0.01).optimizer(model, None).param_groups]
@@ -148,8 +148,8 @@ def test_l2sp_turns_the_encoders_weight_decay_off():
 
 
 def test_run_wide_augment_reaches_components_unless_their_options_set_one():
-    from imgxfer.adapters.finetune import FineTune
-    from imgxfer.generators.gan import ConditionalGAN
+    from imgxfer.components.adapters.finetune import FineTune
+    from imgxfer.components.generators.gan import ConditionalGAN
 
     registry = Registry()
     registry.add("adapters", "finetune", FineTune, "builtin")
@@ -161,8 +161,8 @@ def test_run_wide_augment_reaches_components_unless_their_options_set_one():
 
 
 def test_a_runs_augment_reaches_encoder_adapters_and_gan_and_is_recorded(host, tmp_path):
-    from imgxfer.config import from_mapping
-    from imgxfer.plan import prepare
+    from imgxfer.core.config import from_mapping
+    from imgxfer.tasks.classify.plan import prepare
 
     config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,
                            "generator": "gan", "compare": ["finetune", "self-training"],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imgxfer import plugins
-from imgxfer.install import known_plugins
+from imgxfer.plugin import host as plugins
+from imgxfer.plugin.install import known_plugins
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NUMBERS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13}

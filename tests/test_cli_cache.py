@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import torch
 from click.testing import CliRunner
-
 from conftest import TINY_RUN
-from imgxfer.cli import cli
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.features import encode
+
+from imgxfer.cli.app import cli
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.data.features import encode
 
 
 def write_two_cache_files(root, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from imgxfer.cli import cli
+from imgxfer.cli.app import cli
 
 
 def invoke(*args):

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import CLASSES, tiny_bars
 from PIL import Image
 
-from conftest import CLASSES, tiny_bars
-from imgxfer.budget import Budget
-from imgxfer.cli import cli
-from imgxfer.commands.generate import resolve_label
-from imgxfer.data import GeneratorData
-from imgxfer.errors import UserError
-from imgxfer.generators.gan import ConditionalGAN
-from imgxfer.progress import NullProgress
-from imgxfer.runfolder import atomic_save_tensors, atomic_write_json
+from imgxfer.cli.app import cli
+from imgxfer.cli.generate import resolve_label
+from imgxfer.components.generators.gan import ConditionalGAN
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.core.runfolder import atomic_save_tensors, atomic_write_json
+from imgxfer.data.dataset import GeneratorData
 
 OPTIONS = {"width": 4, "z_dim": 8, "embed_dim": 8, "image_size": 8, "batch_size": 16}
 PROMPT = "a tiny shape {}, domain tiny-target"
@@ -278,7 +278,7 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
     ("the digit Three", 3),
 ])
 def test_prompt_names_the_class(prompt: str, expected: int) -> None:
-    from imgxfer.datasets.digits import DIGIT_NAMES
+    from imgxfer.components.datasets.digits import DIGIT_NAMES
 
     names = DIGIT_NAMES if "digit" in prompt or prompt == "seven" else FASHION
     assert resolve_label(prompt, None, names) == expected
@@ -303,7 +303,7 @@ def test_words_must_match_whole() -> None:
     "a handwritten digit (probably seven, p=0.93), domain mnist",  # a caption's wording
 ])
 def test_numbers_in_a_prompt_name_a_class_only_when_nothing_else_does(prompt: str) -> None:
-    from imgxfer.datasets.digits import DIGIT_NAMES
+    from imgxfer.components.datasets.digits import DIGIT_NAMES
 
     assert resolve_label(prompt, None, DIGIT_NAMES) == 7
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from imgxfer.cli import _table
+from imgxfer.cli.app import _table
 
 PATH = "folder:/data/scans/clinic-2024/second-camera/target-images"
 
@@ -28,7 +28,7 @@ def test_a_path_in_a_table_title_stays_whole():
 def _progress_line(description: str, info: dict, done: int = 1500) -> str:
     import re
 
-    from imgxfer.progress import RichProgress
+    from imgxfer.core.progress import RichProgress
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, force_terminal=True, color_system=None)

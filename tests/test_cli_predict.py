@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_bars, tiny_compare_run
 from PIL import Image
 
-from conftest import tiny_bars, tiny_compare_run
-from imgxfer.cli import cli
-from imgxfer.classnames import class_matches
-from imgxfer.commands.predict import accuracy_note, load_classifier, predict_proba, run_class_names
+from imgxfer.cli.app import cli
+from imgxfer.cli.predict import accuracy_note, load_classifier, predict_proba, run_class_names
+from imgxfer.data.classnames import class_matches
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_loose_images_and_a_classifier_file(host, compare_run, tmp_path):
 def test_the_grid_of_a_generate_folder_is_not_classified(host, compare_run, tmp_path):
     """generate writes 000.png, 001.png, ... and grid.png (all of them in one image):
     only the samples are classified; a grid.png among other images still is one."""
-    from imgxfer.commands.generate import GRID_FILE
+    from imgxfer.cli.generate import GRID_FILE
 
     drawn = bars_as_pngs(tmp_path / "drawn", 1)
     for i in range(3):
@@ -218,7 +218,7 @@ def test_labels_of_other_classes_and_existing_output(host, compare_run, tmp_path
 def test_files_for_a_run_on_glyph_data_are_put_in_its_layout(host, compare_run, tmp_path):
     """A run whose target was in the glyph layout (digits, mnist) records it in the
     classifier file; loose files are then read with fit=glyph, and it says so."""
-    from imgxfer.runfolder import atomic_save_tensors, read_tensors
+    from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
 
     run = tmp_path / "run"
     run.mkdir()
@@ -237,8 +237,8 @@ def test_files_for_a_run_on_glyph_data_are_put_in_its_layout(host, compare_run, 
 
 
 def test_files_are_read_as_the_run_read_its_target_files():
-    from imgxfer.commands.predict import reading_options
-    from imgxfer.config import RunConfig
+    from imgxfer.cli.predict import reading_options
+    from imgxfer.core.config import RunConfig
 
     config = RunConfig(target="folder:scans", source="syndigits")
     config.options["target"] = {"size": 48, "fit": "pad", "invert": True, "strict": True}
@@ -259,13 +259,13 @@ def test_a_pretrained_encoder_is_rebuilt_offline_from_the_run_weights(host, tmp_
     loaded and the saved fingerprint confirms it is the same network."""
     import json as _json
 
-    from imgxfer.classifier import Classifier
-    from imgxfer.commands.predict import load_classifier
-    from imgxfer.config import RunConfig
-    from imgxfer.encoders import torchvision_backbones
-    from imgxfer.errors import UserError
-    from imgxfer.artifacts import fingerprint
-    from imgxfer.runfolder import atomic_save_tensors
+    from imgxfer.cli.predict import load_classifier
+    from imgxfer.components.encoders import torchvision_backbones
+    from imgxfer.core.config import RunConfig
+    from imgxfer.core.errors import UserError
+    from imgxfer.core.runfolder import atomic_save_tensors
+    from imgxfer.nn.classifier import Classifier
+    from imgxfer.run.artifacts import fingerprint
 
     config = RunConfig(source="tiny-source", target="tiny-target", encoder="resnet18")
     config.options["encoder"] = {"pretrained": "imagenet", "input_size": 32}
@@ -311,8 +311,8 @@ def test_a_damaged_classifier_is_refused_not_used(host, compare_run, tmp_path):
 
 def fake_run_file(folder, name, tensors, metadata):
     """A run folder holding a default config.toml and one hand-made tensors file."""
-    from imgxfer.config import RunConfig
-    from imgxfer.runfolder import atomic_save_tensors
+    from imgxfer.core.config import RunConfig
+    from imgxfer.core.runfolder import atomic_save_tensors
 
     (folder / "config.toml").write_text(RunConfig().to_toml())
     atomic_save_tensors(folder / name, tensors, metadata)
@@ -340,7 +340,7 @@ def test_csv_to_standard_output_and_a_bad_device(host, compare_run):
 
 def test_a_rebuilt_network_that_computes_something_else_is_refused(host, compare_run,
                                                                    monkeypatch):
-    from imgxfer import artifacts
+    from imgxfer.run import artifacts
 
     monkeypatch.setattr(artifacts, "fingerprint", lambda model, device: [[0.0, 0.0, 0.0]] * 2)
     result = predict("tiny-target", "--from", str(compare_run), "--adapter", "linear")

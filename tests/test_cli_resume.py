@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN, FakePlugin
 from safetensors.torch import load_file
 
-from conftest import TINY_RUN, FakePlugin
-from imgxfer import plugins
-from imgxfer.cli import cli
-from imgxfer.generators import gan as gan_module
+from imgxfer.cli.app import cli
+from imgxfer.components.generators import gan as gan_module
+from imgxfer.plugin import host as plugins
 
 RUN = [*TINY_RUN[:TINY_RUN.index("--generator-steps")], "--generator-steps", "6",
        *TINY_RUN[TINY_RUN.index("--generator-steps") + 2:],
@@ -90,10 +90,10 @@ def test_resume_refusals(host, tmp_path):
 
 
 def test_resume_refuses_a_folder_of_another_config(host, tmp_path):
-    from imgxfer.config import RunConfig
-    from imgxfer.errors import UserError
-    from imgxfer.pipeline import execute
-    from imgxfer.plan import prepare
+    from imgxfer.core.config import RunConfig
+    from imgxfer.core.errors import UserError
+    from imgxfer.run.execute import execute
+    from imgxfer.tasks.classify.plan import prepare
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -141,8 +141,8 @@ def test_a_folder_interrupted_before_synthesis_and_auto_channels_resumes(host, t
 def test_a_run_that_stops_says_so_once_with_the_resume_command(host, tmp_path, monkeypatch):
     """Issue 29, item 3: a user error in the middle of a run is one sentence that ends with
     the command that continues it (not a warning and then the same error again)."""
-    from imgxfer.errors import UserError
-    from imgxfer.stages import adapt
+    from imgxfer.core.errors import UserError
+    from imgxfer.tasks.classify.stages import adapt
 
     def full_disk(*args, **kwargs):
         raise UserError("the disk is full.")

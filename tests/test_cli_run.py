@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN
 from safetensors.torch import load_file
 
-from conftest import TINY_RUN
-from imgxfer.cli import cli
+from imgxfer.cli.app import cli
 
 
 def invoke(*args):
@@ -26,8 +26,9 @@ def invoke(*args):
 def finished_run(tmp_path_factory):
     """One tiny successful run shared by the checks below (and the bad-input tests,
     which must leave it untouched)."""
-    from imgxfer import plugins
     from conftest import FakePlugin
+
+    from imgxfer.plugin import host as plugins
 
     out = tmp_path_factory.mktemp("runs")
     host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
@@ -282,8 +283,8 @@ def test_zero_steps_are_refused_where_they_leave_something_untrained(host, tmp_p
     assert result.exit_code == 2 and "--generator-steps 0 would leave the generator 'gan'" in result.output
     assert list(tmp_path.iterdir()) == []  # refused before any run folder
     # The linear probe is solved to convergence: a step count does not apply to it.
-    from imgxfer.config import from_mapping
-    from imgxfer.plan import prepare
+    from imgxfer.core.config import from_mapping
+    from imgxfer.tasks.classify.plan import prepare
 
     config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,
                            "generator": "none", "adapter": "linear", "adapter_steps": 0,
@@ -361,8 +362,8 @@ def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):
 def test_figures_carry_intervals_and_a_noise_generator_is_flagged(finished_run):
     """Issue 29, item 8, end to end: the tiny run's 5-step GAN draws noise, so its CAS is
     within noise of chance, which metrics.json, the report and the screen all say."""
-    from imgxfer.metrics import RunMetrics
-    from imgxfer.uncertainty import noise_warnings
+    from imgxfer.run.metrics import RunMetrics
+    from imgxfer.run.uncertainty import noise_warnings
 
     out, folder, result = finished_run
     metrics = RunMetrics.read(folder / "metrics.json")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from imgxfer import config as cfg
-from imgxfer.errors import UserError
+from imgxfer.core import config as cfg
+from imgxfer.core.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,4 +1,4 @@
-"""imgxfer.testing's contract checks over every registered component: the built-ins and
+"""imgxfer.plugin.testing's contract checks over every registered component: the built-ins and
 the first-party plugins of registry.toml that are installed beside imgxfer (as timm tests
 every registered model); other installed plugins are left to their own tests.
 A new component is checked without touching this file; a new *family* needs an argument
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgxfer import testing
-from imgxfer.install import known_plugins
-from imgxfer.plugins import PluginHost
-from imgxfer.registry import TASKS
+from imgxfer.plugin import testing
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.install import known_plugins
+from imgxfer.plugin.registry import TASKS
 
 # The built-ins plus the installed first-party plugins (make test installs them all).
 FIRST_PARTY = ",".join(name for name, p in known_plugins().items() if not p.builtin)
@@ -147,7 +147,7 @@ def test_a_broken_component_fails_its_check_by_name() -> None:
 def test_check_encoder_accepts_an_int_input_size_and_names_the_forms_otherwise() -> None:
     from test_protocols import SquareEncoder
 
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     testing.check_encoder(SquareEncoder, input_size=16)
     with pytest.raises(UserError, match=r"input_size '16x16'; it must be a positive int \(a "
@@ -175,7 +175,7 @@ class TinyEncoder(torch.nn.Module):
                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        from imgxfer.encoders.preprocess import prepare
+        from imgxfer.nn.preprocess import prepare
 
         return prepare(images, channels=1, size=(16, 16), mean=[0.5], std=[0.5])
 
@@ -247,7 +247,7 @@ class TinyAdapter:
     leave_training = False
 
     def fit(self, encoder, data, *, budget, progress, device):
-        from imgxfer.classifier import Classifier
+        from imgxfer.nn.classifier import Classifier
 
         model = Classifier(encoder, len(data.class_names) + self.extra_classes)
         opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
@@ -298,7 +298,7 @@ class TinyGenerator:
         return 0.1 * torch.rand(1, generator=torch.Generator().manual_seed(seed))
 
     def fit(self, data, *, budget, progress, device):
-        from imgxfer.protocols import FitResult
+        from imgxfer.plugin.protocols import FitResult
 
         self.means = torch.stack([data.images[data.labels == c].mean(0)
                                   for c in range(len(data.class_names))])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_bars
-from imgxfer.data import ImageDataset, align_classes, few_shot_split
-from imgxfer.errors import UserError
+
+from imgxfer.core.errors import UserError
+from imgxfer.data.dataset import ImageDataset, align_classes, few_shot_split
 
 
 def test_split_is_stratified_disjoint_and_seeded():
@@ -54,7 +54,7 @@ def test_align_mismatch_lists_differences():
 def test_file_paths_follow_split_and_alignment_into_captions(tmp_path):
     import json
 
-    from imgxfer.report import write_captions
+    from imgxfer.tasks.classify.report import write_captions
 
     images = torch.rand(12, 1, 8, 8)
     labels = torch.arange(12) % 2
@@ -62,7 +62,7 @@ def test_file_paths_follow_split_and_alignment_into_captions(tmp_path):
     data = ImageDataset(images, labels, ["a", "b"], "files", paths=paths)
     split = few_shot_split(data, 2, seed=1)
     for part in (split.labelled, split.unlabelled, split.test):
-        for image, y, path in zip(part.images[:], part.labels, part.paths):
+        for image, y, path in zip(part.images[:], part.labels, part.paths, strict=True):
             i = paths.index(path)
             assert torch.equal(image, images[i]) and y == labels[i]
     source = align_classes(ImageDataset(images, 1 - labels, ["b", "a"], "src", paths=paths),
@@ -78,7 +78,7 @@ def test_file_paths_follow_split_and_alignment_into_captions(tmp_path):
 
 
 def test_glyph_layout_of_the_digit_datasets_survives_splitting():
-    from imgxfer.datasets.digits import digits
+    from imgxfer.components.datasets.digits import digits
 
     data = digits()
     assert data.layout == "glyph"

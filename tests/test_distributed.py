@@ -1,4 +1,4 @@
-"""Data-parallel runs (imgxfer.distributed): two CPU processes under torchrun (gloo)
+"""Data-parallel runs (imgxfer.core.distributed): two CPU processes under torchrun (gloo)
 write one run folder whose accuracy matches a single-process run; bf16 mixed precision
 runs; a resumed run under a launcher is refused in one sentence."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import TINY_RUN
-from imgxfer import distributed
-from imgxfer.cli import cli
+
+from imgxfer.cli.app import cli
+from imgxfer.core import distributed
 
 # Small but real: syndigits -> digits with a narrow smallcnn and few steps (~10 s a run).
 RUN = ["run", "--source", "syndigits", "--source-opt", "n_per_class=40", "--target", "digits",
@@ -87,9 +87,9 @@ def test_resume_under_a_launcher_and_fp16_are_one_sentence(tmp_path, monkeypatch
     result = CliRunner().invoke(cli, ["run", "--mixed-precision", "fp16"])
     assert result.exit_code == 2 and "fp16" in result.output
     monkeypatch.setenv("WORLD_SIZE", "2")
-    from imgxfer.config import RunConfig
-    from imgxfer.errors import UserError
-    from imgxfer.pipeline import execute
+    from imgxfer.core.config import RunConfig
+    from imgxfer.core.errors import UserError
+    from imgxfer.run.execute import execute
 
     class Plan:  # execute refuses before it reads anything else
         config = RunConfig()
@@ -111,7 +111,7 @@ def test_more_processes_than_gpus_is_one_sentence(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     with pytest.raises(UserError, match="4 processes were launched on this machine but it "
                                         "has 1 GPU"):

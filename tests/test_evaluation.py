@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgxfer.evaluation import information_maximization
+from imgxfer.tasks.classify.evaluation import information_maximization
 
 
 def test_im_rewards_confident_and_balanced_predictions():

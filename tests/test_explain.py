@@ -1,4 +1,4 @@
-"""Class-activation maps (imgxfer.explain, `imgxfer explain`, the report's explanations):
+"""Class-activation maps (imgxfer.tasks.classify.saliency, `imgxfer explain`, the report's explanations):
 that they mean something, on a task whose label depends on one image region, and how
 the command treats good and bad input."""
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_compare_run
 from torch import nn
 
-from conftest import tiny_compare_run
-from imgxfer.classifier import Classifier
-from imgxfer.cli import cli
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.errors import UserError
-from imgxfer.explain import METHODS, explain, find_target_layer, overlay
+from imgxfer.cli.app import cli
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.core.errors import UserError
+from imgxfer.nn.classifier import Classifier
+from imgxfer.tasks.classify.saliency import METHODS, explain, find_target_layer, overlay
 
 SIZE = 32
 HALF = SIZE // 2
@@ -81,7 +81,7 @@ def test_the_map_peaks_where_the_label_is_decided(trained, test_squares):
     # Measured: top-left 0.79, the far (bottom-right) quadrant 0.16.
     assert means.argmax() == 0 and means[0] > 2 * means[3], means
     # ... and on the square itself in nearly every image.
-    on_square = [m[im[0] == 1].mean() for m, im in zip(maps, positives)]
+    on_square = [m[im[0] == 1].mean() for m, im in zip(maps, positives, strict=True)]
     assert np.mean(np.array(on_square) > 0.5) >= 0.8, on_square
 
 
@@ -93,7 +93,7 @@ def test_a_randomised_model_gives_a_different_map(trained, test_squares):
     maps = explain(trained, positives, [1] * len(positives)).maps
     random = explain(tiny_model(11).eval(), positives, [1] * len(positives)).maps
     corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] if b.std() > 0 else 0.0
-            for a, b in zip(maps, random)]
+            for a, b in zip(maps, random, strict=True)]
     assert np.mean(corr) < 0.5, corr
     again = explain(trained, positives, [1] * len(positives)).maps
     assert np.allclose(again, maps, atol=1e-5)  # deterministic: the test can fail
@@ -118,7 +118,7 @@ def test_every_method_and_a_frozen_encoder(trained, test_squares):
 @pytest.mark.parametrize("arch, layer", [("resnet18", "encoder.model.layer4"),
                                          ("mobilenet_v3_small", "encoder.model.features")])
 def test_the_layer_is_found_in_torchvision_backbones(arch, layer):
-    from imgxfer.encoders.torchvision_backbones import factory
+    from imgxfer.components.encoders.torchvision_backbones import factory
 
     model = Classifier(factory(arch)(input_size=64), 3)
     assert find_target_layer(model) == layer
@@ -261,8 +261,8 @@ def test_no_images_and_an_existing_output(host, compare_run, tmp_path):
 
 
 def test_the_report_explains_both_adapters_side_by_side(compare_run):
-    from imgxfer.metrics import RunMetrics
-    from imgxfer.report import _explanations
+    from imgxfer.run.metrics import RunMetrics
+    from imgxfer.tasks.classify.report import _explanations
 
     metrics = json.loads((compare_run / "metrics.json").read_text())
     record = metrics["explanations"]
@@ -293,7 +293,7 @@ def test_the_report_figure_labels_are_readable_where_the_report_shows_them(monke
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from imgxfer.stages import explain as stage
+    from imgxfer.tasks.classify.stages import explain as stage
 
     sizes, save = [], Figure.savefig
 

@@ -1,4 +1,4 @@
-"""Image stores (imgxfer.images): streamed files read the same as files kept in memory,
+"""Image stores (imgxfer.data.images): streamed files read the same as files kept in memory,
 DataLoader workers hand out the batches asked for in order, the run reads files at its
 encoder's size, and a file that breaks during a run is one sentence."""
 
@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN, tiny_bars
 from PIL import Image
 
-from conftest import TINY_RUN, tiny_bars
-from imgxfer import images as store_module
-from imgxfer.cli import cli
-from imgxfer.datasets.files import FileImages
-from imgxfer.datasets.folder import folder
-from imgxfer.errors import UserError
-from imgxfer.features import feature_cache_key
-from imgxfer.images import ConcatImages, TensorImages, indexed_batches
-from imgxfer.nets import SmallConvNet
+from imgxfer.cli.app import cli
+from imgxfer.components.datasets.folder import folder
+from imgxfer.core.errors import UserError
+from imgxfer.data import images as store_module
+from imgxfer.data.features import feature_cache_key
+from imgxfer.data.files import FileImages
+from imgxfer.data.images import ConcatImages, TensorImages, indexed_batches
+from imgxfer.nn.nets import SmallConvNet
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def workers():
 
 def bars_folder(root, n_per_class=6, size=24, jpeg=False):
     data = tiny_bars("bars", n_per_class, size=size, seed=5)
-    for i, (image, y) in enumerate(zip(data.images.tensor(), data.labels.tolist())):
+    for i, (image, y) in enumerate(zip(data.images.tensor(), data.labels.tolist(), strict=True)):
         path = root / data.class_names[y] / f"{i:03d}.{'jpg' if jpeg else 'png'}"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(path)

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from imgxfer import install
-from imgxfer.cli import cli
-from imgxfer.errors import UnknownComponentError
-from imgxfer.install import InstalledPlugin
-from imgxfer.plugins import PluginInfo
+from imgxfer.cli.app import cli
+from imgxfer.core.errors import UnknownComponentError
+from imgxfer.plugin import install
+from imgxfer.plugin.host import PluginInfo
+from imgxfer.plugin.install import InstalledPlugin
 
 # What pip printed when a plugin's build failed (recorded from pip 25 on Python 3.11).
 BUILD_FAILURE = """\

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imgxfer.metrics import GeneratorMetrics, RunMetrics, SyntheticDelta, TargetMetrics, Timings
+from imgxfer.run.metrics import GeneratorMetrics, RunMetrics, SyntheticDelta, TargetMetrics, Timings
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 SAVED = sorted(RESULTS.glob("**/metrics.json"))

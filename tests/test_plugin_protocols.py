@@ -1,4 +1,4 @@
-"""Plugins written only from imgxfer.protocols: a generator and an adapter run through
+"""Plugins written only from imgxfer.plugin.protocols: a generator and an adapter run through
 `imgxfer run`, `imgxfer generate` and `imgxfer predict`; components that break their
 protocol are named in one sentence, and a run that crashes marks its folder failed."""
 
@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN
 
 import imgxfer
-from imgxfer.cli import cli
-from imgxfer.testing import check_adapter, check_generator
-
-from conftest import TINY_RUN
+from imgxfer.cli.app import cli
+from imgxfer.plugin.testing import check_adapter, check_generator
 
 
 class MeanGenerator:
@@ -174,7 +173,7 @@ def test_an_adapter_that_returns_its_own_module_is_one_sentence(docs_host, tmp_p
     result = invoke("run", *RUN, "--generator", "none", "--adapter", "own-module",
                     "--out", tmp_path / "runs")
     assert result.exit_code == 2, result.output
-    assert "adapter 'own-module' returned a Sequential, not an imgxfer.classifier.Classifier" \
+    assert "adapter 'own-module' returned a Sequential, not an imgxfer.nn.classifier.Classifier" \
         in result.output
     folder = next((tmp_path / "runs").iterdir())
     assert json.loads((folder / "failed.json").read_text())["status"] == "failed"
@@ -202,12 +201,12 @@ def test_encoder_steps_for_an_encoder_that_does_not_pretrain_are_said(docs_host,
 
 
 def test_the_plugin_api_is_public_from_the_package() -> None:
-    from imgxfer.budget import Budget
-    from imgxfer.classifier import Classifier
-    from imgxfer.progress import NullProgress, Progress
+    from imgxfer.core.budget import Budget
+    from imgxfer.core.progress import NullProgress, Progress
+    from imgxfer.nn.classifier import Classifier
 
     assert (imgxfer.Budget, imgxfer.Classifier, imgxfer.Progress, imgxfer.NullProgress) == (
         Budget, Classifier, Progress, NullProgress)
     assert imgxfer.FitResult(3).losses == {}
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        imgxfer.Nope
+        _ = imgxfer.Nope

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 import imgxfer
-from imgxfer import plugins
-from imgxfer.cli import cli
-from imgxfer.errors import UnknownComponentError
-from imgxfer.plugins import PluginHost, PluginLoadWarning
+from imgxfer.cli.app import cli
+from imgxfer.core.errors import UnknownComponentError
+from imgxfer.plugin import host as plugins
+from imgxfer.plugin.host import PluginHost, PluginLoadWarning
 
 
 class FakeEntryPoint:
@@ -36,7 +36,7 @@ def module_with(**hooks):
 
 
 class _FakeEncoder(torch.nn.Module):
-    """The members of imgxfer.protocols.Encoder, nothing more."""
+    """The members of imgxfer.plugin.protocols.Encoder, nothing more."""
 
     in_channels, input_size, weights_source = 1, (4, 4), "random"
 
@@ -201,7 +201,7 @@ def test_family_factory_with_positional_only_name():
 
 
 def test_option_of_the_wrong_type_is_refused(host):
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     with pytest.raises(UserError, match="encoder 'smallcnn': option width must be int, got 'wide'"):
         host.registry.build("encoders", "smallcnn", {"width": "wide"})
@@ -209,14 +209,14 @@ def test_option_of_the_wrong_type_is_refused(host):
 
 
 def test_unknown_option_is_refused(host):
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     with pytest.raises(UserError, match="encoder 'smallcnn' has no option 'depth'; valid options: width"):
         host.registry.build("encoders", "smallcnn", {"depth": 3})
 
 
 def test_non_finite_options_are_refused_by_name(host):
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     with pytest.raises(UserError, match=r"^encoder 'smallcnn': option lr must be a finite "
                                         r"number, got nan\.$"):
@@ -230,7 +230,7 @@ def test_non_finite_options_are_refused_by_name(host):
 def test_strict_mode_is_one_sentence_and_keeps_builtin_commands(entry_points, monkeypatch):
     """IMGXFER_STRICT_PLUGINS=1 with a broken plugin: every command that loads plugins
     ends in one sentence naming it, and built-in commands such as predict stay."""
-    import imgxfer.cli as cli_module
+    import imgxfer.cli.app as cli_module
 
     entry_points(FakeEntryPoint("broken", import_error))
     monkeypatch.setenv("IMGXFER_STRICT_PLUGINS", "1")
@@ -292,7 +292,7 @@ def test_plugin_commands_are_added(monkeypatch):
     host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
     host.add(module_with(register_commands=lambda cli: cli.add_command(hello)), "greeter")
     monkeypatch.setattr(plugins, "_HOST", host)
-    import imgxfer.cli as cli_module
+    import imgxfer.cli.app as cli_module
 
     group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(cli_module.cli.commands))
     result = CliRunner().invoke(group, ["hello"])
@@ -309,7 +309,7 @@ def test_a_plugin_cannot_replace_another_command(monkeypatch):
 
     host = PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
     host.add(module_with(register_commands=lambda cli: cli.add_command(hijack)), "hijacker")
-    import imgxfer.cli as cli_module
+    import imgxfer.cli.app as cli_module
 
     group = cli_module.ImgxferGroup(name="imgxfer", commands=dict(cli_module.cli.commands))
     with pytest.warns(plugins.PluginLoadWarning, match="command 'run' is already provided"):

@@ -1,4 +1,4 @@
-"""imgxfer.protocols: the forms of an encoder's ``input_size`` the core accepts."""
+"""imgxfer.plugin.protocols: the forms of an encoder's ``input_size`` the core accepts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import imgxfer
-from imgxfer.errors import UserError
-from imgxfer.protocols import check_component, encoder_input_size
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.protocols import check_component, encoder_input_size
 
 
 class SquareEncoder(nn.Module):
@@ -24,7 +24,7 @@ class SquareEncoder(nn.Module):
             self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        from imgxfer.encoders.preprocess import prepare
+        from imgxfer.nn.preprocess import prepare
 
         return prepare(images, channels=1, size=encoder_input_size(self), mean=[0.5],
                        std=[0.5])
@@ -57,8 +57,8 @@ class SquarePlugin:
 
 def test_a_run_plans_with_an_encoder_whose_input_size_is_an_int(host, tmp_path) -> None:
     """plan.prepare read ``max(encoder.input_size)``: an int crashed with a TypeError."""
-    from imgxfer.config import from_mapping
-    from imgxfer.plan import prepare
+    from imgxfer.core.config import from_mapping
+    from imgxfer.tasks.classify.plan import prepare
 
     host.add(SquarePlugin(), "square-plugin")
     config = from_mapping({"source": "tiny-source", "target": "tiny-target", "shots": 3,

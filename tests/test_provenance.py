@@ -1,19 +1,18 @@
-"""imgxfer.provenance: a run records which plugin distribution built each component, and a
+"""imgxfer.plugin.provenance: a run records which plugin distribution built each component, and a
 run whose plugin is gone says which distribution (and version) to install."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from test_protocols import SquareEncoder
 
 import imgxfer
 from imgxfer import __version__
-from imgxfer.config import from_mapping, load
-from imgxfer.errors import UnknownComponentError
-from imgxfer.plan import prepare
-from imgxfer.provenance import missing_plugin
-
-from test_protocols import SquareEncoder
+from imgxfer.core.config import from_mapping, load
+from imgxfer.core.errors import UnknownComponentError
+from imgxfer.plugin.provenance import missing_plugin
+from imgxfer.tasks.classify.plan import prepare
 
 DIST = "imgxfer-my-backbone"  # no such distribution is installed
 
@@ -59,7 +58,7 @@ def test_a_run_records_each_components_distribution_and_the_encoders_channels(
 @pytest.fixture
 def finished_run(backbone, tmp_path):
     """A finished tiny run of the plugin's encoder; the plugin is then uninstalled."""
-    from imgxfer.pipeline import execute
+    from imgxfer.run.execute import execute
 
     folder = execute(prepare(_config(tmp_path), backbone.registry)).folder
     backbone.remove("my-backbone")
@@ -72,7 +71,7 @@ NOT_INSTALLED = (f"unknown encoder 'my-backbone': the run needs the plugin distr
 
 
 def test_predict_from_a_run_whose_plugin_is_gone_names_its_distribution(finished_run) -> None:
-    from imgxfer.cli import cli
+    from imgxfer.cli.app import cli
 
     result = CliRunner().invoke(cli, ["predict", "--from", str(finished_run),
                                       "tiny-target"])
@@ -89,7 +88,7 @@ def test_resuming_a_run_whose_plugin_is_gone_names_its_distribution(finished_run
 
 
 def test_a_known_plugin_is_installed_with_imgxfer_install(monkeypatch) -> None:
-    from imgxfer import provenance
+    from imgxfer.plugin import provenance
 
     monkeypatch.setattr(provenance, "_installed_version", lambda distribution: None)
     row = {"distribution": "imgxfer-timm", "version": "0.1.0"}
@@ -100,7 +99,7 @@ def test_a_known_plugin_is_installed_with_imgxfer_install(monkeypatch) -> None:
 
 
 def test_another_installed_version_is_named(monkeypatch) -> None:
-    from imgxfer import provenance
+    from imgxfer.plugin import provenance
 
     monkeypatch.setattr(provenance, "_installed_version", lambda distribution: "2.0")
     assert missing_plugin("adapters", "mine", {"distribution": "x-y", "version": "1.0"}) == (

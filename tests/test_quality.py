@@ -5,16 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_bars
-from imgxfer.data import ImageDataset
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.data import few_shot_split
-from imgxfer.stages.generate import filter_synthetic
-from imgxfer.synthesis import synthesis_prompts
-from imgxfer.quality import (classification_accuracy_score, feature_distances, fid_spread,
-                             frechet_distance, generator_quality, kernel_inception_distance, matched_real_subset,
-                             shot_copying)
+
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.data.dataset import ImageDataset, few_shot_split
+from imgxfer.tasks.classify.quality import (
+    classification_accuracy_score,
+    feature_distances,
+    fid_spread,
+    frechet_distance,
+    generator_quality,
+    kernel_inception_distance,
+    matched_real_subset,
+    shot_copying,
+)
+from imgxfer.tasks.classify.stages.generate import filter_synthetic
+from imgxfer.tasks.classify.synthesis import synthesis_prompts
 
 
 def gaussian(n: int, d: int = 8, seed: int = 0, shift: float = 0.0) -> np.ndarray:
@@ -141,7 +147,7 @@ def test_synthesis_prompts_use_target_captions_of_the_same_class():
 
     labels = torch.tensor([0, 1, 2, 2, 0])
     prompts = synthesis_prompts(Captioner(), labels, labelled, captions, seed=0)
-    assert all(p.endswith(labelled.class_names[int(y)]) for p, y in zip(prompts, labels))
+    assert all(p.endswith(labelled.class_names[int(y)]) for p, y in zip(prompts, labels, strict=True))
     assert prompts == synthesis_prompts(Captioner(), labels, labelled, captions, seed=0)
     # A class without labelled images falls back on the image-free caption.
     only_two = labelled.subset(torch.nonzero(labelled.labels < 2).flatten())

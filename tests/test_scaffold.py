@@ -21,10 +21,10 @@ import torch
 from click.testing import CliRunner
 
 import imgxfer
-from imgxfer import scaffold, testing
-from imgxfer.data import ImageDataset
-from imgxfer.cli import cli
-from imgxfer.plugins import PluginHost
+from imgxfer.cli.app import cli
+from imgxfer.data.dataset import ImageDataset
+from imgxfer.plugin import scaffold, testing
+from imgxfer.plugin.host import PluginHost
 
 # Small options per kind, so the contract checks stay fast.
 OPTIONS = {"encoder": {"width": 4, "input_size": 16}, "generator": {}, "adapter": {},
@@ -191,7 +191,7 @@ def test_skeleton_installs_passes_its_own_tests_and_uninstalls(tmp_path):
                     cwd=skeleton.folder)
         assert tests.returncode == 0, tests.stdout + tests.stderr
         assert "5 passed" in tests.stdout
-        removed = run(sys.executable, "-m", "imgxfer.cli", "uninstall", name)
+        removed = run(sys.executable, "-m", "imgxfer.cli.app", "uninstall", name)
         assert removed.returncode == 0, removed.stdout + removed.stderr
         assert removed.stdout.strip() == f"uninstalled {dist} 0.1.0 (plugin {name})"
     finally:
@@ -218,8 +218,8 @@ class ColourPlugin:
 
 def test_the_skeleton_encoder_follows_the_datas_channels(host, tmp_path, load_skeleton):
     """It hard-coded in_channels=1, so colour images were read as grey."""
-    from imgxfer.config import from_mapping
-    from imgxfer.plan import prepare
+    from imgxfer.core.config import from_mapping
+    from imgxfer.tasks.classify.plan import prepare
 
     assert new(tmp_path, "my-backbone", "--kind", "encoder").exit_code == 0
     host.add(load_skeleton(tmp_path / "imgxfer-my-backbone", "imgxfer_my_backbone"),

@@ -10,19 +10,19 @@ from dataclasses import replace
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN, tiny_bars
 
 import imgxfer
-from conftest import TINY_RUN, tiny_bars
-from imgxfer.budget import Budget
-from imgxfer.cli import cli
-from imgxfer.config import RunConfig
-from imgxfer.data import few_shot_split
-from imgxfer.errors import UserError
-from imgxfer.generators.gan import ConditionalGAN
-from imgxfer.progress import NullProgress
-from imgxfer.protocols import check_component
-from imgxfer.synthesis import check_mode, choose_mode, edit_inputs
-from imgxfer.testing import tiny_generator_data
+from imgxfer.cli.app import cli
+from imgxfer.components.generators.gan import ConditionalGAN
+from imgxfer.core.budget import Budget
+from imgxfer.core.config import RunConfig
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import few_shot_split
+from imgxfer.plugin.protocols import check_component
+from imgxfer.plugin.testing import tiny_generator_data
+from imgxfer.tasks.classify.synthesis import check_mode, choose_mode, edit_inputs
 
 CPU = torch.device("cpu")
 
@@ -104,7 +104,7 @@ def test_auto_with_a_generator_that_can_do_neither_is_one_sentence(modes, unlabe
 def test_auto_is_the_default_and_a_run_records_its_choice(host, tmp_path):
     """The default run translates where it can: config.toml and the report say so and
     why, and the run resumes against its own (resolved) config."""
-    from imgxfer.config import load, same_run
+    from imgxfer.core.config import load, same_run
 
     assert RunConfig().synthesis == "auto"
     result = CliRunner().invoke(cli, ["run", *TINY_RUN, "--no-quality", "--out", str(tmp_path)])
@@ -166,8 +166,8 @@ def test_gan_translator_trains_translates_and_round_trips():
 def test_translator_checkpoints_by_time_and_resumes(tmp_path, monkeypatch):
     """The translator's training is checkpointed like the sampler's (every N steps and
     every CHECKPOINT_SECONDS): a run killed mid-training resumes to the same weights."""
-    from imgxfer.generators import training
-    from imgxfer.generators.gan import read_checkpoint
+    from imgxfer.components.generators.gan import read_checkpoint
+    from imgxfer.nn import generator_training as training
 
     class Killed(Exception):
         pass
@@ -204,7 +204,7 @@ def test_translator_checkpoints_by_time_and_resumes(tmp_path, monkeypatch):
                          checkpoint=path, resume=True)
     assert result.steps == 5 and result.losses == whole.history
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(),
-                                                 whole.state_dict().values()))
+                                                 whole.state_dict().values(), strict=True))
     with pytest.raises(UserError, match="trained with other options: content_weight"):
         ConditionalGAN(**options, content_weight=2.0).fit(
             data, budget=Budget(6), progress=NullProgress(), device=CPU, checkpoint=path,

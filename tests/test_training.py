@@ -2,8 +2,8 @@ import copy
 
 import torch
 
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.training import channels_last_training, conv_layout
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.nn.training import channels_last_training, conv_layout
 
 
 def test_channels_last_training_changes_layout_not_results():

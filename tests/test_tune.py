@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from conftest import TINY_RUN
 
 import imgxfer
-from imgxfer import testing, tunable
-from imgxfer.adapters.linear import LinearProbe
-from imgxfer.cli import cli
-from imgxfer.config import RunConfig, load
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.stages.data import load_data
-from imgxfer.tuning import tune
+from imgxfer.cli.app import cli
+from imgxfer.components.adapters.linear import LinearProbe
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.core.config import RunConfig, load
+from imgxfer.plugin import testing, tunable
+from imgxfer.sweep.tune import tune
+from imgxfer.tasks.classify.stages.data import load_data
 
 # The tiny run of tests/conftest.py with the fewest steps that still train something.
 # (A flag given twice takes its last value.)
@@ -214,7 +214,7 @@ def test_malformed_ranges(spec, reason):
 
 
 def test_with_a_generator_each_fold_synthesises_from_its_own_shots(host, tmp_path, monkeypatch):
-    from imgxfer import tuning
+    from imgxfer.sweep import tune as tuning
 
     made = []
     original = tuning.make_synthetic
@@ -247,7 +247,7 @@ def test_a_trial_killed_mid_run_is_failed_when_the_study_is_continued(tmp_path, 
     RUNNING: continuing the study fails it once the grace period has passed."""
     import time
 
-    from imgxfer import tuning
+    from imgxfer.sweep import tune as tuning
 
     monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
     monkeypatch.setattr(tuning, "GRACE_S", 1)
@@ -263,7 +263,7 @@ def test_a_trial_killed_mid_run_is_failed_when_the_study_is_continued(tmp_path, 
 def test_unfinished_trials_are_no_results(tmp_path):
     """summary.md and trials.csv count only trials that ended: a RUNNING one (another
     worker's, or killed within the grace period) is said apart, with no empty row."""
-    from imgxfer.tune_report import summary, trials_csv
+    from imgxfer.sweep.tune_report import summary, trials_csv
 
     study = optuna.create_study(direction="maximize")
     done = study.ask()

@@ -1,14 +1,19 @@
-"""Confidence intervals and the within-noise-of-chance warnings (imgxfer.uncertainty),
+"""Confidence intervals and the within-noise-of-chance warnings (imgxfer.run.uncertainty),
 checked against Wilson intervals worked out by hand."""
 
 import json
 
 import pytest
 
-from imgxfer.evaluation import classification_metrics
-from imgxfer.metrics import GeneratorMetrics, RunMetrics, TargetMetrics
-from imgxfer.uncertainty import (accuracy_interval, cas_intervals, noise_warnings,
-                                 wilson_interval, with_interval)
+from imgxfer.run.metrics import GeneratorMetrics, RunMetrics, TargetMetrics
+from imgxfer.run.uncertainty import (
+    accuracy_interval,
+    cas_intervals,
+    noise_warnings,
+    wilson_interval,
+    with_interval,
+)
+from imgxfer.tasks.classify.evaluation import classification_metrics
 
 
 # By hand, z = 1.96: centre (p + z²/2n) / (1 + z²/n), half-width

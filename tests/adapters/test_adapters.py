@@ -10,19 +10,19 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from imgxfer.adapters.adversarial import CDAN, DANN
-from imgxfer.adapters.baselines import SourceOnly, TargetOnly
-from imgxfer.adapters.common import grad_reverse
-from imgxfer.adapters.discrepancy import MMD, DeepCORAL, coral_loss, mk_mmd
-from imgxfer.adapters.linear import LinearProbe, LinearProbeFineTune
-from imgxfer.adapters.selftraining import SelfTraining
-from imgxfer.budget import Budget
-from imgxfer.data import ImageDataset, TransferData, few_shot_split
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.errors import UserError
-from imgxfer.progress import NullProgress
-from imgxfer.registry import Registry
-from imgxfer.training import predict_logits
+from imgxfer.components.adapters.adversarial import CDAN, DANN
+from imgxfer.components.adapters.baselines import SourceOnly, TargetOnly
+from imgxfer.components.adapters.common import grad_reverse
+from imgxfer.components.adapters.discrepancy import MMD, DeepCORAL, coral_loss, mk_mmd
+from imgxfer.components.adapters.linear import LinearProbe, LinearProbeFineTune
+from imgxfer.components.adapters.selftraining import SelfTraining
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import ImageDataset, TransferData, few_shot_split
+from imgxfer.nn.training import predict_logits
+from imgxfer.plugin.registry import Registry
 
 CLASSES = ["horizontal", "vertical", "dot"]
 CPU = torch.device("cpu")
@@ -176,7 +176,7 @@ def test_probes_share_cached_features(world, tmp_path, monkeypatch):
     """The second probe of the same frozen encoder on the same images (linear, lp-ft's
     and self-training's initial probes) encodes nothing,
     and gives the same head; feature_cache=false neither reads nor writes."""
-    from imgxfer import features
+    from imgxfer.data import features
 
     monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path))
     data = transfer_data(world, 3)

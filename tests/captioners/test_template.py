@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from imgxfer.captioners.template import DEFAULT_TEMPLATE, TemplateCaptioner, colour_names
-from imgxfer.errors import UserError
+from imgxfer.components.captioners.template import DEFAULT_TEMPLATE, TemplateCaptioner, colour_names
+from imgxfer.core.errors import UserError
 
 NAMES = ["zero", "one"]
 

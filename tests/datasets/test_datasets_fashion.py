@@ -13,9 +13,9 @@ import pytest
 import torch
 import torchvision.datasets
 
-from imgxfer.datasets import fashion
-from imgxfer.datasets.fashion import FASHION_NAMES, fashion_mnist, read_idx
-from imgxfer.errors import UserError
+from imgxfer.components.datasets import fashion
+from imgxfer.components.datasets.fashion import FASHION_NAMES, fashion_mnist, read_idx
+from imgxfer.core.errors import UserError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

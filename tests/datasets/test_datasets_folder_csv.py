@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgxfer.datasets.csvlist import csv_list
-from imgxfer.datasets.folder import folder
-from imgxfer.errors import UserError
-from imgxfer.registry import Registry
+from imgxfer.components.datasets.csvlist import csv_list
+from imgxfer.components.datasets.folder import folder
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.registry import Registry
 
 
 def _jpeg_bytes(image: Image.Image, quality: int = 95) -> bytes:

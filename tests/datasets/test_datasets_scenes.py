@@ -12,11 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.scenes import (coco_dataset, digit_scenes, masks_dataset,
-                                     scene_origins)
-from imgxfer.errors import UserError
-from imgxfer.scenes import IGNORE
+from imgxfer.components.datasets.digits import DIGIT_NAMES
+from imgxfer.components.datasets.scenes import (
+    coco_dataset,
+    digit_scenes,
+    masks_dataset,
+    scene_origins,
+)
+from imgxfer.core.errors import UserError
+from imgxfer.data.scenes import IGNORE
 
 needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
                                    reason="mlxtend is not installed")
@@ -25,10 +29,10 @@ TINY = {"n": 12, "size": 32, "max_digits": 3}
 
 # --------------------------------------------------------------------------- digit scenes
 def _check_boxes_match_masks(data, max_digits):
-    for mask, boxes, labels in zip(data.masks, data.boxes, data.box_labels):
+    for mask, boxes, labels in zip(data.masks, data.boxes, data.box_labels, strict=True):
         assert 1 <= len(boxes) <= max_digits and len(labels) == len(boxes)
         covered = torch.zeros_like(mask, dtype=torch.bool)
-        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), labels.tolist()):
+        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), labels.tolist(), strict=True):
             inside = mask[y0:y1, x0:x1] == label + 1
             # Tight: every edge row and column of the box holds the digit's ink.
             assert inside[0].any() and inside[-1].any()
@@ -75,8 +79,8 @@ def test_one_digit_scenes_and_a_large_canvas():
 def test_mnist_and_mnist_m_scenes_share_no_digit():
     mnist, mnist_m = scene_origins("mnist", **TINY), scene_origins("mnist-m", **TINY)
     assert mnist and mnist_m and not set(mnist) & set(mnist_m)
-    from imgxfer.datasets.mnist import load_mnist_pixels, mnist_origins
-    from imgxfer.datasets.mnistm import mnist_m_half
+    from imgxfer.components.datasets.mnist import load_mnist_pixels, mnist_origins
+    from imgxfer.components.datasets.mnistm import mnist_m_half
 
     half = set(mnist_origins(mnist_m_half(load_mnist_pixels()[1])))
     assert set(mnist_m) <= half and not set(mnist) & half

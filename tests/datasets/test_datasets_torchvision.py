@@ -14,10 +14,10 @@ import pytest
 import torch
 import torchvision.datasets
 
-from imgxfer.datasets.digits import DIGIT_NAMES
-from imgxfer.datasets.tvdatasets import SPECS, find_spec, torchvision_dataset
-from imgxfer.errors import UserError
-from imgxfer.registry import Registry
+from imgxfer.components.datasets.digits import DIGIT_NAMES
+from imgxfer.components.datasets.tvdatasets import SPECS, find_spec, torchvision_dataset
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.registry import Registry
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_names_ignore_case_dashes_and_underscores():
     RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example.invalid/, "
                  "got:\n<urlopen error [Errno -3] Temporary failure in name resolution>"),
     URLError("[Errno 101] Network is unreachable"),
-    socket.timeout("timed out"),
+    TimeoutError("timed out"),
 ])
 def test_offline_download_names_dataset_and_folder(monkeypatch, tmp_path, error):
     def fail(self, kwargs):

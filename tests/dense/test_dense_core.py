@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgxfer.config import RunConfig
-from imgxfer.dense.features import Pyramid
-from imgxfer.dense.model import HEADS, DenseModel, check_head
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.encoders.torchvision_backbones import TorchvisionEncoder
-from imgxfer.errors import UnknownComponentError, UserError
-from imgxfer.registry import Registry
-from imgxfer.scenes import IGNORE, align_scene_classes, scene_split
-from imgxfer.testing import tiny_scenes
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.components.encoders.torchvision_backbones import TorchvisionEncoder
+from imgxfer.core.config import RunConfig
+from imgxfer.core.errors import UnknownComponentError, UserError
+from imgxfer.data.scenes import IGNORE, align_scene_classes, scene_split
+from imgxfer.nn.dense.features import Pyramid
+from imgxfer.nn.dense.model import HEADS, DenseModel, check_head
+from imgxfer.plugin.registry import Registry
+from imgxfer.plugin.testing import tiny_scenes
 
 
 def test_same_name_for_another_task_is_another_component(host) -> None:
@@ -123,7 +123,7 @@ def test_align_classes_renumbers_masks_and_box_labels() -> None:
 
 
 def test_scenes_of_two_sizes_or_not_square_are_one_sentence() -> None:
-    from imgxfer.dense.run import check_sizes
+    from imgxfer.tasks.dense.run import check_sizes
 
     config = RunConfig(task="segment")
     check_sizes(config, tiny_scenes("a", n=2), tiny_scenes("b", n=2))
@@ -131,7 +131,7 @@ def test_scenes_of_two_sizes_or_not_square_are_one_sentence() -> None:
         check_sizes(config, tiny_scenes("a", n=2), tiny_scenes("b", n=2, size=24))
     wide = tiny_scenes("w", n=2)
     wide.images, wide.masks = wide.images.tensor()[..., :30], wide.masks[..., :30]
-    from imgxfer.images import as_store
+    from imgxfer.data.images import as_store
 
     wide.images = as_store(wide.images)
     with pytest.raises(UserError, match="source 32x30"):

@@ -7,9 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from imgxfer.dense import metrics
-from imgxfer.dense.metrics import detection_metrics, segmentation_metrics
-from imgxfer.errors import UserError
+from imgxfer.core.errors import UserError
+from imgxfer.tasks.dense import metrics
+from imgxfer.tasks.dense.metrics import detection_metrics, segmentation_metrics
 
 torch.set_num_threads(1)
 
@@ -91,7 +91,7 @@ GT_LABELS = [torch.tensor([0, 0]), torch.tensor([1])]
 
 
 def test_perfect_detection():
-    preds = [det(b.tolist(), [0.9] * len(b), lab.tolist()) for b, lab in zip(GT_BOXES, GT_LABELS)]
+    preds = [det(b.tolist(), [0.9] * len(b), lab.tolist()) for b, lab in zip(GT_BOXES, GT_LABELS, strict=True)]
     result = detection_metrics(preds, GT_BOXES, GT_LABELS, ["cat", "dog", "cow"])
     assert result["map"] == pytest.approx(1.0)
     assert result["map_50"] == pytest.approx(1.0) and result["map_75"] == pytest.approx(1.0)

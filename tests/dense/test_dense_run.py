@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imgxfer.cli import cli
+from imgxfer.cli.app import cli
 
 TINY_SCENES = ["--source", "tiny-scenes", "--target", "tiny-scenes-inverted",
                "--encoder-opt", "width=4", "--encoder-steps", "40", "--adapter-steps", "30",
@@ -25,7 +25,8 @@ def invoke(*args: str):
 
 def _fake_host():
     from conftest import FakePlugin
-    from imgxfer import plugins
+
+    from imgxfer.plugin import host as plugins
 
     host = plugins.PluginHost({"IMGXFER_LOAD_PLUGINS": ""}).load_all()
     host.add(FakePlugin(), "fake")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from imgxfer.dense.detection import (
+from imgxfer.nn.dense.detection import (
     CenterNetHead,
     decode,
     detection_loss,
@@ -71,7 +71,7 @@ def test_targets_decode_round_trip():
     assert targets["mask"].sum(1).tolist() == [3, 0, 1]
     assert targets["heatmap"][1].sum() == 0  # the empty image
     found = decode(outputs_from_targets(targets), 4)
-    for det, boxes, labels in zip(found, BOXES, LABELS):
+    for det, boxes, labels in zip(found, BOXES, LABELS, strict=True):
         assert len(det["boxes"]) == len(boxes)
         if len(boxes):
             iou = box_iou(det["boxes"], boxes)
@@ -145,7 +145,7 @@ def test_tiny_model_overfits_rectangles():
     head.eval()
     with torch.no_grad():
         found = decode(head(pyramid(images)), head.stride, score_threshold=0.3)
-    for det, truth, truth_labels in zip(found, boxes, labels):
+    for det, truth, truth_labels in zip(found, boxes, labels, strict=True):
         assert len(det["boxes"]) == len(truth)
         best = box_iou(det["boxes"], truth).max(1)
         assert bool((best.values > 0.7).all()), best.values
@@ -169,8 +169,8 @@ def test_head_on_a_coarse_pyramid_and_pseudo_targets():
 
 
 def test_head_on_an_encoder_pyramid():
-    features = pytest.importorskip("imgxfer.dense.features")
-    from imgxfer.encoders.smallcnn import SmallCNN
+    features = pytest.importorskip("imgxfer.nn.dense.features")
+    from imgxfer.components.encoders.smallcnn import SmallCNN
 
     pyramid = features.Pyramid(SmallCNN(width=8, input_size=64, in_channels=3), (64, 64))
     head = CenterNetHead(pyramid.channels, pyramid.strides, num_classes=3, width=16)

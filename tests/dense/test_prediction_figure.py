@@ -1,4 +1,4 @@
-"""The dense run's predictions.png (imgxfer.dense.report.prediction_figure): a legend
+"""The dense run's predictions.png (imgxfer.tasks.dense.report.prediction_figure): a legend
 names the class colours, and its text is large enough to read (issue 29, item 9)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from imgxfer.dense import report
-from imgxfer.testing import tiny_scenes
+from imgxfer.plugin.testing import tiny_scenes
+from imgxfer.tasks.dense import report
 
 
 def _drawn(monkeypatch, task: str) -> Figure:
@@ -25,7 +25,7 @@ def _drawn(monkeypatch, task: str) -> Figure:
         predictions = [m.clone() for m in test.masks]
     else:
         predictions = [{"boxes": b, "labels": lab, "scores": torch.ones(len(b))}
-                       for b, lab in zip(test.boxes, test.box_labels)]
+                       for b, lab in zip(test.boxes, test.box_labels, strict=True)]
     assert report.prediction_figure(test, {"finetune": predictions}, task).startswith(b"\x89PNG")
     return kept[0]
 

@@ -1,4 +1,4 @@
-"""imgxfer.features.encode: the same features as a plain forward, the encoder left as it
+"""imgxfer.data.features.encode: the same features as a plain forward, the encoder left as it
 was, and the opt-in on-disk cache (hits, keys, corrupt files, folders)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from imgxfer import features as F
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.features import encode, feature_cache_key
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.data import features as F
+from imgxfer.data.features import encode, feature_cache_key
 
 CPU = torch.device("cpu")
 
@@ -115,7 +115,7 @@ def test_key_changes_with_weights_images_and_preprocessing(encoder: SmallCNN,
 
 
 def prepare_with_mean(x: torch.Tensor, encoder: SmallCNN, mean: float) -> torch.Tensor:
-    from imgxfer.encoders.preprocess import prepare
+    from imgxfer.nn.preprocess import prepare
 
     return prepare(x, channels=1, size=encoder.input_size, mean=[mean], std=[0.5])
 
@@ -146,7 +146,7 @@ def test_corrupt_cache_file_is_ignored_and_rewritten(encoder: SmallCNN, images: 
         save_file({"features": torch.zeros(3, 2)}, str(path))
     else:
         path.write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="imgxfer.features"):
+    with caplog.at_level(logging.WARNING, logger="imgxfer.data.features"):
         again = encode(encoder, images, CPU, cache=tmp_path)
     assert torch.allclose(again, expected, atol=1e-6)
     assert "ignoring unreadable feature cache file" in caplog.text and path.name in caplog.text
@@ -159,7 +159,7 @@ def test_unwritable_cache_folder_only_costs_the_saving(encoder: SmallCNN, images
                                                        caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
-    with caplog.at_level(logging.WARNING, logger="imgxfer.features"):
+    with caplog.at_level(logging.WARNING, logger="imgxfer.data.features"):
         out = encode(encoder, images, CPU, cache=blocker / "features")
     assert torch.allclose(out, plain(encoder, images), atol=1e-5)
     assert "could not write feature cache file" in caplog.text
@@ -198,7 +198,7 @@ def test_cache_keeps_under_its_limit_removing_least_recently_used(
 def test_bad_cache_limit_is_one_sentence(encoder: SmallCNN, images: torch.Tensor,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          value: str) -> None:
-    from imgxfer.errors import UserError
+    from imgxfer.core.errors import UserError
 
     monkeypatch.setenv("IMGXFER_CACHE_MAX_MB", value)
     with pytest.raises(UserError, match="IMGXFER_CACHE_MAX_MB must be a size in megabytes"):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from imgxfer.encoders.weights import check_model_folder
-from imgxfer.errors import UserError
+from imgxfer.core.errors import UserError
+from imgxfer.nn.weights import check_model_folder
 
 
 def folder_with(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -12,11 +12,11 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from imgxfer.encoders.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from imgxfer.encoders import torchvision_backbones as tvb
-from imgxfer.encoders.torchvision_backbones import BACKBONES, TorchvisionEncoder, factory
-from imgxfer.errors import UserError
-from imgxfer.registry import Registry
+from imgxfer.components.encoders import torchvision_backbones as tvb
+from imgxfer.components.encoders.torchvision_backbones import BACKBONES, TorchvisionEncoder, factory
+from imgxfer.core.errors import UserError
+from imgxfer.nn.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from imgxfer.plugin.registry import Registry
 
 B = 2
 FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "mobilenet_v3_small": 1024,
@@ -25,7 +25,7 @@ FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "mobilenet_v3
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    """The backbones registered the way imgxfer.builtin registers them."""
+    """The backbones registered the way imgxfer.components.builtin registers them."""
     reg = Registry()
     for name in BACKBONES:
         reg.add("encoders", name, factory(name), "imgxfer", BACKBONES[name].description)
@@ -147,7 +147,7 @@ def test_imagenet_offline_fails_at_once_without_the_hub(monkeypatch: pytest.Monk
 def test_reachable_is_a_short_connection_test(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from imgxfer.encoders import weights
+    from imgxfer.nn import weights
 
     calls: list[tuple] = []
 

@@ -12,14 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from imgxfer.budget import Budget
-from imgxfer.data import GeneratorData
-from imgxfer.errors import UserError
-from imgxfer.augmentation import Augmentation
-from imgxfer.generators.gan import (ConditionalGAN, _caption_pairs, _diff_augment,
-                                    relative_similarity_kl)
-from imgxfer.generators.text import HashedTextEncoder, bucket, token_ids, tokenize
-from imgxfer.progress import NullProgress
+from imgxfer.components.generators.gan import (
+    ConditionalGAN,
+    _caption_pairs,
+    _diff_augment,
+    relative_similarity_kl,
+)
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import GeneratorData
+from imgxfer.nn.augmentation import Augmentation
+from imgxfer.nn.text import HashedTextEncoder, bucket, token_ids, tokenize
 
 # Tiny networks learn the toy data below in a few hundred steps at this large learning rate;
 # its two halves (source and target domain) are drawn equally often.
@@ -149,7 +153,7 @@ def test_invalid_options_are_user_errors(options: dict, words: str) -> None:
 
 
 def test_target_images_get_target_weight_of_each_draw() -> None:
-    from imgxfer.generators.training import draw_weights
+    from imgxfer.nn.generator_training import draw_weights
 
     weights = draw_weights(["s"] * 90 + ["t"] * 10, "t", 0.4)
     assert math.isclose(float(weights[90:].sum() / weights.sum()), 0.4, rel_tol=1e-6)
@@ -312,7 +316,7 @@ class _FailingProgress(_RecordingProgress):
 
 
 def _checkpoint_step(path) -> int:
-    from imgxfer.generators.gan import read_checkpoint
+    from imgxfer.components.generators.gan import read_checkpoint
 
     return int(read_checkpoint(path)[1]["step"])
 
@@ -332,7 +336,7 @@ def uninterrupted() -> ConditionalGAN:
 @pytest.fixture
 def saved_steps(monkeypatch) -> list[int]:
     """The step of every training checkpoint the GAN saves, in order."""
-    from imgxfer.generators import gan as gan_module
+    from imgxfer.components.generators import gan as gan_module
 
     steps: list[int] = []
     real_save = gan_module.atomic_save_tensors
@@ -353,7 +357,7 @@ def test_checkpoints_every_n_steps_and_at_the_end(tmp_path, saved_steps) -> None
 
 
 def test_checkpoint_clock_is_due_by_steps_and_by_time() -> None:
-    from imgxfer.generators.training import CheckpointClock
+    from imgxfer.nn.generator_training import CheckpointClock
 
     now = [100.0]
     clock = CheckpointClock(250, 30.0, elapsed_before=5.0, step=0, clock=lambda: now[0])
@@ -373,7 +377,7 @@ def test_checkpoints_by_time_as_well_as_steps(tmp_path, monkeypatch, saved_steps
                                               uninterrupted) -> None:
     """A kill -9 loses at most CHECKPOINT_SECONDS of training, however far apart
     checkpoint_every puts the step checkpoints: with 0 s, every step is saved."""
-    from imgxfer.generators import training
+    from imgxfer.nn import generator_training as training
 
     monkeypatch.setattr(training, "CHECKPOINT_SECONDS", 0.0)
     path = tmp_path / "gan.safetensors"
@@ -388,7 +392,7 @@ def test_checkpoints_by_time_as_well_as_steps(tmp_path, monkeypatch, saved_steps
 
 
 def test_checkpoint_holds_the_whole_training_state(tmp_path) -> None:
-    from imgxfer.generators.gan import read_checkpoint
+    from imgxfer.components.generators.gan import read_checkpoint
 
     gan = ConditionalGAN(**TINY, checkpoint_every=4)
     _fit(gan, 5, checkpoint=tmp_path / "gan.safetensors")
@@ -447,7 +451,7 @@ def test_resume_without_a_checkpoint_starts_anew(tmp_path) -> None:
 
 
 def test_time_already_spent_counts_against_the_time_budget(tmp_path) -> None:
-    from imgxfer.generators.gan import read_checkpoint
+    from imgxfer.components.generators.gan import read_checkpoint
 
     path = tmp_path / "gan.safetensors"
     _fit(ConditionalGAN(**TINY), 4, checkpoint=path)
@@ -517,7 +521,7 @@ def test_checkpoint_in_a_missing_folder_is_a_user_error(tmp_path) -> None:
 
 
 def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
-    from imgxfer import runfolder
+    from imgxfer.core import runfolder
 
     path = tmp_path / "gan.safetensors"
     _fit(ConditionalGAN(**TINY, checkpoint_every=4), 4, checkpoint=path)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from imgxfer import pipeline
-from imgxfer.cli import cli
-from imgxfer.config import RunConfig
+from imgxfer import tasks
+from imgxfer.cli.app import cli
+from imgxfer.core.config import RunConfig
 
 
 class _Captured(Exception):
@@ -24,7 +24,7 @@ def captured(monkeypatch):
         configs.append(config)
         raise _Captured
 
-    monkeypatch.setattr(pipeline, "run", fake_run)
+    monkeypatch.setattr(tasks, "run", fake_run)
     return configs
 
 

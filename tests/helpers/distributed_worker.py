@@ -6,10 +6,10 @@ and one averaged gradient must be the mean of the processes' gradients."""
 import torch
 import torch.distributed as dist
 
-from imgxfer import distributed
-from imgxfer.budget import Budget
-from imgxfer.nets import SmallConvNet
-from imgxfer.training import train_supervised
+from imgxfer.core import distributed
+from imgxfer.core.budget import Budget
+from imgxfer.nn.nets import SmallConvNet
+from imgxfer.nn.training import train_supervised
 
 torch.set_num_threads(1)
 device = distributed.setup("cpu")

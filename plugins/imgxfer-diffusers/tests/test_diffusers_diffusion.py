@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 import torch
-from imgxfer.budget import Budget
-from imgxfer.data import GeneratorData
-from imgxfer.testing import check_installed_plugin
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-from imgxfer.progress import NullProgress
-from imgxfer.protocols import FitResult, check_component
-from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
+from imgxfer.data.dataset import GeneratorData
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.protocols import FitResult, check_component
+from imgxfer.plugin.testing import check_installed_plugin
 from imgxfer_diffusers import DiffusionGenerator
 from imgxfer_diffusers.diffusion import TRAINING_FORMAT
 
@@ -50,7 +50,7 @@ def tiny_data(size: int = 12, channels: int = 1, seed: int = 0) -> GeneratorData
     images[is_target] = 1 - images[is_target]
     domains = ["target" if t else "source" for t in is_target.tolist()]
     captions = [f"a {CLASSES[y]}, {'dark on light' if t else 'light on dark'}, domain {d}"
-                for y, t, d in zip(labels.tolist(), is_target.tolist(), domains)]
+                for y, t, d in zip(labels.tolist(), is_target.tolist(), domains, strict=True)]
     return GeneratorData(images=images, labels=labels, captions=captions, domains=domains,
                          class_names=list(CLASSES), target_domain="target")
 
@@ -80,7 +80,7 @@ def test_found_through_installed_entry_point() -> None:
 
 def test_importing_the_plugin_does_not_import_diffusers() -> None:
     code = ("import sys\n"
-            "from imgxfer.plugins import PluginHost\n"
+            "from imgxfer.plugin.host import PluginHost\n"
             "import imgxfer_diffusers\n"
             "host = PluginHost(env={'IMGXFER_LOAD_PLUGINS': 'diffusers'}).load_all()\n"
             "assert host.plugins['diffusers'].status == 'ok'\n"
@@ -212,7 +212,7 @@ def test_invalid_options_are_refused_by_name(options: dict[str, Any], message: s
 
 
 def test_generator_contract() -> None:
-    from imgxfer import testing
+    from imgxfer.plugin import testing
 
     testing.check_generator(DiffusionGenerator, **TINY)
 
@@ -224,9 +224,11 @@ def test_imgxfer_run_resume_and_generate_with_diffusion(tmp_path, monkeypatch) -
     import json
 
     from click.testing import CliRunner
-    from imgxfer import plugins, runfolder
-    from imgxfer.stages import generate
-    from imgxfer.cli import cli
+
+    from imgxfer.cli.app import cli
+    from imgxfer.core import runfolder
+    from imgxfer.plugin import host as plugins
+    from imgxfer.tasks.classify.stages import generate
 
     monkeypatch.setenv("IMGXFER_CACHE", str(tmp_path / "cache"))  # the probe's feature cache
     monkeypatch.setattr(plugins, "_HOST",
@@ -316,7 +318,7 @@ def test_strength_is_checked():
 def test_checkpoints_by_time_as_well_as_steps(tmp_path: Path, monkeypatch) -> None:
     """With the clock's interval at 0 s every step is due, though checkpoint_every is
     far away: a killed run loses at most CHECKPOINT_SECONDS of training."""
-    from imgxfer.generators import training
+    from imgxfer.nn import generator_training as training
 
     gen = DiffusionGenerator(**{**TINY, "checkpoint_every": 1000})
     saved: list[int] = []

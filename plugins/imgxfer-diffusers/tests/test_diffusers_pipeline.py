@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 import torch
-from imgxfer.budget import Budget
-from imgxfer.data import GeneratorData
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-from imgxfer.progress import NullProgress
-from imgxfer.registry import Registry
-from imgxfer.runfolder import atomic_save_tensors, read_tensors
 
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
+from imgxfer.data.dataset import GeneratorData
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.registry import Registry
 from imgxfer_diffusers import PretrainedPipeline
 
 pytest.importorskip("transformers", reason="diffusers:PATH needs transformers (the sd extra)")
@@ -44,8 +44,12 @@ def write_clip_tokenizer(folder: Path) -> Path:
 
 def save_tiny_stable_diffusion(folder: Path) -> Path:
     """A tiny random Stable Diffusion pipeline (64x64 images) saved to ``folder``."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     with torch.random.fork_rng(devices=[]):
@@ -216,6 +220,6 @@ def test_cuda_half_precision(registry: Registry, sd_folder: Path) -> None:
 
 
 def test_generator_contract(sd_folder: Path) -> None:
-    from imgxfer import testing
+    from imgxfer.plugin import testing
 
     testing.check_generator(PretrainedPipeline, str(sd_folder), steps=2, image_size=32)

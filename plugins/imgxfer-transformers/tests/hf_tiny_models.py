@@ -29,8 +29,12 @@ def _bert_tokenizer(folder: Path, **kwargs):
 
 def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
     """BLIP image captioning (BlipForConditionalGeneration) with a BlipProcessor."""
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     config = BlipConfig(
         text_config={**_TEXT, "vocab_size": len(WORDS), "max_position_embeddings": 64,

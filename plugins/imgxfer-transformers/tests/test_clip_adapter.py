@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from imgxfer import testing
-from imgxfer.budget import Budget
-from imgxfer.classifier import rebuild
-from imgxfer.data import ImageDataset, TransferData
-from imgxfer.encoders.smallcnn import SmallCNN
-from imgxfer.errors import UserError
-from imgxfer.progress import NullProgress
-
 from hf_tiny_models import save_tiny_blip, save_tiny_clip
+
+from imgxfer.components.encoders.smallcnn import SmallCNN
+from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
+from imgxfer.core.progress import NullProgress
+from imgxfer.data.dataset import ImageDataset, TransferData
+from imgxfer.nn.classifier import rebuild
+from imgxfer.plugin import testing
 from imgxfer_transformers.adapter import ClipAdapter
 from imgxfer_transformers.clip import CLIP_MEAN, fill_prompt, make_clip_encoder
 
@@ -228,7 +228,7 @@ def test_prompt_ensembles_and_descriptions(clip: Path, data: TransferData) -> No
 
 
 def test_clip_scores_synthetic_images_for_the_filter(clip: Path, data: TransferData) -> None:
-    from imgxfer.stages.generate import filter_synthetic
+    from imgxfer.tasks.classify.stages.generate import filter_synthetic
 
     adapter = ClipAdapter(str(clip), prompts=PROMPT)
     synthetic = data.synthetic

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from imgxfer import testing
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-from imgxfer.registry import Registry
-
 from hf_tiny_models import save_tiny_blip, save_tiny_clip, save_tiny_git
+
+from imgxfer.core.errors import UserError
+from imgxfer.plugin import testing
+from imgxfer.plugin.host import PluginHost
+from imgxfer.plugin.registry import Registry
 from imgxfer_transformers.captioner import HFCaptioner
 
 CLASSES = ["bar", "column", "dot"]
@@ -48,7 +48,7 @@ def test_found_through_installed_entry_point() -> None:
 
 def test_importing_the_plugin_does_not_import_transformers() -> None:
     code = ("import sys\n"
-            "from imgxfer.plugins import PluginHost\n"
+            "from imgxfer.plugin.host import PluginHost\n"
             "host = PluginHost(env={'IMGXFER_LOAD_PLUGINS': 'transformers'}).load_all()\n"
             "assert host.plugins['transformers'].status == 'ok'\n"
             "print('transformers' in sys.modules)\n")
@@ -79,7 +79,7 @@ def test_captions_are_the_models_text(models: dict[str, Path], registry: Registr
     ids = model.generate(**processor(images=pixels, return_tensors="pt"), max_new_tokens=6,
                          do_sample=False)
     expected = [" ".join(t.split()) for t in processor.batch_decode(ids, skip_special_tokens=True)]
-    assert texts == [e or t for e, t in zip(expected, texts)] and any(expected)
+    assert texts == [e or t for e, t in zip(expected, texts, strict=True)] and any(expected)
     one_by_one = registry.build("captioners", f"hf:{models['blip']}",
                                 {"max_new_tokens": 6, "batch_size": 1})
     assert one_by_one.caption(x, None, class_names=CLASSES, domain="d") == texts
@@ -87,7 +87,7 @@ def test_captions_are_the_models_text(models: dict[str, Path], registry: Registr
 
 def test_prompts_and_combined_captions_come_with_the_template(models: dict[str, Path],
                                                                registry: Registry) -> None:
-    from imgxfer.captioners.template import TemplateCaptioner
+    from imgxfer.components.captioners.template import TemplateCaptioner
 
     template = TemplateCaptioner()
     kw = {"class_names": CLASSES, "domain": "target", "description": "tiny shape"}
@@ -99,7 +99,7 @@ def test_prompts_and_combined_captions_come_with_the_template(models: dict[str, 
     x = images(2)
     combined = captioner.caption(x, labels, **kw)
     model_text = captioner.model_text(x)
-    for text, plain, own in zip(combined, template.caption(x, labels, **kw), model_text):
+    for text, plain, own in zip(combined, template.caption(x, labels, **kw), model_text, strict=True):
         assert text == (f"{plain}; {own}" if own else plain)
         assert text.startswith("a tiny shape ") and "ink on" in text
     assert captioner.attributes(x)[0]["text"] in combined[0]  # measured, as in captions.jsonl
@@ -164,8 +164,8 @@ def test_invalid_options_are_refused(models: dict[str, Path], option: str) -> No
 def test_imgxfer_caption_with_a_missing_folder(registry: Registry, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """On the command line: one sentence, exit 2, no traceback."""
-    from imgxfer import plugins
-    from imgxfer.cli import cli
+    from imgxfer.cli.app import cli
+    from imgxfer.plugin import host as plugins
 
     monkeypatch.setattr(plugins, "_HOST",
                         PluginHost({"IMGXFER_LOAD_PLUGINS": "transformers"}).load_all())

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from imgxfer import plugins
-from imgxfer.cli import cli
-from imgxfer.plugins import PluginHost
-
 from hf_tiny_models import save_tiny_blip, save_tiny_clip
+
+from imgxfer.cli.app import cli
+from imgxfer.plugin import host as plugins
+from imgxfer.plugin.host import PluginHost
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from imgxfer.errors import UserError
-from imgxfer.plugins import PluginHost
-
 from hf_tiny_models import save_tiny_blip, save_tiny_clip
+
+from imgxfer.core.errors import UserError
+from imgxfer.plugin.host import PluginHost
 from imgxfer_transformers.adapter import ClipAdapter
 from imgxfer_transformers.captioner import HFCaptioner
 from imgxfer_transformers.clip import make_clip_encoder
@@ -84,8 +84,8 @@ def test_auto_map_alone_is_refused(blip: Path, tmp_path: Path) -> None:
 def test_the_caption_command_never_asks_and_never_runs_the_code(
         blip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even with "y" waiting on standard input: one sentence, exit 2, no marker."""
-    from imgxfer import plugins
-    from imgxfer.cli import cli
+    from imgxfer.cli.app import cli
+    from imgxfer.plugin import host as plugins
 
     marker = tmp_path / "ran.txt"
     folder = with_custom_processor(blip, tmp_path / "custom", marker)

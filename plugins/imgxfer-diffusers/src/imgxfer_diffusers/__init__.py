@@ -13,8 +13,7 @@ diffusers or transformers (they take seconds to import); building a generator do
 from __future__ import annotations
 
 import imgxfer
-from imgxfer.hookspecs import Register
-
+from imgxfer import Register
 from imgxfer_diffusers.diffusion import DiffusionGenerator
 from imgxfer_diffusers.pretrained import PretrainedPipeline
 

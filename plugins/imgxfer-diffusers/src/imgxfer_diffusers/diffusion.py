@@ -9,7 +9,7 @@ Parts, and why:
   added to the timestep embedding, which reaches every residual block. The condition is
   ``embedding[class + num_classes * is_target] + linear(caption embedding)``: class and
   domain (source or target) as one learned token, and the caption through a
-  :class:`~imgxfer.generators.text.HashedTextEncoder` trained with the model (so the
+  :class:`~imgxfer.nn.text.HashedTextEncoder` trained with the model (so the
   attributes a captioner writes, such as stroke width or size, condition the images).
 - Classifier-free guidance (Ho & Salimans 2022): with probability ``cond_dropout`` a
   training example gets the extra *null* token and no caption; sampling mixes the
@@ -46,7 +46,7 @@ input, not by a class token: at 0 shots no target class token was ever trained).
 architecture). ``fit(checkpoint=path)`` writes the whole training state atomically to one
 safetensors file every ``checkpoint_every`` steps, every 30 s and at the end, and
 ``fit(checkpoint=path, resume=True)`` continues from it (same options and data, else a
-:class:`~imgxfer.errors.UserError`). The file holds tensors ``net.*`` (the network being
+:class:`~imgxfer.core.errors.UserError`). The file holds tensors ``net.*`` (the network being
 trained), ``ema.<i>`` (averaged parameters), ``opt.<i>.<name>`` (AdamW's state),
 ``rng.draw`` / ``rng.noise`` (generator states), ``history.loss`` (float64, one per
 step) and metadata ``format`` = ``imgxfer.diffusion.training``, ``version``, ``step``,
@@ -59,26 +59,40 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgxfer import distributed
-from imgxfer.budget import Budget
-from imgxfer.data import GeneratorData
-from imgxfer.errors import UserError
-from imgxfer.generators.text import HashedTextEncoder, token_ids
-from imgxfer.generators.training import (Checkpointing, check_fit_inputs, check_training_metadata,
-                                         data_signature, draw_weights, load_optimizer,
-                                         load_progress, optimizer_tensors, progress_tensors,
-                                         strip_prefix, to_model_range, train_steps)
-from imgxfer.progress import Progress
-from imgxfer.protocols import FitResult
-from imgxfer.runfolder import atomic_save_tensors, read_tensors
+from imgxfer import (
+    Budget,
+    Checkpointing,
+    FitResult,
+    GeneratorData,
+    HashedTextEncoder,
+    Progress,
+    UserError,
+    atomic_save_tensors,
+    backward_step,
+    check_fit_inputs,
+    check_training_metadata,
+    data_signature,
+    draw_weights,
+    load_optimizer,
+    load_progress,
+    optimizer_tensors,
+    progress_tensors,
+    read_tensors,
+    seed_offset,
+    strip_prefix,
+    to_model_range,
+    token_ids,
+    train_steps,
+)
 
 __all__ = ["DiffusionGenerator", "TRAINING_FORMAT", "SAMPLERS"]
 
@@ -304,7 +318,7 @@ class DiffusionGenerator:
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.0)
         ema = EMAModel(net.parameters(), decay=self.ema, foreach=True)
         scheduler = self._noise_scheduler()
-        seed = self.seed + distributed.seed_offset()  # each process its own batches
+        seed = self.seed + seed_offset()  # each process its own batches
         state = _TrainingState(
             net=net, ema=ema, optimizer=optimizer,
             generators={"draw": torch.Generator().manual_seed(seed),
@@ -354,7 +368,7 @@ class DiffusionGenerator:
         tokens = data.labels.long() + num_classes * is_target.long()
         if data.synthesis != "translate" or data.unlabelled is None:
             return images, tokens, list(data.captions), list(data.domains), None
-        from imgxfer.encoders.preprocess import match_channels
+        from imgxfer import match_channels
 
         extra = self._prepare(match_channels(data.unlabelled.float(), int(images.shape[1])))
         force = torch.cat([torch.where(is_target, -1, 1), torch.zeros(len(extra), dtype=torch.long)])
@@ -363,7 +377,7 @@ class DiffusionGenerator:
                 list(data.captions) + [""] * len(extra),
                 list(data.domains) + [data.target_domain] * len(extra), force)
 
-    def _train_step(self, state: "_TrainingState", scheduler: Any, x0: torch.Tensor,
+    def _train_step(self, state: _TrainingState, scheduler: Any, x0: torch.Tensor,
                     token: torch.Tensor, text: torch.Tensor,
                     force: torch.Tensor | None = None) -> float:
         """One denoising step on a batch: noise at a random timestep, the condition
@@ -380,7 +394,7 @@ class DiffusionGenerator:
         noisy = scheduler.add_noise(x0, noise, t)
         loss = F.mse_loss(net(noisy, t, net.embed(token, text, keep)), noise)
         state.optimizer.zero_grad(set_to_none=True)
-        distributed.backward_step(loss, state.optimizer)
+        backward_step(loss, state.optimizer)
         state.ema.step(net.parameters())
         return loss.item()
 
@@ -475,7 +489,7 @@ class DiffusionGenerator:
         trained to ``translate``: with the null token, the target domain's own); [N, C, H,
         W] in [0, 1] on the CPU at the training images' size; the same ``seed`` gives the
         same images."""
-        from imgxfer.encoders.preprocess import match_channels
+        from imgxfer import match_channels
 
         if self._sampler is None:
             raise RuntimeError("generator is not trained")
@@ -566,7 +580,7 @@ class DiffusionGenerator:
             return {}
         values = [int(v) for v in state["meta.architecture"]]
         return dict(zip(("image_size", "width", "layers_per_block", "embed_dim",
-                         "train_timesteps"), values))
+                         "train_timesteps"), values, strict=True))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a sampler saved by :meth:`state_dict` with the same architecture options."""

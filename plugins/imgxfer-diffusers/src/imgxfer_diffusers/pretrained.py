@@ -7,7 +7,7 @@ training.
   ``model_index.json`` and present as a sub-folder, with readable safetensors weights);
   a folder with its own code (Python files, ``auto_map``, a part from another library)
   or only pickled weights is refused: neither is ever loaded. Anything else is one
-  :class:`~imgxfer.errors.UserError` sentence naming the folder and what is wrong.
+  :class:`~imgxfer.core.errors.UserError` sentence naming the folder and what is wrong.
 - It is loaded with :class:`diffusers.StableDiffusionPipeline` and
   ``local_files_only=True``: nothing is downloaded, ever. The pipeline is loaded on the
   first ``sample`` (or :meth:`PretrainedPipeline.pipeline`), so building the generator is
@@ -29,18 +29,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from imgxfer.budget import Budget
-from imgxfer.data import GeneratorData
-from imgxfer.encoders.weights import check_model_folder
-from imgxfer.errors import UserError
-from imgxfer.progress import Progress
-from imgxfer.protocols import FitResult
+from imgxfer import Budget, FitResult, GeneratorData, Progress, UserError, check_model_folder
 
 __all__ = ["PretrainedPipeline", "REQUIRED_COMPONENTS", "DTYPES", "check_pipeline_folder"]
 

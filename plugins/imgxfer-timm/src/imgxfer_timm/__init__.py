@@ -7,8 +7,7 @@ imgxfer finds this module through the entry point ``timm = "imgxfer_timm"`` in g
 from __future__ import annotations
 
 import imgxfer
-from imgxfer.hookspecs import Register
-
+from imgxfer import Register
 from imgxfer_timm.encoder import TimmEncoder, make_timm_encoder
 
 __version__ = "0.1.0"

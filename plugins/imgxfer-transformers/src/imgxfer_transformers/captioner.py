@@ -20,14 +20,13 @@ transformers is imported only when a captioner is built.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-from imgxfer.captioners.template import DEFAULT_TEMPLATE, TemplateCaptioner
-from imgxfer.encoders.preprocess import match_channels
-from imgxfer.errors import UserError
 
+from imgxfer import DEFAULT_TEMPLATE, TemplateCaptioner, UserError, match_channels
 from imgxfer_transformers.folders import check_folder, load_local
 
 __all__ = ["HFCaptioner", "caption_model_class"]
@@ -78,13 +77,13 @@ class HFCaptioner:
         self.prompt, self.combine = str(prompt), bool(combine)
         # Prompts (no images), empty model captions and combine=true use it.
         self.template = TemplateCaptioner(template=template)
-        # Declared only when captions carry the measured attributes (imgxfer.protocols).
+        # Declared only when captions carry the measured attributes (imgxfer.plugin.protocols).
         self.attributes: Callable[[torch.Tensor], list[dict[str, Any]]] | None = (
             self.template.attributes if self.combine else None)
         self.path, self.model, self.processor = load_captioning_model(path, name)
         self.device = torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "HFCaptioner":
+    def to(self, device: torch.device | str) -> HFCaptioner:
         """Compute on ``device`` from now on (a run calls it with its device)."""
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -104,7 +103,7 @@ class HFCaptioner:
         needs_template = self.combine or not all(model_texts)
         templated = (self.template.caption(images, labels, **context) if needs_template
                      else [""] * len(model_texts))
-        return [_join(t, m, self.combine) for t, m in zip(templated, model_texts)]
+        return [_join(t, m, self.combine) for t, m in zip(templated, model_texts, strict=True)]
 
     @torch.inference_mode()
     def model_text(self, images: torch.Tensor) -> list[str]:

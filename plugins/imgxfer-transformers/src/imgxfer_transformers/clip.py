@@ -14,15 +14,15 @@ Only CLIP models (``model_type = "clip"``, transformers' ``CLIPModel``) are read
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from imgxfer.encoders.preprocess import match_channels
-from imgxfer.errors import UserError
 from torch import nn
 
+from imgxfer import UserError, match_channels
 from imgxfer_transformers.folders import LOAD_ERRORS, check_folder, load_local
 
 __all__ = ["ClipImageEncoder", "TipCache", "load_clip", "load_tokenizer", "make_clip_encoder",

@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from imgxfer.encoders.weights import check_model_folder
-from imgxfer.errors import UserError
+from imgxfer import UserError, check_model_folder
 
 # What a from_pretrained of a damaged or foreign folder raises.
 LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError,

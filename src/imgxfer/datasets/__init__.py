@@ -1,1 +1,0 @@
-"""Built-in datasets. Each module exposes factories registered in :mod:`imgxfer.builtin`."""

@@ -1,0 +1,150 @@
+"""Augmentation policies (``--augment``): Kornia pipelines applied to whole batches on the
+training device, seeded from the caller's generator.
+
+One policy name sets the strength of augmentation everywhere a run trains:
+
+- ``none``: no augmentation.
+- ``light`` (the default): a small affine warp (rotation ±10°, scale 0.9–1.1, shift ±10%).
+- ``strong``: a larger warp with shear, brightness and contrast jitter, Gaussian noise and
+  one grey square erased (FixMatch's strong view in fixed random ranges).
+- ``randaugment`` / ``trivialaugment``: Kornia's RandAugment (2 operations at magnitude
+  10) and TrivialAugment. Kornia chooses their operations once per batch (each image
+  still gets its own random parameters), so a batch shares its operations; one-channel
+  images go through them as grey RGB.
+
+Each consumer has a recipe per policy. Classifiers (encoder pre-training, adapters) use
+the list above. A GAN's discriminator uses DiffAugment (Zhao et al. 2020): the same
+differentiable operations on real and fake images, where ``light`` is translation alone
+(the GAN's augmentation before Kornia), ``strong`` adds colour and cutout, and a comma list
+of ``color``, ``translation`` and ``cutout`` picks operations directly.
+
+Kornia draws its random parameters from torch's global generator. A policy takes a seed
+from the caller's ``torch.Generator`` and draws inside :func:`seeded`, so a run stays
+reproducible and the global generator is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from imgxfer.core.config import AUGMENT_POLICIES as POLICIES
+from imgxfer.core.errors import UserError
+
+DEFAULT = "light"  # of every built-in component that augments
+DIFF_OPS = ("color", "translation", "cutout")
+# The discriminator's operations per policy (DiffAugment's names).
+_DIFF_POLICY = {"none": (), "light": ("translation",), "strong": ("color", "translation", "cutout")}
+
+
+@contextlib.contextmanager
+def seeded(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run the body with torch's global generator (and the device's, on a GPU) seeded from
+    ``generator``, restoring both afterwards."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_policy(name: str, what: str = "augment", *, discriminator: bool = False) -> str:
+    """``name`` if it is a policy (or, for a discriminator, a DiffAugment list), else one
+    sentence naming the choices."""
+    if name in POLICIES or (discriminator and isinstance(name, str)
+                            and _diff_ops(name) is not None):
+        return name
+    extra = f", or a comma list of {', '.join(DIFF_OPS)}" if discriminator else ""
+    raise UserError(f"{what} must be one of {', '.join(POLICIES)}{extra}; got {name!r}.")
+
+
+def _diff_ops(name: str) -> tuple[str, ...] | None:
+    ops = tuple(p.strip() for p in name.split(",") if p.strip())
+    return ops if all(op in DIFF_OPS for op in ops) else None
+
+
+class _Gray(nn.Module):
+    """Runs colour operations written for RGB on one-channel images (as grey RGB)."""
+
+    def __init__(self, ops: nn.Module) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 1:
+            return self.ops(x)
+        return self.ops(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+
+
+def _classifier_ops(name: str) -> nn.Module | None:
+    import kornia.augmentation as K
+    from kornia.augmentation import auto
+
+    if name == "none":
+        return None
+    if name == "light":
+        return K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), p=1.0)
+    if name == "strong":
+        return nn.Sequential(
+            K.RandomAffine(degrees=25, translate=(0.125, 0.125), scale=(0.8, 1.2),
+                           shear=math.degrees(math.atan(0.3)), p=1.0),
+            K.ColorJiggle(brightness=0.2, contrast=0.5, p=1.0),
+            K.RandomGaussianNoise(std=0.05, p=1.0),
+            K.RandomErasing(scale=(0.0625, 0.25), ratio=(1.0, 1.0), value=0.5, p=1.0))
+    if name == "randaugment":
+        return _Gray(auto.RandAugment(n=2, m=10))
+    return _Gray(auto.TrivialAugment())
+
+
+def _discriminator_ops(name: str) -> nn.Module | None:
+    import kornia.augmentation as K
+    from kornia.augmentation import auto
+
+    if name in ("randaugment", "trivialaugment"):
+        chosen = auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.TrivialAugment()
+        return _Gray(chosen)
+    ops = _DIFF_POLICY.get(name) or _diff_ops(name) or ()
+    layers: list[nn.Module] = []
+    if "color" in ops:  # DiffAugment's brightness ±0.5 and contrast 0.5–1.5 (on [-1, 1])
+        layers.append(K.ColorJiggle(brightness=0.25, contrast=0.5, p=1.0))
+    if "translation" in ops:  # shifts of up to 1/8 of the size, zeros shifted in
+        layers.append(K.RandomTranslate((-0.125, 0.125), (-0.125, 0.125), resample="nearest",
+                                        p=1.0))
+    if "cutout" in ops:  # a square of half the size set to grey
+        layers.append(K.RandomErasing(scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0.5, p=1.0))
+    return nn.Sequential(*layers) if layers else None
+
+
+class Augmentation:
+    """A policy for classifier training (``Augmentation("strong")``) or, with
+    ``discriminator=True``, for a GAN's discriminator. Call it on a batch of [0, 1]
+    images with a generator: ``policy(images, generator=g)`` returns the augmented batch
+    on the images' device, differentiable with respect to the images."""
+
+    def __init__(self, policy: str = DEFAULT, *, discriminator: bool = False,
+                 what: str = "augment") -> None:
+        self.policy = check_policy(policy, what, discriminator=discriminator)
+        self.ops = _discriminator_ops(policy) if discriminator else _classifier_ops(policy)
+        # Classifiers preprocess [0, 1] images; DiffAugment's colour shifts may leave it.
+        self.clamp = not discriminator
+        self._device = torch.device("cpu")  # where the ops' buffers are
+
+    def __call__(self, images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        if self.ops is None or len(images) == 0:
+            return images
+        with seeded(generator, images.device), warnings.catch_warnings():
+            # Kornia warns that auto policies' transformation matrices are not tracked.
+            warnings.simplefilter("ignore", UserWarning)
+            if self._device != images.device:  # once, not at every training step
+                self.ops.to(images.device)
+                self._device = images.device
+            out = self.ops(images)
+        return out.clamp(0, 1) if self.clamp else out
+
+    def __repr__(self) -> str:
+        return f"Augmentation({self.policy!r})"

@@ -1,0 +1,286 @@
+"""`imgxfer install/uninstall`: resolve a plugin through registry.toml (uninstall also
+through the installed entry points) and run pip quietly in the current interpreter.
+Arguments go to pip as a list; no user string reaches a shell."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from imgxfer.core.errors import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# src/imgxfer -> repo root, when running from a checkout (editable install or PYTHONPATH).
+CHECKOUT_ROOT = PACKAGE_DIR.parents[2]
+
+
+@dataclass
+class KnownPlugin:
+    name: str
+    description: str
+    kinds: list[str] = field(default_factory=list)
+    requirement: str = ""
+    path: str = ""
+    builtin: bool = False
+    # Optional dependencies installed with it (pip's "[a,b]"), e.g. what a part needs.
+    extras: list[str] = field(default_factory=list)
+    # Component names it registers (families end in / or :), for the hint an unknown
+    # name gets when the plugin is not installed.
+    components: list[str] = field(default_factory=list)
+
+    def local_path(self) -> Path | None:
+        """The plugin's folder in this checkout, if imgxfer runs from one."""
+        if not self.path:
+            return None
+        candidate = CHECKOUT_ROOT / self.path
+        return candidate if (candidate / "pyproject.toml").is_file() else None
+
+    def installed_version(self) -> str | None:
+        if self.builtin:
+            return md.version("imgxfer")
+        try:
+            return md.version(self.requirement)
+        except md.PackageNotFoundError:
+            return None
+
+
+def registry_file() -> Path:
+    """The plugin directory, packaged with imgxfer (the checkout's root registry.toml is
+    a link to it, so there is one copy to edit)."""
+    return PACKAGE_DIR / "registry.toml"
+
+
+def known_plugins(path: Path | None = None) -> dict[str, KnownPlugin]:
+    path = path or registry_file()
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return {name: KnownPlugin(name=name, **entry) for name, entry in data.get("plugins", {}).items()}
+
+
+def resolve(name: str, plugins: dict[str, KnownPlugin] | None = None) -> KnownPlugin:
+    plugins = plugins if plugins is not None else known_plugins()
+    if name not in plugins:
+        raise UserError(f"unknown plugin {name!r}; known plugins: {', '.join(sorted(plugins))} "
+                        "(see `imgxfer plugins --available`).")
+    plugin = plugins[name]
+    if plugin.builtin:
+        raise UserError(f"plugin {name!r} is built into imgxfer; there is nothing to install or remove.")
+    return plugin
+
+
+# pip's own lines that say nothing about the failure.
+_NOISE = ("[notice]", "note: This error originates from a subprocess")
+
+
+def pip_error_lines(output: str, limit: int = 6) -> list[str]:
+    """The few lines of pip's output that explain a failure: what failed in a build and
+    the last lines the build printed, then pip's ``ERROR:`` and ``Hint:`` lines; its last
+    lines when it printed none of those."""
+    lines = [line.strip() for line in output.splitlines()
+             if line.strip() and not any(n in line for n in _NOISE)]
+    shown: list[str] = []
+    ends = [i for i, line in enumerate(lines) if line == "[end of output]"]
+    if ends:  # a build failed; its own output lies between "╰─>" and "[end of output]"
+        starts = [i for i in range(ends[-1]) if lines[i].startswith("╰─>")]
+        first = starts[-1] + 1 if starts else max(0, ends[-1] - 3)
+        failed = [line.lstrip("× ").strip() for line in lines[:first] if line.startswith("×")]
+        shown = failed[-1:] + lines[first:ends[-1]][-3:]
+    shown += [line for line in lines if line.startswith(("ERROR:", "Hint:"))]
+    return shown[:limit] if shown else lines[-limit:]
+
+
+def _pip(args: list[str], what: str, hint: str = "") -> None:
+    """Run pip in this interpreter, quietly; on failure a :class:`UserError` with the lines
+    of its output that explain why."""
+    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-input"]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        why = pip_error_lines((result.stdout or "") + "\n" + (result.stderr or ""))
+        detail = "".join(f"\n  {line}" for line in why)
+        raise UserError(f"pip could not {what} (exit status {result.returncode}){hint}"
+                        f"{':' if detail else '.'}{detail}")
+
+
+def normalise_name(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class InstalledPlugin:
+    """An installed distribution that provides entry points in group ``imgxfer``."""
+
+    distribution: str
+    version: str
+    entry_points: list[str] = field(default_factory=list)
+
+
+def installed_plugins() -> dict[str, InstalledPlugin]:
+    """Installed plugin distributions by normalised name (read from metadata only: no
+    plugin is imported, so a broken one is found too)."""
+    from imgxfer.plugin.hookspecs import ENTRY_POINT_GROUP
+
+    importlib.invalidate_caches()
+    found: dict[str, InstalledPlugin] = {}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is None:
+            continue
+        key = normalise_name(ep.dist.name)
+        plugin = found.setdefault(key, InstalledPlugin(ep.dist.name, ep.dist.version))
+        if ep.name not in plugin.entry_points:
+            plugin.entry_points.append(ep.name)
+    return found
+
+
+def _entry_points_of(distribution: str) -> InstalledPlugin | None:
+    return installed_plugins().get(normalise_name(distribution))
+
+
+PROBE = """
+import json, sys, warnings
+from imgxfer.plugin.host import PluginHost
+warnings.simplefilter("ignore")
+host = PluginHost({"IMGXFER_LOAD_PLUGINS": sys.argv[1]}).load_all()
+print(json.dumps([i.as_dict() for n, i in host.plugins.items() if n != "builtin"]))
+"""
+
+
+def probe_plugins(entry_points: list[str]) -> list[dict[str, Any]] | None:
+    """Load the named entry points in a fresh interpreter (one that sees what pip just
+    installed) and return each plugin's record (``PluginInfo.as_dict``); ``None`` when
+    that interpreter could not tell."""
+    if not entry_points:
+        return []
+    try:
+        result = subprocess.run([sys.executable, "-c", PROBE, ",".join(entry_points)],
+                                check=False, capture_output=True, text=True, timeout=600)
+        return json.loads((result.stdout or "").strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class InstallResult:
+    """What ``imgxfer install`` did: the distribution, its version before and after, and
+    the plugins (entry points) it provides as a fresh imgxfer loads them."""
+
+    name: str
+    target: str  # what pip was given: a local folder or a requirement
+    distribution: str
+    version: str | None
+    previous: str | None
+    plugins: list[dict[str, Any]] | None  # None: could not be checked
+
+    def summary(self) -> list[str]:
+        if self.version is None:
+            lines = [f"warning: pip installed {self.target}, but no distribution "
+                     f"{self.distribution!r} is installed now (see registry.toml's requirement)."]
+        elif self.previous is None:
+            lines = [f"installed {self.distribution} {self.version} (from {self.target})"]
+        elif self.previous != self.version:
+            lines = [f"upgraded {self.distribution} {self.previous} -> {self.version} "
+                     f"(from {self.target})"]
+        else:
+            lines = [f"{self.distribution} {self.version} is installed (it was already)"]
+        if self.plugins is None:
+            lines.append("could not check that the plugin loads; `imgxfer plugins` shows it.")
+        elif not self.plugins and self.version is not None:
+            lines.append(f"warning: {self.distribution} has no entry point in group "
+                         "'imgxfer', so imgxfer will not load it.")
+        for plugin in self.plugins or []:
+            if plugin.get("status") != "ok":
+                lines.append(f"warning: plugin {plugin['name']!r} fails to load "
+                             f"({plugin.get('error', '?')}); `imgxfer plugins` shows it.")
+                continue
+            parts = [f"{kind} " + ", ".join(n + "<...>" if n.endswith(("/", ":")) else n
+                                            for n in names)
+                     for kind, names in plugin.get("components", {}).items()]
+            lines.append(f"plugin {plugin['name']!r}: {'; '.join(parts) or 'no components'}")
+        if self.plugins and all(p.get("status") == "ok" for p in self.plugins):
+            lines.append("ready: the next imgxfer command loads it (no restart needed).")
+        return lines
+
+
+def install(name: str, *, upgrade: bool = False) -> InstallResult:
+    """Install a known plugin with pip and check, in a fresh interpreter, what it registers."""
+    plugin = resolve(name)
+    local = plugin.local_path()
+    target = str(local) if local is not None else plugin.requirement
+    target += f"[{','.join(plugin.extras)}]" if plugin.extras else ""
+    # Outside a checkout pip asks the package index, where a plugin may not be published
+    # (imgxfer's own plugins are not, yet): say where else it can come from.
+    hint = "" if local is not None or not plugin.path else (
+        f" (if the index has no {plugin.requirement!r}, install it from a checkout of "
+        f"imgxfer: pip install CHECKOUT/{plugin.path})")
+    previous = plugin.installed_version()
+    _pip(["install", *(["--upgrade"] if upgrade else []), target],
+         f"install {plugin.requirement}", hint)
+    importlib.invalidate_caches()
+    installed = _entry_points_of(plugin.requirement)
+    version = installed.version if installed else plugin.installed_version()
+    probed = probe_plugins(installed.entry_points) if installed else []
+    return InstallResult(name, target, plugin.requirement, version, previous, probed)
+
+
+@dataclass
+class UninstallTarget:
+    """The distribution ``imgxfer uninstall`` removes and the plugins (entry points) it
+    provides."""
+
+    distribution: str
+    version: str
+    entry_points: list[str]
+
+
+def resolve_installed(name: str) -> UninstallTarget:
+    """The installed distribution ``imgxfer uninstall NAME`` removes: NAME from
+    registry.toml, else an installed entry point or plugin distribution of that name."""
+    known = known_plugins()
+    installed = installed_plugins()
+    if name in known:
+        plugin = resolve(name, known)  # refuses the built-in plugin
+        found = installed.get(normalise_name(plugin.requirement))
+        version = plugin.installed_version()
+        if version is None:
+            raise UserError(f"plugin {name!r} ({plugin.requirement}) is not installed.")
+        return UninstallTarget(plugin.requirement, version,
+                               found.entry_points if found else [name])
+    if normalise_name(name) == "imgxfer":
+        raise UserError("imgxfer itself is not a plugin; remove it with `pip uninstall "
+                        "imgxfer`.")
+    matches = [p for p in installed.values() if name in p.entry_points
+               or normalise_name(p.distribution) == normalise_name(name)]
+    if any(normalise_name(p.distribution) == "imgxfer" for p in matches):
+        raise UserError(f"plugin {name!r} is part of imgxfer itself; there is nothing to "
+                        "uninstall.")
+    if len(matches) > 1:
+        raise UserError(f"several installed distributions provide a plugin {name!r} "
+                        f"({', '.join(sorted(p.distribution for p in matches))}); uninstall "
+                        "one by its distribution name.")
+    if not matches:
+        shown = [f"{', '.join(p.entry_points)} ({p.distribution})"
+                 for p in sorted(installed.values(), key=lambda p: p.distribution)]
+        raise UserError(f"no installed plugin is called {name!r}; installed plugins: "
+                        f"{'; '.join(shown) or 'none'} (see `imgxfer plugins`).")
+    match = matches[0]
+    return UninstallTarget(match.distribution, match.version, list(match.entry_points))
+
+
+def uninstall(name: str) -> UninstallTarget:
+    """Uninstall the distribution that provides plugin ``name`` (see
+    :func:`resolve_installed`); plugins are never imported, so a broken one goes too."""
+    target = resolve_installed(name)
+    _pip(["uninstall", "--yes", target.distribution], f"uninstall {target.distribution}")
+    importlib.invalidate_caches()
+    return target
