@@ -10,6 +10,7 @@ import sqlite3
 import optuna
 import pytest
 import torch
+from bad_input import RUN_OPTION_MISTAKES, assert_one_sentence
 from click.testing import CliRunner
 from conftest import TINY_RUN
 
@@ -134,12 +135,6 @@ def test_median_pruner_is_the_default(host, tmp_path):
     assert isinstance(result.study.study.pruner, optuna.pruners.MedianPruner)
 
 
-def _one_sentence(result, needle):
-    assert result.exit_code == 2, result.output
-    line = result.output.strip()
-    assert "\n" not in line and "Traceback" not in line and needle in line, line
-
-
 @pytest.mark.parametrize("args, needle", [
     (["--storage", "bogus-scheme://nowhere/x"], "--storage 'bogus-scheme://nowhere/x' cannot be opened"),
     (["--storage", "sqlite:////no/such/folder/study.db"], "cannot be opened"),
@@ -152,11 +147,12 @@ def _one_sentence(result, needle):
     (["--folds", "4"], "--folds must be between 2 and 3"),
     (["--shots", "1", "--folds", "2"], "--folds needs 2 or more labelled shots per class"),
     (["--compare", "linear,finetune"], "No such option"),
+    *RUN_OPTION_MISTAKES,
 ])
 def test_bad_input_is_one_sentence_and_writes_nothing(host, tmp_path, args, needle):
     out = tmp_path / "out"
     result = invoke("tune", *TINY, "--out", str(out), *args)
-    _one_sentence(result, needle)
+    assert_one_sentence(result, needle)
     assert "secret" not in result.output
     assert not out.exists() or not any(out.iterdir())
 
@@ -181,9 +177,9 @@ class Plugin:
 def test_components_without_or_with_broken_declarations(host, tmp_path):
     host.add(Plugin(), "declarations", version="0.0.1")
     out = tmp_path / "out"
-    _one_sentence(invoke("tune", *TINY, "--adapter", "frozen", "--out", str(out)),
+    assert_one_sentence(invoke("tune", *TINY, "--adapter", "frozen", "--out", str(out)),
                   "nothing to tune: adapter 'frozen' declare")
-    _one_sentence(invoke("tune", *TINY, "--adapter", "bad-declaration", "--out", str(out)),
+    assert_one_sentence(invoke("tune", *TINY, "--adapter", "bad-declaration", "--out", str(out)),
                   "adapter 'bad-declaration' of plugin 'declarations' declares a bad range "
                   "for 'c'")
     assert not out.exists()
@@ -238,7 +234,7 @@ def test_a_given_storage_is_not_written_when_the_input_is_bad(host, tmp_path):
     db = tmp_path / "shared.db"
     result = invoke("tune", *TINY, "--storage", f"sqlite:///{db}", "--folds", "4",
                     "--out", str(tmp_path / "out"))
-    _one_sentence(result, "--folds must be between 2 and 3")
+    assert_one_sentence(result, "--folds must be between 2 and 3")
     assert not db.exists() and not (tmp_path / "out").exists()
 
 

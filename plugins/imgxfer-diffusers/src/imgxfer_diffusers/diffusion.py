@@ -60,7 +60,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ from imgxfer import (
     GeneratorData,
     HashedTextEncoder,
     Progress,
+    TrainingState,
     UserError,
     atomic_save_tensors,
     backward_step,
@@ -161,22 +162,19 @@ class _Denoiser(nn.Module):
 
 
 @dataclass
-class _TrainingState:
-    net: nn.Module
-    ema: Any  # diffusers.training_utils.EMAModel
-    optimizer: torch.optim.Optimizer
-    generators: dict[str, torch.Generator]
-    data: dict[str, Any]
-    device: str
-    history: dict[str, list[float]] = field(default_factory=lambda: {"loss": []})
-    step: int = 0
-    elapsed: float = 0.0
+class _TrainingState(TrainingState):
+    """imgxfer's training state (what ``train_steps`` and checkpoints handle) plus the
+    averaged weights that samples come from."""
+
+    ema: Any = None  # diffusers.training_utils.EMAModel
 
     @property
-    def modules(self) -> dict[str, nn.Module]:
-        """The trained networks, as imgxfer's TrainingState names them (train_steps
-        averages their BatchNorm-style buffers over the processes of a distributed run)."""
-        return {"net": self.net}
+    def net(self) -> nn.Module:
+        return self.modules["net"]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers["opt"]
 
 
 class DiffusionGenerator:
@@ -320,9 +318,10 @@ class DiffusionGenerator:
         scheduler = self._noise_scheduler()
         seed = self.seed + seed_offset()  # each process its own batches
         state = _TrainingState(
-            net=net, ema=ema, optimizer=optimizer,
+            modules={"net": net}, optimizers={"opt": optimizer}, ema=ema,
             generators={"draw": torch.Generator().manual_seed(seed),
                         "noise": torch.Generator(device=device).manual_seed(seed)},
+            history={"loss": []},
             data=data_signature(data, shape=list(data.images.shape[1:])), device=device.type)
         if checkpoint is not None and resume and checkpoint.exists():
             self._load_training(checkpoint, state)
