@@ -7,6 +7,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,25 @@ def test_help_of_every_command():
                     ["generate"], ["cache"], ["predict"], ["explain"], ["plugin"], ["plugin", "new"]):
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_the_command_table_says_what_each_command_says():
+    from imgxfer.cli.builtin import LAZY_COMMANDS, load_command
+
+    assert {name: load_command(name).get_short_help_str(limit=200) for name in LAZY_COMMANDS} \
+        == {name: lazy.short_help for name, lazy in LAZY_COMMANDS.items()}
+    assert {name: load_command(name).name for name in LAZY_COMMANDS} == \
+        {name: name for name in LAZY_COMMANDS}
+
+
+def test_help_loads_neither_torch_nor_plugins():
+    """`imgxfer --help` answers at once: nothing heavy is imported for it."""
+    code = ("import sys; from imgxfer.cli.app import main; sys.argv = ['imgxfer', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'imgxfer.plugin.host') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "predict" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout
 
 
 def test_compare_synthetic_with_seeds(finished_run, host, tmp_path):

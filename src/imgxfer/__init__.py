@@ -34,7 +34,8 @@ _LAZY = {
     "core.errors": ["UserError"],
     "core.budget": ["Budget"],
     "core.progress": ["Progress", "NullProgress"],
-    "core.distributed": ["backward_step", "seed_offset", "is_main", "world_size"],
+    "core.distributed": ["backward_step", "seed_offset"],
+    "core.processes": ["is_main", "world_size"],
     "core.runfolder": ["atomic_save_tensors", "read_tensors"],
     "data.dataset": ["ImageDataset", "GeneratorData", "TransferData"],
     "data.scenes": ["SceneDataset"],
@@ -70,8 +71,9 @@ __all__ = [
 if TYPE_CHECKING:
     from imgxfer.components.captioners.template import DEFAULT_TEMPLATE, TemplateCaptioner
     from imgxfer.core.budget import Budget
-    from imgxfer.core.distributed import backward_step, is_main, seed_offset, world_size
+    from imgxfer.core.distributed import backward_step, seed_offset
     from imgxfer.core.errors import UserError
+    from imgxfer.core.processes import is_main, world_size
     from imgxfer.core.progress import NullProgress, Progress
     from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
     from imgxfer.data.dataset import GeneratorData, ImageDataset, TransferData

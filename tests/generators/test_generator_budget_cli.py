@@ -24,7 +24,7 @@ def captured(monkeypatch):
         configs.append(config)
         raise _Captured
 
-    monkeypatch.setattr(tasks, "run", fake_run)
+    monkeypatch.setattr(tasks, "prepare", fake_run)
     return configs
 
 

@@ -75,3 +75,5 @@ def test_clip_adapter_with_another_encoder_is_one_sentence(models: dict[str, Pat
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert f"the run's encoder must be clip:{clip}" in result.output
+    runs = tmp_path / "runs"  # found when the run was prepared: no folder, nothing trained
+    assert not runs.exists() or not any(runs.iterdir())

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imgxfer import __version__
-from imgxfer.cli.builtin import add_builtin_commands
+from imgxfer.cli.builtin import LAZY_COMMANDS, add_builtin_commands, load_command
 from imgxfer.cli.context import CliState, current_registry
 from imgxfer.cli.run_options import run_options
 from imgxfer.core.config import STAGES, RunConfig
@@ -28,6 +28,7 @@ from imgxfer.core.errors import UserError
 from imgxfer.plugin.registry import KINDS, TASKS
 
 if TYPE_CHECKING:  # the schema is read at run time through RunMetrics objects only
+    from imgxfer.plugin.host import PluginHost
     from imgxfer.run.metrics import RunMetrics
 
 out = Console()
@@ -45,7 +46,7 @@ class FriendlyError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _host():
+def _host() -> PluginHost:
     """Load plugins, turning their warnings into one-line messages on stderr."""
     from imgxfer.plugin.host import get_host
 
@@ -58,18 +59,30 @@ def _host():
 
 
 class ImgxferGroup(click.Group):
-    """Adds plugin commands lazily: built-in commands (uninstall above all) never load
-    plugins, so a broken plugin cannot lock the user out of removing it."""
+    """Adds commands lazily. Built-in commands (uninstall above all) never load plugins,
+    so a broken plugin cannot lock the user out of removing it; `imgxfer --help` lists
+    imgxfer's own commands from a table (:mod:`imgxfer.cli.builtin`) without importing
+    them or loading plugins, so it stays fast; any other name loads the plugins."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        error = self._add_plugin_commands()
-        if error is not None:  # strict mode: say why plugin commands are missing
-            err.print(f"[yellow]warning:[/] plugin commands unavailable: {error}",
-                      highlight=False)
+        if not getattr(self, "_plugins_added", False):  # help: no plugins loaded for it
+            return sorted(set(self.commands) | set(LAZY_COMMANDS))
         return super().list_commands(ctx)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.commands[name].get_short_help_str(limit=formatter.width)
+                 if name in self.commands else LAZY_COMMANDS[name].short_help)
+                for name in self.list_commands(ctx)
+                if name not in self.commands or not self.commands[name].hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        error = self._add_plugin_commands() if name not in BUILTIN_COMMANDS else None
+        if name in LAZY_COMMANDS and name not in self.commands:
+            self.add_command(load_command(name))
+        if name in BUILTIN_COMMANDS or name in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        error = self._add_plugin_commands()
         command = super().get_command(ctx, name)
         if command is None and error is not None:
             # The command may be the failed plugin's: its error, not "No such command".
@@ -95,7 +108,8 @@ class ImgxferGroup(click.Group):
             except UserError as exc:
                 raise FriendlyError(str(exc)) from None
 
-    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
         # The plugin host travels with the context: commands take it from there
         # (imgxfer.cli.context), loaded on first use.
         extra.setdefault("obj", CliState(_host))
@@ -179,7 +193,9 @@ def cli() -> None:
     """Image transfer learning with generative data augmentation.
 
     Start with `imgxfer run` (syndigits -> mnist on embedded data), see what is
-    installed with `imgxfer plugins` and `imgxfer list`.
+    installed with `imgxfer plugins` and `imgxfer list`. Commands that plugins add are
+    not listed here (listing them would load every plugin): `imgxfer plugins` shows
+    them.
     """
 
 
@@ -252,10 +268,10 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
         _print_synthetic(many.synthetic_delta, many.generator, over_seeds=True)
         folder, payload = many.folder, many.payload(seeds)
     else:
-        result = (execute(tasks.prepare(config, registry), progress=progress,
-                          folder=Path(resume_folder), resume=True)
-                  if resume_folder is not None else
-                  tasks.run(config, registry, progress=progress))
+        # The config has its task's defaults already (for_task with the options given).
+        resume = Path(resume_folder) if resume_folder is not None else None
+        result = execute(tasks.prepare(config, registry), progress=progress, folder=resume,
+                         resume=resume is not None)
         if config.task != "classify":
             return _print_dense(result, config, as_json)
         folder, payload = result.folder, result.metrics.to_json()
@@ -376,6 +392,7 @@ def _print_result(metrics: RunMetrics, config: Any) -> None:
     else:
         rows = [[key, f"{getattr(target, key):.4f}"]
                 for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "chance")]
+        assert target.accuracy is not None  # formatted just above: a run always measures it
         rows[0][1] = with_interval(target.accuracy, accuracy_interval(target))  # 95% Wilson
         if target.unlabelled_im is not None:
             rows.append(["IM (no labels)", f"{target.unlabelled_im:.4f}"])
@@ -473,9 +490,10 @@ def plugins(as_json: bool, available: bool) -> None:
     if available:
         from imgxfer.plugin.install import known_plugins
 
-        rows = [{"name": p.name, "kinds": p.kinds, "description": p.description,
-                 "requirement": p.requirement or "(built-in)", "local_path": p.path,
-                 "installed": p.installed_version()} for p in known_plugins().values()]
+        rows: list[dict[str, Any]] = [
+            {"name": p.name, "kinds": p.kinds, "description": p.description,
+             "requirement": p.requirement or "(built-in)", "local_path": p.path,
+             "installed": p.installed_version()} for p in known_plugins().values()]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -515,11 +533,12 @@ def list_(kind: str | None, as_json: bool) -> None:
     generators, adapters or datasets) with descriptions and options."""
     registry = current_registry()
     kinds = [kind] if kind else list(registry.components)
-    rows = [{"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
-             "tasks": sorted(c.tasks, key=TASKS.index), "description": c.description,
-             "options": c.options(), "defaults": c.defaults()}
-            for k in kinds for c in sorted(registry.all(k), key=lambda c: (c.name, min(
-                map(TASKS.index, c.tasks))))]
+    rows: list[dict[str, Any]] = [
+        {"kind": k, "name": c.name + ("<...>" if c.is_family else ""), "plugin": c.plugin,
+         "tasks": sorted(c.tasks, key=TASKS.index), "description": c.description,
+         "options": c.options(), "defaults": c.defaults()}
+        for k in kinds for c in sorted(registry.all(k), key=lambda c: (c.name, min(
+            map(TASKS.index, c.tasks))))]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=repr))  # a plugin's default may be any object
         return
@@ -573,7 +592,7 @@ def uninstall(name: str) -> None:
 
 
 def main() -> None:
-    from imgxfer.core.distributed import is_main
+    from imgxfer.core.processes import is_main
 
     if not is_main():
         # A non-main process of a distributed run (imgxfer.core.distributed): rank 0 speaks
@@ -584,4 +603,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -35,4 +35,4 @@ def current_host() -> Any:
 
 
 def current_registry() -> Registry:
-    return current_host().registry
+    return cast(Registry, current_host().registry)

@@ -82,7 +82,7 @@ def write_maps(folder: Path, images: Any, explanation: Any, rows: list[dict[str,
     for k, row in enumerate(rows):
         heat = overlay(images[k], explanation.maps[k], min_size=MAP_SIZE)
         plain = np.asarray(Image.fromarray(rgb(images[k])).resize(
-            (heat.shape[1], heat.shape[0]), Image.NEAREST))
+            (heat.shape[1], heat.shape[0]), Image.Resampling.NEAREST))
         gap = np.full((heat.shape[0], 4, 3), 255, np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(np.concatenate([plain, gap, heat], axis=1)).save(buffer, format="PNG")

@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import torch
@@ -161,6 +161,7 @@ def resolve_label(prompt: str, label: str | int | None,
         if len(named) == 1:
             return named[0]
         if named:
+            assert class_names is not None  # named is empty without class names
             raise UserError(f"--label {text!r} matches several classes "
                             f"({', '.join(class_names[i] for i in named)}); write one as it is.")
         raise UserError(f"--label {text!r} is not a class; classes: {listing}.")
@@ -246,6 +247,7 @@ def generate(source: str | Path, prompt: str | None, registry: Registry, *, n: i
     named = (prompt_classes(prompt, loaded.class_names, numerals=False)
              if loaded.class_names else [])
     if named and index not in named:
+        assert loaded.class_names is not None  # named is empty without class names
         names = " and ".join(repr(loaded.class_names[c]) for c in named)
         notes.append(f"the prompt names {names}, but --label draws {name!r}.")
     return Generated(drawn, index, name, files, out / GRID_FILE, notes)
@@ -259,7 +261,8 @@ def _sample(loaded: LoadedGenerator, prompt: str, index: int, n: int, seed: int,
     from imgxfer.plugin.protocols import declared
 
     try:
-        return loaded.generator.sample([prompt] * n, [index] * n, seed=seed, device=device)
+        return cast(torch.Tensor, loaded.generator.sample([prompt] * n, [index] * n,
+                                                          seed=seed, device=device))
     except UserError as error:
         edits = set(declared(loaded.generator, "synthesis", "generators")) - {"text"}
         if not edits or not hasattr(loaded.generator, "edit"):

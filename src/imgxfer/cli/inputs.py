@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -175,7 +175,9 @@ def _load_loose(paths: Sequence[Path], root: Path, options: dict[str, Any], *,
                         f"valid options: {', '.join(defaults)}.")
     image_options = ImageOptions(**{**defaults, **options})
     image_options.check(what)
-    arrays, ids, skipped = [], [], []
+    arrays: list[np.ndarray] = []
+    ids: list[str] = []
+    skipped: list[str] = []
     for path in paths:
         if limit is not None and len(arrays) >= limit:
             break  # a huge folder is not read whole for its first images
@@ -206,7 +208,7 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
         return np.repeat(array[None], channels, axis=0)
     if channels == 1:
         return (array @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
-    return array.transpose(2, 0, 1)
+    return cast(np.ndarray, array.transpose(2, 0, 1))
 
 
 def select(data: ImageInput, *, limit: int | None = None, shots: int | None = None

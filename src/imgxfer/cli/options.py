@@ -4,14 +4,19 @@ dataset or files and write their output, so they take these the same way; `predi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
+F = TypeVar("F", bound=Callable[..., Any])  # a command function, or a click command
 
-def out_option(help: str):
+
+def out_option(help: str) -> Callable[[F], F]:
     return click.option("--out", "-o", metavar="FILE_OR_DIR", help=help)
 
 
-def limit_option(verb: str):
+def limit_option(verb: str) -> Callable[[F], F]:
     return click.option("--limit", type=int, metavar="N", help=f"{verb} only the first N images.")
 
 
@@ -27,7 +32,7 @@ _FROM_RUN = (
                  help="Which classifier of a --compare run (see its classifier-NAME files)."))
 
 
-def from_run(f):
+def from_run(f: F) -> F:
     """The ``--from RUN`` and ``--adapter NAME`` options of a command that loads a run's
     classifier."""
     for option in reversed(_FROM_RUN):

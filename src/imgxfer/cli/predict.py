@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import torch
@@ -36,8 +36,11 @@ from imgxfer.core.errors import UserError
 from imgxfer.core.runfolder import CLASSIFIER_GLOB, CONFIG
 from imgxfer.data.classnames import class_matches
 from imgxfer.data.layout import GLYPH
-from imgxfer.plugin.protocols import encoder_input_size
+from imgxfer.plugin.protocols import Encoder, encoder_input_size
 from imgxfer.plugin.registry import Registry
+
+if TYPE_CHECKING:
+    from imgxfer.nn.classifier import Classifier
 
 DEFAULT_OUT = "predictions.csv"
 # Images are preprocessed and classified this many at a time: a folder of large photos
@@ -154,7 +157,7 @@ def load_classifier(source: str | Path, adapter: str | None, registry: Registry
                             metadata)
 
 
-def check_fingerprint(model: torch.nn.Module, metadata: dict[str, str], path: Path) -> None:
+def check_fingerprint(model: Classifier, metadata: dict[str, str], path: Path) -> None:
     """The rebuilt classifier must give the logits the run saved for fixed inputs (files
     from before fingerprints existed are not checked)."""
     from imgxfer.run.artifacts import fingerprint
@@ -198,7 +201,9 @@ def predict_proba(loaded: LoadedClassifier, images: torch.Tensor,
                   device: torch.device) -> torch.Tensor:
     """Class probabilities of raw [0,1] images, ``BATCH`` images at a time."""
     model = loaded.model.to(device)
-    out = [model(model.encoder.preprocess(images[i:i + BATCH].to(device))).softmax(1).cpu()
+    # Classifier.encoder is typed nn.Module; its preprocess is the Encoder protocol's.
+    out = [model(cast(Encoder, model.encoder).preprocess(images[i:i + BATCH].to(device)))
+           .softmax(1).cpu()
            for i in range(0, len(images), BATCH)]
     return torch.cat(out) if out else torch.empty(0, len(loaded.class_names))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import numpy as np
@@ -167,11 +167,11 @@ def voc_palette() -> list[int]:
     return colours
 
 
-def coco_json(names: list[str], sizes: list[tuple[int, int]], found: list[dict],
+def coco_json(names: list[str], sizes: list[tuple[int, int]], found: list[dict[str, Any]],
               class_names: list[str]) -> dict[str, Any]:
     images = [{"id": i + 1, "file_name": name, "height": h, "width": w}
               for i, (name, (h, w)) in enumerate(zip(names, sizes, strict=True))]
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for i, det in enumerate(found):
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                      det["labels"].tolist(), strict=True):
@@ -202,8 +202,8 @@ def predict_dense(source: str, run: str, adapter: str | None, out: str | None,
         write_masks(target, names, found, model.class_names)
         what = f"{len(found)} masks"
     else:
-        coco = coco_json(names, [tuple(i.shape[-2:]) for i in images], found,
-                         model.class_names)
+        sizes = cast(list[tuple[int, int]], [tuple(i.shape[-2:]) for i in images])  # (H, W)
+        coco = coco_json(names, sizes, found, model.class_names)
         if target is None:
             click.echo(json.dumps(coco))
         else:
@@ -252,9 +252,12 @@ def score(found: list[Any], data: SceneDataset, task: str) -> str:
     from imgxfer.tasks.dense.evaluate import HEADLINE
 
     if task == "segment":
-        scores = metrics.segmentation_metrics(torch.stack(found), data.masks, data.class_names)
+        # a dataset built for the run's task has its annotations (SceneDataset.tasks)
+        scores = metrics.segmentation_metrics(torch.stack(found), cast(torch.Tensor, data.masks),
+                                              data.class_names)
     else:
-        scores = metrics.detection_metrics(found, data.boxes, data.box_labels,
+        scores = metrics.detection_metrics(found, cast(list[torch.Tensor], data.boxes),
+                                           cast(list[torch.Tensor], data.box_labels),
                                            data.class_names)
     key, label = HEADLINE[task]
     return f"{label} {scores[key]:.3f}"

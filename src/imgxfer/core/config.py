@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,14 @@ class RunConfig:
                 raise UserError(f"--head {self.head} chooses a segmentation or detection head; "
                                 "use it with --task segment or --task detect.")
             return self
-        swapped = {key: dense for key, (classify, dense) in DENSE_DEFAULTS.items()
-                   if getattr(self, key) == classify and key not in given
-                   and not (key == "generator" and self.synthesis == "translate")}
+        swapped: dict[str, Any] = {
+            key: dense for key, (classify, dense) in DENSE_DEFAULTS.items()
+            if getattr(self, key) == classify and key not in given
+            and not (key == "generator" and self.synthesis == "translate")}
         config = replace(self, **swapped)
         if self.name == RunConfig.name:  # the run folder says what it holds
-            short = (lambda name: name.rpartition(":")[2].rstrip("/") or name)
+            short: Callable[[str], str] = (
+                lambda name: name.rpartition(":")[2].rstrip("/") or name)
             config.name = f"{self.task}-{short(config.source)}-to-{short(config.target)}"
         return config
 
@@ -306,7 +309,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist.")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # Annotated: mypy checks as Python 3.10, where tomllib is tomli (Any if not installed).
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {exc}.") from None
     except UnicodeDecodeError:

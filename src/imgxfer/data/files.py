@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -161,7 +162,8 @@ def _fit(image: Image.Image, options: ImageOptions, background: int) -> Image.Im
         colour = background / 255.0
     elif image.mode == "RGB":
         colour = (background,) * 3
-    return ImageOps.pad(image, target, method, color=colour)
+    # Pillow's annotations leave out the float fill of mode "F" images, which it accepts.
+    return ImageOps.pad(image, target, method, color=colour)  # type: ignore[arg-type]
 
 
 def read_image(path: Path, options: ImageOptions) -> np.ndarray:
@@ -266,8 +268,9 @@ class FileImages(ImageStore):
 
     streamed = True
 
-    def __init__(self, paths: Sequence[Path], shown: Sequence[str], options: ImageOptions,
-                 channels: int, *, what: str, stream: str = AUTO) -> None:
+    def __init__(self, paths: Sequence[Path] | np.ndarray, shown: Sequence[str] | np.ndarray,
+                 options: ImageOptions, channels: int, *, what: str,
+                 stream: str = AUTO) -> None:
         # NumPy string arrays, not lists of Python objects: a DataLoader worker reading a
         # list touches each object's reference count, which copies the parent's memory
         # pages into the worker (copy-on-write) until it holds its own copy of the list.
@@ -353,4 +356,4 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
         return np.repeat(array[None], channels, axis=0)
     if channels == 1:
         return (array @ _LUMA)[None]
-    return array.transpose(2, 0, 1)
+    return cast(np.ndarray, array.transpose(2, 0, 1))  # numpy types transpose(*axes) Any

@@ -269,7 +269,9 @@ class TensorImages(ImageStore):
 
 def _bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    # numpy's stubs give ndarray __buffer__ (the Buffer protocol) only on Python 3.12+
+    return (memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
+            if flat.numel() else memoryview(b""))
 
 
 class ConcatImages(ImageStore):
@@ -293,7 +295,7 @@ class ConcatImages(ImageStore):
         owner = torch.searchsorted(self._starts, torch.tensor(rows, dtype=torch.long),
                                    right=True) - 1
         out = []
-        for p in owner.unique().tolist():
+        for p in owner.unique().tolist():  # type: ignore[no-untyped-call]  # torch: unannotated
             where = torch.nonzero(owner == p).flatten().tolist()
             out.append((p, where, [rows[i] - int(self._starts[p]) for i in where]))
         return out
@@ -308,7 +310,8 @@ class ConcatImages(ImageStore):
         # Each run of consecutive rows in one part becomes that part's subset, in order.
         owner = (torch.searchsorted(self._starts, torch.tensor(rows, dtype=torch.long),
                                     right=True) - 1).tolist()
-        pieces, start = [], 0
+        pieces: list[ImageStore] = []
+        start = 0
         for end in range(1, len(rows) + 1):
             if end == len(rows) or owner[end] != owner[start]:
                 p, offset = owner[start], int(self._starts[owner[start]])
@@ -334,7 +337,7 @@ class _Failed:
         self.message = message
 
 
-class _Rows(Dataset):
+class _Rows(Dataset[Any]):
     """One image per row for the DataLoader; decoding errors become a :class:`_Failed`."""
 
     def __init__(self, store: ImageStore) -> None:
@@ -380,7 +383,7 @@ def _worker_context() -> Any:
     return context
 
 
-def _started(loader: DataLoader) -> Iterator[Any]:
+def _started(loader: DataLoader[Any]) -> Iterator[Any]:
     """The loader's iterator once its workers run. Starting them can fail when the
     machine has no process to spare (other programs took the room :func:`set_workers`
     saw): the fork server's connection then closes (EOFError) or fork fails (OSError)."""

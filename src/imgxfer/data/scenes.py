@@ -16,7 +16,9 @@ A dataset serves the tasks its annotations allow (:attr:`SceneDataset.tasks`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +41,15 @@ class SceneDataset:
     description: str = ""
     notes: list[str] = field(default_factory=list)
     paths: list[str] | None = None  # the file each image was read from, if any
+
+    if TYPE_CHECKING:
+        # For type checkers only: the generated __init__, whose ``images`` may also be a
+        # tensor (__post_init__ wraps it). Keep it in step with the fields above.
+        def __init__(self, images: ImageStore | torch.Tensor, class_names: list[str],
+                     domain: str, masks: torch.Tensor | None = None,
+                     boxes: list[torch.Tensor] | None = None,
+                     box_labels: list[torch.Tensor] | None = None, description: str = "",
+                     notes: list[str] = ..., paths: list[str] | None = None) -> None: ...
 
     def __post_init__(self) -> None:
         self.images = as_store(self.images)
@@ -79,7 +90,8 @@ class SceneDataset:
 
     def subset(self, index: torch.Tensor | list[int]) -> SceneDataset:
         rows = index.tolist() if isinstance(index, torch.Tensor) else list(index)
-        pick = (lambda items: None if items is None else [items[i] for i in rows])
+        pick: Callable[[list[Any] | None], list[Any] | None] = (
+            lambda items: None if items is None else [items[i] for i in rows])
         return SceneDataset(
             self.images.subset(rows), list(self.class_names), self.domain,
             None if self.masks is None else self.masks[rows], pick(self.boxes),

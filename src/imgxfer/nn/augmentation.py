@@ -29,6 +29,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,8 +78,9 @@ class _Gray(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 1:
-            return self.ops(x)
-        return self.ops(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+            return cast(torch.Tensor, self.ops(x))
+        grey: torch.Tensor = self.ops(x.expand(-1, 3, -1, -1))
+        return grey.mean(dim=1, keepdim=True)
 
 
 def _classifier_ops(name: str) -> nn.Module | None:
@@ -88,7 +90,9 @@ def _classifier_ops(name: str) -> nn.Module | None:
     if name == "none":
         return None
     if name == "light":
-        return K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), p=1.0)
+        light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
+                                          p=1.0)
+        return light
     if name == "strong":
         return nn.Sequential(
             K.RandomAffine(degrees=25, translate=(0.125, 0.125), scale=(0.8, 1.2),
@@ -143,7 +147,7 @@ class Augmentation:
             if self._device != images.device:  # once, not at every training step
                 self.ops.to(images.device)
                 self._device = images.device
-            out = self.ops(images)
+            out: torch.Tensor = self.ops(images)
         return out.clamp(0, 1) if self.clamp else out
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -12,11 +13,12 @@ class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.feature_dim, num_classes)
+        self.head = nn.Linear(cast(int, encoder.feature_dim), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images already preprocessed by ``encoder.preprocess``."""
-        return self.head(self.encoder(x))
+        logits: torch.Tensor = self.head(self.encoder(x))
+        return logits
 
 
 def rebuild(encoder: nn.Module, num_classes: int,

@@ -264,6 +264,7 @@ def train_steps(state: TrainingState, step: Callable[[int], dict[str, float]], *
                             elapsed_before=state.elapsed, step=state.step)
 
     def save() -> None:
+        assert checkpoint is not None  # save() is only called with a checkpoint
         state.elapsed = clock.elapsed()
         checkpoint.save(checkpoint.path, state)
         clock.saved(state.step)

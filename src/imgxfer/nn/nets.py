@@ -40,4 +40,5 @@ class SmallConvNet(nn.Module):
                        mean=[0.5] * self.in_channels, std=[0.5] * self.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x)).flatten(1)
+        pooled: torch.Tensor = self.pool(self.features(x))
+        return pooled.flatten(1)

@@ -4,6 +4,8 @@ adapters build on it; the core imports no adapter)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from imgxfer.data.dataset import ImageDataset, TransferData
 from imgxfer.data.features import encode
 from imgxfer.data.images import ConcatImages, ImageStore
 from imgxfer.nn.classifier import Classifier
-from imgxfer.nn.training import adapt_batchnorm
+from imgxfer.nn.training import Preprocess, adapt_batchnorm
 
 
 def labelled_sets(data: TransferData, weights: dict[str, float]) -> dict[str, ImageDataset]:
@@ -51,10 +53,10 @@ def probe_features(encoder: nn.Module, images: dict[str, ImageStore], target: Im
     for key in order:
         if adabn:
             own = target if key == "target" else images[key]
-            adapt_batchnorm(encoder, own, device, preprocess=encoder.preprocess)
+            adapt_batchnorm(encoder, own, device, preprocess=cast(Preprocess, encoder.preprocess))
         feats[key] = encode(encoder, images[key], device, cache=cache)
     if adabn and "target" not in images and len(target):
-        adapt_batchnorm(encoder, target, device, preprocess=encoder.preprocess)
+        adapt_batchnorm(encoder, target, device, preprocess=cast(Preprocess, encoder.preprocess))
     return feats
 
 

@@ -67,8 +67,10 @@ class HashedTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` from :meth:`token_ids` (``[B, L]``) -> ``[B, dim]``."""
-        return self.mlp(self.bag(ids))
+        out: torch.Tensor = self.mlp(self.bag(ids))
+        return out
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed raw texts on the encoder's device."""
-        return self(self.token_ids(texts).to(self.bag.weight.device))
+        out: torch.Tensor = self(self.token_ids(texts).to(self.bag.weight.device))
+        return out

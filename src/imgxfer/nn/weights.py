@@ -11,6 +11,7 @@ import socket
 import threading
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -129,7 +130,7 @@ def check_model_folder(folder: Path, name: str) -> None:
     safetensors file beside them (only safetensors are loaded)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    relative = lambda p: str(p.relative_to(folder))  # noqa: E731
+    relative: Callable[[Path], str] = lambda p: str(p.relative_to(folder))  # noqa: E731
     for path in files:
         if path.suffix == ".py" or (path.suffix == ".json" and _names_code(path)):
             raise UserError(

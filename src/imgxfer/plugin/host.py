@@ -59,7 +59,7 @@ class PluginInfo:
         }
 
 
-def _strict(env: os._Environ | dict) -> bool:
+def _strict(env: os._Environ[str] | dict[str, str]) -> bool:
     return env.get("IMGXFER_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -103,7 +103,7 @@ class HintingRegistry(Registry):
 class PluginHost:
     """A pluggy manager plus the registry its plugins filled and a record of each plugin."""
 
-    def __init__(self, env: dict | os._Environ | None = None) -> None:
+    def __init__(self, env: dict[str, str] | os._Environ[str] | None = None) -> None:
         self.env = os.environ if env is None else env
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -258,6 +258,7 @@ class PluginHost:
         owners = {command: "imgxfer" for command in cli.commands}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             name = self.pm.get_name(impl.plugin)
+            assert name is not None  # a hook implementation's plugin is registered
             before = dict(cli.commands)
             try:
                 impl.function(*[{"cli": cli}[a] for a in impl.argnames])

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,7 +165,8 @@ def probe_plugins(entry_points: list[str]) -> list[dict[str, Any]] | None:
     try:
         result = subprocess.run([sys.executable, "-c", PROBE, ",".join(entry_points)],
                                 check=False, capture_output=True, text=True, timeout=600)
-        return json.loads((result.stdout or "").strip().splitlines()[-1])
+        return cast("list[dict[str, Any]]",
+                    json.loads((result.stdout or "").strip().splitlines()[-1]))
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 

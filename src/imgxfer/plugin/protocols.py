@@ -200,7 +200,10 @@ class Adapter(Protocol):
     ``score_images(images, labels, *, class_names, description, device) -> tensor [N]``:
     without fitting anything (a zero-shot classifier), the probability in [0, 1] that each
     image (``[N, C, H, W]`` in [0, 1], on the CPU) shows the class ``labels[i]``; such an
-    adapter can judge synthetic images (``--synthetic-filter-by NAME``).
+    adapter can judge synthetic images (``--synthetic-filter-by NAME``). A method that
+    works only with a particular encoder has ``check_encoder(encoder)``, raising a
+    :class:`UserError` for any other: the run calls it when it is prepared, before any
+    folder exists or anything is trained.
     """
 
     uses: frozenset[str] | set[str]
@@ -231,7 +234,8 @@ OPTIONAL: dict[str, dict[str, Any]] = {
     "captioners": {"attributes": None, "to": None},
     "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None,
                    "resolved_options": None, "synthesis": frozenset({"text"})},
-    "adapters": {"trains_by_steps": True, "history": (), "scores_images": False},
+    "adapters": {"trains_by_steps": True, "history": (), "scores_images": False,
+                 "check_encoder": None},
 }
 # A declared ability and the method it promises (a resumable generator's fit taking
 # checkpoint= and resume= is exercised by imgxfer.plugin.testing.check_generator).

@@ -28,8 +28,8 @@ def record(config: RunConfig, registry: Registry, encoder: Any,
 
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for kind, name in components:
-        row = {"kind": SINGULAR[kind], "name": name,
-               **registry.origin(kind, name, config.task)}
+        row: dict[str, Any] = {"kind": SINGULAR[kind], "name": name,
+                               **registry.origin(kind, name, config.task)}
         if kind == "encoders":  # what the run read its images as (issue 29)
             row.update(in_channels=int(encoder.in_channels),
                        input_size=list(encoder_input_size(encoder)))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from imgxfer.core.config import NONE, RunConfig
 from imgxfer.core.errors import UserError
@@ -58,7 +58,7 @@ class Range:
             return value in self.values
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        return self.values[0] <= value <= self.values[1]
+        return cast(bool, self.values[0] <= value <= self.values[1])
 
     def shown(self) -> str:
         if self.scale == "choice":

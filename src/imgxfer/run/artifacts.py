@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from imgxfer.core.runfolder import atomic_save_tensors
 from imgxfer.data.images import ImageStore, as_store
 from imgxfer.nn.classifier import Classifier
-from imgxfer.plugin.protocols import declared
+from imgxfer.plugin.protocols import Encoder, declared
 
 FINGERPRINT_IMAGES = (2, 3, 32, 32)
 
@@ -27,7 +27,8 @@ def fingerprint(model: Classifier, device: torch.device) -> list[list[float]]:
     x = torch.rand(FINGERPRINT_IMAGES, generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
-    logits = model(model.encoder.preprocess(x.to(device))).float().cpu()
+    # Classifier.encoder is typed nn.Module; its preprocess is the Encoder protocol's.
+    logits = model(cast(Encoder, model.encoder).preprocess(x.to(device))).float().cpu()
     model.train(was_training)
     return [[round(v, 5) for v in row] for row in logits.tolist()]
 

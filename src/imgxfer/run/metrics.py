@@ -98,6 +98,9 @@ class SyntheticDelta(_Record):
     @classmethod
     def between(cls, with_: AdapterMetrics | TargetMetrics, without: AdapterMetrics | TargetMetrics,
                 n_synthetic: int, same_fit: bool) -> SyntheticDelta:
+        # Both come from evaluation (classification_metrics), which measures both.
+        assert with_.accuracy is not None and without.accuracy is not None
+        assert with_.macro_f1 is not None and without.macro_f1 is not None
         return cls(with_.accuracy, without.accuracy, with_.accuracy - without.accuracy,
                    with_.macro_f1, without.macro_f1, with_.macro_f1 - without.macro_f1,
                    n_synthetic, same_fit, {})
@@ -209,7 +212,7 @@ class RunMetrics:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-class Timings(dict):
+class Timings(dict[str, float]):
     """Seconds per stage, in the order the stages ran (metrics.json's ``timings_s``)."""
 
     @contextmanager

@@ -68,6 +68,8 @@ def noise_warnings(metrics: RunMetrics) -> list[str]:
     out = []
     interval = accuracy_interval(target)
     if chance is not None and _contains(interval, chance):
+        # An interval is stored with the accuracy it was computed from, or computed from it.
+        assert target.accuracy is not None
         out.append(f"target accuracy {with_interval(target.accuracy, interval)} is within "
                    f"noise of chance ({chance:.3f}) on {target.n_test} test images: the "
                    "classifier is not shown to beat guessing.")

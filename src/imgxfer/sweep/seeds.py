@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from imgxfer.core.progress import NullProgress, Progress
 from imgxfer.core.runfolder import atomic_write_json, create_run_dir
 from imgxfer.plugin.registry import Registry
 from imgxfer.run.execute import RunResult, execute
-from imgxfer.run.metrics import RunMetrics
+from imgxfer.run.metrics import AdapterMetrics, RunMetrics, SyntheticDelta
 from imgxfer.tasks import prepare
 
 # Generator quality fields summarised over seeds.
@@ -56,7 +56,8 @@ def summarise(runs: list[RunMetrics]) -> dict[str, dict[str, float]]:
     (named "<baseline> (baseline)", e.g. the source model) where every run has it."""
     groups = [(name, [r.adapters[name] for r in runs]) for name in runs[0].adapters]
     if all(r.baselines for r in runs):
-        groups += [(f"{name} (baseline)", [r.baselines[name] for r in runs])
+        groups += [(f"{name} (baseline)",
+                    [cast("dict[str, AdapterMetrics]", r.baselines)[name] for r in runs])
                    for name in runs[0].baselines or {}]
     summary: dict[str, dict[str, float]] = {}
     for name, records in groups:
@@ -79,7 +80,8 @@ def summarise_synthetic(runs: list[RunMetrics]
         for name in runs[0].synthetic_delta or {}:
             row: dict[str, float] = {"seeds": len(runs)}
             for key in ("with", "without", "delta"):
-                values = [r.synthetic_delta[name].to_json()[key] for r in runs]
+                values = [cast("dict[str, SyntheticDelta]", r.synthetic_delta)[name]
+                          .to_json()[key] for r in runs]
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
             delta[name] = row
     generator: dict[str, float] = {}

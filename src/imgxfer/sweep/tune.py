@@ -22,11 +22,11 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import optuna
@@ -45,7 +45,11 @@ from imgxfer.tasks.classify.plan import Plan, prepare
 log = logging.getLogger("imgxfer")
 
 MAX_FOLDS = 5
-DIRECTION = "maximize"  # accuracy and IM: higher is better
+DIRECTION: Final = "maximize"  # accuracy and IM: higher is better
+
+if TYPE_CHECKING:
+    # What Study.optimize calls after each trial (the study and the finished trial).
+    TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ class Tuner:
     objective: Objective
     folds: list[Split]
     rng_state: torch.Tensor
-    _synthetic: dict[tuple, ImageDataset | None] = field(default_factory=dict)
+    # (fold, generator options, images per class) -> that fold's synthetic images
+    _synthetic: dict[tuple[int, tuple[tuple[str, Any], ...], int], ImageDataset | None] = field(
+        default_factory=dict)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = {name: suggest(trial, name, rng) for name, rng in self.space.items()}
@@ -148,6 +154,7 @@ class Tuner:
         with self.same_start():
             _, metrics, _ = fit_and_evaluate(plan, plan.adapters[config.adapter], data,
                                              NullProgress(), config.adapter)
+        assert metrics.accuracy is not None  # classification_metrics always measures it
         return metrics.accuracy
 
     def im_score(self, config: RunConfig) -> float:
@@ -331,7 +338,7 @@ def sampler_and_pruner(config: RunConfig, n_trials: int, done: int) -> tuple[Any
 
 
 def run_study(opened: Study, tuner: Tuner, *, n_trials: int, timeout: float | None,
-              pruner: Any = None, callbacks: list[Callable] = ()) -> None:
+              pruner: Any = None, callbacks: Sequence[TrialCallback] = ()) -> None:
     """Enqueue the config's own values as a trial (so the study compares against them and
     its best is never worse on the objective), then optimise."""
     study = opened.study
@@ -376,7 +383,7 @@ def tune(config: RunConfig, registry: Registry, *, n_trials: int,
          timeout: float | None = None, storage: str | None = None,
          study_name: str | None = None, folds: int | None = None,
          params: list[str] | None = None, pruner: Any = None,
-         callbacks: list[Callable] = ()) -> TuneResult:
+         callbacks: Sequence[TrialCallback] = ()) -> TuneResult:
     """Check everything, load the data and pretrain the encoder, then create the tune
     folder (``<out>/<time>-tune-<name>``), run the study and write its outputs. Every
     user mistake is raised before the folder exists; a given ``storage`` is checked

@@ -7,12 +7,15 @@ import csv
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
 from imgxfer.core.config import RunConfig
 from imgxfer.core.runfolder import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 BEST = "best.toml"
 TRIALS = "trials.csv"
@@ -145,7 +148,7 @@ def history_png(study: optuna.Study) -> bytes | None:
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         axes = optuna.visualization.matplotlib.plot_optimization_history(
             study, target_name=study.user_attrs.get("objective", "objective"))
-    figure = axes.get_figure()
+    figure = cast("Figure", axes.get_figure())  # the plot's own figure, not a subfigure
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)

@@ -108,7 +108,7 @@ class ClipAdapter:
 
     def fit(self, encoder: Any, data: TransferData, *, budget: Budget, progress: Progress,
             device: torch.device) -> Classifier:
-        self._check_encoder(encoder)
+        self.check_encoder(encoder)
         text = self.text_head(data.class_names, data.target_labelled.description, device)
         keys, values = (None, None) if self.mode == "zero-shot" else self.cache_entries(
             encoder, data, device)
@@ -123,7 +123,8 @@ class ClipAdapter:
         encoder.set_cache(cache)
         return linear_classifier(encoder, text, self.alpha * values.t())
 
-    def _check_encoder(self, encoder: Any) -> None:
+    def check_encoder(self, encoder: Any) -> None:
+        """imgxfer calls it when a run is prepared, before anything is trained."""
         if not isinstance(encoder, ClipImageEncoder) or encoder.path != self.path:
             used = (f"clip:{encoder.path}" if isinstance(encoder, ClipImageEncoder)
                     else f"a {type(encoder).__name__}")

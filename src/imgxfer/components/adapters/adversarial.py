@@ -4,6 +4,7 @@ training through a gradient reversal layer."""
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -79,13 +80,17 @@ class DANN(TrainedAdapter):
         target = step.forward(step.view(step.target))
         coeff = dann_schedule(step.progress)
         features = torch.cat([source.features, target.features])
-        loss, acc = _domain_loss(step.extra(grad_reverse(features, coeff)), len(source.features))
+        critic = cast(nn.Module, step.extra)  # the discriminator of extra_modules
+        loss, acc = _domain_loss(critic(grad_reverse(features, coeff)), len(source.features))
         return self.adv_weight * loss, {"d_acc": acc}
 
 
 class _Conditioner(nn.Module):
     """CDAN's multilinear map feature ⊗ softmax (randomised when D*C exceeds
     ``max_dim``) followed by the domain discriminator."""
+
+    rf: torch.Tensor  # the random projections (buffers), when ``randomized``
+    rg: torch.Tensor
 
     def __init__(self, feature_dim: int, num_classes: int, hidden: int, max_dim: int) -> None:
         super().__init__()
@@ -104,7 +109,8 @@ class _Conditioner(nn.Module):
         return torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(h)
+        logits: torch.Tensor = self.discriminator(h)
+        return logits
 
 
 class CDAN(TrainedAdapter):
@@ -148,11 +154,13 @@ class CDAN(TrainedAdapter):
         n = len(source.features)
         features = torch.cat([source.features, target.features])
         probs = torch.cat([source.logits, target.logits]).softmax(1).detach()
-        h = step.extra.condition(features, probs)
+        conditioner = cast(_Conditioner, step.extra)  # what extra_modules built
+        h = conditioner.condition(features, probs)
         weight = None
         if self.entropy:
             ent = -(probs * probs.clamp_min(1e-8).log()).sum(1)
             w = 1.0 + torch.exp(-ent)
             weight = torch.cat([w[:n] / w[:n].mean(), w[n:] / w[n:].mean()])
-        loss, acc = _domain_loss(step.extra(grad_reverse(h, dann_schedule(step.progress))), n, weight)
+        loss, acc = _domain_loss(conditioner(grad_reverse(h, dann_schedule(step.progress))), n,
+                                 weight)
         return self.adv_weight * loss, {"d_acc": acc}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from imgxfer.nn.augmentation import DEFAULT, Augmentation
 from imgxfer.nn.classifier import Classifier
 from imgxfer.nn.probe import fit_probe, labelled_sets, target_images
 from imgxfer.nn.training import (
+    Preprocess,
     adapt_batchnorm,
     channels_last_training,
     conv_layout,
@@ -75,18 +76,18 @@ def check_options(adapter: str, *, nonnegative: dict[str, float] | None = None,
 # --------------------------------------------------------------------------- adversarial
 class _GradientReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, coeff: float) -> torch.Tensor:
         ctx.coeff = coeff
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.coeff * grad, None
 
 
 def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     """Identity forward, gradient multiplied by ``-coeff`` backward (Ganin & Lempitsky 2015)."""
-    return _GradientReverse.apply(x, coeff)
+    return cast(torch.Tensor, _GradientReverse.apply(x, coeff))
 
 
 def dann_schedule(progress: float, gamma: float = 10.0) -> float:
@@ -131,7 +132,8 @@ class Step:
 
     def forward(self, images: torch.Tensor) -> Forward:
         """Preprocess raw [0,1] images, move them to the device and run the model."""
-        x = conv_layout(self.model.encoder.preprocess(images.to(self.device)), self.channels_last)
+        preprocess = cast(Preprocess, self.model.encoder.preprocess)
+        x = conv_layout(preprocess(images.to(self.device)), self.channels_last)
         f = self.model.encoder(x)
         return Forward(f, self.model.head(f))
 
@@ -210,7 +212,8 @@ class TrainedAdapter:
             idx, raw = next(streams[key])
             images = self.augmentation(raw.to(device), generator=g)
             images, labels, labels_b, lam = reg.mix_batch(images, ds.labels[idx].to(device), g)
-            f = model.encoder(conv_layout(model.encoder.preprocess(images), layout))
+            preprocess = cast(Preprocess, model.encoder.preprocess)
+            f = model.encoder(conv_layout(preprocess(images), layout))
             out = outputs[key] = Forward(f, model.head(f), labels)
             loss = loss + self.weights[key] * (
                 mixed_cross_entropy(out.logits, labels, labels_b, lam, self.label_smoothing)
@@ -253,9 +256,12 @@ class TrainedAdapter:
         budget.start()
         model = self.build_model(encoder, data, device)
         layout = channels_last_training(model, device)
-        extra = self.extra_modules(encoder.feature_dim, data.target_labelled.num_classes)
+        extra = self.extra_modules(cast(int, encoder.feature_dim),
+                                   data.target_labelled.num_classes)
         extra = extra.to(device) if extra is not None else None
         opt = self.optimizer(model, extra)
+        # Adapters get a step budget (Budget(adapter_steps)); only generators' are time-only.
+        assert budget.steps is not None
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, budget.steps))
         g = torch.Generator().manual_seed(self.seed)
         use_target = self.needs_target and pool is not None and len(pool) > 0
@@ -288,6 +294,6 @@ class TrainedAdapter:
                 task.advance(1, loss=self.history[-1], **info)
         distributed.sync_buffers(model, extra)
         if self.adabn and pool is not None and len(pool):
-            adapt_batchnorm(model, pool, device, preprocess=encoder.preprocess)
+            adapt_batchnorm(model, pool, device, preprocess=cast(Preprocess, encoder.preprocess))
         model.eval()
         return model

@@ -27,7 +27,8 @@ the reversal weight from 0 to ``adversarial``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +75,14 @@ class DenseAdapter:
         self.history: list[float] = []
 
     def labelled(self, data: TransferData) -> dict[str, tuple[SceneDataset, float]]:
-        sets = {"source": data.source, "target": data.target_labelled,
-                "synthetic": data.synthetic}
+        # A dense run's TransferData holds scene datasets (see TransferData).
+        sets = cast("dict[str, SceneDataset | None]",
+                    {"source": data.source, "target": data.target_labelled,
+                     "synthetic": data.synthetic})
         uses = {"source": "source", "target": "target_labelled", "synthetic": "synthetic"}
-        return {name: (sets[name], self.weights[name]) for name in sets
+        return {name: (ds, self.weights[name]) for name, ds in sets.items()
                 if uses[name] in self.uses and self.weights[name] > 0
-                and sets[name] is not None and len(sets[name])}
+                and ds is not None and len(ds)}
 
     def target_loss(self, model: DenseModel, images: torch.Tensor, progress: float,
                     outputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -97,7 +100,8 @@ class DenseAdapter:
         unsupervised = type(self).target_loss is not DenseAdapter.target_loss
         self.history = train(model, labelled, self.recipe, budget=budget, device=device,
                              progress=progress, what=f"adapter {self.name}",
-                             unlabelled=data.target_unlabelled if unsupervised else None,
+                             unlabelled=(cast(SceneDataset, data.target_unlabelled)
+                                         if unsupervised else None),
                              target_loss=self.target_loss if unsupervised else None,
                              extra=self.extra_modules(model, device))
         if self.adabn:
@@ -214,7 +218,7 @@ class SelfTraining(FineTune):
         strong = perturb(images, self.generator)
         weak_out, strong_out = _split_outputs(model(torch.cat([images, strong])), len(images))
         pseudo = model.pseudo_labels(weak_out, self.threshold
-                                     or model.head.default_threshold)
+                                     or cast(float, model.head.default_threshold))
         # A scene without one confident pixel or box says nothing about where objects
         # are; taken as "all background" it would teach the detector to find nothing.
         keep = informative(pseudo)
@@ -228,7 +232,8 @@ def perturb(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A photometric view of preprocessed images: per-image contrast (x0.6-1.4),
     brightness (+-0.4) and Gaussian noise (std 0.1), drawn from ``generator``."""
     n = len(images)
-    draw = (lambda *shape: torch.rand(*shape, generator=generator).to(images.device))
+    draw: Callable[..., torch.Tensor] = (
+        lambda *shape: torch.rand(*shape, generator=generator).to(images.device))
     contrast = 0.6 + 0.8 * draw(n, 1, 1, 1)
     brightness = 0.8 * draw(n, 1, 1, 1) - 0.4
     noise = torch.randn(images.shape, generator=generator).to(images.device) * 0.1
@@ -239,7 +244,7 @@ def perturb(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def informative(pseudo: dict[str, Any]) -> torch.Tensor:
     """Per scene of a pseudo-labelled batch: whether it has a confident pixel or box."""
     if "masks" in pseudo:
-        return (pseudo["masks"] != IGNORE).flatten(1).any(1)
+        return cast(torch.Tensor, (pseudo["masks"] != IGNORE).flatten(1).any(1))
     return torch.tensor([len(b) > 0 for b in pseudo["boxes"]])
 
 
@@ -256,7 +261,7 @@ def strong_out_sum(outputs: Any) -> torch.Tensor:
     """A zero that keeps the graph (for a step whose target batch teaches nothing)."""
     if isinstance(outputs, torch.Tensor):
         return outputs.sum()
-    return sum(v.sum() for v in outputs.values())
+    return cast(torch.Tensor, sum(v.sum() for v in outputs.values()))
 
 
 def _split_outputs(outputs: Any, n: int) -> tuple[Any, Any]:

@@ -3,6 +3,8 @@ al. 2015): align source and target feature statistics with a discrepancy loss.""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from imgxfer.components.adapters.common import TUNABLE, Step, TrainedAdapter, check_options
@@ -31,7 +33,8 @@ def mk_mmd(source: torch.Tensor, target: torch.Tensor, kernels: int = 5,
     d2 = torch.cdist(x, x).pow(2)
     base = d2.detach().sum() / max(1, n * n - n)
     base = base.clamp_min(1e-8) / multiplier ** (kernels // 2)
-    k = sum(torch.exp(-d2 / (base * multiplier ** i)) for i in range(kernels))
+    k = cast(torch.Tensor, sum(torch.exp(-d2 / (base * multiplier ** i))
+                               for i in range(kernels)))
     return k[:ns, :ns].mean() + k[ns:, ns:].mean() - 2 * k[:ns, ns:].mean()
 
 

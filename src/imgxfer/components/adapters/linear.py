@@ -3,6 +3,8 @@ Kumar et al. 2022)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -56,7 +58,8 @@ class LinearProbe:
             model = fit_probe(encoder, data, self.weights, c=self.c, max_iter=self.max_iter,
                               adabn=self.adabn, device=device, name="linear",
                               cache=self.feature_cache)
-            task.advance(budget.steps)
+            # Adapters get a step budget; a time-only one (None) would advance nothing.
+            task.advance(cast(int, budget.steps))
         model.eval()
         return model
 

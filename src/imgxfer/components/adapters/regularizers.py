@@ -69,7 +69,8 @@ class Regularization:
         """The squared smallest singular value of a batch's [N, D] features (k = 1)."""
         if not self.bss or min(features.shape) < 2:
             return 0.0
-        return self.bss * torch.linalg.svdvals(features.float())[-1] ** 2
+        penalty: torch.Tensor = self.bss * torch.linalg.svdvals(features.float())[-1] ** 2
+        return penalty
 
     def mix_batch(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

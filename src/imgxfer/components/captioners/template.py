@@ -321,11 +321,13 @@ class TemplateCaptioner:
             labels = labels.tolist() if isinstance(labels, torch.Tensor) else labels
             texts = [class_names[int(y)] for y in labels]
         elif classifier is not None:
+            assert images is not None  # labels is None here, so images is not (see above)
             proba = classifier(images)
             conf, pred = proba.max(1)
             texts = [f"(probably {class_names[p]}, p={c:.2f})"
                      for p, c in zip(pred.tolist(), conf.tolist(), strict=True)]
         else:
+            assert images is not None  # labels is None here, so images is not (see above)
             texts = ["of unknown class"] * len(images)
         if images is not None and len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} labels")

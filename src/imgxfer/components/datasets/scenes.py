@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ def _check_scene_options(digits: str, n: int, size: int, max_digits: int) -> Non
     if digits not in SOURCES:
         raise UserError(f"{what}: the digits must be one of {', '.join(SOURCES)}, "
                         f"got {digits!r}.")
-    whole = (lambda v: isinstance(v, int) and not isinstance(v, bool))
+    whole: Callable[[object], bool] = (lambda v: isinstance(v, int) and not isinstance(v, bool))
     if not whole(n) or n < 1:
         raise UserError(f"{what}: option n must be a whole number of scenes, 1 or more, "
                         f"got {n!r}.")
@@ -421,7 +421,7 @@ def _read_coco(file: Path, what: str) -> dict[str, Any]:
         # Nothing to train on or to score against: a run would "succeed" on empty labels.
         raise UserError(f"{what}: the file lists no annotations; a scene dataset needs "
                         "boxes or masks to train and test on.")
-    return spec
+    return cast("dict[str, Any]", spec)  # checked above to be a dict
 
 
 def _check_unique_ids(images: list[dict[str, Any]], what: str) -> None:
@@ -578,7 +578,8 @@ def _segmentation(seg: Any, h: int, w: int, what: str) -> np.ndarray:
         raise UserError(f"{what}: an RLE segmentation is damaged or does not cover its "
                         f"size of {h}x{w} pixels.")
     values = np.repeat(np.arange(len(runs)) % 2, runs).astype(bool)
-    return values.reshape(w, h).T  # COCO's RLE runs down columns
+    mask: np.ndarray = values.reshape(w, h).T  # COCO's RLE runs down columns
+    return mask
 
 
 def _rle_string(text: str) -> list[int]:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -89,8 +89,8 @@ class TorchvisionEncoder(nn.Module):
             # user fills by hand: check it like any other file.
             load_state(model, state, head=head, path=cached, arch=arch)
             source = f"imagenet ({weights})"
-        elif state is not None:
-            load_state(model, state, head=head, path=source, arch=arch)
+        elif state is not None:  # read from a file: ``source`` is its Path
+            load_state(model, state, head=head, path=cast(Path, source), arch=arch)
             source = str(source)
 
         linear = model.get_submodule(head)
@@ -116,7 +116,8 @@ class TorchvisionEncoder(nn.Module):
         return prepare(images, channels=3, size=self.input_size, mean=self.mean, std=self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        features: torch.Tensor = self.model(x)
+        return features
 
     def extra_repr(self) -> str:
         return (f"arch={self.arch!r}, feature_dim={self.feature_dim}, "

@@ -69,7 +69,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,8 @@ def _doublings(image_size: int) -> int:
 def _channels(width: int, doublings: int, level: int) -> int:
     """Channels at resolution ``4 * 2**level``: ``width`` at half the image size, doubling
     per further halving up to 8x ``width`` (so large images keep small layers small)."""
-    return width * 2 ** min(doublings - 1 - level, 3)
+    channels: int = width * 2 ** min(doublings - 1 - level, 3)
+    return channels
 
 
 class _ConditionalNorm(nn.Module):
@@ -153,7 +154,8 @@ class _ConditionalNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.affine(cond)[:, :, None, None].chunk(2, dim=1)
-        return self.norm(x) * (1 + scale) + shift
+        out: torch.Tensor = self.norm(x) * (1 + scale) + shift
+        return out
 
 
 class _Generator(nn.Module):
@@ -217,7 +219,8 @@ class _Discriminator(nn.Module):
         h = self.features(x).sum(dim=(2, 3))
         # Projection discriminator: unconditional score plus <condition embedding, features>.
         cond = self.class_embed(labels) + self.text_proj(self.text(text_ids))
-        return self.linear(h).squeeze(1) + (cond * h).sum(dim=1)
+        scores: torch.Tensor = self.linear(h).squeeze(1) + (cond * h).sum(dim=1)
+        return scores
 
 
 def _diff_augment(x: torch.Tensor, policy: Augmentation,
@@ -250,8 +253,9 @@ def _caption_pairs(labels: torch.Tensor, caption_of: torch.Tensor, domains: Sequ
     is_target = torch.tensor([d == target_domain for d in domains])
     source, target = {}, {}
     for c in range(num_classes):
-        s = caption_of[(labels == c) & ~is_target].unique()
-        t = caption_of[(labels == c) & is_target].unique()
+        # Tensor.unique is unannotated in torch: cast the bound method to its type.
+        s = cast(Callable[[], torch.Tensor], caption_of[(labels == c) & ~is_target].unique)()
+        t = cast(Callable[[], torch.Tensor], caption_of[(labels == c) & is_target].unique)()
         if len(s) and len(t):
             source[c], target[c] = s, t
     if not source:  # no class has images of both domains: nothing to keep consistent
@@ -284,9 +288,9 @@ class _Nets:
     """The GAN's networks in training: generator, discriminator, the generator's EMA copy
     (the sampler), their optimisers, and the random streams for drawing images and noise."""
 
-    g: nn.Module
-    d: nn.Module
-    ema: nn.Module
+    g: _Generator
+    d: _Discriminator
+    ema: _Generator
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     draw_rng: torch.Generator
@@ -411,7 +415,7 @@ class ConditionalGAN:
         checkpoint from other options or other data is refused with a :class:`UserError`.
         """
         device = torch.device(device)
-        checkpoint = check_fit_inputs("gan", data, checkpoint)
+        checkpoint = cast("Path | None", check_fit_inputs("gan", data, checkpoint))
         if data.synthesis == "translate":
             return self._fit_translator(data, budget, progress, device, checkpoint, resume)
         self._translator = None  # one network at a time: the sampler from here on

@@ -74,7 +74,8 @@ class Translator(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         noise = self.noise(z).view(len(z), 1, self.image_size, self.image_size)
-        return self.net(torch.cat([x, noise], 1))
+        out: torch.Tensor = self.net(torch.cat([x, noise], 1))
+        return out
 
 
 class _Critic(nn.Module):
@@ -87,7 +88,8 @@ class _Critic(nn.Module):
         self.head = spectral_norm(nn.Linear(4 * width, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).sum((2, 3))).flatten()
+        scores: torch.Tensor = self.head(self.features(x).sum((2, 3)))
+        return scores.flatten()
 
 
 def _content_classifier(channels: int, width: int, classes: int) -> nn.Module:
@@ -114,7 +116,8 @@ class TranslationData:
         is_target = torch.tensor([d == data.target_domain for d in data.domains])
         unlabelled = data.unlabelled if data.unlabelled is not None else data.images[:0]
         channels = int(unlabelled.shape[1]) if len(unlabelled) else int(data.images.shape[1])
-        prepare = lambda x: to_model_range(match_channels(x.float(), channels), size)  # noqa: E731
+        prepare: Callable[[torch.Tensor], torch.Tensor] = (  # noqa: E731
+            lambda x: to_model_range(match_channels(x.float(), channels), size))
         shots = prepare(data.images[is_target])
         source = prepare(data.images[~is_target])
         return cls(source, data.labels[~is_target].long(), shots,
@@ -152,7 +155,9 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
         t = _content_classifier(channels, width, data.classes).to(device)
     # channels_last makes these small convolutions (and max pooling) several times
     # faster on a CPU (oneDNN); the weights are the same numbers in another layout.
-    g, d, t = (m.to(memory_format=torch.channels_last) for m in (g, d, t))
+    g = g.to(memory_format=torch.channels_last)
+    d = d.to(memory_format=torch.channels_last)
+    t = t.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=4 * lr, betas=(0.5, 0.999))
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -200,8 +205,10 @@ def _mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 1 / (spread + 1e-5)
 
 
-def _update(g: nn.Module, d: nn.Module, t: nn.Module, optimizers: tuple, x: torch.Tensor,
-            y: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, data: TranslationData,
+def _update(g: nn.Module, d: nn.Module, t: nn.Module,
+            optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer,
+                              torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor,
+            real: torch.Tensor, fake: torch.Tensor, data: TranslationData,
             content_weight: float, draw: torch.Generator, device: torch.device,
             extra: torch.Tensor | None = None) -> dict[str, float]:
     """One step of each network: critic (hinge), content classifier (source, translated

@@ -22,6 +22,8 @@ keeps the prediction positive and makes the L1 loss a relative error, so a 4-pix
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,7 +68,7 @@ class CenterNetHead(nn.Module):
         self.heatmap = _branch(width, num_classes)
         self.size = _branch(width, 2)
         self.offset = _branch(width, 2)
-        nn.init.constant_(self.heatmap[-1].bias, HEATMAP_BIAS)
+        nn.init.constant_(cast(torch.Tensor, self.heatmap[-1].bias), HEATMAP_BIAS)
 
     def forward(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         used = [maps[i] for i in self.levels]
@@ -179,7 +181,7 @@ def detection_loss(outputs: dict[str, torch.Tensor], boxes: list[torch.Tensor],
     # Targets are drawn on the CPU (small, built box by box), then moved to the outputs.
     targets = detection_targets([b.detach().cpu() for b in boxes],
                                 [lab.detach().cpu() for lab in labels], heatmap.shape[1],
-                                tuple(heatmap.shape[-2:]), stride)
+                                cast("tuple[int, int]", tuple(heatmap.shape[-2:])), stride)
     targets = {k: v.to(heatmap.device) for k, v in targets.items()}
     mask = targets["mask"].unsqueeze(-1).float()
     count = targets["mask"].sum().clamp(min=1)
@@ -250,13 +252,15 @@ class DetectionHead(CenterNetHead):
         self.image_size = tuple(size)  # decoding clips boxes to the image
         return super().forward(maps)
 
-    def loss(self, outputs: dict[str, torch.Tensor], target: dict) -> tuple[torch.Tensor, dict]:
+    def loss(self, outputs: dict[str, torch.Tensor], target: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         return detection_loss(outputs, target["boxes"], target["labels"], self.stride)
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return decode(outputs, self.stride, image_size=getattr(self, "image_size", None))
 
-    def pseudo_labels(self, outputs: dict[str, torch.Tensor], threshold: float) -> dict:
+    def pseudo_labels(self, outputs: dict[str, torch.Tensor], threshold: float
+                      ) -> dict[str, Any]:
         decoded = decode(outputs, self.stride, score_threshold=threshold,
                          image_size=getattr(self, "image_size", None))
         boxes, labels = pseudo_targets(decoded, threshold)

@@ -10,7 +10,7 @@ wasted, which costs nothing next to the convolutions)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ def stage_layers(encoder: nn.Module, size: tuple[int, int]) -> list[tuple[str, i
     ``encoder`` for ``size`` inputs, finest first. Modules called more than once per pass
     (a ReLU shared inside a ResNet block) are left out."""
     device = next(encoder.parameters()).device
-    example = torch.zeros(1, encoder.in_channels, *size, device=device)
+    example = torch.zeros(1, cast(int, encoder.in_channels), *size, device=device)
     shapes = output_shapes(encoder, lambda: encoder(example))
     last: dict[int, tuple[str, int]] = {}  # height -> (name, channels), last call wins
     for name, shape in shapes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -28,8 +28,20 @@ def _segmentation(name: str) -> Callable[..., nn.Module]:
     def make(channels: list[int], strides: list[int], num_classes: int) -> nn.Module:
         from imgxfer.nn.dense import segmentation
 
-        return getattr(segmentation, name)(channels, strides, num_classes)
+        head: nn.Module = getattr(segmentation, name)(channels, strides, num_classes)
+        return head
     return make
+
+
+class _HeadOps(Protocol):
+    """What a dense model asks of its head module besides its forward."""
+
+    def loss(self, outputs: Any, target: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def predict(self, outputs: Any) -> Any: ...
+
+    def pseudo_labels(self, outputs: Any, threshold: float) -> dict[str, Any]: ...
 
 
 def _centernet(channels: list[int], strides: list[int], num_classes: int) -> nn.Module:
@@ -85,19 +97,21 @@ class DenseModel(nn.Module):
         return self.pyramid.encoder
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.preprocess(images)
+        preprocess = cast(Callable[[torch.Tensor], torch.Tensor], self.encoder.preprocess)
+        return preprocess(images)
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.head(self.pyramid(x), tuple(x.shape[-2:]))
 
-    def loss(self, outputs: Any, target: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        return self.head.loss(outputs, target)
+    def loss(self, outputs: Any, target: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        return cast(_HeadOps, self.head).loss(outputs, target)
 
     def predict(self, outputs: Any) -> Any:
-        return self.head.predict(outputs)
+        return cast(_HeadOps, self.head).predict(outputs)
 
     def pseudo_labels(self, outputs: Any, threshold: float) -> dict[str, Any]:
-        return self.head.pseudo_labels(outputs, threshold)
+        return cast(_HeadOps, self.head).pseudo_labels(outputs, threshold)
 
     def describe(self) -> dict[str, Any]:
         """What metrics.json and the saved model record to rebuild it."""

@@ -38,7 +38,8 @@ class SegmentationHead(nn.Module):
         raise NotImplementedError
 
     @staticmethod
-    def loss(logits: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    def loss(logits: torch.Tensor, target: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """Pixel-wise cross-entropy; :data:`IGNORE` pixels do not count (a batch where
         every pixel is ignored, a pseudo-labelled batch with no confident pixel, gives 0)."""
         masks = target["masks"]
@@ -79,7 +80,8 @@ class UNetHead(SegmentationHead):
         for i in reversed(range(len(maps) - 1)):
             x = F.interpolate(x, size=maps[i].shape[-2:], mode="bilinear", align_corners=False)
             x = self.mix[i](torch.cat([x, self.skips[i](maps[i])], 1))
-        return self.classify(x)
+        logits: torch.Tensor = self.classify(x)
+        return logits
 
 
 class CoarsestMapHead(SegmentationHead):
@@ -90,7 +92,8 @@ class CoarsestMapHead(SegmentationHead):
         self.head = head
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(maps[-1])
+        logits: torch.Tensor = self.head(maps[-1])
+        return logits
 
 
 def FCNHead(channels: list[int], strides: list[int], num_classes: int) -> SegmentationHead:
@@ -122,4 +125,5 @@ class LRASPPHead(SegmentationHead):
         self.head = TorchvisionLRASPP(channels[self.low], channels[-1], num_classes + 1, width)
 
     def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.head({"low": maps[self.low], "high": maps[-1]})
+        logits: torch.Tensor = self.head({"low": maps[self.low], "high": maps[-1]})
+        return logits

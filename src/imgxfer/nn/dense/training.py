@@ -7,7 +7,7 @@ adapter's unlabelled-target loss forwards the target batch on its own too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,7 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
           recipe: Recipe, *, budget: Budget, device: torch.device,
           progress: Progress = NullProgress(), what: str = "train",
           unlabelled: SceneDataset | None = None, target_loss: TargetLoss | None = None,
-          extra: list[nn.Parameter] = ()) -> list[float]:
+          extra: Sequence[nn.Parameter] = ()) -> list[float]:
     """Train ``model`` in place until ``budget`` is spent: each step one batch of every
     labelled set with weight > 0 (the head's loss, weighted) plus, with ``target_loss``,
     that loss on a batch of ``unlabelled``. Returns the loss of each step."""

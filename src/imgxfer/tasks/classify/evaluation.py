@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
+def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                            class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy (with its 95% Wilson interval), macro precision/recall/F1, per-class
     figures and the confusion matrix."""

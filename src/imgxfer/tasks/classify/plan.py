@@ -115,6 +115,10 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     generator = (make("generators", config.generator, config.options["generator"])
                  if config.generator != NONE else None)
     check_zero_steps(config, adapters, generator)
+    for adapter in adapters.values():  # an adapter that needs a particular encoder
+        check_encoder = declared(adapter, "check_encoder", "adapters")
+        if check_encoder is not None:
+            check_encoder(encoder)
     if generator is not None:
         config = with_mode_steps(resolve_synthesis(config, generator, split))
         check_generator_mode(config, generator, registry, split)

@@ -37,7 +37,7 @@ their values compare generators within one setup (same encoder, same real set) a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from imgxfer.nn.classifier import Classifier
 from imgxfer.nn.nets import SmallConvNet
 from imgxfer.nn.training import evaluate_accuracy, train_supervised
 from imgxfer.run.uncertainty import wilson_interval
+
+if TYPE_CHECKING:
+    from imgxfer.plugin.protocols import Encoder
 
 # The CAS classifier: fixed so that scores from different runs compare.
 CAS_WIDTH = 8
@@ -200,7 +203,7 @@ def classification_accuracy_score(train: ImageDataset, test: ImageDataset, *,
     model = train_classifier(train, steps=steps, width=width, input_size=size, seed=seed,
                              device=device)
     return evaluate_accuracy(model, test.images, test.labels, torch.device(device),
-                             preprocess=model.encoder.preprocess)
+                             preprocess=cast("Encoder", model.encoder).preprocess)
 
 
 def label_agreement(synthetic: ImageDataset, reference: ImageDataset, real_test: ImageDataset,
@@ -213,7 +216,7 @@ def label_agreement(synthetic: ImageDataset, reference: ImageDataset, real_test:
     size = max(8, int(real_test.images.shape[-1]))
     model = train_classifier(reference, steps=steps, input_size=size, seed=seed, device=device)
     device = torch.device(device)
-    prep = model.encoder.preprocess
+    prep = cast("Encoder", model.encoder).preprocess  # Classifier.encoder is typed nn.Module
     return {"cas_real": evaluate_accuracy(model, real_test.images, real_test.labels, device,
                                           preprocess=prep),
             "label_kept": evaluate_accuracy(model, synthetic.images, synthetic.labels, device,

@@ -9,7 +9,7 @@ import io
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
@@ -29,6 +29,12 @@ from imgxfer.data.dataset import ImageDataset, Split  # noqa: E402
 from imgxfer.run.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # noqa: E402
 from imgxfer.run.uncertainty import accuracy_interval, cas_intervals, noise_warnings, with_interval  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from imgxfer.data.images import ImageStore
+
 
 def write_captions(path: Path, captions: dict[str, list[str]], source: ImageDataset,
                    split: Split, synthetic: ImageDataset | None = None) -> None:
@@ -46,21 +52,21 @@ def write_captions(path: Path, captions: dict[str, list[str]], source: ImageData
         for i, text in enumerate(texts):
             row: dict[str, Any] = {"set": part, "index": i, "caption": text}
             if paths.get(part) is not None:
-                row["path"] = paths[part][i]
+                row["path"] = cast("list[str]", paths[part])[i]
             if known is not None:
                 row["label"] = source.class_names[int(known[i])]
             rows.append(json.dumps(row))
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
 
-def _show(ax: plt.Axes, image: torch.Tensor) -> None:
+def _show(ax: Axes, image: torch.Tensor) -> None:
     img = image.permute(1, 2, 0).numpy()
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
@@ -108,14 +114,14 @@ def thumbnail(image: torch.Tensor, size: int = 64) -> bytes:
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array[..., :3])
     scale = max(1, size // max(pil.size))
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def captioned_images(sets: dict[str, tuple[torch.Tensor | None, list[str]]], per_set: int = 4
-                     ) -> list[tuple[str, int, bytes, str]]:
+def captioned_images(sets: dict[str, tuple[torch.Tensor | ImageStore | None, list[str]]],
+                     per_set: int = 4) -> list[tuple[str, int, bytes, str]]:
     """(set, index, thumbnail PNG, caption) for ``per_set`` images of each set, spread
     evenly over the set (sets are ordered by class, so several classes show)."""
     rows = []
@@ -141,6 +147,7 @@ def confusion_plot(matrix: list[list[int]], class_names: list[str]) -> bytes:
 
 def loss_plot(history: dict[str, list[float]], title: str = "generator training") -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3))
+    values: list[float] | np.ndarray  # each loss curve, then as an array
     for name, values in history.items():
         values = np.asarray(values, dtype=float)
         k = max(1, len(values) // 100)  # moving average: raw per-step losses are noisy
@@ -218,9 +225,10 @@ def _generator_sections(metrics: RunMetrics) -> list[str]:
 
 
 def _quality_section(gen: GeneratorMetrics, n_test: int | None) -> list[str]:
+    assert gen.cas is not None  # _generator_sections calls it only for a measured CAS
     space = html.escape(gen.feature_space or "the run's encoder")
     cas, cas_real = cas_intervals(gen, n_test)
-    floor = _or_dash(gen.fid_real) if gen.fid_real_spread is None else \
+    floor: Any = _or_dash(gen.fid_real) if gen.fid_real_spread is None else \
         f"{gen.fid_real:.4f} ± {gen.fid_real_spread:.4f}"
     parts = [
         "<h2>Generator quality</h2><p>CAS: a fixed small classifier (imgxfer.nn.nets.SmallConvNet) trained on "
@@ -297,8 +305,9 @@ def write_report(folder: Path, config: Any, metrics: RunMetrics, extras: dict[st
                                   "real target (test split)": 5, "synthetic": 6})
     atomic_write_bytes(folder / SAMPLES, grid)
     parts = _header(folder, config, metrics) + _setup(config, metrics) + _target_metrics(metrics)
-    parts.append(_img_tag(confusion_plot(metrics.target.confusion_matrix, names),
-                          "confusion matrix"))
+    # classification_metrics always gives the run's target its confusion matrix
+    matrix = cast("list[list[int]]", metrics.target.confusion_matrix)
+    parts.append(_img_tag(confusion_plot(matrix, names), "confusion matrix"))
     parts.append(_samples(grid, synthetic is not None, len(split.labelled) > 0))
     parts += _synthesis_origins(names, extras, metrics.generator)
     parts += _generator_sections(metrics)
@@ -387,6 +396,7 @@ def _target_metrics(metrics: RunMetrics) -> list[str]:
     # The IM score wherever the console shows it: in this table for one adapter, in the
     # comparison below for several.
     im = target.unlabelled_im if len(adapters) == 1 else None
+    assert target.accuracy is not None  # classification_metrics always measures it
     parts = ["<h2>Target test metrics</h2>" + _table(
         ["accuracy", "macro precision", "macro recall", "macro F1"]
         + (["IM (no labels)"] if im is not None else []),

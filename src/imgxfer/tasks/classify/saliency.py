@@ -10,8 +10,9 @@ overlays. Any encoder works whose network has a layer with a spatial output
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from imgxfer.core.errors import UserError
 from imgxfer.nn.layers import output_shapes
-from imgxfer.plugin.protocols import encoder_input_size
+from imgxfer.plugin.protocols import Encoder, encoder_input_size
 
 # --method names and the pytorch-grad-cam classes behind them (imported when used:
 # the library pulls in OpenCV). All read one layer's activations; eigencam uses no
@@ -56,7 +57,7 @@ def spatial_layers(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     encoder's input size, in the order their outputs are complete, with that shape.
     Modules called more than once per forward pass (a ReLU shared inside a ResNet block)
     are left out: the library would mix up their several outputs."""
-    encoder = model.encoder
+    encoder = cast(Encoder, model.encoder)  # a Classifier's (typed nn.Module)
     device = next(model.parameters()).device
     example = torch.zeros(1, encoder.in_channels, *encoder_input_size(encoder), device=device)
     return [(name, shape) for name, shape in
@@ -119,7 +120,7 @@ def explain(model: nn.Module, images: torch.Tensor, classes: Sequence[int] | Non
     try:
         with getattr(pytorch_grad_cam, METHODS[check_method(method)])(model, [module]) as cam:
             for i in range(0, len(images), BATCH):
-                x = model.encoder.preprocess(images[i:i + BATCH].to(device))
+                x = cast(Encoder, model.encoder).preprocess(images[i:i + BATCH].to(device))
                 # An input that needs gradients: a frozen encoder (linear probe) would
                 # otherwise give the layer's output no gradient to read.
                 x = x.detach().requires_grad_(True)
@@ -145,18 +146,18 @@ def class_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        out = [model(model.encoder.preprocess(images[i:i + BATCH].to(device))).float()
-               .softmax(1).cpu() for i in range(0, len(images), BATCH)]
+        out = [model(cast(Encoder, model.encoder).preprocess(images[i:i + BATCH].to(device)))
+               .float().softmax(1).cpu() for i in range(0, len(images), BATCH)]
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.head.out_features)
+    return torch.cat(out) if out else torch.empty(0, cast(nn.Linear, model.head).out_features)
 
 
 def rgb(image: torch.Tensor) -> np.ndarray:
     """A [C, H, W] image in [0, 1] as uint8 [H, W, 3] (grey repeated)."""
     image = image.detach().float().cpu().clamp(0, 1)
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return cast(np.ndarray, (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def overlay(image: torch.Tensor, cam: np.ndarray, *, min_size: int = 0,
@@ -169,8 +170,9 @@ def overlay(image: torch.Tensor, cam: np.ndarray, *, min_size: int = 0,
     image = image.detach().float().cpu().clamp(0, 1)
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
     h, w = max(image.shape[1], cam.shape[0]), max(image.shape[2], cam.shape[1])
-    resize = lambda t: torch.nn.functional.interpolate(  # noqa: E731
-        t[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    resize: Callable[[torch.Tensor], torch.Tensor] = (  # noqa: E731
+        lambda t: torch.nn.functional.interpolate(t[None], size=(h, w), mode="bilinear",
+                                                  align_corners=False)[0])
     base = resize(image).clamp(0, 1).permute(1, 2, 0).numpy()
     heat = resize(torch.from_numpy(np.ascontiguousarray(cam, np.float32))[None])[0]
     out = show_cam_on_image(base, heat.clamp(0, 1).numpy(), use_rgb=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from imgxfer.core.errors import UserError
 from imgxfer.core.runfolder import atomic_save_tensors, read_tensors
@@ -48,4 +48,4 @@ def load(path: Path, encoder: Any) -> DenseModel:
 
 def describe(path: Path) -> dict[str, Any]:
     _, meta = read_tensors(path)
-    return json.loads(meta["describe"])
+    return cast(dict[str, Any], json.loads(meta["describe"]))

@@ -28,6 +28,7 @@ def evaluate(model: DenseModel, test: SceneDataset, device: torch.device
     chunks = predict(model, test, device)
     if model.task == "segment":
         masks = torch.cat([c["masks"] for c in chunks])
+        assert test.masks is not None  # a segment model's scenes are read with their masks
         scores = metrics.segmentation_metrics(masks, test.masks, test.class_names)
         return list(masks), scores
     detections = [d for chunk in chunks for d in chunk]

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from imgxfer.core.runfolder import PREDICTIONS, REPORT, atomic_write_bytes, atomic_write_text
 from imgxfer.data.scenes import IGNORE, SceneDataset
-from imgxfer.tasks.classify.report import _CSS, _img_tag, _png, _table, loss_plot, plt
+from imgxfer.tasks.classify.report import _CSS, _img_tag, _png, _table, loss_plot
 from imgxfer.tasks.dense.evaluate import COLUMNS, PER_CLASS
+
+# isort: split
+# After imgxfer.tasks.classify.report, which chooses the Agg backend before pyplot loads.
+import matplotlib.pyplot as plt
 
 SHOWN = 4  # best and worst test scenes in the figure
 TEXT_PT = 9  # titles, row names, the legend (at _png's 110 dpi about 14 px)
@@ -96,11 +100,15 @@ def scene_scores(test: SceneDataset, predictions: list[Any]) -> np.ndarray:
             scores.append(float((pred[objects] == truth[objects]).float().mean())
                           if objects.any() else float((pred == 0).float().mean()))
         else:
-            scores.append(_detection_score(test.boxes[i], test.box_labels[i], pred))
+            # not a mask: detections, so the scenes have boxes
+            boxes = cast("list[torch.Tensor]", test.boxes)
+            labels = cast("list[torch.Tensor]", test.box_labels)
+            scores.append(_detection_score(boxes[i], labels[i], pred))
     return np.array(scores)
 
 
-def _detection_score(boxes: torch.Tensor, labels: torch.Tensor, pred: dict) -> float:
+def _detection_score(boxes: torch.Tensor, labels: torch.Tensor,
+                     pred: dict[str, torch.Tensor]) -> float:
     from torchvision.ops import box_iou
 
     keep = pred["scores"] >= 0.3
@@ -157,14 +165,18 @@ def _legend(fig: Any, classes: list[str]) -> None:
 
 def _truth(test: SceneDataset, i: int, task: str) -> Any:
     """Scene ``i``'s annotation of the run's task (a dataset may have masks and boxes)."""
+    # A dataset is read for the run's task: it has that task's annotations.
     if task == "segment":
-        return test.masks[i]
-    return {"boxes": test.boxes[i], "labels": test.box_labels[i],
-            "scores": torch.ones(len(test.boxes[i]))}
+        return cast(torch.Tensor, test.masks)[i]
+    boxes = cast("list[torch.Tensor]", test.boxes)
+    return {"boxes": boxes[i], "labels": cast("list[torch.Tensor]", test.box_labels)[i],
+            "scores": torch.ones(len(boxes[i]))}
 
 
 def _draw(ax: Any, image: torch.Tensor, annotation: Any, classes: list[str],
           plain: bool) -> None:
+    from matplotlib.patches import Rectangle
+
     rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
     ax.imshow(rgb.permute(1, 2, 0).numpy())
     ax.set_xticks([]), ax.set_yticks([])
@@ -182,7 +194,7 @@ def _draw(ax: Any, image: torch.Tensor, annotation: Any, classes: list[str],
             continue
         x0, y0, x1, y1 = box.tolist()
         colour = _colour(int(label), len(classes))
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                   color=colour, linewidth=1.5))
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               color=colour, linewidth=1.5))
         ax.text(x0, y0 - 1, classes[int(label)][:8], color="white", fontsize=BOX_PT,
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 1})

@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -96,10 +97,10 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     source, split = load_scenes(config, registry)
     check_sizes(config, source, split.test)
     config = fit_to_scenes(config, registry, source)
-    make = (lambda kind, name, options: registry.build(
+    make: Callable[[str, str, dict[str, Any]], Any] = (lambda kind, name, options: registry.build(
         kind, name, options, seed=config.seed, task=config.task))
     encoder = make("encoders", config.encoder, config.options["encoder"])
-    size = tuple(source.images.shape[-2:])
+    size = cast(tuple[int, int], tuple(source.images.shape[-2:]))  # (H, W)
     model = DenseModel(encoder, head, source.class_names, size)
     adapters = {name: make("adapters", name,
                            config.options["adapter"] if name == config.adapter else {})
@@ -137,8 +138,9 @@ def check_adapters(config: RunConfig, adapters: dict[str, Any], source: SceneDat
     if len(source) < 2:
         raise UserError(f"source {config.source!r} has {len(source)} scene; a dense run "
                         "needs 2 or more (a tenth is held out to score the source model).")
-    data = TransferData(source, split.labelled, split.unlabelled,
-                             source if translates else None)
+    # TransferData's fields are typed for classification; a dense adapter gets scenes.
+    data = TransferData(cast(Any, source), cast(Any, split.labelled),
+                        cast(Any, split.unlabelled), cast(Any, source if translates else None))
     for name, adapter in adapters.items():
         has = getattr(adapter, "labelled", None)
         if declared(adapter, "trains_by_steps", "adapters") and has and not has(data):
@@ -207,7 +209,9 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress, resume: bool =
     log.info("source model on %d held-out source scenes: %s", len(held_out),
              evaluate.headline(source_val, config.task))
     synthetic, generator_info = translate(plan, source, folder, progress, resume)
-    data = TransferData(source, split.labelled, split.unlabelled, synthetic)
+    # TransferData's fields are typed for classification; a dense adapter gets scenes.
+    data = TransferData(cast(Any, source), cast(Any, split.labelled),
+                        cast(Any, split.unlabelled), cast(Any, synthetic))
     results = {name: fit_adapter(plan, name, adapter, model, data, folder, progress)
                for name, adapter in plan.adapters.items()}
     metrics = record.DenseRunMetrics(

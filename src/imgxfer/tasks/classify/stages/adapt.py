@@ -98,6 +98,7 @@ def adapt(plan: Plan, synthetic: ImageDataset | None, folder: Path,
         if twin is not None:
             deltas[name] = fit_twin(plan, twin, data, result, rng_state, progress,
                                     timings, name)
+    assert first is not None  # a run has at least one adapter (RunConfig.adapter_names)
     classifier, target = first
     explanations = explainer.finish(folder)
     timings["explanations"] = explainer.seconds
@@ -144,6 +145,7 @@ def fit_twin(plan: Plan, twin: Any, data: TransferData, result: TargetMetrics,
         _, other, seconds = fit_and_evaluate(plan, twin, replace(data, synthetic=None),
                                              Labelled(progress, " (without synthetic)"), name)
     timings[f"adapter:{name} (no synthetic)"] = seconds
+    assert data.synthetic is not None  # a twin exists only where there are synthetic images
     delta = SyntheticDelta.between(result, other, len(data.synthetic), False)
     log.info("adapter %s without synthetic images: accuracy %.4f (delta %+.4f)", name,
              other.accuracy, delta.delta)
@@ -184,7 +186,7 @@ def evaluate(model: Classifier, encoder: Any, split: Split, device: torch.device
     images, when the caller has them already)."""
     if predicted is None:
         predicted = test_predictions(model, encoder, split, device)
-    result = TargetMetrics.from_json(classification_metrics(
+    result: TargetMetrics = TargetMetrics.from_json(classification_metrics(
         split.test.labels.tolist(), predicted.tolist(), split.test.class_names))
     if len(split.unlabelled) and len(split.test.class_names) > 1:
         result.unlabelled_im = unlabelled_im(model, encoder, split.unlabelled, device)

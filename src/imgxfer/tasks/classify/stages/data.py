@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from imgxfer.core.config import RunConfig
 from imgxfer.data.dataset import (
@@ -42,7 +43,7 @@ def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDat
                                     "encoder": {**options, "in_channels": channels}})
 
 
-def describe(config: RunConfig, source: ImageDataset, split: Split) -> dict:
+def describe(config: RunConfig, source: ImageDataset, split: Split) -> dict[str, Any]:
     """metrics.json's ``data`` section."""
     target = split.test
     return {

@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch
 from imgxfer.core import runfolder
 from imgxfer.core.errors import UserError
 from imgxfer.data.dataset import ImageDataset
+from imgxfer.plugin.protocols import Encoder
 from imgxfer.tasks.classify import saliency as explain
 
 log = logging.getLogger("imgxfer")
@@ -108,7 +110,7 @@ def choose_images(model: torch.nn.Module, test: ImageDataset, per_class: int,
 
     if predicted is None:  # the adapt stage passes the evaluation's: no second pass
         predicted = predict_logits(model, test.images, next(model.parameters()).device,
-                                   preprocess=model.encoder.preprocess).argmax(1)
+                                   preprocess=cast(Encoder, model.encoder).preprocess).argmax(1)
     predicted = predicted.cpu()
     index, correct = [], []
     for c in range(min(len(test.class_names), MAX_CLASSES)):
@@ -126,7 +128,7 @@ def tile(image: torch.Tensor, cam: np.ndarray | None = None) -> np.ndarray:
 
     array = explain.rgb(image) if cam is None else explain.overlay(image, cam)
 
-    return np.asarray(Image.fromarray(array).resize((TILE, TILE), Image.NEAREST))
+    return np.asarray(Image.fromarray(array).resize((TILE, TILE), Image.Resampling.NEAREST))
 
 
 ROW = TILE + 36  # a row: its images and, under each map, two lines of LABEL_PT text
@@ -146,7 +148,7 @@ def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int
     mosaic = np.full((len(classes) * ROW, 2 * per_class * block, 3), 255, np.uint8)
     inches = (mosaic.shape[1] / 100 + 1.2, mosaic.shape[0] / 100 + 0.5)  # at dpi 100
     fig = plt.figure(figsize=inches)
-    ax = fig.add_axes([1.2 / inches[0], 0, 1 - 1.2 / inches[0], 1 - 0.5 / inches[1]])
+    ax = fig.add_axes((1.2 / inches[0], 0, 1 - 1.2 / inches[0], 1 - 0.5 / inches[1]))
     for (y, x), images, text in _placed(tiles, record, classes, per_class, block):
         for t, image in enumerate(images):
             mosaic[y:y + TILE, x + t * (TILE + GAP):x + t * (TILE + GAP) + TILE] = image
@@ -169,7 +171,8 @@ def figure(tiles: list[list[np.ndarray]], record: dict[str, Any], per_class: int
 
 
 def _placed(tiles: list[list[np.ndarray]], record: dict[str, Any], classes: list[str],
-            per_class: int, block: int):
+            per_class: int, block: int
+            ) -> Iterator[tuple[tuple[int, int], list[np.ndarray], list[str]]]:
     """For each image: its (y, x) in the mosaic (its class's row; the slots of correct
     images first, then those of wrong ones), its tiles, and the text under each map
     (that adapter's prediction and probability)."""

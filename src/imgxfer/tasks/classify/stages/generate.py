@@ -7,7 +7,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -21,7 +21,7 @@ from imgxfer.data.images import CHUNK, ConcatImages
 from imgxfer.nn.preprocess import match_channels
 from imgxfer.nn.probe import fit_probe
 from imgxfer.nn.training import predict_logits
-from imgxfer.plugin.protocols import FitResult, checkpoint_args
+from imgxfer.plugin.protocols import Encoder, FitResult, checkpoint_args
 from imgxfer.run import artifacts
 from imgxfer.run.metrics import GeneratorMetrics, Timings
 from imgxfer.tasks.classify.synthesis import synthesise
@@ -79,6 +79,7 @@ def generate(plan: Plan, captions: dict[str, list[str]], folder: Path,
 def keep_confident(out: Generated, plan: Plan) -> None:
     """``--synthetic-filter``: keep only the images the probe (or the adapter of
     ``--synthetic-filter-by``) finds confidently right."""
+    assert out.synthetic is not None  # called only when there are synthetic images
     synthetic, kept, out.metrics.filter = filter_synthetic(
         out.synthetic, plan.encoder, plan.source, plan.split, plan.config.synthetic_filter,
         plan.device, scorer=plan.filter_scorer, scorer_name=plan.config.synthetic_filter_by)
@@ -157,7 +158,7 @@ def check_images(images: Any, count: int, name: str, method: str = "sample") -> 
     if problem:
         raise UserError(f"generator {name!r} broke its protocol: {method} {problem} "
                         "(see imgxfer.plugin.protocols.Generator).")
-    return images.cpu()
+    return cast(torch.Tensor, images).cpu()  # a tensor: checked above
 
 
 def filter_synthetic(synthetic: ImageDataset, encoder: Any, source: ImageDataset, split: Split,
@@ -195,7 +196,7 @@ def probe_confidence(synthetic: ImageDataset, encoder: Any, source: ImageDataset
                           {"source": 1.0, "target": 1.0}, c=1.0, max_iter=1000, adabn=True,
                           device=device, name="synthetic_filter")
         proba = predict_logits(probe, synthetic.images, device,
-                               preprocess=probe.encoder.preprocess).softmax(1)
+                               preprocess=cast(Encoder, probe.encoder).preprocess).softmax(1)
     return proba.gather(1, synthetic.labels.view(-1, 1)).flatten()
 
 
