@@ -44,7 +44,8 @@ VOLATILE = ("time", "_s", "seconds", "path", "folder", "version", "created", "ho
 
 
 def _volatile(key: str) -> bool:
-    return any(key.endswith(v) or key == v.strip("_") for v in VOLATILE) or "time" in key
+    return (any(key.endswith(v) or key == v.strip("_") for v in VOLATILE) or "time" in key
+            or "seconds" in key)
 
 
 def stable(value: Any) -> Any:
@@ -97,7 +98,7 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
 
 
 def compare(first: str, second: str) -> int:
-    a, b = (json.loads((RESULTS / f"{n}.json").read_text()) for n in (first, second))
+    a, b = (stable(json.loads((RESULTS / f"{n}.json").read_text())) for n in (first, second))
     diff = differences(a, b)
     for line in diff[:40]:
         print(line)

@@ -281,14 +281,8 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     from imgxfer.core.runfolder import REPORT, seed_folder
 
     report = folder / REPORT if seeds is None else folder / seed_folder("*") / REPORT
-    # soft_wrap: paths and commands stay on one line, whole, for copying.
-    err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False, soft_wrap=True)
     first = folder if seeds is None else folder / seed_folder(seeds[0])
-    adapters = config.adapter_names()
-    choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
-              if len(adapters) > 1 else "")
-    err.print(f"classify new images: imgxfer predict IMAGES --from {first}{choose}",
-              highlight=False, soft_wrap=True)
+    _print_where(folder, report, "classify", first, config.adapter_names())
     if as_json:
         click.echo(json.dumps(payload, indent=2))
 
@@ -319,16 +313,20 @@ def _print_dense(result: Any, config: Any, as_json: bool) -> None:
     columns, rows = result_rows(metrics)
     err.print(_table(f"target test split: {config.target} ({metrics.data['target']['test']} "
                      "scenes)", columns, rows, err, whole=("adapter",)))
-    err.print(f"run folder: [bold]{folder}[/]  (open {folder / REPORT})", highlight=False,
-              soft_wrap=True)
     what = "segment" if metrics.task == "segment" else "detect objects in"
-    adapters = config.adapter_names()
-    choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
-              if len(adapters) > 1 else "")
-    err.print(f"{what} new images: imgxfer predict IMAGES --from {folder}{choose}",
-              highlight=False, soft_wrap=True)
+    _print_where(folder, folder / REPORT, what, folder, config.adapter_names())
     if as_json:
         click.echo(json.dumps(metrics.to_json(), indent=2))
+
+
+def _print_where(folder: Path, report: Path, what: str, run: Path, adapters: list[str]) -> None:
+    """The run folder, its report, and the predict command for new images."""
+    # soft_wrap: paths and commands stay on one line, whole, for copying.
+    err.print(f"run folder: [bold]{folder}[/]  (open {report})", highlight=False, soft_wrap=True)
+    choose = (f" --adapter {adapters[0]}  (or --adapter {' / '.join(adapters[1:])})"
+              if len(adapters) > 1 else "")
+    err.print(f"{what} new images: imgxfer predict IMAGES --from {run}{choose}",
+              highlight=False, soft_wrap=True)
 
 
 def _apply_generator_budget(config: Any, budget: str | None, flags: dict[str, Any],
