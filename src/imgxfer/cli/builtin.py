@@ -27,6 +27,8 @@ LAZY_COMMANDS = {
                            "Classify images with a run's classifier."),
     "explain": LazyCommand("imgxfer.cli.explain", "explain_command",
                            "Heat maps of where a run's classifier looks."),
+    "export": LazyCommand("imgxfer.cli.export", "export_command",
+                          "Export a run's model to ONNX or TorchScript for serving."),
     "tune": LazyCommand("imgxfer.cli.tune", "tune_command",
                         "Search adapter and generator options with Optuna."),
     "cache": LazyCommand("imgxfer.cli.cache", "cache_command",
