@@ -180,13 +180,111 @@ def test_pip_failure_shows_its_error_lines(pip_calls, world, monkeypatch, tmp_pa
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: pip could not install imgxfer-timm (exit status 1) (if the index has no "
-        "'imgxfer-timm', install it from a checkout of imgxfer: pip install "
-        "CHECKOUT/plugins/imgxfer-timm):",
+        "'imgxfer-timm', give a folder of its wheel with --find-links DIR, or install it "
+        "from a checkout of imgxfer: pip install CHECKOUT/plugins/imgxfer-timm):",
         "  ERROR: Could not find a version that satisfies the requirement imgxfer-timm "
         "(from versions: none)",
         "  ERROR: No matching distribution found for imgxfer-timm",
     ]
     assert world.probe_calls == []
+
+
+# -- where install takes a plugin from: a wheel folder, an index, the checkout ----------
+@pytest.fixture
+def no_source_variables(monkeypatch):
+    for name in (install.WHEELS_ENV, install.INDEX_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def wheel_folder(folder, *names):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_install_from_a_wheel_folder_takes_its_newest_installable_wheel(
+        pip_calls, world, tmp_path, no_source_variables):
+    """The wheel file itself goes to pip (a newer release on an index cannot replace
+    it), and the folder serves its dependencies; from a checkout too."""
+    folder = wheel_folder(tmp_path / "dist", "imgxfer_timm-0.1.0-py3-none-any.whl",
+                          "imgxfer_timm-0.2.0-py3-none-any.whl",
+                          "imgxfer_timm-0.3.0-cp27-cp27m-win32.whl",  # not for this Python
+                          "imgxfer_diffusers-9.0.0-py3-none-any.whl", "not-a-wheel.whl",
+                          "imgxfer_timm-0.4.0.tar.gz")
+    world.installed = {"imgxfer-timm": InstalledPlugin("imgxfer-timm", "0.2.0", ["timm"])}
+    result = CliRunner().invoke(cli, ["install", "timm", "--find-links", str(folder)])
+    assert result.exit_code == 0, result.output
+    wheel = folder / "imgxfer_timm-0.2.0-py3-none-any.whl"
+    assert pip_calls[0][3:7] == ["install", "--find-links", str(folder), str(wheel)]
+    assert result.stdout.splitlines()[0] == f"installed imgxfer-timm 0.2.0 (from {wheel})"
+
+
+def test_the_wheel_folder_variable_and_extras(pip_calls, world, tmp_path, monkeypatch,
+                                              no_source_variables):
+    folder = wheel_folder(tmp_path / "wheels", "imgxfer_diffusers-0.1.0-py3-none-any.whl")
+    monkeypatch.setenv(install.WHEELS_ENV, str(folder))
+    world.installed = {"imgxfer-diffusers": InstalledPlugin("imgxfer-diffusers", "0.1.0",
+                                                            ["diffusers"])}
+    result = CliRunner().invoke(cli, ["install", "diffusers"])
+    assert result.exit_code == 0, result.output
+    assert pip_calls[0][6] == f"{folder}/imgxfer_diffusers-0.1.0-py3-none-any.whl[sd]"
+    # The option wins over the variable.
+    other = wheel_folder(tmp_path / "other", "imgxfer_diffusers-0.2.0-py3-none-any.whl")
+    CliRunner().invoke(cli, ["install", "diffusers", "--find-links", str(other)])
+    assert pip_calls[1][6] == f"{other}/imgxfer_diffusers-0.2.0-py3-none-any.whl[sd]"
+
+
+def test_install_from_an_index(pip_calls, world, monkeypatch, no_source_variables):
+    world.installed = {"imgxfer-timm": InstalledPlugin("imgxfer-timm", "0.1.0", ["timm"])}
+    url = "https://pypi.example.org/simple"
+    result = CliRunner().invoke(cli, ["install", "timm", "--index-url", url])
+    assert result.exit_code == 0, result.output
+    assert pip_calls[0][3:7] == ["install", "--index-url", url, "imgxfer-timm"]
+    assert result.stdout.splitlines()[0] == (
+        f"installed imgxfer-timm 0.1.0 (from imgxfer-timm at {url})")
+    monkeypatch.setenv(install.INDEX_ENV, "file:///srv/simple")
+    CliRunner().invoke(cli, ["install", "timm"])
+    assert pip_calls[1][3:7] == ["install", "--index-url", "file:///srv/simple", "imgxfer-timm"]
+
+
+@pytest.mark.parametrize("given, message", [
+    ("missing", "error: the wheel folder '{tmp}/missing' (--find-links or "
+                "IMGXFER_PLUGIN_WHEELS) is not a folder."),
+    ("empty", "error: the wheel folder '{tmp}/empty' holds no wheel of imgxfer-timm that "
+              "this Python can install; build one with `python -m build --outdir DIR "
+              "PLUGIN_FOLDER` (in a checkout: `make wheels`)."),
+    ("https://example.org/wheels", "error: --find-links (IMGXFER_PLUGIN_WHEELS) takes a "
+     "folder of wheels on this machine, not 'https://example.org/wheels'; give a package "
+     "index with --index-url."),
+])
+def test_a_wheel_folder_without_the_plugin_is_one_sentence(pip_calls, tmp_path, given,
+                                                           message, no_source_variables):
+    wheel_folder(tmp_path / "empty", "imgxfer_diffusers-0.1.0-py3-none-any.whl")
+    folder = given if "://" in given else str(tmp_path / given)
+    result = CliRunner().invoke(cli, ["install", "timm", "--find-links", folder])
+    assert result.exit_code == 2 and pip_calls == []
+    assert result.output.strip() == message.format(tmp=tmp_path)
+
+
+def test_install_help_names_the_sources_and_their_variables():
+    shown = " ".join(CliRunner().invoke(cli, ["install", "--help"]).output.split())
+    for words in ("--find-links DIR", "--index-url URL", "$IMGXFER_PLUGIN_WHEELS",
+                  "$IMGXFER_PLUGIN_INDEX", "imgxfer install timm --find-links dist"):
+        assert words in shown
+
+
+def test_an_installed_wheel_is_no_checkout(monkeypatch, tmp_path):
+    """From site-packages there is no local `path` to install (whatever lies two folders
+    up); from ROOT/src/imgxfer with ROOT/pyproject.toml there is."""
+    timm = install.known_plugins()["timm"]
+    (tmp_path / "pyproject.toml").write_text("")
+    monkeypatch.setattr(install, "PACKAGE_DIR", tmp_path / "site-packages" / "imgxfer" / "plugin")
+    assert install._checkout_root() is None
+    monkeypatch.setattr(install, "PACKAGE_DIR", tmp_path / "src" / "imgxfer" / "plugin")
+    assert install._checkout_root() == tmp_path
+    monkeypatch.setattr(install, "CHECKOUT_ROOT", None)
+    assert timm.local_path() is None
 
 
 def test_pip_error_lines_of_a_failed_build():

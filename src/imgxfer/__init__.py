@@ -20,12 +20,19 @@ drawn in docs/architecture.md.
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from imgxfer.core import compat
 from imgxfer.plugin.hookspecs import Register, hookimpl
 
-__version__ = "0.1.0"
+# The version is written once, in pyproject.toml; an installed imgxfer (wheel or editable)
+# carries it in its metadata. A source tree put on sys.path without installing it has no
+# metadata, and says so rather than guess.
+try:
+    __version__ = metadata.version("imgxfer")
+except metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0+unknown"
 
 # Where each public name lives; imported on first use, so `import imgxfer` (every plugin
 # does it) stays free of torch until a component needs it. The block under TYPE_CHECKING

@@ -242,6 +242,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
       imgxfer run --encoder resnet18 --encoder-opt pretrained=imagenet --adapter linear
       imgxfer run --config my-run.toml --adapter-steps 300
       imgxfer run --task segment --shots 0 --compare source-only,adabn,advent
+      imgxfer run --tracker mlflow                  # also log to MLflow (runs/mlflow.db)
     """
     from imgxfer import tasks
     from imgxfer.core.progress import RichProgress
@@ -565,12 +566,35 @@ def _shown_options(row: dict[str, Any]) -> list[str]:
 @cli.command(short_help="Install a plugin listed in registry.toml.")
 @click.argument("name")
 @click.option("--upgrade", is_flag=True, help="Upgrade if already installed.")
-def install(name: str, upgrade: bool) -> None:
-    """Install a plugin listed in registry.toml (see `imgxfer plugins --available`)."""
+@click.option("--find-links", "wheels", metavar="DIR",
+              help="A folder of built wheels (what `make wheels` or `python -m build` "
+                   "writes): install the plugin's newest wheel there; its dependencies may "
+                   "come from there too. Default: $IMGXFER_PLUGIN_WHEELS.")
+@click.option("--index-url", metavar="URL",
+              help="A package index (PEP 503 simple API) to install the plugin from "
+                   "instead of pip's own. Default: $IMGXFER_PLUGIN_INDEX.")
+def install(name: str, upgrade: bool, wheels: str | None, index_url: str | None) -> None:
+    """Install a plugin listed in registry.toml (see `imgxfer plugins --available`)
+    with pip, into the Python that runs imgxfer.
+
+    \b
+    Where from (the first that applies):
+      1. --find-links DIR or $IMGXFER_PLUGIN_WHEELS: the plugin's wheel in DIR;
+      2. --index-url URL or $IMGXFER_PLUGIN_INDEX: that package index;
+      3. the plugin's folder, when imgxfer runs from a checkout of its repository;
+      4. pip's own index (PyPI, unless pip is configured otherwise).
+
+    \b
+    Examples:
+      imgxfer install timm
+      imgxfer install timm --find-links dist     # wheels from `make wheels`
+      IMGXFER_PLUGIN_WHEELS=/srv/wheels imgxfer install diffusers
+      imgxfer install timm --index-url https://pypi.example.org/simple
+    """
     from imgxfer.plugin.install import install as do_install
 
     with err.status(f"installing plugin {name!r} with pip..."):
-        result = do_install(name, upgrade=upgrade)
+        result = do_install(name, upgrade=upgrade, wheels=wheels, index_url=index_url)
     for line in result.summary():
         click.echo(line, err=line.startswith("warning:"))
 

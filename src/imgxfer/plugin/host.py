@@ -19,6 +19,8 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from imgxfer import __version__
 from imgxfer.core.errors import UnknownComponentError, UserError
@@ -32,6 +34,10 @@ BUILTIN_MODULE = "imgxfer.components.builtin"
 
 class PluginLoadWarning(UserWarning):
     """A plugin was skipped because it failed to import or register."""
+
+
+class IncompatiblePlugin(Exception):
+    """A plugin's distribution requires imgxfer versions that exclude this one."""
 
 
 class PluginLoadError(UserError, RuntimeError):
@@ -65,6 +71,29 @@ def _strict(env: os._Environ[str] | dict[str, str]) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def incompatibility(dist: md.Distribution | None,
+                    version: str = __version__) -> IncompatiblePlugin | None:
+    """Why a plugin cannot be loaded with imgxfer ``version``: its distribution requires
+    other imgxfer versions (pip lets an upgrade of imgxfer past a plugin's range through
+    with a warning). None when it fits, or says nothing."""
+    if dist is None or version == "0+unknown":  # a source tree that was never installed
+        return None
+    for line in dist.requires or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(req.name) != "imgxfer" or (
+                req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        if not req.specifier.contains(version, prereleases=True):
+            return IncompatiblePlugin(
+                f"{dist.metadata['Name']} {dist.version} needs imgxfer{req.specifier}, and this "
+                f"is imgxfer {version}; `pip install --upgrade {dist.metadata['Name']}` may "
+                "bring a version made for it")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -174,6 +203,10 @@ class PluginHost:
                 continue
             version = ep.dist.version if ep.dist is not None else "?"
             distribution = ep.dist.metadata["Name"] if ep.dist is not None else ""
+            mismatch = incompatibility(ep.dist)
+            if mismatch is not None:  # not imported: its code may not work with this imgxfer
+                self._fail(ep.name, version, "entry point", mismatch, stage="load")
+                continue
             try:
                 module = ep.load()
             except Exception as exc:  # any import failure must not stop the host

@@ -1,18 +1,27 @@
 """`imgxfer install/uninstall`: resolve a plugin through registry.toml (uninstall also
 through the installed entry points) and run pip quietly in the current interpreter.
-Arguments go to pip as a list; no user string reaches a shell."""
+Arguments go to pip as a list; no user string reaches a shell.
+
+Where ``install`` takes a plugin from, first match wins: a folder of built wheels
+(``--find-links DIR`` or ``IMGXFER_PLUGIN_WHEELS``), a package index (``--index-url URL``
+or ``IMGXFER_PLUGIN_INDEX``), the plugin's folder when imgxfer runs from a checkout, else
+pip's own index (PyPI unless pip is configured otherwise)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
 import json
+import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,8 +31,21 @@ else:  # pragma: no cover
 from imgxfer.core.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# src/imgxfer -> repo root, when running from a checkout (editable install or PYTHONPATH).
-CHECKOUT_ROOT = PACKAGE_DIR.parents[2]
+
+
+def _checkout_root() -> Path | None:
+    """The repository root when imgxfer runs from a checkout (editable install or
+    PYTHONPATH: the package lies in ROOT/src/imgxfer); None for an installed wheel."""
+    root = PACKAGE_DIR.parents[2]
+    return root if PACKAGE_DIR.parents[1].name == "src" and (
+        root / "pyproject.toml").is_file() else None
+
+
+CHECKOUT_ROOT = _checkout_root()
+# Where `imgxfer install` looks before the checkout and pip's index, when it is given no
+# --find-links or --index-url.
+WHEELS_ENV = "IMGXFER_PLUGIN_WHEELS"
+INDEX_ENV = "IMGXFER_PLUGIN_INDEX"
 
 
 @dataclass
@@ -42,7 +64,7 @@ class KnownPlugin:
 
     def local_path(self) -> Path | None:
         """The plugin's folder in this checkout, if imgxfer runs from one."""
-        if not self.path:
+        if not self.path or CHECKOUT_ROOT is None:
             return None
         candidate = CHECKOUT_ROOT / self.path
         return candidate if (candidate / "pyproject.toml").is_file() else None
@@ -177,7 +199,7 @@ class InstallResult:
     the plugins (entry points) it provides as a fresh imgxfer loads them."""
 
     name: str
-    target: str  # what pip was given: a local folder or a requirement
+    target: str  # what pip was given: a wheel, a local folder or a requirement (and index)
     distribution: str
     version: str | None
     previous: str | None
@@ -213,25 +235,90 @@ class InstallResult:
         return lines
 
 
-def install(name: str, *, upgrade: bool = False) -> InstallResult:
-    """Install a known plugin with pip and check, in a fresh interpreter, what it registers."""
-    plugin = resolve(name)
+def find_wheel(folder: Path, distribution: str) -> Path:
+    """The newest wheel of ``distribution`` in ``folder`` that this Python can install
+    (what ``python -m build`` or ``make wheels`` wrote there)."""
+    if not folder.is_dir():
+        raise UserError(f"the wheel folder {str(folder)!r} (--find-links or {WHEELS_ENV}) "
+                        "is not a folder.")
+    wanted, supported = canonicalize_name(distribution), set(sys_tags())
+    found = []
+    for path in sorted(folder.glob("*.whl")):
+        try:
+            name, version, _, tags = parse_wheel_filename(path.name)
+        except InvalidWheelFilename:
+            continue
+        if name == wanted and tags & supported:
+            found.append((version, path))
+    if not found:
+        raise UserError(f"the wheel folder {str(folder)!r} holds no wheel of {distribution} "
+                        "that this Python can install; build one with `python -m build "
+                        "--outdir DIR PLUGIN_FOLDER` (in a checkout: `make wheels`).")
+    return max(found)[1]
+
+
+@dataclass
+class Source:
+    """Where ``imgxfer install`` takes a plugin from: what pip installs, the pip options
+    that say where from, and what a failure adds to pip's own lines."""
+
+    target: str
+    options: list[str] = field(default_factory=list)
+    hint: str = ""
+    index_url: str = ""
+
+    def __str__(self) -> str:
+        return self.target + (f" at {self.index_url}" if self.index_url else "")
+
+
+def source(plugin: KnownPlugin, wheels: str | Path | None = None,
+           index_url: str | None = None) -> Source:
+    """The plugin's wheel in a folder, else its requirement from a given index, else its
+    folder in this checkout, else its requirement from pip's own index (see the module
+    docstring). ``wheels`` and ``index_url`` default to :data:`WHEELS_ENV` and
+    :data:`INDEX_ENV`."""
+    extras = f"[{','.join(plugin.extras)}]" if plugin.extras else ""
+    wheels = wheels or os.environ.get(WHEELS_ENV) or None
+    index_url = index_url or os.environ.get(INDEX_ENV) or None
+    if wheels is not None:
+        if "://" in str(wheels):
+            raise UserError(f"--find-links ({WHEELS_ENV}) takes a folder of wheels on this "
+                            f"machine, not {str(wheels)!r}; give a package index with "
+                            "--index-url.")
+        folder = Path(wheels).expanduser().absolute()
+        # The wheel file itself, so no newer release on an index takes its place; the
+        # folder also serves its dependencies (imgxfer's own wheel, say).
+        return Source(f"{find_wheel(folder, plugin.requirement)}{extras}",
+                      ["--find-links", str(folder)])
+    if index_url is not None:
+        return Source(plugin.requirement + extras, ["--index-url", index_url],
+                      index_url=index_url)
     local = plugin.local_path()
-    target = str(local) if local is not None else plugin.requirement
-    target += f"[{','.join(plugin.extras)}]" if plugin.extras else ""
-    # Outside a checkout pip asks the package index, where a plugin may not be published
+    if local is not None:
+        return Source(f"{local}{extras}")
+    # Outside a checkout pip asks its index, where a plugin may not be published
     # (imgxfer's own plugins are not, yet): say where else it can come from.
-    hint = "" if local is not None or not plugin.path else (
-        f" (if the index has no {plugin.requirement!r}, install it from a checkout of "
-        f"imgxfer: pip install CHECKOUT/{plugin.path})")
+    hint = "" if not plugin.path else (
+        f" (if the index has no {plugin.requirement!r}, give a folder of its wheel with "
+        f"--find-links DIR, or install it from a checkout of imgxfer: pip install "
+        f"CHECKOUT/{plugin.path})")
+    return Source(plugin.requirement + extras, hint=hint)
+
+
+def install(name: str, *, upgrade: bool = False, wheels: str | Path | None = None,
+            index_url: str | None = None) -> InstallResult:
+    """Install a known plugin with pip, from where :func:`source` says, and check in a
+    fresh interpreter what it registers."""
+    plugin = resolve(name)
+    where = source(plugin, wheels, index_url)
     previous = plugin.installed_version()
-    _pip(["install", *(["--upgrade"] if upgrade else []), target],
-         f"install {plugin.requirement}", hint)
+    _pip(["install", *(["--upgrade"] if upgrade else []), *where.options, where.target],
+         f"install {plugin.requirement}", where.hint)
     importlib.invalidate_caches()
     installed = _entry_points_of(plugin.requirement)
     version = installed.version if installed else plugin.installed_version()
     probed = probe_plugins(installed.entry_points) if installed else []
-    return InstallResult(name, target, plugin.requirement, version, previous, probed)
+    return InstallResult(name, str(where), plugin.requirement, version, previous, probed)
 
 
 @dataclass

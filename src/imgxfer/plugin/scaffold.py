@@ -19,6 +19,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from packaging.version import Version
+
+from imgxfer import __version__
 from imgxfer.core.config import AUTO, FILTER_PROBE, NONE
 from imgxfer.core.errors import UserError
 from imgxfer.plugin.registry import KINDS as PLURAL_KINDS
@@ -120,7 +123,8 @@ def new_plugin(name: str, kinds: Iterable[str] = ("encoder",), out: Path | str =
                         "another name or --out folder.")
     skeleton = Skeleton(name, module, dist, chosen, folder)
     values = {"name": name, "module": module, "dist": dist,
-              "kinds": ", ".join(chosen), "title": name.replace("-", " ")}
+              "kinds": ", ".join(chosen), "title": name.replace("-", " "),
+              "imgxfer": imgxfer_requirement()}
     files = render(skeleton, values)
     try:
         for rel, text in files.items():
@@ -168,6 +172,15 @@ def render(skeleton: Skeleton, values: dict[str, str]) -> dict[str, str]:
         expected="".join(f'\n        ("{k}s", "{skeleton.name}"),' for k in kinds),
         kind_tests="\n\n".join(fill(_template(f"test_{k}.py.tmpl")) for k in kinds))
     return files
+
+
+def imgxfer_requirement(version: str = __version__) -> str:
+    """The imgxfer versions a new plugin says it works with: from this release up to the
+    next one that may change the plugin API (the next minor release while imgxfer is
+    0.x, the next major one after)."""
+    v = Version(version)
+    upper = f"0.{v.minor + 1}" if v.major == 0 else str(v.major + 1)
+    return f"imgxfer>={v.major}.{v.minor},<{upper}"
 
 
 def _description(s: Skeleton) -> str:
@@ -224,7 +237,7 @@ SUMMARY = {
 }
 
 # The files' texts are string.Template files in templates/ (package data): $name,
-# $module, $dist, $kinds and $title everywhere, plus the blanks render() fills.
+# $module, $dist, $kinds, $title and $imgxfer everywhere, plus the blanks render() fills.
 BASE_TEST_IMPORTS = ["from imgxfer.plugin import testing", "from imgxfer.cli import cli",
                      "from imgxfer.plugin.host import reset_host"]
 TEST_IMPORTS = {

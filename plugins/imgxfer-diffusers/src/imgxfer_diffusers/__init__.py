@@ -12,12 +12,16 @@ diffusers or transformers (they take seconds to import); building a generator do
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import imgxfer
 from imgxfer import Register
 from imgxfer_diffusers.diffusion import DiffusionGenerator
 from imgxfer_diffusers.pretrained import PretrainedPipeline
 
-__version__ = "0.1.0"
+# Written once, in pyproject.toml (the plugin is always installed: imgxfer finds it by its
+# entry point).
+__version__ = metadata.version("imgxfer-diffusers")
 __all__ = ["DiffusionGenerator", "PretrainedPipeline", "register_generators", "__version__"]
 
 

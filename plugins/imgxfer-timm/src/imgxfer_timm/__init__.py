@@ -6,11 +6,15 @@ imgxfer finds this module through the entry point ``timm = "imgxfer_timm"`` in g
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import imgxfer
 from imgxfer import Register
 from imgxfer_timm.encoder import TimmEncoder, make_timm_encoder
 
-__version__ = "0.1.0"
+# Written once, in pyproject.toml (the plugin is always installed: imgxfer finds it by its
+# entry point).
+__version__ = metadata.version("imgxfer-timm")
 __all__ = ["TimmEncoder", "make_timm_encoder", "register_encoders", "__version__"]
 
 

@@ -16,10 +16,14 @@ component does.
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import imgxfer
 from imgxfer import Register
 
-__version__ = "0.1.0"
+# Written once, in pyproject.toml (the plugin is always installed: imgxfer finds it by its
+# entry point).
+__version__ = metadata.version("imgxfer-transformers")
 __all__ = ["register_captioners", "register_encoders", "register_adapters", "__version__"]
 
 
