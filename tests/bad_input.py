@@ -19,6 +19,10 @@ RUN_OPTION_MISTAKES = [
                                   "got nan."),
     (["--adapter-opt", "lr=-inf"], "adapter 'finetune': option lr must be a finite number"),
     (["--test-fraction", "nan"], "test_fraction must be a finite number, got nan."),
+    (["--tracker", "wandb"], "Invalid value for '--tracker': 'wandb' is not one of 'none', "
+                             "'tensorboard', 'mlflow'."),
+    (["--tracker-uri", "boards"], "--tracker-uri boards says where a tracker writes, so it "
+                                  "needs --tracker tensorboard or --tracker mlflow."),
 ]
 
 

@@ -1,6 +1,6 @@
 """The options of a run that `imgxfer run` and `imgxfer tune` share, defined once: data,
-components, budgets, seed, device, data loading, precision, output and the --STAGE-opt
-flags (help texts read their defaults from RunConfig)."""
+components, budgets, seed, device, data loading, precision, output, the experiment
+tracker and the --STAGE-opt flags (help texts read their defaults from RunConfig)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from imgxfer.core.config import AUGMENT_POLICIES, MIXED_PRECISION, MODE_STEPS, STAGES, RunConfig
+from imgxfer.core.config import (
+    AUGMENT_POLICIES,
+    MIXED_PRECISION,
+    MODE_STEPS,
+    STAGES,
+    TRACKERS,
+    RunConfig,
+)
 
 # Budgets, seed, device, data loading, precision and augmentation: the same help for both
 # commands.
@@ -71,6 +78,12 @@ def run_options(*, config: str, name: str, adapter: str, out: str) -> Callable[[
                           "unlabelled images, else text)."),
         *_BUDGET_AND_RUNTIME,
         click.option("--out", type=click.Path(), help=out),
+        click.option("--tracker", type=click.Choice(TRACKERS),
+                     help="Also log losses by step, final metrics and the config to "
+                          "TensorBoard or MLflow (default none; docs/user-guide/tracking.md)."),
+        click.option("--tracker-uri", metavar="URI",
+                     help="Where the tracker writes: TensorBoard's log folder, or any MLflow "
+                          "tracking URI (default: RUN/tensorboard, or sqlite:///<out>/mlflow.db)."),
         *[click.option(f"--{stage}-opt", f"{stage}_opt", multiple=True, metavar="KEY=VALUE",
                        help=f"Option for the {stage} component (repeatable).")
           for stage in STAGES],

@@ -43,7 +43,8 @@ def tune_command(config_file: str | None, n_trials: int, timeout: str | None,
     unlabelled target images. Poor trials are pruned after a fold (median pruner). The
     tune folder under --out holds best.toml (rerun it with `imgxfer run --config`),
     trials.csv, summary.md, history.png and, by default, the study (study.db). Several
-    machines given one --storage URL and --study-name work on one study.
+    machines given one --storage URL and --study-name work on one study. With --tracker,
+    each trial is one TensorBoard or MLflow run (its config, losses and score).
 
     \b
     Examples:

@@ -56,6 +56,9 @@ AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
 # it needs loss scaling, which imgxfer's training loops do not do.
 MIXED_PRECISION = ("no", "bf16")
 FILTER_PROBE = "probe"  # the built-in scorer of --synthetic-filter
+# Where a run's losses, final metrics and config are logged besides the run folder
+# (imgxfer.run.tracking); "none" logs nowhere else.
+TRACKERS = ("none", "tensorboard", "mlflow")
 # What a run does (imgxfer.plugin.registry.TASKS, repeated here to keep config torch-free).
 TASKS = ("classify", "segment", "detect")
 # A dense task's defaults where a config keeps the classification ones: the embedded
@@ -128,6 +131,12 @@ class RunConfig:
     # What gives that probability: "probe" (the built-in probe above) or an adapter that
     # declares scores_images (a zero-shot classifier such as the CLIP plugin's clip:PATH).
     synthetic_filter_by: str = FILTER_PROBE
+    # The experiment tracker (one of TRACKERS) and where it writes: TensorBoard's log
+    # folder or MLflow's tracking URI; "": inside the run folder (RUN/tensorboard) or an
+    # SQLite store beside it (<out>/mlflow.db). Where results go, not what runs: same_run
+    # and the tune study ignore both.
+    tracker: str = "none"
+    tracker_uri: str = ""
     options: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: {} for s in STAGES})
     # Written by a run, never read as options: which plugin distribution (and version)
     # registered each component, and the encoder's channels (imgxfer.plugin.provenance).
@@ -220,6 +229,12 @@ class RunConfig:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < -1:
             raise UserError(f"workers must be 0 or more (or -1: as suits the machine), got "
                             f"{self.workers!r}.")
+        if self.tracker not in TRACKERS:
+            raise UserError(f"tracker must be one of {', '.join(TRACKERS)}, got "
+                            f"{self.tracker!r}.")
+        if self.tracker_uri and self.tracker == NONE:
+            raise UserError(f"--tracker-uri {self.tracker_uri} says where a tracker writes, so "
+                            "it needs --tracker tensorboard or --tracker mlflow.")
 
     def to_toml(self) -> str:
         doc: dict[str, Any] = {}
@@ -259,9 +274,9 @@ def with_mode_steps(config: RunConfig) -> RunConfig:
 
 def same_run(saved: RunConfig, current: RunConfig) -> bool:
     """Whether ``current`` is the run a saved config.toml describes: equal apart from
-    ``out`` (where run folders go, not what runs), ``provenance`` (what was installed, not
-    what runs), an ``auto`` synthesis mode against the mode it resolved to, and the
-    encoder options a run resolves
+    ``out`` and the tracker (where results go, not what runs), ``provenance`` (what was
+    installed, not what runs), an ``auto`` synthesis mode against the mode it resolved
+    to, and the encoder options a run resolves
     itself (smallcnn's ``in_channels`` 0, auto) where either config leaves them to the run,
     so folders written before an option was resolved still resume and compare."""
     def normal(config: RunConfig, auto: bool) -> RunConfig:
@@ -275,7 +290,8 @@ def same_run(saved: RunConfig, current: RunConfig) -> bool:
         if MODE_DEFAULT in (saved.generator_steps, current.generator_steps):
             steps = MODE_DEFAULT
         return replace(config, out="", provenance=[], synthesis=synthesis, synthesis_reason="",
-                       generator_steps=steps, options={**config.options, "encoder": encoder})
+                       generator_steps=steps, options={**config.options, "encoder": encoder},
+                       tracker=NONE, tracker_uri="")
 
     auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))
     return normal(saved, auto) == normal(current, auto)

@@ -32,6 +32,8 @@ METRICS = "metrics.json"
 # message; run.log has the traceback).
 FAILED = "failed.json"
 REPORT = "report.html"
+# TensorBoard's event files of the run (--tracker tensorboard without --tracker-uri).
+TENSORBOARD = "tensorboard"
 CAPTIONS = "captions.jsonl"
 SAMPLES = "samples.png"
 # Class-activation maps of a few target test images under each adapter (the report's

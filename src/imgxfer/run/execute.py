@@ -21,6 +21,7 @@ from imgxfer.core.config import RunConfig, from_mapping, read_toml, same_run
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import NullProgress, Progress
 from imgxfer.core.runfolder import atomic_write_json, atomic_write_text, create_run_dir
+from imgxfer.run import tracking
 
 log = logging.getLogger("imgxfer")
 
@@ -74,6 +75,7 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
     if resume and distributed.world_size() > 1:
         raise UserError("--resume continues a run in one process; start it without a "
                         "launcher (accelerate launch, torchrun).")
+    tracker = tracking.open_tracker(config)  # its package and location, before a folder
     if folder is None or not distributed.is_main():  # only the main process writes --out
         folder = create_run_dir(config.out, config.name)
     elif not resume:
@@ -87,7 +89,7 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
                  " (resumed)" if resume else "")
         (folder / runfolder.FAILED).unlink(missing_ok=True)  # a resumed run is no longer failed
         try:
-            return plan.run(folder, progress, resume)
+            return _run_tracked(plan, folder, progress, resume, tracker)
         except UserError as error:  # one sentence, with the way back
             mark_failed(folder, error)
             raise UserError(f"{str(error).rstrip('.')}; the run stopped and its folder is "
@@ -95,6 +97,22 @@ def execute(plan: Plan, *, progress: Progress = NullProgress(),
         except BaseException as error:
             mark_failed(folder, error)
             raise
+
+
+def _run_tracked(plan: Plan, folder: Path, progress: Progress, resume: bool,
+                 tracker: tracking.Tracker | None) -> RunResult:
+    """``plan.run`` inside one tracker run (--tracker), which logs every loop's numbers,
+    the config and, once the run has finished, metrics.json and its artifacts. A resumed
+    run is a new tracker run: the first stopped part way."""
+    config = plan.config
+    name = tracking.run_name(folder, config.out) + (" (resumed)" if resume else "")
+    tags = {"imgxfer.folder": str(folder.resolve()), "imgxfer.task": config.task,
+            "imgxfer.version": __version__}
+    with tracking.tracked(tracker, name, folder / runfolder.TENSORBOARD,
+                          tracking.hyperparameters(config), tags) as track:
+        result = plan.run(folder, track.progress(progress), resume)
+        track.finish(folder)
+    return result
 
 
 def mark_failed(folder: Path, error: BaseException) -> None:

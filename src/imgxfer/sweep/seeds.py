@@ -17,6 +17,7 @@ from imgxfer.core.runfolder import atomic_write_json, create_run_dir
 from imgxfer.plugin.registry import Registry
 from imgxfer.run.execute import RunResult, execute
 from imgxfer.run.metrics import AdapterMetrics, RunMetrics, SyntheticDelta
+from imgxfer.run.tracking import open_tracker
 from imgxfer.tasks import prepare
 
 # Generator quality fields summarised over seeds.
@@ -105,6 +106,7 @@ def run_seeds(config: RunConfig, seeds: list[int], registry: Registry, *,
     for seed in seeds:  # every seed before the parent folder is created
         check_seed(seed, "each of --seeds")
     plans = [prepare(replace(config, seed=seeds[0]), registry)]  # checks input first
+    open_tracker(config)  # and the tracker's package and location (each seed opens its own)
     parent = create_run_dir(config.out, config.name)
     runs = []
     for i, seed in enumerate(seeds):

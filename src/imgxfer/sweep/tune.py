@@ -20,10 +20,11 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -32,13 +33,27 @@ import numpy as np
 import optuna
 import torch
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from imgxfer.core.config import NONE, RunConfig
 from imgxfer.core.errors import UserError
-from imgxfer.core.progress import NullProgress
+from imgxfer.core.progress import Labelled, NullProgress, Progress
+from imgxfer.core.runfolder import TENSORBOARD
 from imgxfer.data.dataset import ImageDataset, Split, TransferData
 from imgxfer.plugin.registry import Registry
 from imgxfer.plugin.tunable import Range, current_values, search_space, with_params
 from imgxfer.run.metrics import Timings
+from imgxfer.run.tracking import (
+    TrackedRun,
+    Tracker,
+    hyperparameters,
+    open_tracker,
+    run_name,
+    tracked,
+)
 from imgxfer.sweep.tune_report import STUDY_DB, shown_url, write_outputs
 from imgxfer.tasks.classify.plan import Plan, prepare
 
@@ -129,6 +144,9 @@ class Tuner:
     objective: Objective
     folds: list[Split]
     rng_state: torch.Tensor
+    # --tracker: one tracker run per trial, in the tune folder (set once it exists).
+    tracker: Tracker | None = None
+    folder: Path | None = None
     # (fold, generator options, images per class) -> that fold's synthetic images
     _synthetic: dict[tuple[int, tuple[tuple[str, Any], ...], int], ImageDataset | None] = field(
         default_factory=dict)
@@ -136,33 +154,58 @@ class Tuner:
     def __call__(self, trial: optuna.Trial) -> float:
         params = {name: suggest(trial, name, rng) for name, rng in self.space.items()}
         config = with_params(self.plan.config, params)
+        with self.trial_run(trial, config) as run:
+            value = self.score(trial, config, run)
+            run.scalars({"trial/objective": value}, 0)
+        return value
+
+    def score(self, trial: optuna.Trial, config: RunConfig, run: TrackedRun) -> float:
+        progress = run.progress(NullProgress())
         if self.objective.kind == "im":
-            return self.im_score(config)
+            return self.im_score(config, progress)
         scores: list[float] = []
         for step, fold in enumerate(self.folds):
-            scores.append(self.fold_accuracy(config, step, fold))
+            scores.append(self.fold_accuracy(config, step, fold,
+                                             Labelled(progress, f" (fold {step + 1})")))
+            run.scalars({"trial/fold_accuracy": scores[-1],
+                         "trial/cv_accuracy": float(np.mean(scores))}, step + 1)
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {step + 1}")
         trial.set_user_attr("fold_accuracy", scores)
         return float(np.mean(scores))
 
-    def fold_accuracy(self, config: RunConfig, index: int, split: Split) -> float:
+    def trial_run(self, trial: optuna.Trial, config: RunConfig
+                  ) -> AbstractContextManager[TrackedRun]:
+        """The trial's tracker run (none without --tracker): the trial's config as
+        hyper-parameters, its adapter losses, fold accuracies and objective; a pruned
+        trial ends KILLED."""
+        folder = self.folder or Path(config.out)
+        return tracked(self.tracker, f"{run_name(folder, config.out)}/trial-{trial.number}",
+                       folder / TENSORBOARD / f"trial-{trial.number}",
+                       {**hyperparameters(config), "trial": trial.number},
+                       {"imgxfer.folder": str(folder.resolve()), "imgxfer.task": "tune",
+                        "imgxfer.study": trial.study.study_name,
+                        "imgxfer.trial": str(trial.number)},
+                       stopped=(optuna.TrialPruned,))
+
+    def fold_accuracy(self, config: RunConfig, index: int, split: Split,
+                      progress: Progress = NullProgress()) -> float:
         from imgxfer.tasks.classify.stages.adapt import fit_and_evaluate
 
         plan, data = self.fold_plan(config, index, split)
         with self.same_start():
             _, metrics, _ = fit_and_evaluate(plan, plan.adapters[config.adapter], data,
-                                             NullProgress(), config.adapter)
+                                             progress, config.adapter)
         assert metrics.accuracy is not None  # classification_metrics always measures it
         return metrics.accuracy
 
-    def im_score(self, config: RunConfig) -> float:
+    def im_score(self, config: RunConfig, progress: Progress = NullProgress()) -> float:
         from imgxfer.tasks.classify.stages.adapt import fit_adapter, unlabelled_im
 
         plan, data = self.fold_plan(config, 0, self.plan.split)
         with self.same_start():
-            model, _ = fit_adapter(plan, plan.adapters[config.adapter], data, NullProgress(),
+            model, _ = fit_adapter(plan, plan.adapters[config.adapter], data, progress,
                                    config.adapter)
         return unlabelled_im(model, plan.encoder, plan.split.unlabelled, plan.device)
 
@@ -310,9 +353,15 @@ def open_study(url: str, name: str, config: RunConfig) -> Study:
 
 
 # What must agree for two invocations to add trials to one study: the config (seed and
-# data included), apart from where run folders go.
+# data included), apart from where run folders and tracker runs go. The tracker's keys are
+# left out of the text, so that studies begun before they existed still match.
 def study_key(config: RunConfig) -> str:
-    return replace(config, out="").to_toml()
+    import tomli_w
+
+    saved = tomllib.loads(replace(config, out="").to_toml())
+    for key in ("tracker", "tracker_uri"):
+        saved.pop(key, None)
+    return tomli_w.dumps(saved)
 
 
 def check_same_study(study: optuna.Study, config: RunConfig, url: str) -> None:
@@ -397,10 +446,12 @@ def tune(config: RunConfig, registry: Registry, *, n_trials: int,
     name = study_name or config.name
     if storage:
         check_storage(storage)
+    tracker = open_tracker(config)  # its package and location, before anything is written
     tuner = prepare_tuner(config, registry, space, folds)
     # Opened once the data is checked, so bad input leaves no empty study behind.
     opened = open_study(storage, name, config) if storage else None
     folder = create_run_dir(config.out, f"tune-{config.name}")
+    tuner.tracker, tuner.folder = tracker, folder
     if opened is None:
         try:
             opened = open_study(default_storage(folder), name, config)

@@ -99,7 +99,7 @@ class DenseAdapter:
             raise UserError(f"{self.name} has no labelled scenes to train on ({self.needs()}).")
         unsupervised = type(self).target_loss is not DenseAdapter.target_loss
         self.history = train(model, labelled, self.recipe, budget=budget, device=device,
-                             progress=progress, what=f"adapter {self.name}",
+                             progress=progress, what=f"adapter: {self.name}",
                              unlabelled=(cast(SceneDataset, data.target_unlabelled)
                                          if unsupervised else None),
                              target_loss=self.target_loss if unsupervised else None,

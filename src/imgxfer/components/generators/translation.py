@@ -186,7 +186,10 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
                          diversity * _mode_seeking(fake, z) if diversity else None)
         for name, value in losses.items():
             state.history[name].append(value)
-        return {"loss": losses["g_loss"]}
+        # All three, the generator's first (what the progress bar has room for): a
+        # tracker logs each (imgxfer.run.tracking).
+        return {"g_loss": losses["g_loss"], "d_loss": losses["d_loss"],
+                "content_loss": losses["content_loss"]}
 
     train_steps(state, train_step, budget=budget, progress=progress,
                 description="generator: gan (translate)", checkpoint=checkpoint)

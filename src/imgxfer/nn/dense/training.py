@@ -112,16 +112,18 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
             distributed.backward_step(loss, optimizer)
             history.append(float(loss.detach()))
             step += 1
-            task.advance(1, loss=f"{history[-1]:.3f}", **shown)
+            # Numbers, not text: the bar formats them, and a tracker (imgxfer.run.tracking)
+            # logs them.
+            task.advance(1, loss=history[-1], **shown)
     distributed.sync_buffers(model)
     return history
 
 
 def _step(model: DenseModel, streams: dict[str, tuple[Batches, float]], target: Any,
           target_loss: TargetLoss | None, device: torch.device,
-          progress: float) -> tuple[torch.Tensor, dict[str, str]]:
+          progress: float) -> tuple[torch.Tensor, dict[str, float]]:
     total = torch.zeros((), device=device)
-    shown: dict[str, str] = {}
+    shown: dict[str, float] = {}
     outputs: dict[str, Any] = {}
     with distributed.autocast():
         for name, (batches, weight) in streams.items():
@@ -133,7 +135,7 @@ def _step(model: DenseModel, streams: dict[str, tuple[Batches, float]], target: 
             images, _ = target.next(device)
             loss, parts = target_loss(model, model.preprocess(images), progress, outputs)
             total = total + loss
-            shown = {k: f"{v:.3f}" for k, v in parts.items()}
+            shown = {k: float(v) for k, v in parts.items()}
     return total, shown
 
 
