@@ -12,7 +12,9 @@ is the generator's effect alone.
         --settings default --threads 1
 
 A setting is MODE-STEPS (``text-1500``: prompts, 1,500 GAN steps; ``translate-500``:
-translation, 500 translator steps) or ``default`` (whatever ``imgxfer run`` does now).
+translation, 500 translator steps), MODE-STEPS-nCOUNT (``translate-300-n400``: 400
+synthetic images per class instead of the default 100) or ``default`` (whatever
+``imgxfer run`` does now).
 Run folders (config.toml, metrics.json) are kept under
 ``benchmarks/results/default_synthesis/``; a rerun reads finished cells back.
 """
@@ -37,8 +39,10 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int) ->
                      seed=seed, shots=shots, compare_synthetic=True, out=str(ROOT))
     if setting == "default":
         return base
-    mode, _, steps = setting.rpartition("-")
-    return replace(base, synthesis=mode, generator_steps=int(steps))
+    mode, steps, *count = setting.split("-")
+    per_class = int(count[0].removeprefix("n")) if count else base.synthetic_per_class
+    return replace(base, synthesis=mode, generator_steps=int(steps),
+                   synthetic_per_class=per_class)
 
 
 def main() -> None:
