@@ -33,10 +33,14 @@ from imgxfer.core.config import RunConfig
 ROOT = Path(__file__).parent / "results" / "default_synthesis"
 
 
-def config_for(setting: str, source: str, target: str, seed: int, shots: int) -> RunConfig:
+def config_for(setting: str, source: str, target: str, seed: int, shots: int,
+               adapter: str = RunConfig.adapter) -> RunConfig:
     tag = "" if shots == 10 else f"-{shots}shot"  # 10: the folders of the first cells
+    if adapter != RunConfig.adapter:
+        tag += f"-{adapter}"
     base = RunConfig(name=f"{source}-{target}-{setting}{tag}", source=source, target=target,
-                     seed=seed, shots=shots, compare_synthetic=True, out=str(ROOT))
+                     seed=seed, shots=shots, adapter=adapter, compare_synthetic=True,
+                     out=str(ROOT))
     if setting == "default":
         return base
     mode, steps, *count = setting.split("-")
@@ -51,6 +55,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--settings", default="default")
     ap.add_argument("--shots", type=int, default=RunConfig.shots)
+    ap.add_argument("--adapter", default=RunConfig.adapter,
+                    help="the adapter fitted with and without the synthetic images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,7 +69,7 @@ def main() -> None:
     for setting in args.settings.split(","):
         with_, without, deltas, cas, cas_real = [], [], [], [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            config = config_for(setting, source, target, seed, args.shots)
+            config = config_for(setting, source, target, seed, args.shots, args.adapter)
             metrics, _ = run_once(config, ROOT / config.name / f"seed-{seed}")
             delta = metrics.synthetic_delta[config.adapter]
             with_.append(delta.with_)
