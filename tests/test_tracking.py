@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -363,16 +364,45 @@ def test_a_missing_package_is_one_sentence_and_writes_nothing(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("kind, uri, message", [
-    ("mlflow", "mlruns", "is a folder, which MLflow no longer opens as a store by default"),
-    ("mlflow", "bogus-scheme://nowhere", "'bogus-scheme://nowhere' cannot be opened by MLflow"),
+    ("mlflow", "mlruns", "is a folder path, which MLflow no longer opens as a store by default"),
+    ("mlflow", "bogus-scheme://nowhere", "'bogus-scheme://nowhere' is not a kind of URI MLflow "
+                                         "opens; give e.g. sqlite:///mlflow.db"),
     ("mlflow", "postgresql://me:secret@127.0.0.1:1/db", "'postgresql://me:***@127.0.0.1:1/db'"),
     ("tensorboard", "FILE", "is a file; give a folder for TensorBoard's event files."),
+    # No server there: one try, not MLflow's four minutes of retries.
+    ("mlflow", "http://127.0.0.1:1", "'http://127.0.0.1:1': no MLflow server answered there "
+                                     "(connection refused); check the address"),
 ])
 def test_a_location_that_cannot_be_opened_is_one_sentence(tmp_path, kind, uri, message):
     if uri == "FILE":
         uri = str(tmp_path / "file.txt")
         Path(uri).write_text("keep me")
+    environment = dict(os.environ)
     with pytest.raises(UserError) as caught:
         tracking.open_tracker(tiny(tmp_path / "out", tracker=kind, tracker_uri=uri))
     assert message in str(caught.value) and "secret" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+    assert dict(os.environ) == environment  # MLflow's retries are cut short while opening only
+
+
+@pytest.mark.parametrize("kind, uri, says", [
+    ("tensorboard", "", "logged to TensorBoard: tensorboard --logdir {out}"),
+    ("tensorboard", "tb", "logged to TensorBoard: tensorboard --logdir tb"),
+    ("mlflow", "", "logged to MLflow (experiment 'tiny'): mlflow ui --backend-store-uri "
+                   "sqlite:///{out}/mlflow.db"),
+    ("mlflow", "http://me:secret@host:5000", "(experiment 'tiny'): open http://me:***@host:5000"),
+    ("none", "", ""),
+])
+def test_a_run_says_where_its_tracker_logged(tmp_path, kind, uri, says):
+    from rich.console import Console
+
+    from imgxfer.cli import app
+
+    out = (tmp_path / "out").resolve()
+    screen = Console(record=True, width=200)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app, "err", screen)
+        app._print_tracker(tiny(out, tracker=kind, tracker_uri=uri))
+    shown = screen.export_text()
+    assert says.format(out=out) in shown and "secret" not in shown
+    assert bool(shown) == bool(says)

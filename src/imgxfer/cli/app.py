@@ -284,6 +284,7 @@ def run(config_file: str | None, resume_folder: str | None, as_json: bool,
     report = folder / REPORT if seeds is None else folder / seed_folder("*") / REPORT
     first = folder if seeds is None else folder / seed_folder(seeds[0])
     _print_where(folder, report, "classify", first, config.adapter_names())
+    _print_tracker(config)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
 
@@ -316,6 +317,7 @@ def _print_dense(result: Any, config: Any, as_json: bool) -> None:
                      "scenes)", columns, rows, err, whole=("adapter",)))
     what = "segment" if metrics.task == "segment" else "detect objects in"
     _print_where(folder, folder / REPORT, what, folder, config.adapter_names())
+    _print_tracker(config)
     if as_json:
         click.echo(json.dumps(metrics.to_json(), indent=2))
 
@@ -328,6 +330,23 @@ def _print_where(folder: Path, report: Path, what: str, run: Path, adapters: lis
               if len(adapters) > 1 else "")
     err.print(f"{what} new images: imgxfer predict IMAGES --from {run}{choose}",
               highlight=False, soft_wrap=True)
+
+
+def _print_tracker(config: Any) -> None:
+    """Where --tracker logged the run, as the command that opens it."""
+    if config.tracker == "tensorboard":
+        logdir = config.tracker_uri or config.out
+        err.print(f"logged to TensorBoard: tensorboard --logdir {logdir}", highlight=False,
+                  soft_wrap=True)
+    elif config.tracker == "mlflow":
+        from imgxfer.run.trackers import MLFLOW_DB, shown_uri
+
+        uri = shown_uri(config.tracker_uri) if config.tracker_uri else (
+            f"sqlite:///{Path(config.out).expanduser().resolve() / MLFLOW_DB}")
+        how = (f"open {uri}" if uri.startswith(("http://", "https://")) else
+               f"mlflow ui --backend-store-uri {uri}")
+        err.print(f"logged to MLflow (experiment {config.name!r}): {how}", highlight=False,
+                  soft_wrap=True)
 
 
 def _apply_generator_budget(config: Any, budget: str | None, flags: dict[str, Any],

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from imgxfer.cli.context import current_registry
-from imgxfer.cli.options import force_option, from_run
+from imgxfer.cli.options import from_run
 from imgxfer.core.errors import UserError
 from imgxfer.run.export import DTYPES, FORMATS, Exported, card_path, check_format
 
@@ -33,7 +33,8 @@ from imgxfer.run.export import DTYPES, FORMATS, Exported, card_path, check_forma
 @click.option("--input-dtype", "dtype", default="float32", show_default=True,
               metavar="|".join(DTYPES),
               help="What the exported model takes: float32 images in [0, 1], or uint8 in 0-255.")
-@force_option
+@click.option("--force", is_flag=True,
+              help="Overwrite the output file and its model card if they exist.")
 def export_command(run: str, adapter: str | None, fmt: str, out: str | None, dtype: str,
                    force: bool) -> None:
     """Export a run's trained model for serving: its classifier (or, for --task
@@ -88,7 +89,8 @@ def _out(out: str | None, fmt: str, force: bool) -> Path:
                         f"model file, e.g. {str(path.with_suffix(FORMATS[fmt]))!r}.")
     if card.exists() and not force:
         raise UserError(f"{str(card)!r} (the model card beside --out) already exists; use "
-                        "--force to overwrite it.")
+                        f"--force to overwrite it, or another --out such as "
+                        f"{str(path.with_name(f'{path.stem}-{fmt}{path.suffix}'))!r}.")
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import time
 import warnings
@@ -168,7 +169,7 @@ class MLflow:
             out = Path(config.out).expanduser().resolve()
             out.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{out / MLFLOW_DB}"
-        with _quiet():
+        with _quiet(), _fail_fast():
             from mlflow.tracking import MlflowClient
 
             try:
@@ -183,6 +184,26 @@ class MLflow:
     def start(self, name: str, default_dir: Path, tags: Mapping[str, str]) -> Sink:
         with _quiet():
             return MLflowRun(self.client, self.experiment_id, name, tags)
+
+
+# While the store is opened, before the run starts: one try of at most this many seconds
+# per request. MLflow's own default retries a server that does not answer for about four
+# minutes, a long wait for a mistyped --tracker-uri. (A variable the user set is kept.)
+OPEN_RETRIES, OPEN_TIMEOUT_S = "0", "20"
+
+
+@contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow's HTTP retries and timeout cut short (it reads them at each request)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": OPEN_RETRIES,
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": OPEN_TIMEOUT_S}
+    unset = [name for name in names if name not in os.environ]
+    os.environ.update({name: names[name] for name in unset})
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
 
 
 def _experiment(client: Any, name: str, artifacts: str | None) -> str:
@@ -218,9 +239,17 @@ def _artifact_root(uri: str) -> str | None:
 def _cannot_open(uri: str, error: Exception) -> str:
     text = one_line(error)
     if "MLFLOW_ALLOW_FILE_STORE" in str(error):  # MLflow 3 refuses folders as stores
-        return (f"--tracker-uri {shown_uri(uri)!r} is a folder, which MLflow no longer opens "
+        return (f"--tracker-uri {shown_uri(uri)!r} is a folder path, which MLflow no longer opens "
                 "as a store by default; give a database such as sqlite:///mlflow.db, or set "
                 "MLFLOW_ALLOW_FILE_STORE=true.")
+    if "Max retries exceeded" in str(error) or "timed out" in str(error):  # HTTP, no answer
+        reason = re.search(r"\[Errno -?\d+\] ([^\"')]+)|(\w+ timed out)", str(error))
+        why = f" ({(reason.group(1) or reason.group(2)).strip().lower()})" if reason else ""
+        return (f"--tracker-uri {shown_uri(uri)!r}: no MLflow server answered there{why}; "
+                "check the address, or start the server (mlflow server).")
+    if "unsupported URI" in str(error):  # MLflow words it as its model registry's problem
+        return (f"--tracker-uri {shown_uri(uri)!r} is not a kind of URI MLflow opens; give "
+                "e.g. sqlite:///mlflow.db, http://host:5000 or postgresql://user@host/db.")
     first = re.split(r"(?<=[a-z)'\]])\. ", text, maxsplit=1)[0].rstrip(".")
     return f"--tracker-uri {shown_uri(uri)!r} cannot be opened by MLflow: {first}."
 

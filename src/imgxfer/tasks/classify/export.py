@@ -160,7 +160,10 @@ def _reading(spec: exporting.InputSpec, file_metadata: dict[str, str]) -> list[s
              "`imgxfer predict` reads files"]
     if file_metadata.get("target_layout") == GLYPH:
         lines.append("the run's target is in the glyph layout (MNIST's): the object scaled "
-                     "into a 20/28 box and centred by its centre of mass, light on black")
+                     "into a 20/28 box and centred by its centre of mass, light on black; "
+                     "`imgxfer predict` puts files into this layout (fit=glyph) and the model "
+                     "does not, so give it images already laid out so (its answers match "
+                     "`imgxfer predict --dataset-opt fit=crop`)")
     try:
         mean, std = (float(v) for v in json.loads(file_metadata["target_brightness"]))
         lines.append(f"the run's target images have a mean brightness of {mean:.2f} ± "
