@@ -79,7 +79,7 @@ def test_run_folder_contents(finished_run):
     baseline = metrics["baselines"]["source model"]
     assert 0 <= baseline["accuracy"] <= 1 and baseline["steps"] is None
     assert "what the run is compared with" in result.output
-    assert "source model (source images only)" in result.output
+    assert "source model (frozen source encoder, logistic head)" in result.output
     assert "finetune without synthetic images" in result.output
     assert "tiny-source" in (folder / "config.toml").read_text()
     assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -424,7 +424,8 @@ def _print_baselines(metrics: RunMetrics) -> None:
     (no target image), each adapter without the synthetic images, and the run's own."""
     rows = [["chance (1 / classes)", f"{metrics.target.chance:.4f}", "–"]]
     for name, r in (metrics.baselines or {}).items():
-        rows.append([f"{name} (source images only)", f"{r.accuracy:.4f}", f"{r.macro_f1:.4f}"])
+        rows.append([f"{name} (frozen source encoder, logistic head)", f"{r.accuracy:.4f}",
+                     f"{r.macro_f1:.4f}"])
     for name, r in metrics.adapters.items():
         delta = (metrics.synthetic_delta or {}).get(name)
         if delta is not None:

@@ -353,7 +353,7 @@ def _baselines(metrics: RunMetrics) -> list[str]:
     target image) and the run's adapter without its synthetic images."""
     first = next(iter(metrics.adapters))
     rows = [["chance (1 / classes)", metrics.target.chance, "–"]]
-    rows += [[f"{name} (source images only)", r.accuracy, r.macro_f1]
+    rows += [[f"{name} (frozen source encoder, logistic head)", r.accuracy, r.macro_f1]
              for name, r in (metrics.baselines or {}).items()]
     delta = (metrics.synthetic_delta or {}).get(first)
     if delta is not None:
