@@ -339,10 +339,10 @@ def _print_tracker(config: Any) -> None:
         err.print(f"logged to TensorBoard: tensorboard --logdir {logdir}", highlight=False,
                   soft_wrap=True)
     elif config.tracker == "mlflow":
-        from imgxfer.run.trackers import MLFLOW_DB, shown_uri
+        from imgxfer.run.trackers import MLflow, shown_uri
 
-        uri = shown_uri(config.tracker_uri) if config.tracker_uri else (
-            f"sqlite:///{Path(config.out).expanduser().resolve() / MLFLOW_DB}")
+        uri = (shown_uri(config.tracker_uri) if config.tracker_uri
+               else MLflow.default_uri(config.out))
         how = (f"open {uri}" if uri.startswith(("http://", "https://")) else
                f"mlflow ui --backend-store-uri {uri}")
         err.print(f"logged to MLflow (experiment {config.name!r}): {how}", highlight=False,

@@ -65,17 +65,21 @@ def resume_config(folder: Path) -> RunConfig:
 
 
 def execute(plan: Plan, *, progress: Progress = NullProgress(),
-            folder: Path | None = None, resume: bool = False) -> RunResult:
+            folder: Path | None = None, resume: bool = False,
+            tracker: tracking.Tracker | None | tracking.Unopened = tracking.UNOPENED
+            ) -> RunResult:
     """Run the stages of ``plan`` into ``folder``
     (a new folder under ``config.out`` when None). With ``resume``, ``folder`` is an
     interrupted run of the same config: the run starts again from the beginning with
     the same seed (so the same split and encoder), and the generator continues from its
-    training checkpoint instead of step 0."""
+    training checkpoint instead of step 0. ``tracker`` is the config's tracker when the
+    caller opened it already (``--seeds``: one for every seed's run)."""
     config = plan.config
     if resume and distributed.world_size() > 1:
         raise UserError("--resume continues a run in one process; start it without a "
                         "launcher (accelerate launch, torchrun).")
-    tracker = tracking.open_tracker(config)  # its package and location, before a folder
+    if isinstance(tracker, tracking.Unopened):  # its package and location, before a folder
+        tracker = tracking.open_tracker(config)
     if folder is None or not distributed.is_main():  # only the main process writes --out
         folder = create_run_dir(config.out, config.name)
     elif not resume:

@@ -157,7 +157,7 @@ def export(served: Served, spec: InputSpec, fmt: str, out: Path, *,
     if difference is None or difference > TOLERANCE:
         found = ("outputs of another shape" if difference is None
                  else f"outputs up to {difference:.2g} away")
-        raise UserError(f"the {_NAMES[fmt]} export does not compute what the run's model does "
+        raise UserError(f"the {NAMES[fmt]} export does not compute what the run's model does "
                         f"({found} on {len(check)} check images, more than {TOLERANCE:g} "
                         "allowed), so nothing was written.")
     atomic_write_bytes(out, data)
@@ -165,7 +165,7 @@ def export(served: Served, spec: InputSpec, fmt: str, out: Path, *,
     return Exported(out, card_path(out), difference, len(check))
 
 
-_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
 def _export_and_reload(served: Served, spec: InputSpec, fmt: str,
@@ -182,14 +182,14 @@ def _export_and_reload(served: Served, spec: InputSpec, fmt: str,
             data = (_onnx_bytes(served, example, metadata) if fmt == "onnx"
                     else _torchscript_bytes(served, example, metadata))
         except Exception as error:  # torch.export / tracing: an op it cannot export
-            raise UserError(f"the run's model could not be exported to {_NAMES[fmt]} "
+            raise UserError(f"the run's model could not be exported to {NAMES[fmt]} "
                             f"({type(error).__name__}: {one_line(error)}), so nothing was "
                             "written.") from None
         try:
             return data, (_run_onnx(data, check) if fmt == "onnx"
                           else _run_torchscript(data, check))
         except Exception as error:  # a graph the runtime cannot load or run
-            raise UserError(f"the {_NAMES[fmt]} export of the run's model does not run in "
+            raise UserError(f"the {NAMES[fmt]} export of the run's model does not run in "
                             f"{runtime} ({type(error).__name__}: {one_line(error)}), so "
                             "nothing was written.") from None
 

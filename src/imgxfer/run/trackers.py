@@ -162,13 +162,17 @@ class MLflow:
     uri: str
     kind: str = "mlflow"
 
+    @staticmethod
+    def default_uri(out: str) -> str:
+        """The store a run under ``out`` logs to without --tracker-uri."""
+        return f"sqlite:///{Path(out).expanduser().resolve() / MLFLOW_DB}"
+
     @classmethod
     def open(cls, uri: str, config: RunConfig) -> MLflow:
         _require("mlflow", "mlflow-skinny", "mlflow")
         if not uri:
-            out = Path(config.out).expanduser().resolve()
-            out.mkdir(parents=True, exist_ok=True)
-            uri = f"sqlite:///{out / MLFLOW_DB}"
+            Path(config.out).expanduser().mkdir(parents=True, exist_ok=True)
+            uri = cls.default_uri(config.out)
         with _quiet(), _fail_fast():
             from mlflow.tracking import MlflowClient
 

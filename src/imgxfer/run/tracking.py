@@ -13,6 +13,7 @@ tracker is asked for, and only the main process of a distributed run logs."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -68,6 +69,14 @@ class Tracker(Protocol):
         ...
 
 
+class Unopened:
+    """A tracker not opened yet: :func:`~imgxfer.run.execute.execute` opens the config's
+    own (None, the other choice, means no tracker)."""
+
+
+UNOPENED = Unopened()
+
+
 def open_tracker(config: RunConfig) -> Tracker | None:
     """The tracker ``config`` asks for, opened, or None (``tracker = "none"``, or a process
     of a distributed run other than the main one, which logs for all). A missing package
@@ -79,6 +88,7 @@ def open_tracker(config: RunConfig) -> Tracker | None:
     return open_backend(config.tracker, config.tracker_uri, config)
 
 
+@functools.lru_cache(maxsize=512)  # called for every number of every training step
 def tag(text: str) -> str:
     """A metric or folder name that TensorBoard and MLflow both take: 'adapter: finetune
     (with synthetic)' -> 'adapter/finetune_with_synthetic' (a colon separates levels;

@@ -106,14 +106,14 @@ def run_seeds(config: RunConfig, seeds: list[int], registry: Registry, *,
     for seed in seeds:  # every seed before the parent folder is created
         check_seed(seed, "each of --seeds")
     plans = [prepare(replace(config, seed=seeds[0]), registry)]  # checks input first
-    open_tracker(config)  # and the tracker's package and location (each seed opens its own)
+    tracker = open_tracker(config)  # and the tracker's package and location, once
     parent = create_run_dir(config.out, config.name)
     runs = []
     for i, seed in enumerate(seeds):
         plan = plans[0] if i == 0 else prepare(replace(config, seed=seed), registry)
         progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
         runs.append(execute(plan, progress=progress,
-                            folder=parent / runfolder.seed_folder(seed)))
+                            folder=parent / runfolder.seed_folder(seed), tracker=tracker))
     metrics = [r.metrics for r in runs]
     result = SeedsResult(parent, runs, summarise(metrics), *summarise_synthetic(metrics))
     atomic_write_json(parent / runfolder.SUMMARY, result.payload(seeds))

@@ -58,7 +58,7 @@ def classifier_card(metrics: RunMetrics, config: RunConfig, adapter: str,
                     spec: exporting.InputSpec, fmt: str, out: Path) -> Card:
     data = metrics.data
     source, target = data.get("source", {}), data.get("target", {})
-    what = "ONNX" if fmt == "onnx" else "TorchScript"
+    what = exporting.NAMES[fmt]
     return Card(
         title=f"{config.source} → {config.target}: {adapter} classifier ({config.encoder})",
         summary=(f"An image classifier for the {len(class_names)} classes of `{config.target}`, "

@@ -61,7 +61,7 @@ def dense_card(model: DenseModel, metrics: DenseRunMetrics, config: RunConfig, a
                folder: Path, spec: exporting.InputSpec, fmt: str, out: Path) -> Card:
     task, classes = model.task, model.class_names
     target = metrics.data.get("target", {})
-    what = "ONNX" if fmt == "onnx" else "TorchScript"
+    what = exporting.NAMES[fmt]
     kind = "segmentation model" if task == "segment" else "object detector"
     generator = metrics.generator or {}
     return Card(
