@@ -12,9 +12,10 @@ is the generator's effect alone.
         --settings default --threads 1
 
 A setting is MODE-STEPS (``text-1500``: prompts, 1,500 GAN steps; ``translate-500``:
-translation, 500 translator steps), MODE-STEPS-nCOUNT (``translate-300-n400``: 400
-synthetic images per class instead of the default 100) or ``default`` (whatever
-``imgxfer run`` does now).
+translation, 500 translator steps), with optional suffixes ``-nCOUNT``
+(``translate-300-n400``: 400 synthetic images per class instead of the default 100) and
+``-sWEIGHT`` (``translate-300-s1``: the gan's ``semantic_weight`` 1, semantic consistency
+with a frozen source classifier), or ``default`` (whatever ``imgxfer run`` does now).
 Run folders (config.toml, metrics.json) are kept under
 ``benchmarks/results/default_synthesis/``; a rerun reads finished cells back.
 """
@@ -43,10 +44,13 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int,
                      out=str(ROOT))
     if setting == "default":
         return base
-    mode, steps, *count = setting.split("-")
-    per_class = int(count[0].removeprefix("n")) if count else base.synthetic_per_class
+    mode, steps, *extras = setting.split("-")
+    given = {extra[0]: extra[1:] for extra in extras}
+    per_class = int(given.get("n", base.synthetic_per_class))
+    options = {**base.options, "generator": {"semantic_weight": float(given["s"])}
+               if "s" in given else {}}
     return replace(base, synthesis=mode, generator_steps=int(steps),
-                   synthetic_per_class=per_class)
+                   synthetic_per_class=per_class, options=options)
 
 
 def main() -> None:

@@ -58,12 +58,26 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
                 generator, mode = spec.split(":")
                 cells.append((f"{source}-{target}-{shots}shot-{generator}-{mode}{args.tag}",
                               dict(shots=shots, generator=generator, synthesis=mode,
-                                   compare=adapters, compare_synthetic=True)))
+                                   compare=adapters, compare_synthetic=True,
+                                   options=options(args))))
         for name, extra in cells:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 out.append((name, RunConfig(name=name, seed=seed, out="results/synthesis",
                                             **{**base, **extra})))
     return out
+
+
+def options(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The run's component options with ``--generator-option KEY=VALUE``s (numbers as
+    numbers)."""
+    generator: dict[str, object] = {}
+    for pair in args.generator_option:
+        key, _, value = pair.partition("=")
+        try:
+            generator[key] = float(value) if "." in value else int(value)
+        except ValueError:
+            generator[key] = value
+    return {**RunConfig().options, "generator": generator}
 
 
 def table(root: Path) -> str:
@@ -116,6 +130,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly: "
                     "two benchmarks with default threads on 2 cores run up to 10x slower)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--generator-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a generator option for the synthesis cells (give --tag too), e.g. "
+                    "semantic_weight=1.0")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the synthesis cells' names, for an "
                     "ablation of the same cell (e.g. -g6000 for --generator-steps 6000)")

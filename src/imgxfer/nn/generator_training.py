@@ -87,9 +87,11 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 def check_training_metadata(meta: dict[str, str], *, where: str, format: str, version: int,
                             options: dict[str, Any], data: dict[str, Any], device: str,
-                            numbers: dict[str, type]) -> dict[str, Any]:
+                            numbers: dict[str, type],
+                            before: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a training checkpoint's metadata before resuming from it: its ``format`` and
-    ``version``, that it was trained with ``options`` (the ones that change training) on
+    ``version``, that it was trained with ``options`` (the ones that change training; an
+    option the checkpoint does not record had its ``before`` value) on
     ``data`` (a :func:`data_signature`) and ``device``; return the entries named in
     ``numbers`` converted (``{"step": int, "elapsed_s": float}``). Anything else is a
     :class:`UserError` that starts with ``where`` ("the gan checkpoint 'path'")."""
@@ -106,6 +108,7 @@ def check_training_metadata(meta: dict[str, str], *, where: str, format: str, ve
         values = {key: kind(meta[key]) for key, kind in numbers.items()}
     except (KeyError, ValueError) as error:
         raise UserError(f"{where} has damaged metadata ({error}).") from None
+    saved = {**(before or {}), **saved}
     differ = [f"{k}={saved.get(k)!r} (not {v!r})" for k, v in options.items()
               if saved.get(k) != v]
     if differ:

@@ -111,9 +111,11 @@ TRAINING_FORMAT = "imgxfer.gan.training"
 TRANSLATION_FORMAT = "imgxfer.gan.translation"
 _TRAINING_VERSION = 1
 # Options that do not change what training computes, so a checkpoint may differ in them.
-# content_weight only acts when it translates (checkpoints from before it existed resume
-# too); the translator's checkpoints compare it.
-_NOT_COMPARED = ("checkpoint_every", "content_weight")
+# content_weight and semantic_weight only act when it translates (checkpoints from before
+# they existed resume too); the translator's checkpoints compare them.
+_NOT_COMPARED = ("checkpoint_every", "content_weight", "semantic_weight")
+# Options a translator checkpoint from before the option existed was trained with.
+_TRANSLATION_BEFORE = {"semantic_weight": 0.0}
 # The discriminator's learning rate is this times ``lr``.
 _D_LR_RATIO = 4
 # Batches of conditions used to recompute the EMA generator's BatchNorm statistics.
@@ -331,7 +333,9 @@ class ConditionalGAN:
     ``checkpoint_every`` steps between training checkpoints when ``fit`` is given a
     checkpoint path (one is also written every ``CHECKPOINT_SECONDS``, 30 s);
     ``content_weight`` weight of the class-keeping loss when it learns to translate
-    (``--synthesis translate``, see :mod:`imgxfer.components.generators.translation`); ``seed``.
+    (``--synthesis translate``, see :mod:`imgxfer.components.generators.translation`);
+    ``semantic_weight`` weight of the semantic consistency with a frozen source classifier
+    there (0: off); ``seed``.
 
     ``fit`` trains new networks, or resumes from its own training checkpoint;
     ``load_state_dict`` restores the sampler only.
@@ -353,7 +357,8 @@ class ConditionalGAN:
                  lr: float = 4e-4, batch_size: int = 64, image_size: int = 32,
                  ema: float = 0.999, target_weight: float = 0.25, diversity: float = 0.2,
                  cdc: float = 0.0, augment: str = DEFAULT, checkpoint_every: int = 250,
-                 content_weight: float = 1.0, seed: int = 0) -> None:
+                 content_weight: float = 1.0, semantic_weight: float = 0.0,
+                 seed: int = 0) -> None:
         for name, value in (("z_dim", z_dim), ("width", width), ("embed_dim", embed_dim),
                             ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
             if int(value) != value or value < 1:
@@ -370,6 +375,9 @@ class ConditionalGAN:
             raise UserError(f"gan: cdc must be zero or more, got {cdc!r}.")
         if not content_weight >= 0:
             raise UserError(f"gan: content_weight must be zero or more, got {content_weight!r}.")
+        if not semantic_weight >= 0:
+            raise UserError(
+                f"gan: semantic_weight must be zero or more, got {semantic_weight!r}.")
         _doublings(image_size)
         policy = Augmentation(augment, discriminator=True, what="gan: augment")
         self.z_dim, self.width, self.embed_dim = int(z_dim), int(width), int(embed_dim)
@@ -379,6 +387,7 @@ class ConditionalGAN:
         self.augment, self.seed = policy, int(seed)
         self.checkpoint_every = int(checkpoint_every)
         self.content_weight = float(content_weight)
+        self.semantic_weight = float(semantic_weight)
         self.history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
         self._sampler: _Generator | None = None
         self._translator: translation.Translator | None = None
@@ -395,7 +404,8 @@ class ConditionalGAN:
                 "diversity": self.diversity, "cdc": self.cdc,
                 "augment": self.augment.policy,
                 "checkpoint_every": self.checkpoint_every,
-                "content_weight": self.content_weight, "seed": self.seed}
+                "content_weight": self.content_weight,
+                "semantic_weight": self.semantic_weight, "seed": self.seed}
 
     def fit(self, data: GeneratorData, *, budget: Budget, progress: Progress,
             device: torch.device | str = "cpu", checkpoint: str | Path | None = None,
@@ -551,6 +561,7 @@ class ConditionalGAN:
             batch_size=self.batch_size, content_weight=self.content_weight,
             diversity=self.diversity, seed=self.seed,
             budget=budget, progress=progress, device=device,
+            semantic_weight=self.semantic_weight,
             checkpoint=self._checkpointing(checkpoint),
             restore=restore, data_signature=signature)
         self._translator, self._sampler = result.translator.cpu().requires_grad_(False), None
@@ -608,11 +619,13 @@ class ConditionalGAN:
         where = f"the gan checkpoint {str(path)!r}"
         format = state.format or TRAINING_FORMAT
         # content_weight changes what the translator learns, not the sampler.
-        ignored = ("checkpoint_every",) if format == TRANSLATION_FORMAT else _NOT_COMPARED
+        translating = format == TRANSLATION_FORMAT
+        ignored = ("checkpoint_every",) if translating else _NOT_COMPARED
         ours = {k: v for k, v in self.resolved_options().items() if k not in ignored}
         values = check_training_metadata(
             meta, where=where, format=format, version=_TRAINING_VERSION, options=ours,
-            data=state.data, device=state.device, numbers={"step": int, "elapsed_s": float})
+            data=state.data, device=state.device, numbers={"step": int, "elapsed_s": float},
+            before=_TRANSLATION_BEFORE if translating else None)
         step, elapsed = values["step"], values["elapsed_s"]
         try:
             for prefix, module in state.modules.items():

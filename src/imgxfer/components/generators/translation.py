@@ -16,6 +16,14 @@ labelled target-style image, with no target label needed. Three networks train t
   label in its output, which keeps the class of each translated image (PixelDA's task
   loss). Without it nothing ties the output's class to the input's.
 
+``semantic_weight`` > 0 adds CyCADA's semantic consistency (Hoffman et al. 2018): a
+second classifier ``S``, trained on source images only and then frozen, must also
+recognise the source label in each translation. ``T`` learns from the translations, so it
+can learn to read digits that drift; a frozen ``S`` cannot, which is what holds the
+content on long budgets. ``S`` is trained on source images with their style randomised
+(colours scaled, inverted and shifted, a target image blended in), so that it judges the
+shape and not the source's colours, which the translator is meant to change.
+
 Its state is saved with the ``gan`` as ``translator.*`` tensors (see
 :class:`~imgxfer.components.generators.gan.ConditionalGAN`).
 """
@@ -40,6 +48,10 @@ from imgxfer.nn.preprocess import match_channels
 
 # Residual blocks of the translator, at half the image size.
 BLOCKS = 4
+# Steps (and learning rate) of the frozen semantic classifier's training on style-randomised
+# source images, before the translator's first step.
+SEMANTIC_STEPS = 500
+SEMANTIC_LR = 1e-3
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -136,6 +148,7 @@ class TranslationResult:
 def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
                    batch_size: int, content_weight: float, diversity: float, seed: int,
                    budget: Budget, progress: Progress, device: torch.device,
+                   semantic_weight: float = 0.0,
                    checkpoint: Checkpointing | None = None,
                    restore: Callable[[TrainingState], None] | None = None,
                    data_signature: dict[str, Any] | None = None) -> TranslationResult:
@@ -143,7 +156,8 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     spent (the critic learns 4x faster, as in the ``gan``). Each source image of a batch
     is translated twice with different noise, for the mode-seeking term (``diversity``;
     without it the noise is ignored and every image gets the same kind of background).
-    ``restore`` prepares the state before the first step (the caller's checkpoint
+    ``semantic_weight`` > 0 first trains the frozen semantic classifier (see the module's
+    text). ``restore`` prepares the state before the first step (the caller's checkpoint
     ``format``; an interrupted training to continue), ``checkpoint`` saves it as
     :func:`~imgxfer.nn.generator_training.train_steps` does, and ``data_signature`` is what
     the checkpoint records of the data."""
@@ -161,14 +175,18 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=4 * lr, betas=(0.5, 0.999))
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
+    semantic = (_semantic_classifier(data, width=width, batch_size=2 * batch_size,
+                                     seed=seed, progress=progress, device=device)
+                if semantic_weight > 0 else None)
     seed += distributed.seed_offset()  # each process its own batches and noise
     draw = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed)
+    history: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "content_loss": []}
     state = TrainingState(
-        modules={"g": g, "d": d, "t": t},
+        modules={"g": g, "d": d, "t": t, **({"s": semantic} if semantic else {})},
         optimizers={"opt_g": opt_g, "opt_d": opt_d, "opt_t": opt_t},
         generators={"draw": draw, "noise": noise},
-        history={"d_loss": [], "g_loss": [], "content_loss": []},
+        history=history | ({"semantic_loss": []} if semantic else {}),
         data=dict(data_signature or {}), device=device.type)
     if restore is not None:
         restore(state)
@@ -181,9 +199,14 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
         real = data.target[tgt].to(device)
         z = torch.randn(len(src), z_dim, generator=noise, device=device)
         fake = g(x, z)
+        extra = diversity * _mode_seeking(fake, z) if diversity else None
+        if semantic is not None:
+            kept = F.cross_entropy(semantic(fake), y)
+            extra = semantic_weight * kept + (0 if extra is None else extra)
         losses = _update(g, d, t, (opt_g, opt_d, opt_t), x, y, real, fake, data,
-                         content_weight, draw, device,
-                         diversity * _mode_seeking(fake, z) if diversity else None)
+                         content_weight, draw, device, extra)
+        if semantic is not None:
+            losses["semantic_loss"] = kept.item()
         for name, value in losses.items():
             state.history[name].append(value)
         # All three, the generator's first (what the progress bar has room for): a
@@ -197,6 +220,42 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     # reloaded translator gives bit-identical images.
     g = g.to(memory_format=torch.contiguous_format)
     return TranslationResult(g.eval(), state.step, state.history)
+
+
+def _randomise_style(x: torch.Tensor, target: torch.Tensor,
+                     draw: torch.Generator) -> torch.Tensor:
+    """``x`` (in [-1, 1]) with each channel scaled by +-[0.5, 1] (the sign inverts it) and
+    shifted by [-0.5, 0.5], then blended with a random ``target`` image (weight [0, 0.5]):
+    the same shapes in colours and textures the source never has."""
+    b, c = x.shape[:2]
+    sign = torch.randint(2, (b, c, 1, 1), generator=draw) * 2 - 1
+    scale = sign * torch.empty(b, c, 1, 1).uniform_(0.5, 1, generator=draw)
+    shift = torch.empty(b, c, 1, 1).uniform_(-0.5, 0.5, generator=draw)
+    mix = torch.empty(b, 1, 1, 1).uniform_(0, 0.5, generator=draw)
+    background = target[torch.randint(len(target), (b,), generator=draw)]
+    styled = (scale.to(x) * x + shift.to(x)).clamp(-1, 1)
+    return (1 - mix.to(x)) * styled + mix.to(x) * background.to(x)
+
+
+def _semantic_classifier(data: TranslationData, *, width: int, batch_size: int, seed: int,
+                         progress: Progress, device: torch.device) -> nn.Module:
+    """The frozen classifier of CyCADA's semantic consistency: ``SEMANTIC_STEPS`` steps on
+    style-randomised source images (their labels only), then eval mode, no gradients."""
+    draw = torch.Generator().manual_seed(seed + 1)  # not the translator's batches
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        s = _content_classifier(int(data.target.shape[1]), width, data.classes).to(device)
+    s = s.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(s.parameters(), lr=SEMANTIC_LR)
+    with progress.task("generator: gan (semantic classifier)", SEMANTIC_STEPS) as task:
+        for _ in range(SEMANTIC_STEPS):
+            pick = torch.randint(len(data.source), (batch_size,), generator=draw)
+            x = _randomise_style(data.source[pick], data.target, draw).to(device)
+            loss = F.cross_entropy(s(x), data.source_labels[pick].to(device))
+            opt.zero_grad(set_to_none=True)
+            distributed.backward_step(loss, opt)
+            task.advance(1, loss=loss.item())
+    return s.eval().requires_grad_(False)
 
 
 def _mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
