@@ -211,6 +211,51 @@ def test_translator_checkpoints_by_time_and_resumes(tmp_path, monkeypatch):
             resume=True)
 
 
+def test_semantic_consistency_trains_a_frozen_classifier_that_the_translator_must_satisfy(
+        tmp_path, monkeypatch):
+    """semantic_weight > 0: a classifier trained on style-randomised source images, frozen,
+    adds a loss to the translator's (logged as semantic_loss); it is checkpointed with the
+    other networks, and a checkpoint from before the option resumes as semantic_weight 0."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from imgxfer.components.generators import translation
+
+    monkeypatch.setattr(translation, "SEMANTIC_STEPS", 3)
+    data, _ = _translate_data()
+    options = dict(width=4, image_size=16, batch_size=4)
+    plain = ConditionalGAN(**options).fit(data, budget=Budget(2), progress=NullProgress(),
+                                          device=CPU)
+    gan = ConditionalGAN(**options, semantic_weight=1.0)
+    path = tmp_path / "train.safetensors"
+    result = gan.fit(data, budget=Budget(2), progress=NullProgress(), device=CPU,
+                     checkpoint=path)
+    assert set(result.losses) == {"d_loss", "g_loss", "content_loss", "semantic_loss"}
+    assert all(v > 0 for v in result.losses["semantic_loss"])
+    # The critic and the content classifier see the same batches; the translator's loss
+    # differs, so its second step's critic loss does.
+    assert result.losses["d_loss"][0] == plain.losses["d_loss"][0]
+    assert result.losses["g_loss"] != plain.losses["g_loss"]
+    assert any(k.startswith("s.") for k in load_file(path))
+    with pytest.raises(UserError, match="semantic_weight must be zero or more"):
+        ConditionalGAN(semantic_weight=-1)
+    # An older translator checkpoint: no semantic_weight recorded, no s. networks.
+    ConditionalGAN(**options).fit(data, budget=Budget(2), progress=NullProgress(),
+                                  device=CPU, checkpoint=path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    saved = json.loads(meta["options"])
+    del saved["semantic_weight"]
+    save_file(load_file(path), path, {**meta, "options": json.dumps(saved)})
+    resumed = ConditionalGAN(**options).fit(data, budget=Budget(3), progress=NullProgress(),
+                                            device=CPU, checkpoint=path, resume=True)
+    assert resumed.steps == 3
+    with pytest.raises(UserError, match="semantic_weight=0.0 \\(not 1.0\\)"):
+        ConditionalGAN(**options, semantic_weight=1.0).fit(
+            data, budget=Budget(4), progress=NullProgress(), device=CPU, checkpoint=path,
+            resume=True)
+
+
 def test_gan_translate_needs_target_images_and_a_text_gan_cannot_edit():
     data = replace(tiny_generator_data(), synthesis="translate")
     with pytest.raises(UserError, match="--synthesis translate needs target-domain images"):

@@ -8,7 +8,7 @@ under plugins/). The check:
 
 1. each wheel holds every file of its package's source folder (modules, py.typed,
    registry.toml, the scaffold templates), plugins declare their entry point, and the
-   version in each file name is the one in its pyproject.toml;
+   version in each file name is the one in its pyproject.toml, and each carries LICENSE;
 2. a new virtual environment gets imgxfer's wheel from pip, which resolves its
    dependencies; imgxfer then imports from that environment, not from the checkout;
 3. `imgxfer --version`, `imgxfer list`, `imgxfer plugins --available` (registry.toml),
@@ -127,7 +127,7 @@ def source_files(folder: Path, package: str) -> set[str]:
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
 
 
-@step("each wheel holds its package's files, entry point and version")
+@step("each wheel holds its package's files, entry point, version and licence")
 def check_contents(dist: Path) -> dict[str, Path]:
     wheels = {}
     for distribution, (folder, package) in PROJECTS.items():
@@ -139,6 +139,8 @@ def check_contents(dist: Path) -> dict[str, Path]:
                 raise CheckFailed(f"{wheel.name} lacks {sorted(missing)}")
             entry_points = next((archive.read(n).decode() for n in names
                                  if n.endswith(".dist-info/entry_points.txt")), "")
+            if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+                raise CheckFailed(f"{wheel.name} carries no licence text (LICENSE)")
         expected = ("[console_scripts]\nimgxfer = imgxfer.cli:main" if package == "imgxfer"
                     else f"[imgxfer]\n{distribution.removeprefix('imgxfer-')} = {package}")
         if expected not in entry_points:
