@@ -96,3 +96,28 @@ def test_intervals_round_trip_through_metrics_json():
     again = RunMetrics.from_json(json.loads(json.dumps(run.to_json())))
     assert again.generator.cas_interval == [0.3, 0.7]
     assert again.generator.fid_real_spread == 0.1 and not again.generator.extra
+
+
+def test_a_run_below_its_source_model_or_lowered_by_synthetic_images_says_so():
+    """The headline alone would read as a gain: an adapter below the source model on the
+    same test images, and synthetic images that lowered an adapter, are each a sentence;
+    an adapter that does not read synthetic images (same_fit) is not."""
+    run = RunMetrics.from_json({
+        "target": {"accuracy": 0.61, "n_test": 500, "chance": 0.1},
+        "adapters": {"finetune": {"accuracy": 0.61}, "coral": {"accuracy": 0.5}},
+        "baselines": {"source model": {"accuracy": 0.655}},
+        "synthetic_delta": {"finetune": {"with": 0.61, "without": 0.64, "delta": -0.03},
+                            "coral": {"with": 0.5, "without": 0.52, "delta": -0.02,
+                                      "same_fit": True}}})
+    warnings = noise_warnings(run)
+    assert warnings == [
+        "finetune 0.6100 is below the source model's 0.6550 on the same test images: "
+        "adapting lowered accuracy in this run (compare adapters with --compare).",
+        "finetune got 0.6100 with the synthetic images and 0.6400 without: they lowered its "
+        "accuracy in this run (--seeds N measures whether that is more than noise)."]
+    better = RunMetrics.from_json({
+        "target": {"accuracy": 0.9, "n_test": 500, "chance": 0.1},
+        "adapters": {"finetune": {"accuracy": 0.9}},
+        "baselines": {"source model": {"accuracy": 0.655}},
+        "synthetic_delta": {"finetune": {"with": 0.9, "without": 0.85, "delta": 0.05}}})
+    assert noise_warnings(better) == []

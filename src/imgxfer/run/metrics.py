@@ -146,6 +146,11 @@ class GeneratorMetrics(_Record):
                 if k not in ("name", "per_class") and v is not None}
 
 
+# The baseline of every classify run (metrics.json's ``baselines``): the source-trained
+# encoder, frozen, with a linear head fitted on source images only.
+SOURCE_MODEL = "source model"
+
+
 @dataclass
 class RunMetrics:
     """metrics.json of one run."""

@@ -1,6 +1,7 @@
 """How far a figure measured on a few test images can be trusted: the Wilson score
 interval (95%) of an accuracy (the target classifier's, CAS, CAS real), and the warnings
-the report and the printed tables give when a figure is within noise of chance.
+the report and the printed tables give when a figure is within noise of chance or below
+its baseline.
 
 Accuracy on 36 test images moves by about ±0.15 between two equally good classifiers,
 so a CAS of 0.389 against a chance of 0.333 says nothing; the interval says so. Wilson's
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from scipy.stats import binomtest
 
-from imgxfer.run.metrics import GeneratorMetrics, RunMetrics, TargetMetrics
+from imgxfer.run.metrics import SOURCE_MODEL, GeneratorMetrics, RunMetrics, TargetMetrics
 
 CONFIDENCE = 0.95
 # FID counts as within noise of the real-to-real floor when it exceeds the floor by less
@@ -63,9 +64,9 @@ def noise_warnings(metrics: RunMetrics) -> list[str]:
     the real-to-real floor (the encoder's features do not tell the images from real);
     and one when the synthetic images keep their label far less often than real images
     carry theirs (below :data:`LABEL_KEPT_SHARE` of CAS real): then many of them teach a
-    wrong label, whatever their style."""
+    wrong label, whatever their style. Then :func:`baseline_warnings`."""
     target, chance = metrics.target, metrics.target.chance
-    out = []
+    out = baseline_warnings(metrics)
     interval = accuracy_interval(target)
     if chance is not None and _contains(interval, chance):
         # An interval is stored with the accuracy it was computed from, or computed from it.
@@ -92,6 +93,28 @@ def noise_warnings(metrics: RunMetrics) -> list[str]:
                    "of the real test images right gives only that share of the synthetic "
                    "images their intended class, so many of them teach a wrong label (see "
                    "the synthetic rows of samples.png).")
+    return out
+
+
+def baseline_warnings(metrics: RunMetrics) -> list[str]:
+    """One sentence when the run's classifier (the first adapter) is below the source
+    model on the same test images (adapting lowered accuracy), and one per adapter that the
+    synthetic images made worse (``--compare-synthetic``): a reader who sees only the
+    headline would otherwise take both as gains."""
+    out = []
+    first = next(iter(metrics.adapters), None)
+    source = (metrics.baselines or {}).get(SOURCE_MODEL)
+    ours = metrics.adapters[first].accuracy if first is not None else None
+    if ours is not None and source is not None and source.accuracy is not None \
+            and ours < source.accuracy:
+        out.append(f"{first} {ours:.4f} is below the source model's {source.accuracy:.4f} "
+                   "on the same test images: adapting lowered accuracy in this run (compare "
+                   "adapters with --compare).")
+    for name, delta in (metrics.synthetic_delta or {}).items():
+        if delta.delta is not None and delta.delta < 0 and not delta.same_fit:
+            out.append(f"{name} got {delta.with_:.4f} with the synthetic images and "
+                       f"{delta.without:.4f} without: they lowered its accuracy in this run "
+                       "(--seeds N measures whether that is more than noise).")
     return out
 
 

@@ -205,8 +205,14 @@ def _limitations(metrics: RunMetrics, config: RunConfig, adapter: str) -> list[s
 
 def _as_run_classifier(metrics: RunMetrics, config: RunConfig, adapter: str) -> RunMetrics:
     """``metrics`` with ``adapter``'s accuracy as the target's (metrics.json's ``target``
-    is the first adapter's), so :func:`noise_warnings` judges this classifier."""
-    if adapter == config.adapter_names()[0] or adapter not in metrics.adapters:
+    is the first adapter's), ``adapter`` first and its synthetic delta alone, so
+    :func:`noise_warnings` judges this classifier."""
+    if adapter not in metrics.adapters:
+        return metrics
+    deltas = {k: v for k, v in (metrics.synthetic_delta or {}).items() if k == adapter}
+    metrics = replace(metrics, adapters={adapter: metrics.adapters[adapter], **metrics.adapters},
+                      synthetic_delta=deltas or None)
+    if adapter == config.adapter_names()[0]:
         return metrics
     accuracy = metrics.adapters[adapter].accuracy
     target = replace(metrics.target, accuracy=accuracy,

@@ -25,7 +25,7 @@ from imgxfer.nn.probe import fit_probe
 from imgxfer.nn.training import predict_logits
 from imgxfer.plugin.protocols import declared
 from imgxfer.run import artifacts
-from imgxfer.run.metrics import AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
+from imgxfer.run.metrics import SOURCE_MODEL, AdapterMetrics, SyntheticDelta, TargetMetrics, Timings
 from imgxfer.tasks.classify.evaluation import classification_metrics, information_maximization
 from imgxfer.tasks.classify.stages.explain import Explainer
 
@@ -33,9 +33,8 @@ if TYPE_CHECKING:  # the plan imports the stages through its run
     from imgxfer.tasks.classify.plan import Plan
 
 log = logging.getLogger("imgxfer")
-# The baseline of every run (metrics.json's ``baselines``), and how many source images
-# its head is fitted on at most (a streamed source may hold far more).
-SOURCE_MODEL = "source model"
+# How many source images the source model's head (metrics.SOURCE_MODEL) is fitted on at
+# most (a streamed source may hold far more).
 BASELINE_IMAGES = 2000
 
 
