@@ -248,6 +248,16 @@ def test_install_from_an_index(pip_calls, world, monkeypatch, no_source_variable
     assert pip_calls[1][3:7] == ["install", "--index-url", "file:///srv/simple", "imgxfer-timm"]
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.org/simple"])
+def test_an_index_url_that_is_not_one_is_one_sentence(pip_calls, url, no_source_variables):
+    result = CliRunner().invoke(cli, ["install", "timm", "--index-url", url])
+    assert result.exit_code == 2 and pip_calls == []
+    assert result.output.strip() == (
+        f"error: --index-url (IMGXFER_PLUGIN_INDEX) takes a package index's address "
+        f"(https://..., or file:///folder), not {url!r}; give a folder of wheels with "
+        "--find-links.")
+
+
 @pytest.mark.parametrize("given, message", [
     ("missing", "error: the wheel folder '{tmp}/missing' (--find-links or "
                 "IMGXFER_PLUGIN_WHEELS) is not a folder."),

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from packaging.tags import sys_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
@@ -291,6 +292,10 @@ def source(plugin: KnownPlugin, wheels: str | Path | None = None,
         return Source(f"{find_wheel(folder, plugin.requirement)}{extras}",
                       ["--find-links", str(folder)])
     if index_url is not None:
+        if urlsplit(index_url).scheme not in ("http", "https", "file"):
+            raise UserError(f"--index-url ({INDEX_ENV}) takes a package index's address "
+                            f"(https://..., or file:///folder), not {index_url!r}; give a "
+                            "folder of wheels with --find-links.")
         return Source(plugin.requirement + extras, ["--index-url", index_url],
                       index_url=index_url)
     local = plugin.local_path()
