@@ -236,12 +236,14 @@ class RunConfig:
             raise UserError(f"--tracker-uri {self.tracker_uri} says where a tracker writes, so "
                             "it needs --tracker tensorboard or --tracker mlflow.")
 
-    def to_toml(self) -> str:
+    def to_toml(self, exclude: tuple[str, ...] = ()) -> str:
+        """config.toml's text: the scalars, then a table per stage (its component's
+        ``name`` and options); the fields named in ``exclude`` left out."""
         doc: dict[str, Any] = {}
         tables: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "options":
+            if f.name == "options" or f.name in exclude:
                 continue
             if f.name in STAGES:
                 tables[f.name] = {"name": value, **self.options.get(f.name, {})}

@@ -34,9 +34,9 @@ import optuna
 import torch
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 from imgxfer.core.config import NONE, RunConfig
 from imgxfer.core.errors import UserError
@@ -356,12 +356,9 @@ def open_study(url: str, name: str, config: RunConfig) -> Study:
 # data included), apart from where run folders and tracker runs go. The tracker's keys are
 # left out of the text, so that studies begun before they existed still match.
 def study_key(config: RunConfig) -> str:
-    import tomli_w
-
-    saved = tomllib.loads(replace(config, out="").to_toml())
-    for key in ("tracker", "tracker_uri"):
-        saved.pop(key, None)
-    return tomli_w.dumps(saved)
+    """What a study records of its config, to refuse a continuation with another one:
+    config.toml's text without the output folder and the tracker (where results go)."""
+    return replace(config, out="").to_toml(exclude=("tracker", "tracker_uri"))
 
 
 def check_same_study(study: optuna.Study, config: RunConfig, url: str) -> None:
