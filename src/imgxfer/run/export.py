@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from imgxfer.core.errors import UserError, one_line
-from imgxfer.core.runfolder import atomic_write_bytes, atomic_write_text
+from imgxfer.core.runfolder import METRICS, atomic_write_bytes, atomic_write_text
 
 # Format -> the usual file suffix (`imgxfer export` names its default --out with it).
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -120,6 +120,18 @@ def check_format(fmt: str, dtype: str = "float32") -> None:
             raise UserError(f"--format onnx needs {', '.join(missing)}, which "
                             f"{'is' if len(missing) == 1 else 'are'} not installed: "
                             f"pip install 'imgxfer[{EXTRA}]'.")
+
+
+def read_metrics_json(folder: Path) -> dict[str, Any]:
+    """The run's metrics.json (a card's figures), as JSON; a run without one did not
+    finish, so its models were never evaluated."""
+    path = folder / METRICS
+    if not path.is_file():
+        raise UserError(f"the run {str(folder)!r} has no {METRICS}: it did not finish, so its "
+                        "models were never evaluated; resume it with `imgxfer run --resume` "
+                        "and export it then.")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
 
 
 def card_path(out: Path) -> Path:

@@ -13,8 +13,7 @@ from typing import Any, cast
 from torch import nn
 
 from imgxfer.core.config import RunConfig
-from imgxfer.core.errors import UserError
-from imgxfer.core.runfolder import METRICS, SUMMARY
+from imgxfer.core.runfolder import SUMMARY
 from imgxfer.data.layout import GLYPH
 from imgxfer.plugin.protocols import Encoder, encoder_input_size
 from imgxfer.run import export as exporting
@@ -30,8 +29,7 @@ def export_classifier(model: nn.Module, *, class_names: list[str], adapter: str,
     ``imgxfer.cli.predict.load_classifier`` rebuilds it from ``folder``) as ``fmt`` into
     ``out``, taking images of ``dtype``, and its model card beside it; nothing is written
     unless the file checks out."""
-    exporting.check_format(fmt, dtype)
-    metrics = read_metrics(folder)
+    metrics = RunMetrics.from_json(exporting.read_metrics_json(folder))
     encoder = cast(Encoder, model.encoder)
     spec = exporting.InputSpec(int(encoder.in_channels), encoder_input_size(encoder), dtype)
     served = exporting.Served(model, encoder.preprocess, ["logits"], uint8=dtype == "uint8")
@@ -41,16 +39,6 @@ def export_classifier(model: nn.Module, *, class_names: list[str], adapter: str,
     card = classifier_card(metrics, config, adapter, class_names, file_metadata, folder,
                            spec, fmt, out)
     return exporting.export(served, spec, fmt, out, metadata=metadata, card=card.render())
-
-
-def read_metrics(folder: Path) -> RunMetrics:
-    """The run's metrics.json (the card's figures); a run without one is not finished."""
-    path = folder / METRICS
-    if not path.is_file():
-        raise UserError(f"the run {str(folder)!r} has no {METRICS}: it did not finish, so its "
-                        "classifier was never evaluated; resume it with `imgxfer run --resume` "
-                        "and export it then.")
-    return RunMetrics.read(path)
 
 
 def classifier_card(metrics: RunMetrics, config: RunConfig, adapter: str,

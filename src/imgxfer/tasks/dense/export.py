@@ -7,13 +7,10 @@ and boxes are decoded outside the model by :func:`imgxfer.nn.dense.detection.dec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
 from imgxfer.core.config import RunConfig
-from imgxfer.core.errors import UserError
-from imgxfer.core.runfolder import METRICS
 from imgxfer.nn.dense.model import DenseModel
 from imgxfer.run import export as exporting
 from imgxfer.run.modelcard import Card, Output, metric, table, usage
@@ -36,13 +33,7 @@ def export_dense(model: DenseModel, *, config: RunConfig, adapter: str, folder: 
                  fmt: str, out: Path, dtype: str = "float32") -> exporting.Exported:
     """Write ``model`` (as ``imgxfer.cli.predict_dense.load_model`` rebuilds it from the run
     in ``folder``) as ``fmt`` into ``out`` with its model card beside it, after the check."""
-    exporting.check_format(fmt, dtype)
-    path = folder / METRICS
-    if not path.is_file():
-        raise UserError(f"the run {str(folder)!r} has no {METRICS}: it did not finish, so its "
-                        "models were never evaluated; resume it with `imgxfer run --resume` "
-                        "and export it then.")
-    metrics = DenseRunMetrics.from_json(json.loads(path.read_text(encoding="utf-8")))
+    metrics = DenseRunMetrics.from_json(exporting.read_metrics_json(folder))
     spec = exporting.InputSpec(int(cast(Any, model.encoder).in_channels),
                                cast("tuple[int, int]", model.size), dtype)
     names = outputs(model)
