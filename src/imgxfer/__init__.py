@@ -29,10 +29,11 @@ from imgxfer.plugin.hookspecs import Register, hookimpl
 # The version is written once, in pyproject.toml; an installed imgxfer (wheel or editable)
 # carries it in its metadata. A source tree put on sys.path without installing it has no
 # metadata, and says so rather than guess.
+UNKNOWN_VERSION = "0+unknown"
 try:
     __version__ = metadata.version("imgxfer")
 except metadata.PackageNotFoundError:  # pragma: no cover
-    __version__ = "0+unknown"
+    __version__ = UNKNOWN_VERSION
 
 # Where each public name lives; imported on first use, so `import imgxfer` (every plugin
 # does it) stays free of torch until a component needs it. The block under TYPE_CHECKING

@@ -22,7 +22,7 @@ import pluggy
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from imgxfer import __version__
+from imgxfer import UNKNOWN_VERSION, __version__
 from imgxfer.core.errors import UnknownComponentError, UserError
 from imgxfer.plugin import hookspecs
 from imgxfer.plugin.registry import CLASSIFY, KINDS, SINGULAR, Component, Registry
@@ -78,7 +78,7 @@ def incompatibility(dist: md.Distribution | None,
     """Why a plugin cannot be loaded with imgxfer ``version``: its distribution requires
     other imgxfer versions (pip lets an upgrade of imgxfer past a plugin's range through
     with a warning). None when it fits, or says nothing."""
-    if dist is None or version == "0+unknown":  # a source tree that was never installed
+    if dist is None or version == UNKNOWN_VERSION:  # a source tree never installed
         return None
     for line in dist.requires or []:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from imgxfer import __version__
+from imgxfer import UNKNOWN_VERSION, __version__
 from imgxfer.core.config import AUTO, FILTER_PROBE, NONE
 from imgxfer.core.errors import UserError
 from imgxfer.plugin.registry import KINDS as PLURAL_KINDS
@@ -177,7 +177,10 @@ def render(skeleton: Skeleton, values: dict[str, str]) -> dict[str, str]:
 def imgxfer_requirement(version: str = __version__) -> str:
     """The imgxfer versions a new plugin says it works with: from this release up to the
     next one that may change the plugin API (the next minor release while imgxfer is
-    0.x, the next major one after)."""
+    0.x, the next major one after). Any imgxfer when this one does not know its own
+    version (a source tree that was never installed)."""
+    if version == UNKNOWN_VERSION:
+        return "imgxfer"
     v = Version(version)
     upper = f"0.{v.minor + 1}" if v.major == 0 else str(v.major + 1)
     return f"imgxfer>={v.major}.{v.minor},<{upper}"
