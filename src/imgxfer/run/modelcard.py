@@ -8,7 +8,7 @@ knows). The tasks fill a :class:`Card` (:mod:`imgxfer.tasks.classify.export`,
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,14 @@ def _input_lines(spec: InputSpec, reading: list[str]) -> list[str]:
                      *reading])]
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (a ``|`` inside a cell escaped), for model cards and TensorBoard's
+    text dashboard."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|")
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

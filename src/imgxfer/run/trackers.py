@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgxfer.core.config import RunConfig
 from imgxfer.core.errors import UserError, one_line
+from imgxfer.run.modelcard import table
 
 if TYPE_CHECKING:  # imgxfer.run.tracking imports this module when a tracker is asked for
     from imgxfer.run.tracking import Scalar, Sink, Tracker
@@ -104,7 +105,7 @@ class TensorBoardRun:
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=FLUSH_SECONDS)
         if tags:
-            self.writer.add_text("run", _table(tags))
+            self.writer.add_text("run", table(["key", "value"], tags.items()))
 
     def params(self, values: Mapping[str, Scalar]) -> None:
         """The HParams dashboard's session start (no experiment summary: TensorBoard then
@@ -115,7 +116,7 @@ class TensorBoardRun:
         events = self.writer.file_writer
         assert events is not None  # SummaryWriter opens it in __init__
         events.add_summary(start)
-        self.writer.add_text("config", _table(values))
+        self.writer.add_text("config", table(["key", "value"], values.items()))
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for name, value in values.items():
@@ -127,12 +128,6 @@ class TensorBoardRun:
     def close(self, status: str) -> None:
         self.writer.add_text("status", status)
         self.writer.close()
-
-
-def _table(values: Mapping[str, Scalar]) -> str:
-    """A Markdown table, which TensorBoard's text dashboard renders."""
-    rows = [f"| {k} | {str(v).replace('|', '/')} |" for k, v in values.items()]
-    return "\n".join(["| key | value |", "|---|---|", *rows])
 
 
 @contextmanager
