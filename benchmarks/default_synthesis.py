@@ -46,6 +46,8 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int,
         return base
     mode, steps, *extras = setting.split("-")
     given = {extra[0]: extra[1:] for extra in extras}
+    if not set(given) <= {"n", "s"}:
+        raise SystemExit(f"unknown suffix in {setting!r}: MODE-STEPS[-nCOUNT][-sWEIGHT]")
     per_class = int(given.get("n", base.synthetic_per_class))
     options = {**base.options, "generator": {"semantic_weight": float(given["s"])}
                if "s" in given else {}}

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, TABLE_GENERATOR_STEPS, cell, run_once
 
-from imgxfer.core.config import RunConfig
+from imgxfer.core.config import RunConfig, parse_option
 from imgxfer.run.metrics import RunMetrics
 
 ROOT = Path(__file__).parent / "results" / "synthesis"
@@ -68,15 +68,9 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
 
 
 def options(args: argparse.Namespace) -> dict[str, dict[str, object]]:
-    """The run's component options with ``--generator-option KEY=VALUE``s (numbers as
-    numbers)."""
-    generator: dict[str, object] = {}
-    for pair in args.generator_option:
-        key, _, value = pair.partition("=")
-        try:
-            generator[key] = float(value) if "." in value else int(value)
-        except ValueError:
-            generator[key] = value
+    """The run's component options with ``--generator-option KEY=VALUE``s, read as the
+    CLI's ``--generator-opt`` reads them."""
+    generator = dict(parse_option(pair, "--generator-option") for pair in args.generator_option)
     return {**RunConfig().options, "generator": generator}
 
 

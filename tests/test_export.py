@@ -280,3 +280,33 @@ def test_one_seed_of_a_seeds_run_cards_the_spread_over_its_seeds(host, compare_r
     assert result.exit_code == 0, result.output
     assert ("Over the seeds 0, 1, 2 of this run (`summary.json`): accuracy 0.8765 ± 0.0432, "
             "macro F1 0.8611 ± 0.0500") in (tmp_path / "m.md").read_text()
+
+
+def test_the_card_of_another_adapter_than_the_first_judges_that_adapter():
+    """metrics.json's ``target`` is the first adapter's: the card's warnings of another
+    adapter read that adapter's accuracy and its own synthetic delta only."""
+    from imgxfer.core.config import RunConfig
+    from imgxfer.run.metrics import RunMetrics
+    from imgxfer.run.uncertainty import noise_warnings
+    from imgxfer.tasks.classify.export import _as_run_classifier
+
+    metrics = RunMetrics.from_json({
+        "target": {"accuracy": 0.9, "n_test": 500, "chance": 0.1},
+        "adapters": {"linear": {"accuracy": 0.9}, "finetune": {"accuracy": 0.5}},
+        "baselines": {"source model": {"accuracy": 0.8}},
+        "synthetic_delta": {"linear": {"with": 0.9, "without": 0.7, "delta": 0.2},
+                            "finetune": {"with": 0.5, "without": 0.6, "delta": -0.1}}})
+    config = RunConfig(compare=["linear", "finetune"])
+    judged = _as_run_classifier(metrics, config, "finetune")
+    assert list(judged.adapters) == ["finetune", "linear"]
+    assert judged.target.accuracy == 0.5 and judged.target.accuracy_interval[1] < 0.6
+    assert list(judged.synthetic_delta) == ["finetune"]
+    assert [w.split(" ")[0] for w in noise_warnings(judged)] == ["finetune", "finetune"]
+    assert noise_warnings(_as_run_classifier(metrics, config, "linear")) == []
+
+
+def test_markdown_cells_keep_their_pipes_escaped():
+    from imgxfer.run.markdown import table
+
+    assert table(["key", "value"], [["a|b", 1]]).splitlines() == [
+        "| key | value |", "|---|---|", "| a\\|b | 1 |"]

@@ -253,9 +253,19 @@ def test_an_index_url_that_is_not_one_is_one_sentence(pip_calls, url, no_source_
     result = CliRunner().invoke(cli, ["install", "timm", "--index-url", url])
     assert result.exit_code == 2 and pip_calls == []
     assert result.output.strip() == (
-        f"error: --index-url (IMGXFER_PLUGIN_INDEX) takes a package index's address "
-        f"(https://..., or file:///folder), not {url!r}; give a folder of wheels with "
-        "--find-links.")
+        f"error: --index-url (IMGXFER_PLUGIN_INDEX) takes a package index: an address "
+        f"(https://..., file:///...) or a folder laid out as one, not {url!r}; give a "
+        "folder of wheels with --find-links.")
+
+
+def test_an_index_url_may_be_a_folder_laid_out_as_an_index(pip_calls, tmp_path,
+                                                           no_source_variables):
+    (tmp_path / "simple" / "imgxfer-timm").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["install", "timm", "--index-url",
+                                      str(tmp_path / "simple")])
+    assert result.exit_code == 0, result.output
+    uri = (tmp_path / "simple").as_uri()
+    assert pip_calls[0][3:7] == ["install", "--index-url", uri, "imgxfer-timm"]
 
 
 @pytest.mark.parametrize("given, message", [

@@ -237,6 +237,16 @@ def test_semantic_consistency_trains_a_frozen_classifier_that_the_translator_mus
     assert result.losses["d_loss"][0] == plain.losses["d_loss"][0]
     assert result.losses["g_loss"] != plain.losses["g_loss"]
     assert any(k.startswith("s.") for k in load_file(path))
+    # Resumed, the classifier comes from the checkpoint: it is not trained again.
+    trained = []
+    real_train = translation._train_semantic
+    monkeypatch.setattr(translation, "_train_semantic",
+                        lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    again = ConditionalGAN(**options, semantic_weight=1.0).fit(
+        data, budget=Budget(3), progress=NullProgress(), device=CPU, checkpoint=path,
+        resume=True)
+    assert again.steps == 3 and trained == []
+    assert again.losses["semantic_loss"][:2] == result.losses["semantic_loss"]
     with pytest.raises(UserError, match="semantic_weight must be zero or more"):
         ConditionalGAN(semantic_weight=-1)
     # An older translator checkpoint: no semantic_weight recorded, no s. networks.

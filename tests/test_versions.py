@@ -63,7 +63,7 @@ def test_changelog_has_this_version():
 
 @pytest.mark.parametrize("version, expected", [
     ("0.1.0", "imgxfer>=0.1,<0.2"), ("0.3.2", "imgxfer>=0.3,<0.4"), ("1.4.0", "imgxfer>=1.4,<2"),
-    ("0+unknown", "imgxfer")])  # a source tree never installed: no range to give
+    (imgxfer.UNKNOWN_VERSION, "imgxfer")])  # a source tree never installed: no range to give
 def test_a_new_plugin_declares_the_versions_it_is_made_for(version, expected):
     assert imgxfer_requirement(version) == expected
     assert Requirement(imgxfer_requirement()).specifier.contains(imgxfer.__version__)

@@ -438,7 +438,8 @@ def _print_baselines(metrics: RunMetrics) -> None:
 
 
 def _print_noise_warnings(metrics: RunMetrics) -> None:
-    """One line per figure within noise of chance (imgxfer.run.uncertainty), as the report says."""
+    """One line per figure within noise of chance or below its baseline
+    (imgxfer.run.uncertainty), as the report says."""
     from imgxfer.run.uncertainty import noise_warnings
 
     for warning in noise_warnings(metrics):

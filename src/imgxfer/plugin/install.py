@@ -292,10 +292,13 @@ def source(plugin: KnownPlugin, wheels: str | Path | None = None,
         return Source(f"{find_wheel(folder, plugin.requirement)}{extras}",
                       ["--find-links", str(folder)])
     if index_url is not None:
-        if urlsplit(index_url).scheme not in ("http", "https", "file"):
-            raise UserError(f"--index-url ({INDEX_ENV}) takes a package index's address "
-                            f"(https://..., or file:///folder), not {index_url!r}; give a "
-                            "folder of wheels with --find-links.")
+        local = Path(index_url).expanduser()
+        if local.is_dir():  # a folder laid out as an index (PEP 503), as pip allows
+            index_url = local.absolute().as_uri()
+        elif urlsplit(index_url).scheme not in ("http", "https", "file"):
+            raise UserError(f"--index-url ({INDEX_ENV}) takes a package index: an address "
+                            f"(https://..., file:///...) or a folder laid out as one, not "
+                            f"{index_url!r}; give a folder of wheels with --find-links.")
         return Source(plugin.requirement + extras, ["--index-url", index_url],
                       index_url=index_url)
     local = plugin.local_path()

@@ -157,8 +157,8 @@ def export(served: Served, spec: InputSpec, fmt: str, out: Path, *,
     """Export ``served`` as ``fmt`` into ``out`` and ``card`` beside it, after the check;
     ``metadata`` (JSON values) goes into the file: ONNX metadata properties, or the
     TorchScript extra file :data:`METADATA`. Refused in one sentence, with nothing
-    written, when the exporter fails or the file computes something else."""
-    check_format(fmt, spec.dtype)
+    written, when the exporter fails or the file computes something else. ``fmt`` has
+    passed :func:`check_format` (the task's exporter checks it before its card)."""
     served = served.cpu().eval()
     check = check_images(spec, CHECK_IMAGES, seed=0)
     data, got = _export_and_reload(served, spec, fmt, metadata, check)

@@ -8,12 +8,13 @@ knows). The tasks fill a :class:`Card` (:mod:`imgxfer.tasks.classify.export`,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgxfer.run.export import INPUT, InputSpec
+from imgxfer.run.markdown import table
 
 
 @dataclass
@@ -70,17 +71,6 @@ def _input_lines(spec: InputSpec, reading: list[str]) -> list[str]:
                      f"{colour}; {values}",
                      "the run's normalisation is inside the model: give plain pixel values",
                      *reading])]
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table (a ``|`` inside a cell escaped), for model cards and TensorBoard's
-    text dashboard."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def bullets(items: Sequence[str]) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgxfer.core.config import RunConfig
 from imgxfer.core.errors import UserError, one_line
-from imgxfer.run.modelcard import table
+from imgxfer.run.markdown import table
 
 if TYPE_CHECKING:  # imgxfer.run.tracking imports this module when a tracker is asked for
     from imgxfer.run.tracking import Scalar, Sink, Tracker

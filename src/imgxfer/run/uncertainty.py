@@ -97,25 +97,34 @@ def noise_warnings(metrics: RunMetrics) -> list[str]:
 
 
 def baseline_warnings(metrics: RunMetrics) -> list[str]:
-    """One sentence when the run's classifier (the first adapter) is below the source
-    model on the same test images (adapting lowered accuracy), and one per adapter that the
-    synthetic images made worse (``--compare-synthetic``): a reader who sees only the
-    headline would otherwise take both as gains."""
-    out = []
+    """One sentence when the run's classifier (the first adapter) is below the source model
+    on the same test images, and one per adapter that its synthetic images lowered
+    (``--compare-synthetic``), each only beyond the 95% interval of the lower figure (a
+    few test images either way is noise): a reader who sees only the headline would
+    otherwise take both as gains."""
+    n, out = metrics.target.n_test, []
     first = next(iter(metrics.adapters), None)
     source = (metrics.baselines or {}).get(SOURCE_MODEL)
     ours = metrics.adapters[first].accuracy if first is not None else None
     if ours is not None and source is not None and source.accuracy is not None \
-            and ours < source.accuracy:
-        out.append(f"{first} {ours:.4f} is below the source model's {source.accuracy:.4f} "
-                   "on the same test images: adapting lowered accuracy in this run (compare "
-                   "adapters with --compare).")
+            and _below(ours, source.accuracy, n):
+        out.append(f"{first} {with_interval(ours, wilson_interval(ours, n))} is below the "
+                   f"source model's {source.accuracy:.4f} on the same test images: in this "
+                   "run it did worse than the source encoder with a logistic head "
+                   "(--compare tries other adapters; --seeds N tells a loss from noise).")
     for name, delta in (metrics.synthetic_delta or {}).items():
-        if delta.delta is not None and delta.delta < 0 and not delta.same_fit:
-            out.append(f"{name} got {delta.with_:.4f} with the synthetic images and "
-                       f"{delta.without:.4f} without: they lowered its accuracy in this run "
-                       "(--seeds N measures whether that is more than noise).")
+        if delta.with_ is not None and delta.without is not None and not delta.same_fit \
+                and _below(delta.with_, delta.without, n):
+            out.append(f"{name} got {with_interval(delta.with_, wilson_interval(delta.with_, n))} "
+                       f"with the synthetic images and {delta.without:.4f} without: they "
+                       "lowered its accuracy in this run (--seeds N tells a loss from noise).")
     return out
+
+
+def _below(value: float, other: float, n: int | None) -> bool:
+    """``other`` lies above the 95% interval of ``value`` measured on ``n`` images."""
+    interval = wilson_interval(value, n)
+    return interval is not None and other > interval[1]
 
 
 def _contains(interval: Sequence[float] | None, value: float) -> bool:

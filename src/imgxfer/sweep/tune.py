@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -32,11 +31,6 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import optuna
 import torch
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 from imgxfer.core.config import NONE, RunConfig
 from imgxfer.core.errors import UserError

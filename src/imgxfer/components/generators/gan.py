@@ -618,7 +618,8 @@ class ConditionalGAN:
         tensors, meta = read_checkpoint(path)
         where = f"the gan checkpoint {str(path)!r}"
         format = state.format or TRAINING_FORMAT
-        # content_weight changes what the translator learns, not the sampler.
+        # content_weight and semantic_weight change what the translator learns, not the
+        # sampler; a translator checkpoint older than an option had its default.
         translating = format == TRANSLATION_FORMAT
         ignored = ("checkpoint_every",) if translating else _NOT_COMPARED
         ours = {k: v for k, v in self.resolved_options().items() if k not in ignored}

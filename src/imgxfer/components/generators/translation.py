@@ -49,9 +49,10 @@ from imgxfer.nn.preprocess import match_channels
 # Residual blocks of the translator, at half the image size.
 BLOCKS = 4
 # Steps (and learning rate) of the frozen semantic classifier's training on style-randomised
-# source images, before the translator's first step. Measured on mnist -> mnist-m (batch
-# 128, docs/benchmarks.md): 500 steps leave it at 0.81 on the source images themselves,
-# 3,000 reach 0.95; 2,000 take about 100 s on one core.
+# source images, before the translator's first step. On mnist -> mnist-m (batch 128,
+# benchmarks/semantic_judge.py, docs/benchmarks.md) 500 steps leave it at 0.74 on the
+# source images themselves and 2,000 reach 0.94 (0.79 on the target); 2,000 take about
+# two minutes on one core.
 SEMANTIC_STEPS = 2000
 SEMANTIC_LR = 1e-3
 
@@ -177,21 +178,25 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=4 * lr, betas=(0.5, 0.999))
     opt_t = torch.optim.Adam(t.parameters(), lr=lr, betas=(0.5, 0.999))
-    semantic = (_semantic_classifier(data, width=width, batch_size=2 * batch_size,
-                                     seed=seed, progress=progress, device=device)
-                if semantic_weight > 0 else None)
+    semantic = _semantic_network(data, width, seed, device) if semantic_weight > 0 else None
+    shared_seed = seed
     seed += distributed.seed_offset()  # each process its own batches and noise
     draw = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed)
     history: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "content_loss": []}
     state = TrainingState(
-        modules={"g": g, "d": d, "t": t, **({"s": semantic} if semantic else {})},
+        modules={"g": g, "d": d, "t": t, **({"s": semantic} if semantic is not None else {})},
         optimizers={"opt_g": opt_g, "opt_d": opt_d, "opt_t": opt_t},
         generators={"draw": draw, "noise": noise},
-        history=history | ({"semantic_loss": []} if semantic else {}),
+        history=history | ({"semantic_loss": []} if semantic is not None else {}),
         data=dict(data_signature or {}), device=device.type)
     if restore is not None:
         restore(state)
+    if semantic is not None:
+        if state.step == 0:  # a resumed training restored the trained one
+            _train_semantic(semantic, data, batch_size=2 * batch_size, seed=shared_seed,
+                            progress=progress, device=device)
+        semantic.eval().requires_grad_(False)
 
     def train_step(step: int) -> dict[str, float]:
         half = max(1, batch_size // 2)
@@ -211,10 +216,9 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
             losses["semantic_loss"] = kept.item()
         for name, value in losses.items():
             state.history[name].append(value)
-        # All three, the generator's first (what the progress bar has room for): a
+        # Every loss, the generator's first (what the progress bar has room for): a
         # tracker logs each (imgxfer.run.tracking).
-        return {"g_loss": losses["g_loss"], "d_loss": losses["d_loss"],
-                "content_loss": losses["content_loss"]}
+        return {"g_loss": losses["g_loss"], **losses}
 
     train_steps(state, train_step, budget=budget, progress=progress,
                 description="generator: gan (translate)", checkpoint=checkpoint)
@@ -239,15 +243,23 @@ def _randomise_style(x: torch.Tensor, target: torch.Tensor,
     return (1 - mix.to(x)) * styled + mix.to(x) * background.to(x)
 
 
-def _semantic_classifier(data: TranslationData, *, width: int, batch_size: int, seed: int,
-                         progress: Progress, device: torch.device) -> nn.Module:
-    """The frozen classifier of CyCADA's semantic consistency: ``SEMANTIC_STEPS`` steps on
-    style-randomised source images (their labels only), then eval mode, no gradients."""
-    draw = torch.Generator().manual_seed(seed + 1)  # not the translator's batches
+def _semantic_network(data: TranslationData, width: int, seed: int,
+                      device: torch.device) -> nn.Module:
+    """The untrained classifier of CyCADA's semantic consistency (seeded apart from the
+    translator's networks)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         s = _content_classifier(int(data.target.shape[1]), width, data.classes).to(device)
-    s = s.to(memory_format=torch.channels_last)
+    return s.to(memory_format=torch.channels_last)
+
+
+def _train_semantic(s: nn.Module, data: TranslationData, *, batch_size: int, seed: int,
+                    progress: Progress, device: torch.device) -> None:
+    """``SEMANTIC_STEPS`` steps of ``s`` on style-randomised source images (their labels
+    only), before the translator's first step; the same in every process (its gradients
+    are averaged like the others')."""
+    draw = torch.Generator().manual_seed(seed + 1)  # not the translator's batches
+    s.train()
     opt = torch.optim.Adam(s.parameters(), lr=SEMANTIC_LR)
     with progress.task("generator: gan (semantic classifier)", SEMANTIC_STEPS) as task:
         for _ in range(SEMANTIC_STEPS):
@@ -257,7 +269,6 @@ def _semantic_classifier(data: TranslationData, *, width: int, batch_size: int, 
             opt.zero_grad(set_to_none=True)
             distributed.backward_step(loss, opt)
             task.advance(1, loss=loss.item())
-    return s.eval().requires_grad_(False)
 
 
 def _mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

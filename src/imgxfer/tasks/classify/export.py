@@ -17,8 +17,9 @@ from imgxfer.core.runfolder import SUMMARY
 from imgxfer.data.layout import GLYPH
 from imgxfer.plugin.protocols import Encoder, encoder_input_size
 from imgxfer.run import export as exporting
+from imgxfer.run.markdown import table
 from imgxfer.run.metrics import AdapterMetrics, RunMetrics
-from imgxfer.run.modelcard import Card, Output, metric, table, usage
+from imgxfer.run.modelcard import Card, Output, metric, usage
 from imgxfer.run.uncertainty import accuracy_interval, noise_warnings, wilson_interval
 
 
@@ -29,6 +30,7 @@ def export_classifier(model: nn.Module, *, class_names: list[str], adapter: str,
     ``imgxfer.cli.predict.load_classifier`` rebuilds it from ``folder``) as ``fmt`` into
     ``out``, taking images of ``dtype``, and its model card beside it; nothing is written
     unless the file checks out."""
+    exporting.check_format(fmt, dtype)  # before the card names the format
     metrics = RunMetrics.from_json(exporting.read_metrics_json(folder))
     encoder = cast(Encoder, model.encoder)
     spec = exporting.InputSpec(int(encoder.in_channels), encoder_input_size(encoder), dtype)

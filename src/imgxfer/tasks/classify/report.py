@@ -344,7 +344,8 @@ def _interval(target: Any) -> str:
 
 
 def _noise_warnings(metrics: RunMetrics) -> list[str]:
-    """One line per figure within noise of chance (imgxfer.run.uncertainty), under the headline."""
+    """One line per figure within noise of chance or below its baseline
+    (imgxfer.run.uncertainty), under the headline."""
     return [f"<p class='warn'>&#9888; {html.escape(w)}</p>" for w in noise_warnings(metrics)]
 
 

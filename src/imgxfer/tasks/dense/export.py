@@ -13,7 +13,8 @@ from typing import Any, cast
 from imgxfer.core.config import RunConfig
 from imgxfer.nn.dense.model import DenseModel
 from imgxfer.run import export as exporting
-from imgxfer.run.modelcard import Card, Output, metric, table, usage
+from imgxfer.run.markdown import table
+from imgxfer.run.modelcard import Card, Output, metric, usage
 from imgxfer.tasks.dense.evaluate import COLUMNS, PER_CLASS
 from imgxfer.tasks.dense.record import DenseRunMetrics
 
@@ -33,6 +34,7 @@ def export_dense(model: DenseModel, *, config: RunConfig, adapter: str, folder: 
                  fmt: str, out: Path, dtype: str = "float32") -> exporting.Exported:
     """Write ``model`` (as ``imgxfer.cli.predict_dense.load_model`` rebuilds it from the run
     in ``folder``) as ``fmt`` into ``out`` with its model card beside it, after the check."""
+    exporting.check_format(fmt, dtype)  # before the card names the format
     metrics = DenseRunMetrics.from_json(exporting.read_metrics_json(folder))
     spec = exporting.InputSpec(int(cast(Any, model.encoder).in_channels),
                                cast("tuple[int, int]", model.size), dtype)
