@@ -46,19 +46,21 @@ def accuracy(judge: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return right / len(x)
 
 
-def measure(source: str, target: str, steps: int, randomised: bool, seed: int) -> dict:
+def measure(source: str, target: str, steps: int, randomised: bool, seed: int) -> dict[str, object]:
     xt, yt = images(target, 3 if target == "mnist-m" else 1)
     xs, ys = images(source, int(xt.shape[1]))
     data = translation.TranslationData(xs, ys, xs[:0], ys[:0], xt, 10)
     translation.SEMANTIC_STEPS = steps
     plain = translation._randomise_style
     if not randomised:
-        translation._randomise_style = lambda x, target, draw: x  # type: ignore[assignment]
+        translation._randomise_style = lambda x, target, draw: x
     start = time.perf_counter()
     try:
-        judge = translation._semantic_classifier(data, width=16, batch_size=128, seed=seed,
-                                                 progress=NullProgress(),
-                                                 device=torch.device("cpu"))
+        cpu = torch.device("cpu")
+        judge = translation._semantic_network(data, 16, seed, cpu)
+        translation._train_semantic(judge, data, batch_size=128, seed=seed,
+                                    progress=NullProgress(), device=cpu)
+        judge.eval()
     finally:
         translation._randomise_style = plain
     seconds = time.perf_counter() - start
