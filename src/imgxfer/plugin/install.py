@@ -292,9 +292,9 @@ def source(plugin: KnownPlugin, wheels: str | Path | None = None,
         return Source(f"{find_wheel(folder, plugin.requirement)}{extras}",
                       ["--find-links", str(folder)])
     if index_url is not None:
-        local = Path(index_url).expanduser()
-        if local.is_dir():  # a folder laid out as an index (PEP 503), as pip allows
-            index_url = local.absolute().as_uri()
+        index_folder = Path(index_url).expanduser()
+        if index_folder.is_dir():  # a folder laid out as an index (PEP 503), as pip allows
+            index_url = index_folder.absolute().as_uri()
         elif urlsplit(index_url).scheme not in ("http", "https", "file"):
             raise UserError(f"--index-url ({INDEX_ENV}) takes a package index: an address "
                             f"(https://..., file:///...) or a folder laid out as one, not "
