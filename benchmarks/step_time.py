@@ -50,7 +50,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--only", default="gan,translate,finetune")
+    ap.add_argument("--only", default="gan,translate,finetune",
+                    help="comma list of gan, translate, translate-semantic (the gan's "
+                    "semantic_weight 1.0; its judge's fixed training cancels out), finetune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     registry = get_registry()
@@ -58,6 +60,13 @@ def main() -> None:
     base = RunConfig(device="cpu", quality=False, shots=10)  # text needs target shots
     plans = {mode: prepare(replace(base, synthesis=mode), registry)
              for mode in ("text", "translate")}
+    if "translate-semantic" in args.only:
+        from imgxfer.components.generators import translation
+
+        translation.SEMANTIC_STEPS = 5  # a fixed cost that the difference cancels anyway
+        plans["translate-semantic"] = prepare(replace(
+            base, synthesis="translate",
+            options={**base.options, "generator": {"semantic_weight": 1.0}}), registry)
     captions = {"source": ["a digit"] * len(plans["text"].source),
                 "target": ["a digit"] * len(plans["text"].split.labelled)}
 
@@ -74,9 +83,10 @@ def main() -> None:
         adapter.fit(copy.deepcopy(plan.encoder), data, budget=Budget(n).start(),
                     progress=NullProgress(), device=cpu)
 
-    makers = {"gan": generator("text"), "translate": generator("translate"),
-              "finetune": finetune}
-    result = {name: round(per_step(makers[name], args.steps), 1)
+    makers = {"gan": lambda: generator("text"), "translate": lambda: generator("translate"),
+              "translate-semantic": lambda: generator("translate-semantic"),
+              "finetune": lambda: finetune}
+    result = {name: round(per_step(makers[name](), args.steps), 1)
               for name in args.only.split(",")}
     print(json.dumps({"threads": args.threads, "ms_per_step": result}))
 
