@@ -106,25 +106,29 @@ def baseline_warnings(metrics: RunMetrics) -> list[str]:
     first = next(iter(metrics.adapters), None)
     source = (metrics.baselines or {}).get(SOURCE_MODEL)
     ours = metrics.adapters[first].accuracy if first is not None else None
-    if ours is not None and source is not None and source.accuracy is not None \
-            and _below(ours, source.accuracy, n):
-        out.append(f"{first} {with_interval(ours, wilson_interval(ours, n))} is below the "
-                   f"source model's {source.accuracy:.4f} on the same test images: in this "
-                   "run it did worse than the source encoder with a logistic head "
-                   "(--compare tries other adapters; --seeds N tells a loss from noise).")
+    if ours is not None and source is not None and source.accuracy is not None:
+        shown = _shown_if_below(ours, source.accuracy, n)
+        if shown:
+            out.append(f"{first} {shown} is below the source model's {source.accuracy:.4f} on "
+                       "the same test images: in this run it did worse than the source encoder "
+                       "with a logistic head (--compare tries other adapters; --seeds N tells "
+                       "a loss from noise).")
     for name, delta in (metrics.synthetic_delta or {}).items():
-        if delta.with_ is not None and delta.without is not None and not delta.same_fit \
-                and _below(delta.with_, delta.without, n):
-            out.append(f"{name} got {with_interval(delta.with_, wilson_interval(delta.with_, n))} "
-                       f"with the synthetic images and {delta.without:.4f} without: they "
-                       "lowered its accuracy in this run (--seeds N tells a loss from noise).")
+        if delta.with_ is None or delta.without is None or delta.same_fit:
+            continue
+        shown = _shown_if_below(delta.with_, delta.without, n)
+        if shown:
+            out.append(f"{name} got {shown} with the synthetic images and {delta.without:.4f} "
+                       "without: they lowered its accuracy in this run (--seeds N tells a loss "
+                       "from noise).")
     return out
 
 
-def _below(value: float, other: float, n: int | None) -> bool:
-    """``other`` lies above the 95% interval of ``value`` measured on ``n`` images."""
+def _shown_if_below(value: float, other: float, n: int | None) -> str:
+    """``value`` with its 95% interval on ``n`` images when ``other`` lies above that
+    interval, else "" (the difference is noise, or there is no test set)."""
     interval = wilson_interval(value, n)
-    return interval is not None and other > interval[1]
+    return with_interval(value, interval) if interval is not None and other > interval[1] else ""
 
 
 def _contains(interval: Sequence[float] | None, value: float) -> bool:

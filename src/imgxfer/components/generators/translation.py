@@ -183,12 +183,12 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
     seed += distributed.seed_offset()  # each process its own batches and noise
     draw = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed)
-    history: dict[str, list[float]] = {"d_loss": [], "g_loss": [], "content_loss": []}
     state = TrainingState(
         modules={"g": g, "d": d, "t": t, **({"s": semantic} if semantic is not None else {})},
         optimizers={"opt_g": opt_g, "opt_d": opt_d, "opt_t": opt_t},
         generators={"draw": draw, "noise": noise},
-        history=history | ({"semantic_loss": []} if semantic is not None else {}),
+        history={name: [] for name in ("d_loss", "g_loss", "content_loss")
+                 + (("semantic_loss",) if semantic is not None else ())},
         data=dict(data_signature or {}), device=device.type)
     if restore is not None:
         restore(state)
