@@ -15,7 +15,9 @@ A setting is MODE-STEPS (``text-1500``: prompts, 1,500 GAN steps; ``translate-50
 translation, 500 translator steps), with optional suffixes ``-nCOUNT``
 (``translate-300-n400``: 400 synthetic images per class instead of the default 100) and
 ``-sWEIGHT`` (``translate-300-s1``: the gan's ``semantic_weight`` 1, semantic consistency
-with a frozen source classifier), or ``default`` (whatever ``imgxfer run`` does now).
+with a frozen source classifier), ``-eSTEPS`` and ``-aSTEPS`` (the encoder's and the
+adapter's step budgets instead of the run's defaults), or ``default`` (whatever
+``imgxfer run`` does now).
 Run folders (config.toml, metrics.json) are kept under
 ``benchmarks/results/default_synthesis/``; a rerun reads finished cells back.
 """
@@ -46,13 +48,16 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int,
         return base
     mode, steps, *extras = setting.split("-")
     given = {extra[0]: extra[1:] for extra in extras}
-    if not set(given) <= {"n", "s"}:
-        raise SystemExit(f"unknown suffix in {setting!r}: MODE-STEPS[-nCOUNT][-sWEIGHT]")
+    if not set(given) <= {"n", "s", "e", "a"}:
+        raise SystemExit(f"unknown suffix in {setting!r}: "
+                         "MODE-STEPS[-nCOUNT][-sWEIGHT][-eSTEPS][-aSTEPS]")
     per_class = int(given.get("n", base.synthetic_per_class))
     options = {**base.options, "generator": {"semantic_weight": float(given["s"])}
                if "s" in given else {}}
     return replace(base, synthesis=mode, generator_steps=int(steps),
-                   synthetic_per_class=per_class, options=options)
+                   synthetic_per_class=per_class, options=options,
+                   encoder_steps=int(given.get("e", base.encoder_steps)),
+                   adapter_steps=int(given.get("a", base.adapter_steps)))
 
 
 def main() -> None:

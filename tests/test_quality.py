@@ -59,6 +59,26 @@ def test_kid_is_unbiased_near_zero_for_one_distribution():
     assert kernel_inception_distance(a, b, subsets=5, seed=1) == kernel_inception_distance(a, b, subsets=5, seed=1)
 
 
+def test_kid_reads_subsets_from_whole_kernels_as_it_computes_them_per_subset(monkeypatch):
+    """The whole-kernel path (small sets) and the per-subset path (large sets) give the
+    same values up to float rounding, from a direct per-subset computation."""
+    import imgxfer.tasks.classify.quality as quality
+
+    a, b = gaussian(120, seed=6), gaussian(90, seed=7, shift=0.3)
+    rng = np.random.default_rng(5)
+    expected = []
+    for _ in range(6):
+        x, y = a[rng.choice(120, 50, replace=False)], b[rng.choice(90, 50, replace=False)]
+        k = [(p @ q.T / a.shape[1] + 1) ** 3 for p, q in ((x, x), (y, y), (x, y))]
+        expected.append((k[0].sum() - np.trace(k[0]) + k[1].sum() - np.trace(k[1])) / (50 * 49)
+                        - 2 * k[2].mean())
+    whole = kernel_inception_distance(a, b, subsets=6, subset_size=50, seed=5)
+    monkeypatch.setattr(quality, "KID_FULL_KERNEL", 10)
+    per_subset = kernel_inception_distance(a, b, subsets=6, subset_size=50, seed=5)
+    for got in (whole, per_subset):
+        assert got == pytest.approx((np.mean(expected), np.std(expected, ddof=1)), rel=1e-9)
+
+
 def test_distances_refuse_mismatched_or_too_small_sets():
     with pytest.raises(ValueError, match="feature sizes differ"):
         frechet_distance(gaussian(10, d=3), gaussian(10, d=4))

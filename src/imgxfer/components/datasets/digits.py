@@ -58,12 +58,12 @@ def syndigits(*, n_per_class: int = 400, size: int = 32, noise: float = 0.05,
     if n_per_class < 1:
         raise UserError(f"syndigits needs n_per_class >= 1, got {n_per_class}.")
     rng = np.random.default_rng(seed)
-    fonts = _font_paths()
+    # Each font is read once: reading one per image was most of the rendering time.
+    fonts = [ImageFont.truetype(str(path), 64) for path in _font_paths()]
     images, labels = [], []
     for label, digit in enumerate("0123456789"):
         for _ in range(n_per_class):
-            font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), 64)
-            images.append(_render(digit, font, rng))
+            images.append(_render(digit, fonts[rng.integers(len(fonts))], rng))
             labels.append(label)
     raw = torch.from_numpy(np.stack(images))[:, None]
     # Random scale and shift around the MNIST layout, so the source covers the target's

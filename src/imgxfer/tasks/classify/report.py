@@ -30,7 +30,6 @@ from imgxfer.run.metrics import AdapterMetrics, GeneratorMetrics, RunMetrics  # 
 from imgxfer.run.uncertainty import accuracy_interval, cas_intervals, noise_warnings, with_interval  # noqa: E402
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from imgxfer.data.images import ImageStore
@@ -66,43 +65,47 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _show(ax: Axes, image: torch.Tensor) -> None:
-    img = image.permute(1, 2, 0).numpy()
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _cells(ds: ImageDataset, index: list[int], side: int) -> list[np.ndarray]:
+    """The images ``index`` of ``ds`` as [side, side, 3] arrays in [0, 1] (nearest-neighbour
+    resizing and grey as RGB, so sets of different sizes and channels line up)."""
+    if not index:
+        return []
+    images = ds.images[index].float()
+    images = images[:, :3] if images.shape[1] >= 3 else images[:, :1].expand(-1, 3, -1, -1)
+    images = torch.nn.functional.interpolate(images, size=(side, side), mode="nearest")
+    return list(images.clamp(0, 1).permute(0, 2, 3, 1).numpy())
 
 
 def sample_grid(class_names: list[str], rows: dict[str, ImageDataset | None],
                 per_class: int | dict[str, int] = 6) -> bytes:
     """One row per class: for each set ("target shots", "real", "synthetic"...) a few of
     its images of that class, the sets side by side. ``per_class``: columns per set (one
-    number for all, or by set title)."""
+    number for all, or by set title). The images are laid into one canvas drawn by one
+    ``imshow``: an axes per image took seconds per grid."""
     sets = [(k, v) for k, v in rows.items() if v is not None and len(v)]
     widths = [per_class if isinstance(per_class, int) else per_class.get(k, 6) for k, _ in sets]
-    # A narrow empty column between two sets keeps them apart.
-    ratios = [r for i, w in enumerate(widths) for r in ([0.3] if i else []) + [1.0] * w]
-    firsts = [sum(widths[:i]) + i for i in range(len(sets))]  # each set's first column
-    fig, axes = plt.subplots(len(class_names), len(ratios), squeeze=False,
-                             figsize=(0.7 * sum(ratios) + 1.2, 0.7 * len(class_names) + 0.5),
-                             gridspec_kw={"width_ratios": ratios})
-    for ax in axes.flat:
-        ax.axis("off")
-    for c, name in enumerate(class_names):
+    side = max(int(ds.images.shape[-1]) for _, ds in sets) if sets else 8
+    cell, gap = side + 2, round(0.3 * (side + 2))  # a 2-px border; a gap between sets
+    firsts = [sum(widths[:i]) * cell + i * gap for i in range(len(sets))]  # x of each set
+    canvas = np.ones((max(1, len(class_names)) * cell,
+                      max(1, sum(widths) * cell + gap * (len(sets) - 1)), 3))
+    for c in range(len(class_names)):
         for (_, ds), width, first in zip(sets, widths, firsts, strict=True):
-            index = torch.nonzero(ds.labels == c).flatten()[:width]
-            for j, i in enumerate(index.tolist()):
-                _show(axes[c, first + j], ds.images[i])
-        # The class name left of the first image (an axis that is off shows no ylabel).
-        axes[c, 0].text(-0.1, 0.5, name, transform=axes[c, 0].transAxes, ha="right",
-                        va="center", fontsize=9)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+            index = torch.nonzero(ds.labels == c).flatten()[:width].tolist()
+            for j, image in enumerate(_cells(ds, index, side)):
+                x = first + j * cell + 1
+                canvas[c * cell + 1:c * cell + 1 + side, x:x + side] = image
+    columns = sum(widths) + 0.3 * max(0, len(sets) - 1)
+    fig, ax = plt.subplots(figsize=(0.7 * columns + 1.2, 0.7 * len(class_names) + 0.5))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for c, name in enumerate(class_names):  # the class name left of its row
+        ax.text(-side * 0.1, c * cell + cell / 2, name, ha="right", va="center", fontsize=9)
     # Each set's title centred over its own columns, wrapped to their width (about 9
     # characters per column), so a one-column set's title does not run into the next.
     for (title, _), width, first in zip(sets, widths, firsts, strict=True):
-        left, right = axes[0, first].get_position(), axes[0, first + width - 1].get_position()
-        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.005, textwrap.fill(title, 9 * width),
-                 ha="center", va="bottom", fontsize=9)
+        ax.text(first + width * cell / 2, -side * 0.15, textwrap.fill(title, 9 * width),
+                ha="center", va="bottom", fontsize=9)
     return _png(fig)
 
 
