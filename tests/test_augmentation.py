@@ -27,7 +27,8 @@ def test_every_policy_is_seeded_bounded_and_leaves_the_global_generator(name, ch
     a = Augmentation(name)(images, generator=torch.Generator().manual_seed(1))
     b = Augmentation(name)(images, generator=torch.Generator().manual_seed(1))
     assert torch.equal(torch.get_rng_state(), before)
-    assert a.shape == images.shape and torch.equal(a, b)
+    rgb = name == "style" and channels == 1  # style colours grey images
+    assert a.shape == (8, 3 if rgb else channels, 16, 16) and torch.equal(a, b)
     assert a.min() >= 0 and a.max() <= 1
     if name == "none":
         assert torch.equal(a, images)
@@ -38,6 +39,21 @@ def test_every_policy_is_seeded_bounded_and_leaves_the_global_generator(name, ch
         outs = [Augmentation(name)(images, generator=g) for _ in range(4)]
         assert not all(torch.equal(a, c) for c in outs)
         assert max((c - images).abs().mean() for c in outs) > 0.01
+
+
+def test_style_colours_grey_shapes_and_keeps_them_readable():
+    """Each image gets its own colours, sometimes inverted channels, and the bar stays
+    apart from its background in every channel (|scale| >= 0.5)."""
+    images = digits_like(64, channels=1)
+    out = Augmentation("style")(images, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (64, 3, 16, 16)
+    background = out[:, :, 0, 0]  # a corner the warp leaves as background
+    assert background.std(0).min() > 0.1  # colours differ between images and channels
+    assert (background[:, 0] != background[:, 1]).float().mean() > 0.9
+    bar = out[:, :, 6:10, 7:9].mean((2, 3))
+    inverted = bar < background  # the bar darker than its background in that channel
+    assert 0.2 < inverted.float().mean() < 0.8
+    assert (bar - background).abs().mean(1).min() > 0.1
 
 
 def test_strength_grows_from_light_to_strong():

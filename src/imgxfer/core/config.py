@@ -51,7 +51,7 @@ MODE_DEFAULT = -1
 MODE_STEPS = {"translate": 300, "text": 1500, "shots": 1500}
 # The augmentation policies of imgxfer.nn.augmentation (declared here so that reading a
 # config does not import torch).
-AUGMENT_POLICIES = ("none", "light", "strong", "randaugment", "trivialaugment")
+AUGMENT_POLICIES = ("none", "light", "strong", "style", "randaugment", "trivialaugment")
 # Mixed precision of training's forward passes (imgxfer.core.distributed). fp16 is left out:
 # it needs loss scaling, which imgxfer's training loops do not do.
 MIXED_PRECISION = ("no", "bf16")

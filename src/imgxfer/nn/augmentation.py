@@ -7,6 +7,10 @@ One policy name sets the strength of augmentation everywhere a run trains:
 - ``light`` (the default): a small affine warp (rotation ±10°, scale 0.9–1.1, shift ±10%).
 - ``strong``: a larger warp with shear, brightness and contrast jitter, Gaussian noise and
   one grey square erased (FixMatch's strong view in fixed random ranges).
+- ``style``: ``light``'s warp, then the colours randomised (:func:`randomise_colours`:
+  each channel scaled by ±[0.5, 1], so sometimes inverted, and shifted), with one-channel
+  images made RGB first. For a source whose colours the target does not share (grey MNIST
+  -> coloured MNIST-M): the classifier learns shapes in colours the source never has.
 - ``randaugment`` / ``trivialaugment``: Kornia's RandAugment (2 operations at magnitude
   10) and TrivialAugment. Kornia chooses their operations once per batch (each image
   still gets its own random parameters), so a batch shares its operations; one-channel
@@ -15,7 +19,8 @@ One policy name sets the strength of augmentation everywhere a run trains:
 Each consumer has a recipe per policy. Classifiers (encoder pre-training, adapters) use
 the list above. A GAN's discriminator uses DiffAugment (Zhao et al. 2020): the same
 differentiable operations on real and fake images, where ``light`` is translation alone
-(the GAN's augmentation before Kornia), ``strong`` adds colour and cutout, and a comma list
+(the GAN's augmentation before Kornia), ``strong`` adds colour and cutout, ``style`` is
+``light`` (a critic blind to colour would not teach the target's colours), and a comma list
 of ``color``, ``translation`` and ``cutout`` picks operations directly.
 
 Kornia draws its random parameters from torch's global generator. A policy takes a seed
@@ -40,7 +45,9 @@ from imgxfer.core.errors import UserError
 DEFAULT = "light"  # of every built-in component that augments
 DIFF_OPS = ("color", "translation", "cutout")
 # The discriminator's operations per policy (DiffAugment's names).
-_DIFF_POLICY = {"none": (), "light": ("translation",), "strong": ("color", "translation", "cutout")}
+_DIFF_POLICY = {"none": (), "light": ("translation",), "strong": ("color", "translation", "cutout"),
+                # A critic that ignored colour would not teach a translator the target's.
+                "style": ("translation",)}
 
 
 @contextlib.contextmanager
@@ -83,6 +90,28 @@ class _Gray(nn.Module):
         return grey.mean(dim=1, keepdim=True)
 
 
+def randomise_colours(x: torch.Tensor, draw: torch.Generator) -> torch.Tensor:
+    """``x`` (in [-1, 1]) with each image's channels scaled by ±[0.5, 1] (the sign inverts
+    the channel) and shifted by [-0.5, 0.5], drawn from ``draw`` (a CPU generator): the same
+    shapes in colours the images never had. Also the translator's semantic classifier's
+    style randomisation (imgxfer.components.generators.translation)."""
+    b, c = x.shape[:2]
+    sign = torch.randint(2, (b, c, 1, 1), generator=draw) * 2 - 1
+    scale = sign * torch.empty(b, c, 1, 1).uniform_(0.5, 1, generator=draw)
+    shift = torch.empty(b, c, 1, 1).uniform_(-0.5, 0.5, generator=draw)
+    return (scale.to(x) * x + shift.to(x)).clamp(-1, 1)
+
+
+class _Colours(nn.Module):
+    """:func:`randomise_colours` on [0, 1] images, one-channel ones made RGB first. Seeded
+    from torch's global generator, which :func:`seeded` has set, like Kornia's ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        draw = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return (randomise_colours(rgb * 2 - 1, draw) + 1) / 2
+
+
 def _classifier_ops(name: str) -> nn.Module | None:
     import kornia.augmentation as K
     from kornia.augmentation import auto
@@ -93,6 +122,9 @@ def _classifier_ops(name: str) -> nn.Module | None:
         light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
                                           p=1.0)
         return light
+    if name == "style":
+        return nn.Sequential(K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
+                                            p=1.0), _Colours())
     if name == "strong":
         return nn.Sequential(
             K.RandomAffine(degrees=25, translate=(0.125, 0.125), scale=(0.8, 1.2),

@@ -43,6 +43,7 @@ from imgxfer.core import distributed
 from imgxfer.core.budget import Budget
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import GeneratorData
+from imgxfer.nn.augmentation import randomise_colours
 from imgxfer.nn.generator_training import Checkpointing, TrainingState, to_model_range, train_steps
 from imgxfer.nn.preprocess import match_channels
 
@@ -230,16 +231,13 @@ def fit_translator(data: TranslationData, *, width: int, z_dim: int, lr: float,
 
 def _randomise_style(x: torch.Tensor, target: torch.Tensor,
                      draw: torch.Generator) -> torch.Tensor:
-    """``x`` (in [-1, 1]) with each channel scaled by +-[0.5, 1] (the sign inverts it) and
-    shifted by [-0.5, 0.5], then blended with a random ``target`` image (weight [0, 0.5]):
-    the same shapes in colours and textures the source never has."""
-    b, c = x.shape[:2]
-    sign = torch.randint(2, (b, c, 1, 1), generator=draw) * 2 - 1
-    scale = sign * torch.empty(b, c, 1, 1).uniform_(0.5, 1, generator=draw)
-    shift = torch.empty(b, c, 1, 1).uniform_(-0.5, 0.5, generator=draw)
+    """``x`` (in [-1, 1]) with its colours randomised (:func:`randomise_colours`), then
+    blended with a random ``target`` image (weight [0, 0.5]): the same shapes in colours
+    and textures the source never has."""
+    b = len(x)
+    styled = randomise_colours(x, draw)
     mix = torch.empty(b, 1, 1, 1).uniform_(0, 0.5, generator=draw)
     background = target[torch.randint(len(target), (b,), generator=draw)]
-    styled = (scale.to(x) * x + shift.to(x)).clamp(-1, 1)
     return (1 - mix.to(x)) * styled + mix.to(x) * background.to(x)
 
 
