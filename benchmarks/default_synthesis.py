@@ -16,8 +16,8 @@ translation, 500 translator steps), with optional suffixes ``-nCOUNT``
 (``translate-300-n400``: 400 synthetic images per class instead of the default 100) and
 ``-sWEIGHT`` (``translate-300-s1``: the gan's ``semantic_weight`` 1, semantic consistency
 with a frozen source classifier), ``-eSTEPS`` and ``-aSTEPS`` (the encoder's and the
-adapter's step budgets instead of the run's defaults), or ``default`` (whatever
-``imgxfer run`` does now).
+adapter's step budgets instead of the run's defaults) and ``-uPOLICY`` (``--augment``), or
+``default`` (whatever ``imgxfer run`` does now).
 Run folders (config.toml, metrics.json) are kept under
 ``benchmarks/results/default_synthesis/``; a rerun reads finished cells back.
 """
@@ -48,16 +48,17 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int,
         return base
     mode, steps, *extras = setting.split("-")
     given = {extra[0]: extra[1:] for extra in extras}
-    if not set(given) <= {"n", "s", "e", "a"}:
+    if not set(given) <= {"n", "s", "e", "a", "u"}:
         raise SystemExit(f"unknown suffix in {setting!r}: "
-                         "MODE-STEPS[-nCOUNT][-sWEIGHT][-eSTEPS][-aSTEPS]")
+                         "MODE-STEPS[-nCOUNT][-sWEIGHT][-eSTEPS][-aSTEPS][-uPOLICY]")
     per_class = int(given.get("n", base.synthetic_per_class))
     options = {**base.options, "generator": {"semantic_weight": float(given["s"])}
                if "s" in given else {}}
     return replace(base, synthesis=mode, generator_steps=int(steps),
                    synthetic_per_class=per_class, options=options,
                    encoder_steps=int(given.get("e", base.encoder_steps)),
-                   adapter_steps=int(given.get("a", base.adapter_steps)))
+                   adapter_steps=int(given.get("a", base.adapter_steps)),
+                   augment=given.get("u", base.augment))
 
 
 def main() -> None:
