@@ -123,6 +123,22 @@ def test_adapter_with_shots_and_synthetic(world, name):
     assert logits.shape == (len(world[3].test), 3) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", ["finetune-style", "self-training"])
+def test_style_augmentation_feeds_rgb_batches_to_a_grey_encoder(world, name):
+    """--augment style makes grey batches RGB; a one-channel encoder's preprocessing takes
+    them back to grey, for labelled and (self-training) unlabelled batches alike."""
+    if name == "finetune-style":
+        from imgxfer.components.adapters.finetune import FineTune
+
+        model = FineTune(**FAST, augment="style").fit(
+            copy.deepcopy(world["encoder"]), transfer_data(world, 3), budget=Budget(5),
+            progress=NullProgress(), device=CPU)
+    else:
+        model = fit(world, name, transfer_data(world, 3), steps=5, augment="style")
+    logits = predict_logits(model, world["encoder"].preprocess(world[3].test.images[:]), CPU)
+    assert logits.shape == (len(world[3].test), 3) and torch.isfinite(logits).all()
+
+
 def test_target_only_needs_shots(world):
     with pytest.raises(UserError, match="shots"):
         fit(world, "target-only", transfer_data(world, 0), steps=5)

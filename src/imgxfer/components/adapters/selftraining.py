@@ -8,6 +8,7 @@ from torch import nn
 
 from imgxfer.components.adapters.common import TUNABLE, Step, TrainedAdapter, check_options
 from imgxfer.nn.augmentation import DEFAULT, Augmentation
+from imgxfer.nn.preprocess import match_channels
 
 
 class SelfTraining(TrainedAdapter):
@@ -57,6 +58,9 @@ class SelfTraining(TrainedAdapter):
         if self.unlabelled_weight == 0:
             return torch.zeros((), device=step.device), {}
         weak, strong = step.view(step.target), step.view(step.target, self.strong)
+        # One forward for both views; --augment style may have made only one of them RGB.
+        channels = max(weak.shape[1], strong.shape[1])
+        weak, strong = match_channels(weak, channels), match_channels(strong, channels)
         logits_weak, logits_strong = step.forward(torch.cat([weak, strong])).logits.chunk(2)
         confidence, pseudo = logits_weak.detach().softmax(1).max(1)
         mask = (confidence >= self.threshold).float()
