@@ -18,6 +18,9 @@ translation, 500 translator steps), with optional suffixes ``-nCOUNT``
 with a frozen source classifier), ``-eSTEPS`` and ``-aSTEPS`` (the encoder's and the
 adapter's step budgets instead of the run's defaults) and ``-uPOLICY`` (``--augment``), or
 ``default`` (whatever ``imgxfer run`` does now).
+``--against SETTING`` adds a second table: each setting's accuracies with and without the
+synthetic images minus SETTING's on the same seeds (both adapters on the same split), so
+a change of settings (``-ustyle`` against plain) is paired too.
 Run folders (config.toml, metrics.json) are kept under
 ``benchmarks/results/default_synthesis/``; a rerun reads finished cells back.
 """
@@ -32,6 +35,7 @@ import torch
 from common import cell, mean_std, run_once
 
 from imgxfer.core.config import RunConfig
+from imgxfer.run.metrics import RunMetrics, SyntheticDelta
 
 ROOT = Path(__file__).parent / "results" / "default_synthesis"
 
@@ -70,6 +74,7 @@ def main() -> None:
     ap.add_argument("--adapter", default=RunConfig.adapter,
                     help="the adapter fitted with and without the synthetic images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly)")
+    ap.add_argument("--against", default="", help="a setting to pair every setting with")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     source, target = args.pair.split(":")
@@ -78,12 +83,11 @@ def main() -> None:
     print("| pair | shots | setting | seeds | with synthetic | without | paired delta "
           "| delta > 0 | CAS (real) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    seeds = [int(s) for s in args.seeds.split(",")]
     for setting in args.settings.split(","):
         with_, without, deltas, cas, cas_real = [], [], [], [], []
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            config = config_for(setting, source, target, seed, args.shots, args.adapter)
-            metrics, _ = run_once(config, ROOT / config.name / f"seed-{seed}")
-            delta = metrics.synthetic_delta[config.adapter]
+        for seed in seeds:
+            delta, metrics = _cell(setting, source, target, seed, args)
             with_.append(delta.with_)
             without.append(delta.without)
             deltas.append(delta.delta)
@@ -94,6 +98,30 @@ def main() -> None:
               f"{cell(without, 4)} | {cell(deltas, 4, signed=True)}{' (> 1 std)' * beyond} | "
               f"{sum(d > 0 for d in deltas)}/{len(deltas)} | {cell(cas, 3)} "
               f"({cell(cas_real, 3)}) |", flush=True)
+    if args.against:
+        _paired_table(args, source, target, seeds)
+
+
+def _cell(setting: str, source: str, target: str, seed: int,
+          args: argparse.Namespace) -> tuple[SyntheticDelta, RunMetrics]:
+    """One seed's cell (run now, or read back): the adapter's paired result and metrics."""
+    config = config_for(setting, source, target, seed, args.shots, args.adapter)
+    metrics, _ = run_once(config, ROOT / config.name / f"seed-{seed}")
+    return metrics.synthetic_delta[config.adapter], metrics
+
+
+def _paired_table(args: argparse.Namespace, source: str, target: str, seeds: list[int]) -> None:
+    """Each setting minus ``--against``, seed by seed, with and without synthetic images."""
+    print("\n| pair | setting | against | seeds | with synthetic: paired | better "
+          "| without: paired | better |\n|---|---|---|---|---|---|---|---|")
+    base = [_cell(args.against, source, target, seed, args)[0] for seed in seeds]
+    for setting in args.settings.split(","):
+        rows = [_cell(setting, source, target, seed, args)[0] for seed in seeds]
+        d_with = [r.with_ - b.with_ for r, b in zip(rows, base, strict=True)]
+        d_without = [r.without - b.without for r, b in zip(rows, base, strict=True)]
+        print(f"| {args.pair} | {setting} | {args.against} | {len(seeds)} | "
+              f"{cell(d_with, 4, signed=True)} | {sum(d > 0 for d in d_with)}/{len(seeds)} | "
+              f"{cell(d_without, 4, signed=True)} | {sum(d > 0 for d in d_without)}/{len(seeds)} |")
 
 
 if __name__ == "__main__":
