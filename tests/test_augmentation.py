@@ -198,3 +198,17 @@ def test_a_runs_augment_reaches_encoder_adapters_and_gan_and_is_recorded(host, t
     assert plain.adapters["finetune"].augmentation.policy == "light"
     with pytest.raises(UserError, match="augment must be one of"):
         prepare(from_mapping({"augment": "heavy", "out": str(tmp_path)}), host.registry)
+
+
+def test_a_grey_source_and_a_colour_target_get_the_style_hint():
+    from imgxfer.core.config import RunConfig
+    from imgxfer.data.dataset import ImageDataset
+    from imgxfer.tasks.classify.stages.data import style_hint
+
+    def data(channels: int) -> ImageDataset:
+        return ImageDataset(torch.zeros(2, channels, 8, 8), torch.tensor([0, 1]), ["a", "b"], "d")
+
+    assert "--augment style" in style_hint(RunConfig(), data(1), data(3))
+    assert style_hint(RunConfig(augment="style"), data(1), data(3)) is None
+    assert style_hint(RunConfig(), data(1), data(1)) is None  # grey to grey: light wins there
+    assert style_hint(RunConfig(), data(3), data(3)) is None
