@@ -87,7 +87,7 @@ def main() -> None:
     for setting in args.settings.split(","):
         with_, without, deltas, cas, cas_real = [], [], [], [], []
         for seed in seeds:
-            delta, metrics = _cell(setting, source, target, seed, args)
+            delta, metrics = _run_cell(setting, source, target, seed, args)
             with_.append(delta.with_)
             without.append(delta.without)
             deltas.append(delta.delta)
@@ -102,7 +102,7 @@ def main() -> None:
         _paired_table(args, source, target, seeds)
 
 
-def _cell(setting: str, source: str, target: str, seed: int,
+def _run_cell(setting: str, source: str, target: str, seed: int,
           args: argparse.Namespace) -> tuple[SyntheticDelta, RunMetrics]:
     """One seed's cell (run now, or read back): the adapter's paired result and metrics."""
     config = config_for(setting, source, target, seed, args.shots, args.adapter)
@@ -114,9 +114,9 @@ def _paired_table(args: argparse.Namespace, source: str, target: str, seeds: lis
     """Each setting minus ``--against``, seed by seed, with and without synthetic images."""
     print("\n| pair | setting | against | seeds | with synthetic: paired | better "
           "| without: paired | better |\n|---|---|---|---|---|---|---|---|")
-    base = [_cell(args.against, source, target, seed, args)[0] for seed in seeds]
+    base = [_run_cell(args.against, source, target, seed, args)[0] for seed in seeds]
     for setting in args.settings.split(","):
-        rows = [_cell(setting, source, target, seed, args)[0] for seed in seeds]
+        rows = [_run_cell(setting, source, target, seed, args)[0] for seed in seeds]
         d_with = [r.with_ - b.with_ for r, b in zip(rows, base, strict=True)]
         d_without = [r.without - b.without for r, b in zip(rows, base, strict=True)]
         print(f"| {args.pair} | {setting} | {args.against} | {len(seeds)} | "

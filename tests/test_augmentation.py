@@ -200,6 +200,14 @@ def test_a_runs_augment_reaches_encoder_adapters_and_gan_and_is_recorded(host, t
         prepare(from_mapping({"augment": "heavy", "out": str(tmp_path)}), host.registry)
 
 
+def test_tuning_does_not_search_style():
+    """A study's choices must stay those it was created with for it to be continued."""
+    from imgxfer.components.adapters.regularizers import TUNABLE_REGULARIZERS
+
+    assert TUNABLE_REGULARIZERS["augment"] == (
+        "choice", "none", "light", "strong", "randaugment", "trivialaugment")
+
+
 def test_a_grey_source_and_a_colour_target_get_the_style_hint():
     from imgxfer.core.config import RunConfig
     from imgxfer.data.dataset import ImageDataset
@@ -210,5 +218,8 @@ def test_a_grey_source_and_a_colour_target_get_the_style_hint():
 
     assert "--augment style" in style_hint(RunConfig(), data(1), data(3))
     assert style_hint(RunConfig(augment="style"), data(1), data(3)) is None
+    given = RunConfig().options
+    adapter_style = RunConfig(options={**given, "adapter": {"augment": "style"}})
+    assert style_hint(adapter_style, data(1), data(3)) is None
     assert style_hint(RunConfig(), data(1), data(1)) is None  # grey to grey: light wins there
     assert style_hint(RunConfig(), data(3), data(3)) is None

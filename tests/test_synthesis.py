@@ -396,3 +396,25 @@ def test_a_colour_target_gets_a_colour_smallcnn_that_predict_rebuilds(host, tmp_
     assert grey.exit_code == 0
     (grey_folder,) = (tmp_path / "grey").iterdir()
     assert "in_channels = 1" in (grey_folder / "config.toml").read_text()
+
+
+def test_sample_grid_lays_out_sets_of_any_size_and_channels():
+    """Grey 28-px, RGB 32-px and RGBA 224x160 sets in one grid: one PNG whose size does
+    not grow with the images (large ones are shrunk to a cell), empty classes left blank."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from imgxfer.data.dataset import ImageDataset
+    from imgxfer.tasks.classify.report import sample_grid
+
+    names = ["a", "b", "c"]
+    labels = torch.tensor([0, 1, 0, 1])  # no image of class c
+    sets = {"grey": ImageDataset(torch.rand(4, 1, 28, 28), labels, names, "g"),
+            "rgb": ImageDataset(torch.rand(4, 3, 32, 32), labels, names, "r"),
+            "big": ImageDataset(torch.rand(4, 4, 224, 160), labels, names, "b"),
+            "empty": None}
+    small = Image.open(io.BytesIO(sample_grid(names, {"grey": sets["grey"]}, per_class=2)))
+    grid = Image.open(io.BytesIO(sample_grid(names, sets, per_class=2)))
+    assert abs(grid.height - small.height) <= 5 and 2 * small.width < grid.width < 6 * small.width

@@ -118,13 +118,11 @@ def _classifier_ops(name: str) -> nn.Module | None:
 
     if name == "none":
         return None
+    light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), p=1.0)
     if name == "light":
-        light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
-                                          p=1.0)
         return light
     if name == "style":
-        return nn.Sequential(K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
-                                            p=1.0), _Colours())
+        return nn.Sequential(light, _Colours())
     if name == "strong":
         return nn.Sequential(
             K.RandomAffine(degrees=25, translate=(0.125, 0.125), scale=(0.8, 1.2),
@@ -160,7 +158,9 @@ class Augmentation:
     """A policy for classifier training (``Augmentation("strong")``) or, with
     ``discriminator=True``, for a GAN's discriminator. Call it on a batch of [0, 1]
     images with a generator: ``policy(images, generator=g)`` returns the augmented batch
-    on the images' device, differentiable with respect to the images."""
+    on the images' device, differentiable with respect to the images. Its channels are
+    the images' except under ``style``, which makes a non-empty one-channel batch RGB:
+    code that joins two views of a batch must match their channels."""
 
     def __init__(self, policy: str = DEFAULT, *, discriminator: bool = False,
                  what: str = "augment") -> None:

@@ -10,9 +10,9 @@ interval (rather than p ± 1.96·sqrt(p(1-p)/n)) stays inside [0, 1] and keeps a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from statistics import NormalDist
+
+from scipy.stats import binomtest
 
 from imgxfer.run.metrics import SOURCE_MODEL, GeneratorMetrics, RunMetrics, TargetMetrics
 
@@ -27,13 +27,8 @@ def wilson_interval(accuracy: float | None, n: int | None) -> list[float] | None
     images (``accuracy * n`` is rounded to the count correct), or None without a test."""
     if accuracy is None or not n:
         return None
-    # The closed form (scipy's binomtest(...).proportion_ci(method="wilson") gives the same
-    # to float rounding, and importing scipy.stats cost every run about a second).
-    z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-    p, z2 = round(accuracy * n) / n, z * z / n
-    centre = (p + z2 / 2) / (1 + z2)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n)) / (1 + z2)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    ci = binomtest(round(accuracy * n), n).proportion_ci(CONFIDENCE, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def with_interval(value: float, interval: Sequence[float] | None) -> str:

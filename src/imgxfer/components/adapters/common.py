@@ -127,7 +127,8 @@ class Step:
     augmentation: Augmentation = field(default_factory=Augmentation)  # the run's policy
 
     def view(self, images: torch.Tensor, policy: Augmentation | None = None) -> torch.Tensor:
-        """An augmented view of raw images on the device (the run's policy by default)."""
+        """An augmented view of raw images on the device (the run's policy by default; under
+        ``style`` a grey batch comes back RGB)."""
         return (policy or self.augmentation)(images.to(self.device), generator=self.generator)
 
     def forward(self, images: torch.Tensor) -> Forward:

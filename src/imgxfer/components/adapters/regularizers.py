@@ -32,8 +32,11 @@ from imgxfer.nn.augmentation import seeded
 MIXES = ("none", "mixup", "cutmix")
 # Options and search ranges the fine-tuning adapters add to their `tunable` mapping
 # (the paper weights bracketed by about 100x, and the augmentation policy).
+# `style` is left out of the search: a study's choices must stay those it was created
+# with to be continued, and `style` is for grey-to-colour pairs, not a general policy.
+TUNABLE_AUGMENT = tuple(p for p in AUGMENT_POLICIES if p != "style")
 TUNABLE_REGULARIZERS = {"l2sp": ("log", 1e-4, 1.0), "bss": ("log", 1e-5, 0.1),
-                        "mix": ("choice", *MIXES), "augment": ("choice", *AUGMENT_POLICIES)}
+                        "mix": ("choice", *MIXES), "augment": ("choice", *TUNABLE_AUGMENT)}
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,8 @@ class SelfTraining(TrainedAdapter):
         if self.unlabelled_weight == 0:
             return torch.zeros((), device=step.device), {}
         weak, strong = step.view(step.target), step.view(step.target, self.strong)
-        # One forward for both views; --augment style may have made only one of them RGB.
-        channels = max(weak.shape[1], strong.shape[1])
-        weak, strong = match_channels(weak, channels), match_channels(strong, channels)
+        if weak.shape[1] != strong.shape[1]:  # --augment style made only one of them RGB
+            weak, strong = match_channels(weak, 3), match_channels(strong, 3)
         logits_weak, logits_strong = step.forward(torch.cat([weak, strong])).logits.chunk(2)
         confidence, pseudo = logits_weak.detach().softmax(1).max(1)
         mask = (confidence >= self.threshold).float()

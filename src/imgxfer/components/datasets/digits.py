@@ -58,7 +58,7 @@ def syndigits(*, n_per_class: int = 400, size: int = 32, noise: float = 0.05,
     if n_per_class < 1:
         raise UserError(f"syndigits needs n_per_class >= 1, got {n_per_class}.")
     rng = np.random.default_rng(seed)
-    # Each font is read once: reading one per image was most of the rendering time.
+    # Each font is read once (reading one per image took about a fifth of the rendering).
     fonts = [ImageFont.truetype(str(path), 64) for path in _font_paths()]
     images, labels = [], []
     for label, digit in enumerate("0123456789"):

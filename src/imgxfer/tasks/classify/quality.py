@@ -61,8 +61,9 @@ CAS_BATCH = 64
 CAS_LR = 2e-3
 # Bootstrap rounds of the real-to-real FID floor's spread (a few ms each at these sizes).
 FID_ROUNDS = 20
-# Up to this many rows in both sets together KID computes each kernel once (at most
-# about 200 MB of float64); above it, once per subset.
+# Up to this many rows in both sets together KID computes each kernel once (about 200 MB
+# of float64 kernels at the limit, twice that while they are built); above it, once per
+# subset.
 KID_FULL_KERNEL = 5000
 
 
@@ -113,14 +114,16 @@ def kernel_inception_distance(real: torch.Tensor | np.ndarray, fake: torch.Tenso
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError("each feature set needs at least two rows")
+    if subsets < 1:
+        raise ValueError(f"KID needs at least one subset, got {subsets}")
     rng = np.random.default_rng(seed)
     picks = [(rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False))
              for _ in range(subsets)]
     if len(a) + len(b) <= KID_FULL_KERNEL:
         values = _subset_mmds(a, b, picks)
-    else:
-        values = np.array([_subset_mmds(a[x], b[y], [(slice(None), slice(None))])[0]
-                           for x, y in picks])
+    else:  # each subset on its own: its rows are all of a[x] and b[y]
+        everything = [(np.arange(m), np.arange(m))]
+        values = np.array([_subset_mmds(a[x], b[y], everything)[0] for x, y in picks])
     return float(values.mean()), float(values.std(ddof=1)) if subsets > 1 else 0.0
 
 
@@ -136,7 +139,7 @@ def _subset_mmds(a: np.ndarray, b: np.ndarray, picks: Sequence[tuple[Any, Any]])
     for i, (x, y) in enumerate(picks):
         ua[i, x] = 1
         ub[i, y] = 1
-    m = ua[0].sum()
+    m = len(picks[0][0])
     mmd: np.ndarray = ((((ua @ kaa) * ua).sum(1) + ((ub @ kbb) * ub).sum(1)) / (m * (m - 1))
                        - 2 * ((ua @ kab) * ub).sum(1) / (m * m))
     return mmd

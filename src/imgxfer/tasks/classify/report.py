@@ -65,14 +65,22 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+# A grid cell's side in pixels at most: about what a cell takes on screen, so large
+# images are shrunk (by area averaging) before they reach the canvas.
+GRID_CELL = 64
+
+
 def _cells(ds: ImageDataset, index: list[int], side: int) -> list[np.ndarray]:
-    """The images ``index`` of ``ds`` as [side, side, 3] arrays in [0, 1] (nearest-neighbour
-    resizing and grey as RGB, so sets of different sizes and channels line up)."""
+    """The images ``index`` of ``ds`` as RGB float32 arrays in [0, 1] whose longer side is
+    ``side`` (area-averaged when shrunk, nearest-neighbour when grown; grey as RGB)."""
     if not index:
         return []
     images = ds.images[index].float()
     images = images[:, :3] if images.shape[1] >= 3 else images[:, :1].expand(-1, 3, -1, -1)
-    images = torch.nn.functional.interpolate(images, size=(side, side), mode="nearest")
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+    mode = "area" if max(h, w) > side else "nearest"
+    images = torch.nn.functional.interpolate(images, size=size, mode=mode)
     return list(images.clamp(0, 1).permute(0, 2, 3, 1).numpy())
 
 
@@ -84,20 +92,21 @@ def sample_grid(class_names: list[str], rows: dict[str, ImageDataset | None],
     ``imshow``: an axes per image took seconds per grid."""
     sets = [(k, v) for k, v in rows.items() if v is not None and len(v)]
     widths = [per_class if isinstance(per_class, int) else per_class.get(k, 6) for k, _ in sets]
-    side = max(int(ds.images.shape[-1]) for _, ds in sets) if sets else 8
+    side = min(GRID_CELL, max((max(ds.images.shape[-2:]) for _, ds in sets), default=8))
     cell, gap = side + 2, round(0.3 * (side + 2))  # a 2-px border; a gap between sets
     firsts = [sum(widths[:i]) * cell + i * gap for i in range(len(sets))]  # x of each set
     canvas = np.ones((max(1, len(class_names)) * cell,
-                      max(1, sum(widths) * cell + gap * (len(sets) - 1)), 3))
+                      max(1, sum(widths) * cell + gap * (len(sets) - 1)), 3), dtype=np.float32)
     for c in range(len(class_names)):
         for (_, ds), width, first in zip(sets, widths, firsts, strict=True):
             index = torch.nonzero(ds.labels == c).flatten()[:width].tolist()
             for j, image in enumerate(_cells(ds, index, side)):
-                x = first + j * cell + 1
-                canvas[c * cell + 1:c * cell + 1 + side, x:x + side] = image
+                h, w = image.shape[:2]  # centred in its cell
+                y, x = c * cell + 1 + (side - h) // 2, first + j * cell + 1 + (side - w) // 2
+                canvas[y:y + h, x:x + w] = image
     columns = sum(widths) + 0.3 * max(0, len(sets) - 1)
     fig, ax = plt.subplots(figsize=(0.7 * columns + 1.2, 0.7 * len(class_names) + 0.5))
-    ax.imshow(canvas, interpolation="nearest")
+    ax.imshow(canvas)
     ax.axis("off")
     for c, name in enumerate(class_names):  # the class name left of its row
         ax.text(-side * 0.1, c * cell + cell / 2, name, ha="right", va="center", fontsize=9)
