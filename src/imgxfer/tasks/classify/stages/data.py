@@ -45,9 +45,10 @@ def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDat
 
 def style_hint(config: RunConfig, source: ImageDataset, target: ImageDataset) -> str | None:
     """A line for a run whose source is grey and target in colour without ``--augment
-    style``, the policy that measured the largest gain on such a pair (mnist -> mnist-m,
-    docs/benchmarks.md); not a default, because on the pair where settings are chosen
-    (grey to grey) it loses."""
+    style``, the policy that measured the largest gains on such pairs (mnist -> mnist-m,
+    syndigits -> mnist-m; docs/benchmarks.md). Not chosen by itself: on grey-to-grey
+    pairs it loses, and a run that changed its own augmentation would have to record
+    and resume that choice as ``--synthesis auto`` does, which is not built yet."""
     chosen = {config.augment, config.options["adapter"].get("augment")}
     if "style" in chosen or source.images.shape[1] != 1 or target.images.shape[1] < 3:
         return None
