@@ -84,10 +84,12 @@ def main() -> None:
           "| delta > 0 | CAS (real) |")
     print("|---|---|---|---|---|---|---|---|---|")
     seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, list[SyntheticDelta]] = {}  # each setting's cells, for --against
     for setting in args.settings.split(","):
         with_, without, deltas, cas, cas_real = [], [], [], [], []
         for seed in seeds:
             delta, metrics = _run_cell(setting, source, target, seed, args)
+            results.setdefault(setting, []).append(delta)
             with_.append(delta.with_)
             without.append(delta.without)
             deltas.append(delta.delta)
@@ -99,29 +101,32 @@ def main() -> None:
               f"{sum(d > 0 for d in deltas)}/{len(deltas)} | {cell(cas, 3)} "
               f"({cell(cas_real, 3)}) |", flush=True)
     if args.against:
-        _paired_table(args, source, target, seeds)
+        base = results.get(args.against) or [
+            _run_cell(args.against, source, target, seed, args)[0] for seed in seeds]
+        _paired_table(args, results, base)
 
 
 def _run_cell(setting: str, source: str, target: str, seed: int,
-          args: argparse.Namespace) -> tuple[SyntheticDelta, RunMetrics]:
+              args: argparse.Namespace) -> tuple[SyntheticDelta, RunMetrics]:
     """One seed's cell (run now, or read back): the adapter's paired result and metrics."""
     config = config_for(setting, source, target, seed, args.shots, args.adapter)
     metrics, _ = run_once(config, ROOT / config.name / f"seed-{seed}")
     return metrics.synthetic_delta[config.adapter], metrics
 
 
-def _paired_table(args: argparse.Namespace, source: str, target: str, seeds: list[int]) -> None:
-    """Each setting minus ``--against``, seed by seed, with and without synthetic images."""
+def _paired_table(args: argparse.Namespace, results: dict[str, list[SyntheticDelta]],
+                  base: list[SyntheticDelta]) -> None:
+    """Each setting's cells minus ``base`` (``--against``'s), seed by seed, with and
+    without synthetic images."""
     print("\n| pair | setting | against | seeds | with synthetic: paired | better "
           "| without: paired | better |\n|---|---|---|---|---|---|---|---|")
-    base = [_run_cell(args.against, source, target, seed, args)[0] for seed in seeds]
-    for setting in args.settings.split(","):
-        rows = [_run_cell(setting, source, target, seed, args)[0] for seed in seeds]
+    n = len(base)
+    for setting, rows in results.items():
         d_with = [r.with_ - b.with_ for r, b in zip(rows, base, strict=True)]
         d_without = [r.without - b.without for r, b in zip(rows, base, strict=True)]
-        print(f"| {args.pair} | {setting} | {args.against} | {len(seeds)} | "
-              f"{cell(d_with, 4, signed=True)} | {sum(d > 0 for d in d_with)}/{len(seeds)} | "
-              f"{cell(d_without, 4, signed=True)} | {sum(d > 0 for d in d_without)}/{len(seeds)} |")
+        print(f"| {args.pair} | {setting} | {args.against} | {n} | "
+              f"{cell(d_with, 4, signed=True)} | {sum(d > 0 for d in d_with)}/{n} | "
+              f"{cell(d_without, 4, signed=True)} | {sum(d > 0 for d in d_without)}/{n} |")
 
 
 if __name__ == "__main__":

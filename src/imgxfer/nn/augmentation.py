@@ -118,11 +118,10 @@ def _classifier_ops(name: str) -> nn.Module | None:
 
     if name == "none":
         return None
-    light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), p=1.0)
-    if name == "light":
-        return light
-    if name == "style":
-        return nn.Sequential(light, _Colours())
+    if name in ("light", "style"):  # style is light's warp, then colours
+        light: nn.Module = K.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1),
+                                          p=1.0)
+        return light if name == "light" else nn.Sequential(light, _Colours())
     if name == "strong":
         return nn.Sequential(
             K.RandomAffine(degrees=25, translate=(0.125, 0.125), scale=(0.8, 1.2),
