@@ -3,6 +3,10 @@ against source-only and the target oracle, per (task, labelled target scenes, se
 
     python benchmarks/dense.py --task segment --shots 0,1,5 --seeds 0,1,2 \
         --out benchmarks/results/dense.jsonl
+    # the same with the source scenes' colours randomised (rows "METHOD+style")
+    python benchmarks/dense.py --task segment --shots 0 --seeds 0,1,2 --augment style \
+        --kinds compare,translate --methods source-only,finetune,self-training \
+        --out benchmarks/results/dense.jsonl
 
 One cell is one ``imgxfer run --task T --compare ...`` (the source model is trained
 once per cell and every adapter starts from a copy of it, on the same split), plus:
@@ -49,7 +53,7 @@ def config_for(args: argparse.Namespace, task: str, shots: int, seed: int, kind:
     config = RunConfig(task=task, source=f"digit-scenes:{source}",
                        target=f"digit-scenes:{target}", shots=shots, seed=seed,
                        encoder_steps=args.source_steps, adapter_steps=args.adapter_steps,
-                       generator="none", out=out,
+                       generator="none", out=out, augment=args.augment,
                        compare=(args.methods or (METHODS[task] if shots == 0 else
                                                  LABELLED_METHODS)).split(","))
     config.options["encoder"] = {"width": args.width}
@@ -72,11 +76,13 @@ def run_cell(args: argparse.Namespace, task: str, shots: int, seed: int, kind: s
         result = run(config_for(args, task, shots, seed, kind, out), get_registry())
         seconds = time.perf_counter() - started
     metrics = result.metrics
+    styled = "+style" if result.config.augment == "style" else ""
     rows = []
     for name, scores in metrics.adapters.items():
-        method = {"translate": "translate+finetune", "oracle": "oracle"}.get(kind, name)
+        method = {"translate": "translate+finetune", "oracle": "oracle"}.get(kind, name) + styled
         rows.append({"pair": args.pair, "task": task, "shots": shots, "seed": seed,
-                     "method": method, "kind": kind, "run_seconds": round(seconds, 1),
+                     "method": method, "kind": kind, "augment": args.augment,
+                     "run_seconds": round(seconds, 1),
                      "source_val": metrics.model["source_val"],
                      **{k: v for k, v in scores.items() if not isinstance(v, dict)},
                      "per_class": scores.get("iou", scores.get("ap"))})
@@ -100,6 +106,8 @@ def main() -> None:
     # The GAN's translator at 64 px takes 1.3 s a step on one core (0.35 s at 32 px):
     # translated scenes are made at this size and resized to the scenes'.
     parser.add_argument("--generator-size", type=int, default=32)
+    # none: the cells before --augment reached dense runs; style: colours randomised.
+    parser.add_argument("--augment", default="none")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--table-only", action="store_true",
@@ -112,7 +120,7 @@ def main() -> None:
                   + gap_table(rows, args.pair, task))
         return
     torch.set_num_threads(args.threads)
-    done = {(r["pair"], r["task"], r["shots"], r["seed"], r["kind"])
+    done = {(r["pair"], r["task"], r["shots"], r["seed"], r["kind"], r.get("augment", "none"))
             for r in (read_rows(args.out) if args.out else [])}
     shots = list(map(int, args.shots.split(",")))
     kinds = args.kinds.split(",")
@@ -121,7 +129,7 @@ def main() -> None:
              if (kind == "compare" or s == 0)]
     for kind, shot in cells:
         for seed in map(int, args.seeds.split(",")):
-            if (args.pair, args.task, shot, seed, kind) in done:
+            if (args.pair, args.task, shot, seed, kind, args.augment) in done:
                 continue
             rows = run_cell(args, args.task, shot, seed, kind)
             print(json.dumps([{k: r[k] for k in ("method", "shots", "seed")} |

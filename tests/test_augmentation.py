@@ -208,18 +208,46 @@ def test_tuning_does_not_search_style():
         "choice", "none", "light", "strong", "randaugment", "trivialaugment")
 
 
-def test_a_grey_source_and_a_colour_target_get_the_style_hint():
-    from imgxfer.core.config import RunConfig
+def test_augment_auto_chooses_style_only_for_a_grey_source_and_a_colour_target():
+    from dataclasses import replace
+
+    from imgxfer.core.config import RunConfig, resolve_augment, same_run
+
+    chosen = resolve_augment(RunConfig(), 1, 3)
+    assert chosen.augment == "style" and "grey" in chosen.augment_reason
+    assert resolve_augment(RunConfig(), 1, 4).augment == "style"  # RGBA is colour too
+    for grey_or_colour in ((1, 1), (3, 3), (3, 1)):  # grey to grey: light wins there
+        kept = resolve_augment(RunConfig(), *grey_or_colour)
+        assert kept.augment == "" and "own policy" in kept.augment_reason
+    given = RunConfig(augment="light")
+    assert resolve_augment(given, 1, 3) is given  # a policy the user chose stays
+    # A folder that recorded what auto chose resumes under the default, and only then.
+    assert same_run(chosen, replace(chosen, augment="auto", augment_reason=""))
+    assert not same_run(chosen, replace(chosen, augment="light", augment_reason=""))
+
+
+def test_a_run_records_what_augment_auto_chose(host, tmp_path):
+    from imgxfer.core.config import from_mapping
+    from imgxfer.tasks.classify.plan import prepare
+
+    plan = prepare(from_mapping({"source": "tiny-source", "target": "tiny-target",
+                                 "shots": 3, "out": str(tmp_path)}), host.registry)
+    assert plan.config.augment == "" and plan.config.augment_reason  # both grey
+    assert plan.encoder.augment == "light"
+    assert 'augment = ""' in plan.config.to_toml()
+    from conftest import tiny_bars
+
     from imgxfer.data.dataset import ImageDataset
-    from imgxfer.tasks.classify.stages.data import style_hint
 
-    def data(channels: int) -> ImageDataset:
-        return ImageDataset(torch.zeros(2, channels, 8, 8), torch.tensor([0, 1]), ["a", "b"], "d")
+    def colour_target(n_per_class: int = 30, seed: int = 0) -> ImageDataset:
+        grey = tiny_bars("tiny-colour", n_per_class, seed=seed + 7, invert=True)
+        tint = torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
+        return ImageDataset(grey.images.data * tint, grey.labels, grey.class_names,
+                            "tiny-colour")
 
-    assert "--augment style" in style_hint(RunConfig(), data(1), data(3))
-    assert style_hint(RunConfig(augment="style"), data(1), data(3)) is None
-    given = RunConfig().options
-    adapter_style = RunConfig(options={**given, "adapter": {"augment": "style"}})
-    assert style_hint(adapter_style, data(1), data(3)) is None
-    assert style_hint(RunConfig(), data(1), data(1)) is None  # grey to grey: light wins there
-    assert style_hint(RunConfig(), data(3), data(3)) is None
+    host.registry.add("datasets", "tiny-colour", colour_target, "test")
+    plan = prepare(from_mapping({"source": "tiny-source", "target": "tiny-colour",
+                                 "shots": 3, "out": str(tmp_path)}), host.registry)
+    assert plan.config.augment == "style" and "grey" in plan.config.augment_reason
+    assert plan.encoder.augment == "style"
+    assert plan.adapters["finetune"].augmentation.policy == "style"

@@ -136,3 +136,42 @@ def test_scenes_of_two_sizes_or_not_square_are_one_sentence() -> None:
     wide.images = as_store(wide.images)
     with pytest.raises(UserError, match="source 32x30"):
         check_sizes(config, wide, tiny_scenes("b", n=2))
+
+
+def test_style_randomises_the_labelled_scenes_colours_and_keeps_their_masks(monkeypatch) -> None:
+    """--augment style in a dense run: each labelled batch is recoloured (grey made RGB)
+    from the recipe's own generator, so the batches drawn and the masks stay the same."""
+    from imgxfer.core.budget import Budget
+    from imgxfer.nn.dense import training
+
+    scenes = tiny_scenes("s", 8, size=32, seed=0)
+
+    def run(colours: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The images the model read and the masks its loss was given, per step."""
+        torch.manual_seed(0)
+        model = DenseModel(SmallCNN(width=4, input_size=32, in_channels=3), "fcn", ["a", "b"],
+                           (32, 32))
+        inputs: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        forward, loss = model.forward, model.loss
+        monkeypatch.setattr(model, "forward", lambda x: forward(inputs.append(x) or x))
+        monkeypatch.setattr(model, "loss", lambda out, truth: loss(
+            out, masks.append(truth["masks"]) or truth))
+        training.train(model, {"source": (scenes, 1.0)},
+                       training.Recipe(batch_size=4, colours=colours),
+                       budget=Budget(2).start(), device=torch.device("cpu"))
+        return inputs, masks
+
+    (plain, plain_masks), (styled, styled_masks), (again, _) = run(False), run(True), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain_masks, styled_masks, strict=True))
+    assert plain[0].shape[1] == styled[0].shape[1] == 3  # the encoder reads RGB
+    assert not torch.equal(plain[0], styled[0])  # the same scenes in other colours
+    assert all(torch.equal(a, b) for a, b in zip(styled, again, strict=True))  # seeded
+
+
+def test_a_dense_run_refuses_a_warping_augmentation() -> None:
+    from imgxfer.nn.dense.training import colours_for
+
+    assert colours_for("style") and not colours_for("") and not colours_for("none")
+    with pytest.raises(UserError, match="augments colours only"):
+        colours_for("light", "detect")

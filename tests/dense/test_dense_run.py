@@ -181,6 +181,7 @@ def test_predict_out_dash_is_standard_output(dense_run, tmp_path, monkeypatch) -
     (["--head", "unet"], "use it with --task segment or --task detect"),
     (["--task", "segment", "--seeds", "0,1"], "--seeds is for --task classify"),
     (["--task", "detect", "--shots", "40"], "too few for 40 labelled scenes"),
+    (["--task", "segment", "--augment", "light"], "augments colours only"),
 ])
 def test_bad_dense_input_is_one_sentence(tmp_path, args, says) -> None:
     plugins = _fake_host()

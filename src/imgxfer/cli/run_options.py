@@ -11,6 +11,7 @@ import click
 
 from imgxfer.core.config import (
     AUGMENT_POLICIES,
+    AUTO,
     MIXED_PRECISION,
     MODE_STEPS,
     STAGES,
@@ -38,10 +39,12 @@ _BUDGET_AND_RUNTIME = [
                           "(default: one per spare core, at most 4; 0: in the main process)."),
         click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION),
                      help="bf16: training's forward passes in bfloat16 (default no)."),
-        click.option("--augment", type=click.Choice(AUGMENT_POLICIES),
+        click.option("--augment", type=click.Choice((AUTO, *AUGMENT_POLICIES)),
                      help="Augmentation policy of every training stage: encoder pre-training, "
-                          "adapters and the GAN's discriminator (default: each component's "
-                          "own, light for the built-ins; see `imgxfer.nn.augmentation`)."),
+                          "adapters and the GAN's discriminator (default auto: style, which "
+                          "randomises colours, where a grey source meets a colour target, "
+                          "else each component's own, light for the built-ins; see "
+                          "`imgxfer.nn.augmentation`)."),
 ]
 
 

@@ -102,14 +102,19 @@ def randomise_colours(x: torch.Tensor, draw: torch.Generator) -> torch.Tensor:
     return (scale.to(x) * x + shift.to(x)).clamp(-1, 1)
 
 
+def recolour(x: torch.Tensor, draw: torch.Generator) -> torch.Tensor:
+    """:func:`randomise_colours` on [0, 1] images, one-channel ones made RGB first: the
+    ``style`` policy's colours (also a dense run's, whose scenes keep their geometry)."""
+    rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return (randomise_colours(rgb * 2 - 1, draw) + 1) / 2
+
+
 class _Colours(nn.Module):
-    """:func:`randomise_colours` on [0, 1] images, one-channel ones made RGB first. Seeded
-    from torch's global generator, which :func:`seeded` has set, like Kornia's ops."""
+    """:func:`recolour`, seeded from torch's global generator, which :func:`seeded` has
+    set, like Kornia's ops."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        draw = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return (randomise_colours(rgb * 2 - 1, draw) + 1) / 2
+        return recolour(x, torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()))))
 
 
 def _classifier_ops(name: str) -> nn.Module | None:

@@ -347,12 +347,13 @@ def open_study(url: str, name: str, config: RunConfig) -> Study:
 
 
 # What must agree for two invocations to add trials to one study: the config (seed and
-# data included), apart from where run folders and tracker runs go. The tracker's keys are
-# left out of the text, so that studies begun before they existed still match.
+# data included), apart from where run folders and tracker runs go. The tracker's keys and
+# the augmentation's reason are left out of the text, so that studies begun before they
+# existed still match.
 def study_key(config: RunConfig) -> str:
     """What a study records of its config, to refuse a continuation with another one:
     config.toml's text without the output folder and the tracker (where results go)."""
-    return replace(config, out="").to_toml(exclude=("tracker", "tracker_uri"))
+    return replace(config, out="").to_toml(exclude=("tracker", "tracker_uri", "augment_reason"))
 
 
 def check_same_study(study: optuna.Study, config: RunConfig, url: str) -> None:
@@ -439,6 +440,8 @@ def tune(config: RunConfig, registry: Registry, *, n_trials: int,
         check_storage(storage)
     tracker = open_tracker(config)  # its package and location, before anything is written
     tuner = prepare_tuner(config, registry, space, folds)
+    # The study is keyed by the policy --augment auto resolved to (what the trials run).
+    config = replace(config, augment=tuner.plan.config.augment)
     # Opened once the data is checked, so bad input leaves no empty study behind.
     opened = open_study(storage, name, config) if storage else None
     folder = create_run_dir(config.out, f"tune-{config.name}")

@@ -42,7 +42,7 @@ from imgxfer.data.dataset import TransferData
 from imgxfer.data.images import ConcatImages
 from imgxfer.data.scenes import IGNORE, SceneDataset
 from imgxfer.nn.dense.model import DenseModel
-from imgxfer.nn.dense.training import Recipe, train
+from imgxfer.nn.dense.training import Recipe, colours_for, train
 from imgxfer.nn.training import adapt_batchnorm
 
 DENSE = frozenset({"segment", "detect"})
@@ -61,14 +61,16 @@ class DenseAdapter:
 
     def __init__(self, *, lr: float = 1e-3, encoder_lr_scale: float = 1.0,
                  batch_size: int = 16, source_weight: float = 1.0, target_weight: float = 1.0,
-                 synthetic_weight: float = 1.0, adabn: bool = False, seed: int = 0) -> None:
+                 synthetic_weight: float = 1.0, adabn: bool = False, seed: int = 0,
+                 augment: str = "") -> None:
         check_options(self.name, positive={"lr": lr},
                       nonnegative={"encoder_lr_scale": encoder_lr_scale,
                                    "source_weight": source_weight,
                                    "target_weight": target_weight,
                                    "synthetic_weight": synthetic_weight},
                       at_least_one={"batch_size": batch_size})
-        self.recipe = Recipe(lr, encoder_lr_scale, batch_size, seed)
+        self.recipe = Recipe(lr, encoder_lr_scale, batch_size, seed,
+                             colours=colours_for(augment, "segment or detect"))
         self.weights = {"source": source_weight, "target": target_weight,
                         "synthetic": synthetic_weight}
         self.adabn = adabn
@@ -130,9 +132,9 @@ class SourceOnly(DenseAdapter):
     uses = frozenset({"source"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
-                 seed: int = 0) -> None:
+                 seed: int = 0, augment: str = "") -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
-                         seed=seed)
+                         seed=seed, augment=augment)
 
 
 class FineTune(DenseAdapter):
@@ -146,10 +148,12 @@ class FineTune(DenseAdapter):
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
                  source_weight: float = 1.0, target_weight: float = 1.0,
-                 synthetic_weight: float = 1.0, adabn: bool = True, seed: int = 0) -> None:
+                 synthetic_weight: float = 1.0, adabn: bool = True, seed: int = 0,
+                 augment: str = "") -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          source_weight=source_weight, target_weight=target_weight,
-                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed)
+                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed,
+                         augment=augment)
 
 
 class TargetOnly(DenseAdapter):
@@ -162,9 +166,9 @@ class TargetOnly(DenseAdapter):
     uses = frozenset({"target_labelled"})
 
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
-                 seed: int = 0) -> None:
+                 seed: int = 0, augment: str = "") -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
-                         seed=seed)
+                         seed=seed, augment=augment)
 
     def needs(self) -> str:
         return "run it with --shots 1 or more"
@@ -204,10 +208,12 @@ class SelfTraining(FineTune):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
                  threshold: float = 0.0, unlabelled_weight: float = 1.0,
                  source_weight: float = 1.0, target_weight: float = 1.0,
-                 synthetic_weight: float = 1.0, adabn: bool = True, seed: int = 0) -> None:
+                 synthetic_weight: float = 1.0, adabn: bool = True, seed: int = 0,
+                 augment: str = "") -> None:
         super().__init__(lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          source_weight=source_weight, target_weight=target_weight,
-                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed)
+                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed,
+                         augment=augment)
         check_options(self.name, unit={"threshold": threshold},
                       nonnegative={"unlabelled_weight": unlabelled_weight})
         self.threshold, self.unlabelled_weight = threshold, unlabelled_weight
@@ -347,11 +353,11 @@ class AdaptSegNet(OutputAdversarial):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
                  adversarial: float = 0.1, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 1.0,
-                 adabn: bool = True, seed: int = 0) -> None:
+                 adabn: bool = True, seed: int = 0, augment: str = "") -> None:
         super().__init__(adversarial=adversarial, lr=lr, encoder_lr_scale=encoder_lr_scale,
                          batch_size=batch_size, source_weight=source_weight,
                          target_weight=target_weight, synthetic_weight=synthetic_weight,
-                         adabn=adabn, seed=seed)
+                         adabn=adabn, seed=seed, augment=augment)
 
     def domain_map(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(1)
@@ -369,11 +375,11 @@ class AdvEnt(OutputAdversarial):
     def __init__(self, lr: float = 1e-3, encoder_lr_scale: float = 1.0, batch_size: int = 16,
                  adversarial: float = 0.1, entropy: float = 0.1, source_weight: float = 1.0,
                  target_weight: float = 1.0, synthetic_weight: float = 1.0,
-                 adabn: bool = True, seed: int = 0) -> None:
+                 adabn: bool = True, seed: int = 0, augment: str = "") -> None:
         super().__init__(adversarial=adversarial, entropy=entropy, lr=lr,
                          encoder_lr_scale=encoder_lr_scale, batch_size=batch_size,
                          source_weight=source_weight, target_weight=target_weight,
-                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed)
+                         synthetic_weight=synthetic_weight, adabn=adabn, seed=seed, augment=augment)
 
     def domain_map(self, logits: torch.Tensor) -> torch.Tensor:
         return entropy_map(logits)

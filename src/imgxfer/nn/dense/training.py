@@ -16,10 +16,27 @@ from torch import nn
 
 from imgxfer.core import distributed
 from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
 from imgxfer.core.progress import NullProgress, Progress
 from imgxfer.data.images import indexed_batches
 from imgxfer.data.scenes import SceneDataset
+from imgxfer.nn.augmentation import recolour
 from imgxfer.nn.dense.model import DenseModel
+
+# The --augment policies a dense run takes. It augments colours only: a warp would have to
+# move the masks and boxes with the pixels. "style" randomises the labelled scenes'
+# colours as classification's style does (grey scenes made RGB first); "" and "none" leave
+# them as they are.
+DENSE_AUGMENT = ("", "none", "style")
+
+
+def colours_for(augment: str, task: str = "segment") -> bool:
+    """Whether ``augment`` randomises a dense run's colours; a policy that warps is refused."""
+    if augment not in DENSE_AUGMENT:
+        raise UserError(f"--task {task} augments colours only (--augment style, none or "
+                        f"auto), not {augment}: a warp would have to move the masks and "
+                        "boxes too.")
+    return augment == "style"
 
 
 def targets(data: SceneDataset, rows: list[int], device: torch.device) -> dict[str, Any]:
@@ -66,13 +83,15 @@ TargetLoss = Callable[[DenseModel, torch.Tensor, float, dict[str, Any]],
 @dataclass
 class Recipe:
     """How a dense adapter trains: AdamW at ``lr`` (the encoder at ``lr *
-    encoder_lr_scale``; 0 freezes it), ``batch_size`` scenes per set and step, and the
-    seed of every batch draw."""
+    encoder_lr_scale``; 0 freezes it), ``batch_size`` scenes per set and step, the seed
+    of every batch draw, and whether the labelled scenes' colours are randomised
+    (``--augment style``, :func:`colours_for`)."""
 
     lr: float = 1e-3
     encoder_lr_scale: float = 1.0
     batch_size: int = 16
     seed: int = 0
+    colours: bool = False
 
     def optimizer(self, model: DenseModel, extra: list[nn.Parameter]) -> torch.optim.Optimizer:
         encoder = list(model.encoder.parameters())
@@ -101,6 +120,9 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
     target = (Batches(unlabelled, recipe.batch_size, g)
               if target_loss is not None and unlabelled is not None and len(unlabelled) else None)
     optimizer = recipe.optimizer(model, list(extra))
+    # Its own generator, so that randomised colours do not change the batches drawn.
+    colours = (torch.Generator().manual_seed(recipe.seed + 1 + distributed.seed_offset())
+               if recipe.colours else None)
     model.train()
     history: list[float] = []
     with progress.task(what, total=budget.steps) as task:
@@ -108,7 +130,7 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
         while not budget.done(step):
             optimizer.zero_grad(set_to_none=True)
             loss, shown = _step(model, streams, target, target_loss, device,
-                                step / max(1, budget.steps or 1))
+                                step / max(1, budget.steps or 1), colours)
             distributed.backward_step(loss, optimizer)
             history.append(float(loss.detach()))
             step += 1
@@ -120,14 +142,16 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
 
 
 def _step(model: DenseModel, streams: dict[str, tuple[Batches, float]], target: Any,
-          target_loss: TargetLoss | None, device: torch.device,
-          progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+          target_loss: TargetLoss | None, device: torch.device, progress: float,
+          colours: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
     total = torch.zeros((), device=device)
     shown: dict[str, float] = {}
     outputs: dict[str, Any] = {}
     with distributed.autocast():
         for name, (batches, weight) in streams.items():
             images, labels = batches.next(device)
+            if colours is not None:
+                images = recolour(images, colours)
             outputs[name] = model(model.preprocess(images))
             loss, _ = model.loss(outputs[name], labels)
             total = total + weight * loss

@@ -14,7 +14,15 @@ import torch
 
 from imgxfer.core import distributed
 from imgxfer.core.budget import Budget, parse_duration
-from imgxfer.core.config import AUTO, FILTER_PROBE, NONE, RunConfig, check_device, with_mode_steps
+from imgxfer.core.config import (
+    AUTO,
+    FILTER_PROBE,
+    NONE,
+    RunConfig,
+    check_device,
+    resolve_augment,
+    with_mode_steps,
+)
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import Progress
 from imgxfer.core.runfolder import check_out_dir
@@ -98,7 +106,8 @@ def prepare(config: RunConfig, registry: Registry) -> Plan:
     seed_everything(config.seed)
     with distributed.main_first():  # a download happens once, in the main process
         source, split = load_data(config, registry)
-    config = resolve_auto_options(config, registry, source, split.test)
+    config = resolve_augment(resolve_auto_options(config, registry, source, split.test),
+                             source.images.shape[1], split.test.images.shape[1])
 
     def make(kind: str, name: str, options: dict[str, Any]) -> Any:
         return registry.build(kind, name, options, seed=config.seed, augment=config.augment)

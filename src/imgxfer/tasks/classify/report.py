@@ -399,6 +399,9 @@ def _setup(config: Any, metrics: RunMetrics) -> list[str]:
     if metrics.generator is not None and config.synthesis_reason:
         parts.append(f"<p>Synthetic images: <b>--synthesis {html.escape(config.synthesis)}</b> "
                      f"({html.escape(config.synthesis_reason)}).</p>")
+    if config.augment_reason:
+        parts.append(f"<p>Augmentation: <b>--augment {html.escape(config.augment or 'auto')}"
+                     f"</b> ({html.escape(config.augment_reason)}).</p>")
     if data.get("notes"):
         parts.append("<p>Data notes: " + html.escape("; ".join(data["notes"])) + "</p>")
     return parts

@@ -19,7 +19,7 @@ from imgxfer.run.metrics import RunMetrics, Timings
 from imgxfer.tasks.classify import report
 from imgxfer.tasks.classify.stages.adapt import adapt, reads_synthetic
 from imgxfer.tasks.classify.stages.caption import caption_labelled, caption_unlabelled
-from imgxfer.tasks.classify.stages.data import describe, style_hint
+from imgxfer.tasks.classify.stages.data import describe
 from imgxfer.tasks.classify.stages.encode import encode
 from imgxfer.tasks.classify.stages.generate import Generated, generate
 
@@ -36,9 +36,8 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     log.info("source %s: %d images; target %s: %d labelled, %d unlabelled, %d test",
              source.domain, len(source), split.test.domain, len(split.labelled),
              len(split.unlabelled), len(split.test))
-    hint = style_hint(config, source, split.test)
-    if hint:
-        progress.log(hint)
+    if config.augment == "style" and config.augment_reason:  # what --augment auto chose
+        progress.log(f"--augment style ({config.augment_reason})")
     timings = Timings()
     with timings.measure("encoder"):
         encoder, encoder_metrics = encode(plan, progress)

@@ -24,13 +24,13 @@ import torch
 
 from imgxfer import __version__
 from imgxfer.core.budget import Budget
-from imgxfer.core.config import AUTO, NONE, RunConfig, with_mode_steps
+from imgxfer.core.config import AUTO, NONE, RunConfig, resolve_augment, with_mode_steps
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import TransferData
 from imgxfer.data.scenes import SceneDataset, SceneSplit, align_scene_classes, scene_split
 from imgxfer.nn.dense.model import DenseModel, check_head
-from imgxfer.nn.dense.training import Recipe, train
+from imgxfer.nn.dense.training import Recipe, colours_for, train
 from imgxfer.plugin import provenance
 from imgxfer.plugin.protocols import declared
 from imgxfer.plugin.registry import Registry
@@ -96,9 +96,11 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     seed_everything(config.seed)
     source, split = load_scenes(config, registry)
     check_sizes(config, source, split.test)
-    config = fit_to_scenes(config, registry, source)
+    config = resolve_augment(fit_to_scenes(config, registry, source),
+                             source.images.shape[1], split.test.images.shape[1])
+    colours_for(config.augment, config.task)  # a warping policy is refused here
     make: Callable[[str, str, dict[str, Any]], Any] = (lambda kind, name, options: registry.build(
-        kind, name, options, seed=config.seed, task=config.task))
+        kind, name, options, seed=config.seed, task=config.task, augment=config.augment))
     encoder = make("encoders", config.encoder, config.options["encoder"])
     size = cast(tuple[int, int], tuple(source.images.shape[-2:]))  # (H, W)
     model = DenseModel(encoder, head, source.class_names, size)
@@ -201,6 +203,8 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress, resume: bool =
     log.info("%s: source %s: %d scenes; target %s: %d labelled, %d unlabelled, %d test",
              config.task, plan.source.domain, len(plan.source), split.test.domain,
              len(split.labelled), len(split.unlabelled), len(split.test))
+    if config.augment == "style" and config.augment_reason:  # what --augment auto chose
+        progress.log(f"--augment style ({config.augment_reason})")
     started = time.perf_counter()
     model = plan.model.to(plan.device)
     source, held_out = hold_out(plan.source, plan.config.seed)
@@ -235,11 +239,13 @@ def hold_out(source: SceneDataset, seed: int) -> tuple[SceneDataset, SceneDatase
 def train_source(plan: DensePlan, model: DenseModel, source: SceneDataset,
                  progress: Progress) -> list[float]:
     """The model every adapter starts from: encoder and head trained on the labelled
-    source scenes for ``encoder_steps`` (seeded, batch 16, AdamW 1e-3)."""
+    source scenes for ``encoder_steps`` (seeded, batch 16, AdamW 1e-3, their colours
+    randomised under ``--augment style``)."""
     if plan.config.encoder_steps == 0:
         return []
     budget = Budget(plan.config.encoder_steps).start()
-    return train(model, {"source": (source, 1.0)}, Recipe(seed=plan.config.seed),
+    recipe = Recipe(seed=plan.config.seed, colours=colours_for(plan.config.augment))
+    return train(model, {"source": (source, 1.0)}, recipe,
                  budget=budget, device=plan.device, progress=progress,
                  what=f"{plan.config.task} model: train on source")
 

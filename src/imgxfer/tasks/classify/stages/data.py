@@ -43,21 +43,6 @@ def resolve_auto_options(config: RunConfig, registry: Registry, source: ImageDat
                                     "encoder": {**options, "in_channels": channels}})
 
 
-def style_hint(config: RunConfig, source: ImageDataset, target: ImageDataset) -> str | None:
-    """A line for a run whose source is grey and target in colour without ``--augment
-    style``, the policy that measured the largest gains on such pairs (mnist -> mnist-m,
-    syndigits -> mnist-m; docs/benchmarks.md). Not chosen by itself: on grey-to-grey
-    pairs it loses, and a run that changed its own augmentation would have to record
-    and resume that choice as ``--synthesis auto`` does, which is not built yet."""
-    chosen = {config.augment, config.options["adapter"].get("augment")}
-    if "style" in chosen or source.images.shape[1] != 1 or target.images.shape[1] < 3:
-        return None
-    return ("hint: the source images are grey and the target's in colour; --augment style "
-            "randomises the source's colours, which lifted mnist -> mnist-m from 0.70 to "
-            "0.86 at the default settings, and to 0.91 with --adapter self-training "
-            "(docs/benchmarks.md).")
-
-
 def describe(config: RunConfig, source: ImageDataset, split: Split) -> dict[str, Any]:
     """metrics.json's ``data`` section."""
     target = split.test
