@@ -194,13 +194,14 @@ def test_bad_dense_input_is_one_sentence(tmp_path, args, says) -> None:
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_translate_keeps_the_source_annotations(tmp_path) -> None:
+@pytest.mark.parametrize("task, augment", [("segment", "auto"), ("detect", "style")])
+def test_translate_keeps_the_source_annotations(tmp_path, task, augment) -> None:
     plugins = _fake_host()
     try:
-        result = invoke("run", "--task", "segment", *TINY_SCENES, "--generator", "gan",
+        result = invoke("run", "--task", task, *TINY_SCENES, "--generator", "gan",
                         "--synthesis", "translate", "--generator-steps", "3",
                         "--generator-opt", "width=8", "--adapter", "finetune",
-                        "--out", str(tmp_path))
+                        "--augment", augment, "--out", str(tmp_path))
     finally:
         plugins.reset_host()
     assert result.exit_code == 0, result.output
@@ -210,6 +211,11 @@ def test_translate_keeps_the_source_annotations(tmp_path) -> None:
     assert (folder / "generator.safetensors").is_file()
     config = (folder / "config.toml").read_text()
     assert "image_size = 32" in config  # the generator works at the scenes' size
+    # auto leaves grey-to-grey scenes as they are; style recolours them
+    assert f'augment = "{"style" if augment == "style" else ""}"' in config
+    report = (folder / "report.html").read_text()
+    assert ("<td>augmentation</td><td>style</td>" if augment == "style"
+            else "<td>augmentation</td><td>none (auto: each") in report
 
 
 def test_list_shows_each_components_tasks() -> None:
