@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, mean_std, run_once
+from common import PLAIN, TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, mean_std, run_once
 
 from imgxfer.core.config import RunConfig
 
@@ -40,7 +40,8 @@ def run_one(args: argparse.Namespace, source: str, target: str, shots: int, seed
         synthetic_per_class=args.synthetic_per_class, encoder_steps=args.encoder_steps,
         generator_steps=args.generator_steps, generator_time=args.generator_time,
         adapter_steps=args.adapter_steps, quality=not args.no_quality,
-        synthetic_filter=args.synthetic_filter, device=args.device, out=str(folder.parent))
+        synthetic_filter=args.synthetic_filter, device=args.device, out=str(folder.parent),
+        augment=PLAIN)
     t0 = time.perf_counter()
     metrics, ran = run_once(config, folder)
     if not ran:

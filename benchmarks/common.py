@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgxfer.core.config import RunConfig, load, same_run
+from imgxfer.core.config import RunConfig, load_saved, same_run
 from imgxfer.plugin.host import get_registry
 from imgxfer.run.metrics import RunMetrics
 from imgxfer.tasks import run
@@ -38,6 +38,13 @@ def cell(values: list[float], digits: int = 3, signed: bool = False) -> str:
     return f"{m:{'+' if signed else ''}.{digits}f} ± {s:.{digits}f}"
 
 
+# The augmentation of every cell before --augment auto became the default: each
+# component's own policy. Scripts whose cells measure a fixed setting pin it, so that their
+# committed folders stay the same runs (auto would choose style for a grey source and a
+# colour target).
+PLAIN = ""
+
+
 def run_once(config: RunConfig, folder: Path) -> tuple[RunMetrics, bool]:
     """Run ``config`` into ``folder`` unless an earlier invocation finished it there; returns
     the run's metrics and whether it ran now. A finished folder made with other settings
@@ -45,8 +52,8 @@ def run_once(config: RunConfig, folder: Path) -> tuple[RunMetrics, bool]:
     interrupted run and is started again."""
     done = folder / "metrics.json"
     if done.is_file():
-        # Keys added to RunConfig since a folder was written load with their defaults.
-        if not same_run(load(folder / "config.toml"), config):
+        # Keys added to RunConfig since a folder was written load as that run had them.
+        if not same_run(load_saved(folder / "config.toml"), config):
             raise SystemExit(f"{folder} was run with other settings; give another output folder.")
         return RunMetrics.read(done), False
     if folder.exists():

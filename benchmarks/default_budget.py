@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cell, run_once
+from common import PLAIN, cell, run_once
 
 from imgxfer.core.config import RunConfig
 
@@ -51,7 +51,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             config = RunConfig(name=f"{source}-{target}-{name}", source=source, target=target,
                                seed=seed, encoder_steps=enc, generator_steps=gen,
-                               adapter_steps=ada, out=str(ROOT))
+                               adapter_steps=ada, out=str(ROOT), augment=PLAIN)
             t0 = time.perf_counter()
             metrics, ran = run_once(config, ROOT / f"{source}-{target}-{name}" / f"seed-{seed}")
             acc.append(metrics.target.accuracy)

@@ -16,8 +16,9 @@ translation, 500 translator steps), with optional suffixes ``-nCOUNT``
 (``translate-300-n400``: 400 synthetic images per class instead of the default 100) and
 ``-sWEIGHT`` (``translate-300-s1``: the gan's ``semantic_weight`` 1, semantic consistency
 with a frozen source classifier), ``-eSTEPS`` and ``-aSTEPS`` (the encoder's and the
-adapter's step budgets instead of the run's defaults) and ``-uPOLICY`` (``--augment``), or
-``default`` (whatever ``imgxfer run`` does now).
+adapter's step budgets instead of the run's defaults) and ``-uPOLICY`` (``--augment``;
+without it each component's own policy, as before ``--augment auto``), or ``default``
+(whatever ``imgxfer run`` does now).
 ``--against SETTING`` adds a second table: each setting's accuracies with and without the
 synthetic images minus SETTING's on the same seeds (both adapters on the same split), so
 a change of settings (``-ustyle`` against plain) is paired too.
@@ -32,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import cell, mean_std, run_once
+from common import PLAIN, cell, mean_std, run_once
 
 from imgxfer.core.config import RunConfig
 from imgxfer.run.metrics import RunMetrics, SyntheticDelta
@@ -62,7 +63,7 @@ def config_for(setting: str, source: str, target: str, seed: int, shots: int,
                    synthetic_per_class=per_class, options=options,
                    encoder_steps=int(given.get("e", base.encoder_steps)),
                    adapter_steps=int(given.get("a", base.adapter_steps)),
-                   augment=given.get("u", base.augment))
+                   augment=given.get("u", PLAIN))
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import cell, run_once
+from common import PLAIN, cell, run_once
 
 from imgxfer.core.config import RunConfig, parse_option
 
@@ -29,7 +29,8 @@ def run_cell(args: argparse.Namespace, value: object, seed: int) -> dict:
     folder = Path(args.out_dir) / f"{args.option}={value}" / f"seed-{seed}"
     config = RunConfig(name=f"{args.option}={value}", source=source, target=target,
                        shots=args.shots, seed=seed, generator="gan", adapter="source-only",
-                       encoder_steps=1, adapter_steps=1, out=str(folder.parent))
+                       encoder_steps=1, adapter_steps=1, out=str(folder.parent),
+                       augment=PLAIN)
     config.options["generator"] = {args.option: value}
     metrics, ran = run_once(config, folder)
     gen = metrics.generator.to_json()

@@ -25,7 +25,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import TABLE_ADAPTER_STEPS, TABLE_ENCODER_STEPS, TABLE_GENERATOR_STEPS, cell, run_once
+from common import (
+    PLAIN,
+    TABLE_ADAPTER_STEPS,
+    TABLE_ENCODER_STEPS,
+    TABLE_GENERATOR_STEPS,
+    cell,
+    run_once,
+)
 
 from imgxfer.core.config import RunConfig, parse_option
 from imgxfer.run.metrics import RunMetrics
@@ -63,7 +70,7 @@ def configs(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
         for name, extra in cells:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 out.append((name, RunConfig(name=name, seed=seed, out="results/synthesis",
-                                            **{**base, **extra})))
+                                            augment=PLAIN, **{**base, **extra})))
     return out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import cell, read_rows, run_once
+from common import PLAIN, cell, read_rows, run_once
 
 from imgxfer.core.config import RunConfig
 from imgxfer.plugin.host import get_registry
@@ -41,7 +41,7 @@ SEARCH = {1: (12, 120, None), 5: (12, 180, 3)}
 def base_config(shots: int, seed: int) -> RunConfig:
     return RunConfig(name=f"tune-bench-{shots}shot", shots=shots, seed=seed, generator="none",
                      adapter="finetune", adapter_steps=ADAPTER_STEPS, device="cpu",
-                     out=str(ROOT / f"{shots}shot-search" / f"seed-{seed}"))
+                     out=str(ROOT / f"{shots}shot-search" / f"seed-{seed}"), augment=PLAIN)
 
 
 def measure(shots: int, seed: int) -> dict[str, Any]:

@@ -221,9 +221,21 @@ def test_augment_auto_chooses_style_only_for_a_grey_source_and_a_colour_target()
         assert kept.augment == "" and "own policy" in kept.augment_reason
     given = RunConfig(augment="light")
     assert resolve_augment(given, 1, 3) is given  # a policy the user chose stays
-    # A folder that recorded what auto chose resumes under the default, and only then.
+    # A folder that recorded what auto chose matches the default; one saved with ""
+    # before auto existed, or with a policy the user chose, does not.
     assert same_run(chosen, replace(chosen, augment="auto", augment_reason=""))
     assert not same_run(chosen, replace(chosen, augment="light", augment_reason=""))
+    assert not same_run(RunConfig(augment=""), RunConfig())
+    assert not same_run(RunConfig(augment="style"), RunConfig())
+    assert same_run(RunConfig(augment=""), kept)  # what a resumed run compares: resolved
+
+
+def test_a_config_toml_older_than_augment_resumes_as_it_ran(tmp_path):
+    from imgxfer.core.config import load_saved
+
+    (tmp_path / "config.toml").write_text('source = "mnist"\ntarget = "mnist-m"\n')
+    old = load_saved(tmp_path / "config.toml")
+    assert old.augment == "" and old.synthesis == "text"
 
 
 def test_a_run_records_what_augment_auto_chose(host, tmp_path):

@@ -272,3 +272,35 @@ def test_unfinished_trials_are_no_results(tmp_path):
     assert "- trials: 1 complete\n" in text and "running" not in text.split("\n- 1 unfinished")[0]
     assert "- 1 unfinished trial(s) left out (running elsewhere, or stopped" in text
     assert "| 1 |" not in text  # the running trial has no row in the table
+
+
+def test_a_study_starts_from_the_runs_own_augmentation(host):
+    """The run-wide policy reaches the adapter (Registry.build), so it is where a study
+    starts; style, which auto chooses for a grey source and a colour target, joins the
+    choices only in such runs (a study made before it keeps its choices)."""
+    registry = host.registry
+    space = tunable.available(RunConfig(), registry)
+    assert "style" not in space["adapter.augment"].values
+    styled = tunable.with_run_policy(space, "style")
+    assert styled["adapter.augment"].values[-1] == "style"
+    assert tunable.with_run_policy(space, "") == tunable.with_run_policy(space, "light") == space
+    names = ["adapter.augment"]
+    assert tunable.current_values(RunConfig(augment="style"), registry, names) == {
+        "adapter.augment": "style"}
+    assert tunable.current_values(RunConfig(augment=""), registry, names) == {
+        "adapter.augment": "light"}  # finetune's own default
+    given = RunConfig(augment="style")
+    given.options["adapter"] = {"augment": "none"}  # the adapter's own option wins
+    assert tunable.current_values(given, registry, names) == {"adapter.augment": "none"}
+
+
+def test_a_study_key_is_unchanged_where_auto_keeps_each_components_policy():
+    """Studies made before --augment auto (augment = "") continue on grey-to-grey data."""
+    from imgxfer.core.config import resolve_augment
+    from imgxfer.sweep.tune import study_key
+
+    before = RunConfig(augment="")
+    resolved = resolve_augment(RunConfig(), 1, 1)
+    assert resolved.augment_reason  # recorded in config.toml, but not part of the key
+    assert study_key(RunConfig(augment=resolved.augment)) == study_key(before)
+    assert study_key(resolved) == study_key(before)

@@ -215,7 +215,7 @@ def test_translate_keeps_the_source_annotations(tmp_path, task, augment) -> None
     assert f'augment = "{"style" if augment == "style" else ""}"' in config
     report = (folder / "report.html").read_text()
     assert ("<td>augmentation</td><td>style</td>" if augment == "style"
-            else "<td>augmentation</td><td>none (auto: each") in report
+            else "<td>augmentation</td><td>each component’s own (auto:") in report
 
 
 def test_list_shows_each_components_tasks() -> None:
@@ -233,3 +233,30 @@ def test_list_shows_each_components_tasks() -> None:
 def test_task_help_names_the_tasks() -> None:
     result = invoke("run", "--help")
     assert "--task [classify|segment|detect]" in result.output and "--head" in result.output
+
+
+def test_auto_recolours_a_grey_source_for_a_colour_target_in_every_stage(host, tmp_path) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from imgxfer.core.config import RunConfig
+    from imgxfer.plugin.testing import tiny_scenes
+    from imgxfer.tasks.dense.run import prepare
+
+    def colour_scenes(n: int = 40, seed: int = 0):
+        grey = tiny_scenes("tiny-colour-scenes", n, seed=seed + 7, invert=True)
+        tint = torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
+        return replace(grey, images=grey.images.data * tint)
+
+    colour_scenes.tasks = ("segment", "detect")  # type: ignore[attr-defined]
+    host.registry.add("datasets", "tiny-colour-scenes", colour_scenes, "test")
+    config = RunConfig(task="segment", source="tiny-scenes", target="tiny-colour-scenes",
+                       shots=2, compare=["source-only", "finetune", "adaptsegnet"],
+                       out=str(tmp_path)).for_task()
+    plan = prepare(config, host.registry)
+    assert plan.config.augment == "style" and "grey" in plan.config.augment_reason
+    assert all(adapter.recipe.colours for adapter in plan.adapters.values())
+    grey = prepare(replace(config, target="tiny-scenes-inverted"), host.registry)
+    assert grey.config.augment == "" and not any(
+        adapter.recipe.colours for adapter in grey.adapters.values())

@@ -117,7 +117,7 @@ class RunConfig:
     # The augmentation policy of every component that trains and takes an `augment`
     # option (imgxfer.nn.augmentation.POLICIES), unless its own options set one; "": each
     # component's own default; auto (the default): style where a grey source meets a
-    # colour target, else "" (imgxfer.tasks.classify.stages.data.resolve_augment). A run
+    # colour target, else "" (resolve_augment below). A run
     # resolves auto before it starts: config.toml then holds the policy and augment_reason.
     augment: str = AUTO
     augment_reason: str = ""
@@ -310,7 +310,10 @@ def same_run(saved: RunConfig, current: RunConfig) -> bool:
         # --synthesis auto matches whatever mode a run resolved it to, and so do the
         # mode's default generator steps.
         synthesis = AUTO if AUTO in (saved.synthesis, current.synthesis) else config.synthesis
-        augment = AUTO if AUTO in (saved.augment, current.augment) else config.augment
+        # --augment auto matches only a policy auto chose: a folder saved with "" before
+        # auto existed kept each component's own, which auto may not choose.
+        augment = (AUTO if AUTO in (saved.augment, current.augment)
+                   and all(_by_auto(c) for c in (saved, current)) else config.augment)
         steps = config.generator_steps
         if MODE_DEFAULT in (saved.generator_steps, current.generator_steps):
             steps = MODE_DEFAULT
@@ -321,6 +324,10 @@ def same_run(saved: RunConfig, current: RunConfig) -> bool:
 
     auto = any(c.options.get("encoder", {}).get("in_channels", 0) == 0 for c in (saved, current))
     return normal(saved, auto) == normal(current, auto)
+
+
+def _by_auto(config: RunConfig) -> bool:
+    return config.augment == AUTO or config.augment_reason.startswith(f"{AUTO}:")
 
 
 def from_mapping(data: dict[str, Any], where: str = "config") -> RunConfig:
@@ -380,6 +387,18 @@ def check_device(name: Any) -> None:
 
 def load(path: str | Path) -> RunConfig:
     return from_mapping(read_toml(path), where=str(path))
+
+
+def load_saved(path: str | Path) -> RunConfig:
+    """A run folder's config.toml, its keys older than the file as that run had them:
+    ``synthesis`` (prompts, ``text``) and ``augment`` (each component's own, ``""``)."""
+    saved = read_toml(path)
+    config = from_mapping(saved, where=str(path))
+    if "synthesis" not in saved:
+        config.synthesis = "text"
+    if "augment" not in saved:
+        config.augment = ""
+    return config
 
 
 def parse_option(text: str, flag: str) -> tuple[str, Any]:

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, cast
 
-from imgxfer.core.config import NONE, RunConfig
+from imgxfer.core.config import AUTO, NONE, RunConfig
 from imgxfer.core.errors import UserError
 from imgxfer.plugin.protocols import declared
 from imgxfer.plugin.registry import Component, Registry
@@ -163,6 +163,17 @@ def search_space(config: RunConfig, registry: Registry, asked: list[str] | None 
     return {name: space[name] for name in dict.fromkeys(asked)}
 
 
+def with_run_policy(space: dict[str, Range], policy: str) -> dict[str, Range]:
+    """``space`` with the run's own augmentation policy among ``adapter.augment``'s
+    choices, so that the study starts from what the run does. ``style``, the policy
+    ``--augment auto`` chooses for a grey source and a colour target, is not among the
+    shared choices: a study made before it existed must keep its choices to continue."""
+    rng = space.get("adapter.augment")
+    if rng is None or policy in ("", AUTO) or rng.scale != "choice" or policy in rng.values:
+        return space
+    return {**space, "adapter.augment": Range("choice", (*rng.values, policy))}
+
+
 def current_values(config: RunConfig, registry: Registry, names: list[str]) -> dict[str, Any]:
     """The value each tuned name has in ``config`` (its component's default where the
     config does not set it): the starting point a study is compared to."""
@@ -175,6 +186,8 @@ def current_values(config: RunConfig, registry: Registry, names: list[str]) -> d
         component = registry.get(STAGE_KINDS[stage], getattr(config, stage))
         if option in config.options[stage]:
             values[name] = config.options[stage][option]
+        elif option == "augment" and config.augment not in ("", AUTO):
+            values[name] = config.augment  # the run's policy reaches the factory (Registry.build)
         elif option in component.defaults():
             values[name] = component.defaults()[option]
     return values

@@ -17,7 +17,7 @@ import torch
 
 from imgxfer import __version__
 from imgxfer.core import distributed, runfolder
-from imgxfer.core.config import RunConfig, from_mapping, read_toml, same_run
+from imgxfer.core.config import RunConfig, load_saved, same_run
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import NullProgress, Progress
 from imgxfer.core.runfolder import atomic_write_json, atomic_write_text, create_run_dir
@@ -57,11 +57,7 @@ def resume_config(folder: Path) -> RunConfig:
     if (folder / runfolder.METRICS).is_file():
         raise UserError(f"--resume: the run in {str(folder)!r} has already finished; "
                         "start a new run instead.")
-    saved = read_toml(folder / runfolder.CONFIG)
-    config = from_mapping(saved, where=str(folder / runfolder.CONFIG))
-    if "synthesis" not in saved:
-        config.synthesis = "text"  # written before --synthesis existed: prompts, then
-    return config
+    return load_saved(folder / runfolder.CONFIG)
 
 
 def execute(plan: Plan, *, progress: Progress = NullProgress(),

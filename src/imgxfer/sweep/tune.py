@@ -38,7 +38,13 @@ from imgxfer.core.progress import Labelled, NullProgress, Progress
 from imgxfer.core.runfolder import TENSORBOARD
 from imgxfer.data.dataset import ImageDataset, Split, TransferData
 from imgxfer.plugin.registry import Registry
-from imgxfer.plugin.tunable import Range, current_values, search_space, with_params
+from imgxfer.plugin.tunable import (
+    Range,
+    current_values,
+    search_space,
+    with_params,
+    with_run_policy,
+)
 from imgxfer.run.metrics import Timings
 from imgxfer.run.tracking import (
     TrackedRun,
@@ -269,6 +275,7 @@ def prepare_tuner(config: RunConfig, registry: Registry, space: dict[str, Range]
 
     plan = prepare(tuning_config(config), registry)
     plan = replace(plan, split=without_test(plan.split))
+    space = with_run_policy(space, plan.config.augment)  # --augment auto's choice
     objective = choose_objective(plan.split.labelled, plan.split.unlabelled, folds)
     encoder, _ = encode(plan, NullProgress())
     plan = replace(plan, encoder=encoder)

@@ -33,7 +33,7 @@ DENSE_AUGMENT = ("", "none", "style")
 def colours_for(augment: str, task: str = "segment") -> bool:
     """Whether ``augment`` randomises a dense run's colours; a policy that warps is refused."""
     if augment not in DENSE_AUGMENT:
-        raise UserError(f"--task {task} augments colours only (--augment style, none or "
+        raise UserError(f"--task {task} augments colours only (augment style, none or "
                         f"auto), not {augment}: a warp would have to move the masks and "
                         "boxes too.")
     return augment == "style"
@@ -120,8 +120,9 @@ def train(model: DenseModel, labelled: dict[str, tuple[SceneDataset, float]],
     target = (Batches(unlabelled, recipe.batch_size, g)
               if target_loss is not None and unlabelled is not None and len(unlabelled) else None)
     optimizer = recipe.optimizer(model, list(extra))
-    # Its own generator, so that randomised colours do not change the batches drawn.
-    colours = (torch.Generator().manual_seed(recipe.seed + 1 + distributed.seed_offset())
+    # Its own generator, so that randomised colours do not change the batches drawn (seed
+    # + 1 is taken: dense self-training's perturbations draw from it).
+    colours = (torch.Generator().manual_seed(recipe.seed + 2 + distributed.seed_offset())
                if recipe.colours else None)
     model.train()
     history: list[float] = []

@@ -60,7 +60,7 @@ def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
             ["model", f"{config.encoder} + {metrics.model['head']} head "
                       f"(stages at strides {metrics.model['pyramid']['strides']})"],
             ["steps", f"source {config.encoder_steps}, adapters {config.adapter_steps}"],
-            ["augmentation", f"{config.augment or 'none'}"
+            ["augmentation", f"{config.augment or 'each component’s own'}"
                              + (f" ({config.augment_reason})" if config.augment_reason else "")],
             ["source model", "on held-out source scenes: " + ", ".join(
                 f"{label} {metrics.model['source_val'][key]:.3f}"
