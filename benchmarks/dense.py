@@ -13,7 +13,7 @@ once per cell and every adapter starts from a copy of it, on the same split), pl
 
 - ``translate`` (0 labels): the same run with ``--generator gan --synthesis translate``
   and the adapter ``finetune`` (translated source scenes with their masks and boxes,
-  AdaBN);
+  AdaBN); ``translate:ADAPTER`` the same with another adapter;
 - ``oracle``: ``target-only`` with every non-test target scene labelled.
 
 With labelled target scenes (``--shots`` above 0) only the methods that read them run
@@ -58,8 +58,9 @@ def config_for(args: argparse.Namespace, task: str, shots: int, seed: int, kind:
                                                  LABELLED_METHODS)).split(","))
     config.options["encoder"] = {"width": args.width}
     config.options["source"] = config.options["target"] = {"n": args.scenes}
-    if kind == "translate":
-        config.generator, config.synthesis, config.compare = "gan", "translate", ["finetune"]
+    if kind.startswith("translate"):
+        adapter = kind.partition(":")[2] or "finetune"
+        config.generator, config.synthesis, config.compare = "gan", "translate", [adapter]
         config.generator_steps = args.generator_steps
         config.options["generator"] = {"width": 16, "batch_size": 32,
                                        "image_size": args.generator_size}
@@ -79,7 +80,8 @@ def run_cell(args: argparse.Namespace, task: str, shots: int, seed: int, kind: s
     styled = "+style" if result.config.augment == "style" else ""
     rows = []
     for name, scores in metrics.adapters.items():
-        method = {"translate": "translate+finetune", "oracle": "oracle"}.get(kind, name) + styled
+        method = (f"translate+{name}" if kind.startswith("translate") else
+                  "oracle" if kind == "oracle" else name) + styled
         rows.append({"pair": args.pair, "task": task, "shots": shots, "seed": seed,
                      "method": method, "kind": kind, "augment": args.augment,
                      "run_seconds": round(seconds, 1),
