@@ -117,8 +117,8 @@ class RunConfig:
     # The augmentation policy of every component that trains and takes an `augment`
     # option (imgxfer.nn.augmentation.POLICIES), unless its own options set one; "": each
     # component's own default; auto (the default): style where a grey source meets a
-    # colour target, else "" (resolve_augment below). A run
-    # resolves auto before it starts: config.toml then holds the policy and augment_reason.
+    # colour target, else "" (resolve_augment below). A run resolves auto before it
+    # starts: config.toml then holds the policy chosen and augment_reason.
     augment: str = AUTO
     augment_reason: str = ""
     out: str = "runs"
