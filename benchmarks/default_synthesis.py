@@ -36,6 +36,7 @@ import torch
 from common import PLAIN, cell, mean_std, run_once
 
 from imgxfer.core.config import RunConfig
+from imgxfer.core.errors import UserError
 from imgxfer.run.metrics import RunMetrics, SyntheticDelta
 
 ROOT = Path(__file__).parent / "results" / "default_synthesis"
@@ -79,6 +80,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     source, target = args.pair.split(":")
+    for setting in {*args.settings.split(","), *([args.against] if args.against else [])}:
+        try:  # a mistyped setting stops the script before any cell runs
+            config_for(setting, source, target, 0, args.shots, args.adapter).validate()
+        except (UserError, ValueError) as error:
+            raise SystemExit(f"setting {setting!r}: {error}") from None
     # No seconds here: these runs share the machine; the default run is timed alone
     # (docs/benchmarks.md).
     print("| pair | shots | setting | seeds | with synthetic | without | paired delta "
