@@ -296,6 +296,14 @@ def resolve_augment(config: RunConfig, source_channels: int, target_channels: in
         "colour target"))
 
 
+def augment_notice(config: RunConfig) -> str | None:
+    """The line a run prints when ``--augment auto`` changed its augmentation (chose
+    ``style``); None where it kept each component's own or the user chose."""
+    if config.augment == "style" and config.augment_reason:
+        return f"--augment style ({config.augment_reason})"
+    return None
+
+
 def same_run(saved: RunConfig, current: RunConfig) -> bool:
     """Whether ``current`` is the run a saved config.toml describes: equal apart from
     ``out`` and the tracker (where results go, not what runs), ``provenance`` (what was

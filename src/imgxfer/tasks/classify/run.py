@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgxfer import __version__
 from imgxfer.core import distributed, runfolder
-from imgxfer.core.config import RunConfig
+from imgxfer.core.config import RunConfig, augment_notice
 from imgxfer.core.progress import Progress
 from imgxfer.core.runfolder import atomic_write_json
 from imgxfer.run.execute import RunResult
@@ -36,8 +36,8 @@ def run_stages(plan: Plan, folder: Path, progress: Progress, resume: bool = Fals
     log.info("source %s: %d images; target %s: %d labelled, %d unlabelled, %d test",
              source.domain, len(source), split.test.domain, len(split.labelled),
              len(split.unlabelled), len(split.test))
-    if config.augment == "style" and config.augment_reason:  # what --augment auto chose
-        progress.log(f"--augment style ({config.augment_reason})")
+    if notice := augment_notice(config):  # what --augment auto chose
+        progress.log(notice)
     timings = Timings()
     with timings.measure("encoder"):
         encoder, encoder_metrics = encode(plan, progress)

@@ -24,7 +24,14 @@ import torch
 
 from imgxfer import __version__
 from imgxfer.core.budget import Budget
-from imgxfer.core.config import AUTO, NONE, RunConfig, resolve_augment, with_mode_steps
+from imgxfer.core.config import (
+    AUTO,
+    NONE,
+    RunConfig,
+    augment_notice,
+    resolve_augment,
+    with_mode_steps,
+)
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import TransferData
@@ -203,8 +210,8 @@ def run_stages(plan: DensePlan, folder: Path, progress: Progress, resume: bool =
     log.info("%s: source %s: %d scenes; target %s: %d labelled, %d unlabelled, %d test",
              config.task, plan.source.domain, len(plan.source), split.test.domain,
              len(split.labelled), len(split.unlabelled), len(split.test))
-    if config.augment == "style" and config.augment_reason:  # what --augment auto chose
-        progress.log(f"--augment style ({config.augment_reason})")
+    if notice := augment_notice(config):  # what --augment auto chose
+        progress.log(notice)
     started = time.perf_counter()
     model = plan.model.to(plan.device)
     source, held_out = hold_out(plan.source, plan.config.seed)
