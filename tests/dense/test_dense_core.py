@@ -10,7 +10,7 @@ from imgxfer.components.encoders.smallcnn import SmallCNN
 from imgxfer.components.encoders.torchvision_backbones import TorchvisionEncoder
 from imgxfer.core.config import RunConfig
 from imgxfer.core.errors import UnknownComponentError, UserError
-from imgxfer.data.scenes import IGNORE, align_scene_classes, scene_split
+from imgxfer.data.scenes import IGNORE, align_scene_classes, scene_split, untile_images
 from imgxfer.nn.dense.features import Pyramid
 from imgxfer.nn.dense.model import HEADS, DenseModel, check_head
 from imgxfer.plugin.registry import Registry
@@ -105,6 +105,36 @@ def test_scene_split_is_seeded_disjoint_and_refuses_too_many_shots() -> None:
     assert torch.equal(split.test.masks, again.test.masks)
     with pytest.raises(UserError, match="too few for 14 labelled scenes"):
         scene_split(data, 14)
+
+
+def test_tiles_cut_scenes_with_their_masks_and_boxes_and_untile_undoes_it() -> None:
+    data = tiny_scenes("d", n=3, size=32)
+    tiles = data.tiles(16)
+    assert tuple(tiles.images.shape) == (12, 1, 16, 16) and len(tiles.boxes) == 12
+    assert torch.equal(untile_images(tiles.images.tensor(), 32, 32), data.images.tensor())
+    # tile (row 0, column 1) of scene 2 is its top-right quarter
+    assert torch.equal(tiles.masks[2 * 4 + 1], data.masks[2, :16, 16:])
+    # every box part lies inside its tile and covers exactly its class's mask pixels there
+    for k, (boxes, labels) in enumerate(zip(tiles.boxes, tiles.box_labels, strict=True)):
+        assert ((boxes >= 0) & (boxes <= 16)).all()
+        drawn = torch.zeros(16, 16, dtype=torch.long)
+        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), labels.tolist(), strict=True):
+            drawn[y0:y1, x0:x1] = label + 1
+        assert torch.equal(drawn, tiles.masks[k])
+    with pytest.raises(ValueError, match="do not cut into 12-pixel tiles"):
+        data.tiles(12)
+
+
+def test_a_generator_translates_scenes_in_tiles_of_its_declared_size() -> None:
+    from imgxfer.tasks.dense.translate import tile_size
+
+    scenes = tiny_scenes("d", n=2, size=32)
+    sized = type("Sized", (), {})
+    for declared_size, tile in ((16, 16), (8, 8), (32, 0), (64, 0), (12, 0), (None, 0)):
+        generator = sized()
+        if declared_size is not None:
+            generator.image_size = declared_size
+        assert tile_size(generator, scenes) == tile, declared_size
 
 
 def test_align_classes_renumbers_masks_and_box_labels() -> None:

@@ -6,7 +6,14 @@ The generator learns as in a classification run (:class:`imgxfer.data.dataset.Ge
 from the source scenes, the labelled target scenes and the unlabelled ones. A
 generator's content loss follows image labels, so each scene is labelled with its
 largest object's class; what keeps the masks valid is that a translator changes
-style, not geometry (the GAN's PixelDA translator works at the image's own size)."""
+style, not geometry (the GAN's PixelDA translator works at the image's own size).
+
+A generator that works at a fixed size smaller than the scenes (it declares
+``image_size``, as the gan does: 32 px) learns from and translates the scenes' tiles of
+that size, each tile labelled with its own largest object: the digits stay at the scale
+they are drawn at, where resizing the whole scene to the generator's size and its output
+back would halve and blur them against their masks. Scenes whose sides are not multiples
+of that size are resized whole, as for a generator of any size."""
 
 from __future__ import annotations
 
@@ -20,9 +27,9 @@ from imgxfer.core import runfolder
 from imgxfer.core.budget import Budget
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import GeneratorData
-from imgxfer.data.scenes import IGNORE, SceneDataset
+from imgxfer.data.scenes import IGNORE, SceneDataset, untile_images
 from imgxfer.nn.preprocess import match_channels
-from imgxfer.plugin.protocols import checkpoint_args
+from imgxfer.plugin.protocols import checkpoint_args, declared
 from imgxfer.run import artifacts
 from imgxfer.tasks.classify.stages.generate import check_images
 
@@ -53,28 +60,47 @@ def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Pr
     it declares ``resumable``), translate every ``source`` scene, save the generator."""
     config, generator, split = plan.config, plan.generator, plan.split
     channels = int(split.test.images.shape[1])
+    tile = tile_size(generator, source)
+
+    def cut(scenes: SceneDataset) -> SceneDataset:
+        return scenes.tiles(tile) if tile else scenes
+
+    parts, labelled = cut(source), cut(split.labelled)
     data = GeneratorData(
-        images=torch.cat([match_channels(source.images.tensor(), channels),
-                          split.labelled.images.tensor()]),
-        labels=torch.cat([main_class(source), main_class(split.labelled)]),
-        captions=[""] * (len(source) + len(split.labelled)),
-        domains=[source.domain] * len(source) + [split.test.domain] * len(split.labelled),
+        images=torch.cat([match_channels(parts.images.tensor(), channels),
+                          labelled.images.tensor()]),
+        labels=torch.cat([main_class(parts), main_class(labelled)]),
+        captions=[""] * (len(parts) + len(labelled)),
+        domains=[source.domain] * len(parts) + [split.test.domain] * len(labelled),
         class_names=list(source.class_names), target_domain=split.test.domain,
-        synthesis="translate", unlabelled=split.unlabelled.images.tensor())
+        synthesis="translate", unlabelled=cut(split.unlabelled).images.tensor())
     started = time.perf_counter()
     budget = Budget(config.generator_steps or None, None).start()
     fitted = generator.fit(data, budget=budget, progress=progress, device=plan.device,
                            **checkpoint_args(generator, folder / runfolder.TRAINING_CHECKPOINT,
                                              resume))
     fit_seconds = time.perf_counter() - started
-    images = _edit_all(generator, source, data.labels[:len(source)], config, plan.device)
+    images = _edit_all(generator, parts, data.labels[:len(parts)], config, plan.device)
+    if tile:
+        images = untile_images(images, *source.images.shape[-2:])
     artifacts.save_generator(folder / runfolder.GENERATOR, config.generator, generator,
                              config.options["generator"], source.class_names)
     (folder / runfolder.TRAINING_CHECKPOINT).unlink(missing_ok=True)
     synthetic = source.with_images(images, f"translated-{source.domain}")
     return synthetic, {"name": config.generator, "synthesis": "translate",
                        "steps": fitted.steps, "translated_scenes": len(synthetic),
-                       "fit_seconds": round(fit_seconds, 1)}
+                       "tile": tile or None, "fit_seconds": round(fit_seconds, 1)}
+
+
+def tile_size(generator: Any, scenes: SceneDataset) -> int:
+    """The side of the tiles the generator translates ``scenes`` in: its declared
+    ``image_size`` when that is smaller than the scenes and divides both their sides,
+    else 0 (whole scenes, resized to the generator's size and back)."""
+    size = declared(generator, "image_size", "generators")
+    h, w = scenes.images.shape[-2:]
+    if not isinstance(size, int) or size < 1 or (size >= h and size >= w):
+        return 0
+    return size if h % size == 0 and w % size == 0 else 0
 
 
 def _edit_all(generator: Any, source: SceneDataset, labels: torch.Tensor, config: Any,
