@@ -119,12 +119,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--table-only", action="store_true",
                         help="Print the tables of --out and stop.")
+    parser.add_argument("--paired", default="",
+                        help="With --table-only: A,B prints method B minus method A, seed "
+                             "by seed, at 0 labels.")
     args = parser.parse_args()
     if args.table_only:
         rows = read_rows(args.out)
         for task in ("segment", "detect"):
             print(f"\n{task}\n" + table(rows, args.pair, task) + "\n\n"
                   + gap_table(rows, args.pair, task))
+            if args.paired:
+                print("\n" + paired_table(rows, args.pair, task, *args.paired.split(",")))
         return
     torch.set_num_threads(args.threads)
     done = {(r["pair"], r["task"], r["shots"], r["seed"], r["kind"], r.get("augment", ""))
@@ -189,6 +194,22 @@ def gap_table(rows: list[dict], pair: str, task: str) -> str:
         lines.append(f"| {method} | {cell(delta, signed=True)} | {cell(share, signed=True)} "
                      f"| {len(have)} |")
     return "\n".join(lines)
+
+
+def paired_table(rows: list[dict], pair: str, task: str, before: str, after: str) -> str:
+    """``after`` minus ``before`` at 0 labels on the seeds both ran (the same split and
+    seeded source model), each seed's difference and their mean ± std."""
+    key = "miou" if task == "segment" else "map_50"
+    by = {(r["method"], r["seed"]): r[key] for r in rows
+          if r["pair"] == pair and r["task"] == task and r["shots"] == 0}
+    seeds = sorted(s for m, s in by if m == after and (before, s) in by)
+    delta = [by[after, s] - by[before, s] for s in seeds]
+    if not delta:
+        return f"({after} and {before}: no seed in common)"
+    per_seed = ", ".join(f"{d:+.3f}" for d in delta)
+    return (f"| {after} minus {before} | per seed ({', '.join(map(str, seeds))}) | better |\n"
+            f"|---|---|---|\n| {cell(delta, signed=True)} | {per_seed} | "
+            f"{sum(d > 0 for d in delta)}/{len(delta)} |")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,25 @@ def test_a_generator_translates_scenes_in_tiles_of_its_declared_size() -> None:
         assert tile_size(generator, scenes) == tile, declared_size
 
 
+def test_the_generator_learns_only_from_tiles_that_hold_an_object() -> None:
+    from imgxfer.tasks.dense.translate import generator_data, main_class
+
+    source, target = tiny_scenes("s", n=4, size=32), tiny_scenes("t", n=4, size=32, seed=1)
+    for scenes in (source, target):
+        scenes.masks[:, :16] = 0  # the top tiles hold no object (masks read first)
+    tiles = source.tiles(16)
+    labels = main_class(tiles)
+    holds = ((tiles.masks > 0) & (tiles.masks != IGNORE)).flatten(1).any(1)
+    assert torch.equal(labels >= 0, holds) and not holds[0::4].any() and holds.any()
+    data = generator_data(tiles, labels, target.tiles(16), target.tiles(16), target)
+    assert len(data.images) == int((labels >= 0).sum()) + int((main_class(target.tiles(16)) >= 0).sum())
+    assert (data.labels >= 0).all() and len(data.unlabelled) == 16
+    empty = tiny_scenes("e", n=2, size=32)
+    empty.masks[:] = 0
+    with pytest.raises(UserError, match="no e scene holds an object"):
+        generator_data(empty, main_class(empty), target, target, target)
+
+
 def test_align_classes_renumbers_masks_and_box_labels() -> None:
     target = tiny_scenes("t", n=4)
     source = tiny_scenes("s", n=4)

@@ -25,6 +25,7 @@ import torch
 
 from imgxfer.core import runfolder
 from imgxfer.core.budget import Budget
+from imgxfer.core.errors import UserError
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import GeneratorData
 from imgxfer.data.scenes import IGNORE, SceneDataset, untile_images
@@ -38,14 +39,14 @@ BATCH = 64  # scenes per edit call
 
 def main_class(data: SceneDataset) -> torch.Tensor:
     """Each scene's largest object class: the most frequent object class of its mask,
-    else the class of its largest box (0 for a scene without objects)."""
-    labels = torch.zeros(len(data), dtype=torch.long)
+    else the class of its largest box (-1 for a scene without objects)."""
+    labels = torch.full((len(data),), -1, dtype=torch.long)
     for i in range(len(data)):
         if data.masks is not None:
             mask = data.masks[i]
             counts = torch.bincount(mask[(mask > 0) & (mask != IGNORE)].flatten() - 1,
                                     minlength=data.num_classes)
-            labels[i] = int(counts.argmax()) if counts.sum() else 0
+            labels[i] = int(counts.argmax()) if counts.sum() else -1
         elif data.boxes is not None and len(data.boxes[i]):
             assert data.box_labels is not None
             box = data.boxes[i]
@@ -59,28 +60,21 @@ def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Pr
     """Fit the plan's generator (continuing its training checkpoint with ``resume``, when
     it declares ``resumable``), translate every ``source`` scene, save the generator."""
     config, generator, split = plan.config, plan.generator, plan.split
-    channels = int(split.test.images.shape[1])
     tile = tile_size(generator, source)
 
     def cut(scenes: SceneDataset) -> SceneDataset:
         return scenes.tiles(tile) if tile else scenes
 
-    parts, labelled = cut(source), cut(split.labelled)
-    data = GeneratorData(
-        images=torch.cat([match_channels(parts.images.tensor(), channels),
-                          labelled.images.tensor()]),
-        labels=torch.cat([main_class(parts), main_class(labelled)]),
-        captions=[""] * (len(parts) + len(labelled)),
-        domains=[source.domain] * len(parts) + [split.test.domain] * len(labelled),
-        class_names=list(source.class_names), target_domain=split.test.domain,
-        synthesis="translate", unlabelled=cut(split.unlabelled).images.tensor())
+    parts = cut(source)
+    labels = main_class(parts)
+    data = generator_data(parts, labels, cut(split.labelled), cut(split.unlabelled), split.test)
     started = time.perf_counter()
     budget = Budget(config.generator_steps or None, None).start()
     fitted = generator.fit(data, budget=budget, progress=progress, device=plan.device,
                            **checkpoint_args(generator, folder / runfolder.TRAINING_CHECKPOINT,
                                              resume))
     fit_seconds = time.perf_counter() - started
-    images = _edit_all(generator, parts, data.labels[:len(parts)], config, plan.device)
+    images = _edit_all(generator, parts, labels.clamp(min=0), config, plan.device)
     if tile:
         images = untile_images(images, *source.images.shape[-2:])
     artifacts.save_generator(folder / runfolder.GENERATOR, config.generator, generator,
@@ -90,6 +84,31 @@ def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Pr
     return synthetic, {"name": config.generator, "synthesis": "translate",
                        "steps": fitted.steps, "translated_scenes": len(synthetic),
                        "tile": tile or None, "fit_seconds": round(fit_seconds, 1)}
+
+
+def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDataset,
+                   unlabelled: SceneDataset, test: SceneDataset) -> GeneratorData:
+    """What the generator learns from: the source scenes (or tiles) and the labelled
+    target ones that hold an object, each labelled with its :func:`main_class`
+    (``labels``, for the source), and every unlabelled target one, at the test scenes'
+    channels. A scene without objects has no class for the content loss: labelled as one,
+    it would teach the translator to draw that class on background (a sixth of the 32-px
+    tiles of the digit scenes are empty). It is still translated."""
+    keep = labels >= 0
+    if not keep.any():
+        raise UserError(f"no {source.domain} scene holds an object, so there is nothing "
+                        "for the generator to learn to translate.")
+    shot_labels = main_class(labelled)
+    shots = labelled.subset(torch.nonzero(shot_labels >= 0).flatten())
+    images = match_channels(source.images.tensor()[keep], int(test.images.shape[1]))
+    n = len(images)
+    return GeneratorData(
+        images=torch.cat([images, shots.images.tensor()]),
+        labels=torch.cat([labels[keep], shot_labels[shot_labels >= 0]]),
+        captions=[""] * (n + len(shots)),
+        domains=[source.domain] * n + [test.domain] * len(shots),
+        class_names=list(source.class_names), target_domain=test.domain,
+        synthesis="translate", unlabelled=unlabelled.images.tensor())
 
 
 def tile_size(generator: Any, scenes: SceneDataset) -> int:
