@@ -78,15 +78,13 @@ def run_cell(args: argparse.Namespace, task: str, shots: int, seed: int, kind: s
         seconds = time.perf_counter() - started
     metrics = result.metrics
     styled = "+style" if result.config.augment == "style" else ""
-    tile = (metrics.generator or {}).get("tile")
-    translated = "translate(tiles)" if tile else "translate"
     rows = []
     for name, scores in metrics.adapters.items():
-        method = (f"{translated}+{name}" if kind.startswith("translate") else
+        method = (f"translate+{name}" if kind.startswith("translate") else
                   "oracle" if kind == "oracle" else name) + styled
         rows.append({"pair": args.pair, "task": task, "shots": shots, "seed": seed,
                      "method": method, "kind": kind, "augment": args.augment,
-                     "tile": tile, "run_seconds": round(seconds, 1),
+                     "run_seconds": round(seconds, 1),
                      "source_val": metrics.model["source_val"],
                      **{k: v for k, v in scores.items() if not isinstance(v, dict)},
                      "per_class": scores.get("iou", scores.get("ap"))})
@@ -108,8 +106,7 @@ def main() -> None:
     parser.add_argument("--adapter-steps", type=int, default=150)
     parser.add_argument("--generator-steps", type=int, default=600)
     # The GAN's translator at 64 px takes 1.3 s a step on one core (0.35 s at 32 px):
-    # at 32 it learns and translates the 64-px scenes in 32-px tiles (rows
-    # "translate(tiles)+..."; before, whole scenes were resized to it and back).
+    # translated scenes are made at this size and resized to the scenes'.
     parser.add_argument("--generator-size", type=int, default=32)
     # "": each component's own, as the cells before --augment reached dense runs (the
     # translator's critic then shifts images); style: the labelled scenes' colours

@@ -10,7 +10,7 @@ from imgxfer.components.encoders.smallcnn import SmallCNN
 from imgxfer.components.encoders.torchvision_backbones import TorchvisionEncoder
 from imgxfer.core.config import RunConfig
 from imgxfer.core.errors import UnknownComponentError, UserError
-from imgxfer.data.scenes import IGNORE, align_scene_classes, scene_split, untile_images
+from imgxfer.data.scenes import IGNORE, align_scene_classes, scene_split
 from imgxfer.nn.dense.features import Pyramid
 from imgxfer.nn.dense.model import HEADS, DenseModel, check_head
 from imgxfer.plugin.registry import Registry
@@ -107,53 +107,20 @@ def test_scene_split_is_seeded_disjoint_and_refuses_too_many_shots() -> None:
         scene_split(data, 14)
 
 
-def test_tiles_cut_scenes_with_their_masks_and_boxes_and_untile_undoes_it() -> None:
-    data = tiny_scenes("d", n=3, size=32)
-    tiles = data.tiles(16)
-    assert tuple(tiles.images.shape) == (12, 1, 16, 16) and len(tiles.boxes) == 12
-    assert torch.equal(untile_images(tiles.images.tensor(), 32, 32), data.images.tensor())
-    # tile (row 0, column 1) of scene 2 is its top-right quarter
-    assert torch.equal(tiles.masks[2 * 4 + 1], data.masks[2, :16, 16:])
-    # every box part lies inside its tile and covers exactly its class's mask pixels there
-    for k, (boxes, labels) in enumerate(zip(tiles.boxes, tiles.box_labels, strict=True)):
-        assert ((boxes >= 0) & (boxes <= 16)).all()
-        drawn = torch.zeros(16, 16, dtype=torch.long)
-        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), labels.tolist(), strict=True):
-            drawn[y0:y1, x0:x1] = label + 1
-        assert torch.equal(drawn, tiles.masks[k])
-    with pytest.raises(ValueError, match="do not cut into 12-pixel tiles"):
-        data.tiles(12)
-
-
-def test_a_generator_translates_scenes_in_tiles_of_its_declared_size() -> None:
-    from imgxfer.tasks.dense.translate import tile_size
-
-    scenes = tiny_scenes("d", n=2, size=32)
-    sized = type("Sized", (), {})
-    for declared_size, tile in ((16, 16), (8, 8), (32, 0), (64, 0), (12, 0), (None, 0)):
-        generator = sized()
-        if declared_size is not None:
-            generator.image_size = declared_size
-        assert tile_size(generator, scenes) == tile, declared_size
-
-
-def test_the_generator_learns_only_from_tiles_that_hold_an_object() -> None:
+def test_the_generator_learns_only_from_scenes_that_hold_an_object() -> None:
     from imgxfer.tasks.dense.translate import generator_data, main_class
 
-    source, target = tiny_scenes("s", n=4, size=32), tiny_scenes("t", n=4, size=32, seed=1)
-    for scenes in (source, target):
-        scenes.masks[:, :16] = 0  # the top tiles hold no object (masks read first)
-    tiles = source.tiles(16)
-    labels = main_class(tiles)
-    holds = ((tiles.masks > 0) & (tiles.masks != IGNORE)).flatten(1).any(1)
-    assert torch.equal(labels >= 0, holds) and not holds[0::4].any() and holds.any()
-    data = generator_data(tiles, labels, target.tiles(16), target.tiles(16), target)
-    assert len(data.images) == int((labels >= 0).sum()) + int((main_class(target.tiles(16)) >= 0).sum())
-    assert (data.labels >= 0).all() and len(data.unlabelled) == 16
-    empty = tiny_scenes("e", n=2, size=32)
-    empty.masks[:] = 0
-    with pytest.raises(UserError, match="no e scene holds an object"):
-        generator_data(empty, main_class(empty), target, target, target)
+    source, target = tiny_scenes("s", n=6), tiny_scenes("t", n=4, seed=1)
+    source.masks[:2] = 0  # masks are read before boxes
+    target.masks[:1] = 0
+    labels = main_class(source)
+    assert labels[:2].tolist() == [-1, -1] and (labels[2:] >= 0).all()
+    data = generator_data(source, labels, target, target, target)
+    assert len(data.images) == 4 + 3 and (data.labels >= 0).all()
+    assert data.domains == ["s"] * 4 + ["t"] * 3 and len(data.unlabelled) == 4
+    source.masks[:] = 0
+    with pytest.raises(UserError, match="no s scene holds an object"):
+        generator_data(source, main_class(source), target, target, target)
 
 
 def test_align_classes_renumbers_masks_and_box_labels() -> None:

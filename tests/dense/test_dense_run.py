@@ -218,22 +218,6 @@ def test_translate_keeps_the_source_annotations(tmp_path, task, augment) -> None
             else "<td>augmentation</td><td>each component’s own (auto:") in report
 
 
-def test_a_smaller_generator_translates_the_scenes_in_tiles(tmp_path) -> None:
-    plugins = _fake_host()
-    try:
-        result = invoke("run", "--task", "segment", *TINY_SCENES, "--generator", "gan",
-                        "--synthesis", "translate", "--generator-steps", "3",
-                        "--generator-opt", "width=8", "--generator-opt", "image_size=16",
-                        "--adapter", "finetune", "--out", str(tmp_path))
-    finally:
-        plugins.reset_host()
-    assert result.exit_code == 0, result.output
-    (folder,) = tmp_path.iterdir()
-    generator = json.loads((folder / "metrics.json").read_text())["generator"]
-    assert generator["tile"] == 16 and generator["translated_scenes"] == 36
-    assert "in 16-pixel tiles at the scenes’ own scale" in (folder / "report.html").read_text()
-
-
 def test_list_shows_each_components_tasks() -> None:
     plugins = _fake_host()
     try:

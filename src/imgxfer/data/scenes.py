@@ -102,30 +102,6 @@ class SceneDataset:
         return SceneDataset(images, list(self.class_names), domain, self.masks, self.boxes,
                             self.box_labels, self.description, list(self.notes))
 
-    def tiles(self, size: int) -> SceneDataset:
-        """Each scene cut into ``size`` x ``size`` tiles (row by row; the sides must be
-        multiples of ``size``), with their masks, and the parts of boxes inside each tile
-        in its own pixels (an object cut by a tile border is in both tiles)."""
-        h, w = self.images.shape[-2:]
-        if size < 1 or h % size or w % size:
-            raise ValueError(f"scenes of {h}x{w} do not cut into {size}-pixel tiles")
-        origins = [(x, y) for y in range(0, h, size) for x in range(0, w, size)]
-        masks = None if self.masks is None else tile_images(self.masks[:, None], size)[:, 0]
-        boxes = labels = None
-        if self.boxes is not None:
-            assert self.box_labels is not None
-            boxes, labels = [], []
-            for box, label in zip(self.boxes, self.box_labels, strict=True):
-                for x, y in origins:
-                    part = box - torch.tensor([x, y, x, y], dtype=box.dtype)
-                    part = part.clamp(0, size)
-                    keep = (part[:, 2] > part[:, 0]) & (part[:, 3] > part[:, 1])
-                    boxes.append(part[keep])
-                    labels.append(label[keep])
-        return SceneDataset(tile_images(self.images.tensor(), size), list(self.class_names),
-                            self.domain, masks, boxes, labels, self.description,
-                            list(self.notes))
-
     def objects_per_class(self) -> list[int]:
         """How many objects of each class there are: boxes per class when the dataset has
         boxes, else the images in which the class has mask pixels (a mask does not say
@@ -139,22 +115,6 @@ class SceneDataset:
                 present = torch.unique(mask[(mask > 0) & (mask != IGNORE)]) - 1
                 counts[present] += 1
         return counts.tolist()
-
-
-def tile_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``[N, C, H, W]`` -> ``[N * (H / size) * (W / size), C, size, size]``: each image's
-    tiles row by row, then the next image's (:func:`untile_images` undoes it)."""
-    n, c, h, w = images.shape
-    cut = images.unfold(2, size, size).unfold(3, size, size)  # N, C, rows, cols, size, size
-    return cut.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, size, size)
-
-
-def untile_images(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The images :func:`tile_images` cut into ``tiles``, each ``height`` x ``width``."""
-    c, size = tiles.shape[1], tiles.shape[-1]
-    rows, cols = height // size, width // size
-    grid = tiles.reshape(-1, rows, cols, c, size, size).permute(0, 3, 1, 4, 2, 5)
-    return grid.reshape(-1, c, height, width)
 
 
 @dataclass

@@ -154,9 +154,6 @@ class Generator(Protocol):
       ``format = "<name>.training"``, so ``imgxfer generate`` refuses it by name.
     - ``num_classes``: the classes a trained or loaded generator draws (``None`` if
       unknown), checked against the run's class list when loading.
-    - ``image_size``: the side of the square images it learns and makes, when that is
-      fixed (``None``: any size). A dense run whose scenes' sides are multiples of it
-      translates them tile by tile at their own scale instead of resizing whole scenes.
     - ``synthesis``: the subset of :data:`imgxfer.core.config.SYNTHESIS_MODES` it can do
       (default ``{"text"}``). ``fit`` reads the mode the run asks for in
       ``data.synthesis``. ``"shots"`` or ``"translate"`` promise
@@ -236,8 +233,7 @@ OPTIONAL: dict[str, dict[str, Any]] = {
     "encoders": {"pretrains": False},
     "captioners": {"attributes": None, "to": None},
     "generators": {"trains_by_steps": True, "resumable": False, "num_classes": None,
-                   "resolved_options": None, "synthesis": frozenset({"text"}),
-                   "image_size": None},
+                   "resolved_options": None, "synthesis": frozenset({"text"})},
     "adapters": {"trains_by_steps": True, "history": (), "scores_images": False,
                  "check_encoder": None},
 }

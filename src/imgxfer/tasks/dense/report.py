@@ -67,11 +67,8 @@ def _setup(config: Any, metrics: Any, synthetic: SceneDataset | None) -> str:
                 for key, label in COLUMNS[config.task] if key in metrics.model.get(
                     "source_val", {}))]]
     if synthetic is not None and metrics.generator:
-        tile = metrics.generator.get("tile")
         rows.append(["translated scenes", f"{len(synthetic)} by {metrics.generator['name']} "
-                                          f"({metrics.generator['steps']} steps"
-                     + (f"; in {tile}-pixel tiles at the scenes’ own scale)" if tile
-                        else ")")])
+                                          f"({metrics.generator['steps']} steps)"])
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.get("notes", []))
     return "<h2>Setup</h2>" + _table(["", ""], rows) + (f"<ul>{notes}</ul>" if notes else "")
 

@@ -5,15 +5,12 @@ target's style by the run's generator, their masks and boxes kept (CyCADA's use 
 The generator learns as in a classification run (:class:`imgxfer.data.dataset.GeneratorData`)
 from the source scenes, the labelled target scenes and the unlabelled ones. A
 generator's content loss follows image labels, so each scene is labelled with its
-largest object's class; what keeps the masks valid is that a translator changes
-style, not geometry (the GAN's PixelDA translator works at the image's own size).
-
-A generator that works at a fixed size smaller than the scenes (it declares
-``image_size``, as the gan does: 32 px) learns from and translates the scenes' tiles of
-that size, each tile labelled with its own largest object: the digits stay at the scale
-they are drawn at, where resizing the whole scene to the generator's size and its output
-back would halve and blur them against their masks. Scenes whose sides are not multiples
-of that size are resized whole, as for a generator of any size."""
+largest object's class (a scene without objects is translated, not learnt from); what
+keeps the masks valid is that a translator changes style, not geometry (the GAN's
+PixelDA translator works at the image's own size; a dense run sets it to the scenes').
+Learning from and translating 32-px tiles of 64-px scenes, at the digits' own scale, was
+measured and lost to whole scenes resized to 32 px on the selection pair
+(docs/benchmarks.md, "Translation at the digits' scale")."""
 
 from __future__ import annotations
 
@@ -28,9 +25,9 @@ from imgxfer.core.budget import Budget
 from imgxfer.core.errors import UserError
 from imgxfer.core.progress import Progress
 from imgxfer.data.dataset import GeneratorData
-from imgxfer.data.scenes import IGNORE, SceneDataset, untile_images
+from imgxfer.data.scenes import IGNORE, SceneDataset
 from imgxfer.nn.preprocess import match_channels
-from imgxfer.plugin.protocols import checkpoint_args, declared
+from imgxfer.plugin.protocols import checkpoint_args
 from imgxfer.run import artifacts
 from imgxfer.tasks.classify.stages.generate import check_images
 
@@ -60,40 +57,32 @@ def translate_scenes(plan: Any, source: SceneDataset, folder: Path, progress: Pr
     """Fit the plan's generator (continuing its training checkpoint with ``resume``, when
     it declares ``resumable``), translate every ``source`` scene, save the generator."""
     config, generator, split = plan.config, plan.generator, plan.split
-    tile = tile_size(generator, source)
-
-    def cut(scenes: SceneDataset) -> SceneDataset:
-        return scenes.tiles(tile) if tile else scenes
-
-    parts = cut(source)
-    labels = main_class(parts)
-    data = generator_data(parts, labels, cut(split.labelled), cut(split.unlabelled), split.test)
+    labels = main_class(source)
+    data = generator_data(source, labels, split.labelled, split.unlabelled, split.test)
     started = time.perf_counter()
     budget = Budget(config.generator_steps or None, None).start()
     fitted = generator.fit(data, budget=budget, progress=progress, device=plan.device,
                            **checkpoint_args(generator, folder / runfolder.TRAINING_CHECKPOINT,
                                              resume))
     fit_seconds = time.perf_counter() - started
-    images = _edit_all(generator, parts, labels.clamp(min=0), config, plan.device)
-    if tile:
-        images = untile_images(images, *source.images.shape[-2:])
+    images = _edit_all(generator, source, labels.clamp(min=0), config, plan.device)
     artifacts.save_generator(folder / runfolder.GENERATOR, config.generator, generator,
                              config.options["generator"], source.class_names)
     (folder / runfolder.TRAINING_CHECKPOINT).unlink(missing_ok=True)
     synthetic = source.with_images(images, f"translated-{source.domain}")
     return synthetic, {"name": config.generator, "synthesis": "translate",
                        "steps": fitted.steps, "translated_scenes": len(synthetic),
-                       "tile": tile or None, "fit_seconds": round(fit_seconds, 1)}
+                       "fit_seconds": round(fit_seconds, 1)}
 
 
 def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDataset,
                    unlabelled: SceneDataset, test: SceneDataset) -> GeneratorData:
-    """What the generator learns from: the source scenes (or tiles) and the labelled
-    target ones that hold an object, each labelled with its :func:`main_class`
+    """What the generator learns from: the source scenes and the labelled target ones
+    that hold an object, each labelled with its :func:`main_class`
     (``labels``, for the source), and every unlabelled target one, at the test scenes'
     channels. A scene without objects has no class for the content loss: labelled as one,
-    it would teach the translator to draw that class on background (a sixth of the 32-px
-    tiles of the digit scenes are empty). It is still translated."""
+    it would teach the translator to draw that class on background. It is still
+    translated."""
     keep = labels >= 0
     if not keep.any():
         raise UserError(f"no {source.domain} scene holds an object, so there is nothing "
@@ -109,17 +98,6 @@ def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDa
         domains=[source.domain] * n + [test.domain] * len(shots),
         class_names=list(source.class_names), target_domain=test.domain,
         synthesis="translate", unlabelled=unlabelled.images.tensor())
-
-
-def tile_size(generator: Any, scenes: SceneDataset) -> int:
-    """The side of the tiles the generator translates ``scenes`` in: its declared
-    ``image_size`` when that is smaller than the scenes and divides both their sides,
-    else 0 (whole scenes, resized to the generator's size and back)."""
-    size = declared(generator, "image_size", "generators")
-    h, w = scenes.images.shape[-2:]
-    if not isinstance(size, int) or size < 1 or (size >= h and size >= w):
-        return 0
-    return size if h % size == 0 and w % size == 0 else 0
 
 
 def _edit_all(generator: Any, source: SceneDataset, labels: torch.Tensor, config: Any,
