@@ -120,6 +120,8 @@ def main() -> None:
                         help="With --table-only: A,B prints method B minus method A, seed "
                              "by seed, at 0 labels.")
     args = parser.parse_args()
+    if args.paired and len(args.paired.split(",")) != 2:
+        parser.error("--paired takes two method names, A,B")
     if args.table_only:
         rows = read_rows(args.out)
         for task in ("segment", "detect"):
