@@ -63,6 +63,19 @@ def test_dense_task_takes_its_defaults_where_classification_ones_stand() -> None
         RunConfig(task="paint").for_task()
 
 
+def test_the_generator_translates_scenes_at_most_32_pixels_wide(host) -> None:
+    from imgxfer.tasks.dense.run import GENERATOR_SIDE, fit_to_scenes
+
+    config = RunConfig(task="segment", generator="gan", synthesis="translate").for_task()
+    for side, generator_side in ((32, 32), (64, GENERATOR_SIDE), (128, GENERATOR_SIDE)):
+        fitted = fit_to_scenes(config, host.registry, tiny_scenes(n=2, size=side))
+        assert fitted.options["encoder"]["input_size"] == side
+        assert fitted.options["generator"]["image_size"] == generator_side
+    config.options["generator"] = {"image_size": 64}  # the user's choice stands
+    fitted = fit_to_scenes(config, host.registry, tiny_scenes(n=2, size=64))
+    assert fitted.options["generator"]["image_size"] == 64
+
+
 def test_heads_are_checked_against_the_task() -> None:
     assert check_head("", "segment") == "unet" and check_head("", "detect") == "centernet"
     with pytest.raises(UserError, match="head 'unet' is for --task segment, not --task detect"):

@@ -182,20 +182,28 @@ def check_translate(config: RunConfig, generator: Any, split: SceneSplit) -> Non
                         "scenes, and none are left; lower --shots or --test-fraction.")
 
 
+# The largest side a generator translates scenes at by default (scenes are resized to it
+# and back). On the selection pair's segment cells a 64-px translator scored lower than a
+# 32-px one at the same 600 steps (seed 0: 0.358 against 0.403 mIoU) and costs about four
+# times as much per step; every dense translation in docs/benchmarks.md ran at 32 px.
+GENERATOR_SIDE = 32
+
+
 def fit_to_scenes(config: RunConfig, registry: Registry, source: SceneDataset) -> RunConfig:
-    """The encoder and the generator work at the scenes' own size: their ``input_size``
-    / ``image_size`` (and smallcnn's ``in_channels``: colour) are set from the data
-    unless the user set them; config.toml records them, so predict rebuilds the same."""
+    """The encoder works at the scenes' own size and the generator at it or at
+    :data:`GENERATOR_SIDE`, whichever is smaller: their ``input_size`` / ``image_size``
+    (and smallcnn's ``in_channels``: colour) are set from the data unless the user set
+    them; config.toml records them, so predict rebuilds the same."""
     side = int(source.images.shape[-1])
-    stages = [("encoder", config.encoder, "input_size")]
+    stages = [("encoder", config.encoder, "input_size", side)]
     if config.generator != NONE:
-        stages.append(("generator", config.generator, "image_size"))
+        stages.append(("generator", config.generator, "image_size", min(side, GENERATOR_SIDE)))
     options = dict(config.options)
-    for stage, name, key in stages:
+    for stage, name, key, size in stages:
         defaults = registry.get(f"{stage}s", name, config.task).defaults()
         own = dict(options[stage])
         if key in defaults and key not in own:
-            own[key] = side
+            own[key] = size
         if defaults.get("in_channels") == 0 and own.get("in_channels", 0) == 0:
             own["in_channels"] = 3
         options[stage] = own

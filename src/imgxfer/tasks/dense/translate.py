@@ -7,9 +7,10 @@ from the source scenes, the labelled target scenes and the unlabelled ones. A
 generator's content loss follows image labels, so each scene is labelled with its
 largest object's class (a scene without objects is translated, not learnt from); what
 keeps the masks valid is that a translator changes style, not geometry (the GAN's
-PixelDA translator works at the image's own size; a dense run sets it to the scenes').
-Learning from and translating 32-px tiles of 64-px scenes, at the digits' own scale, was
-measured and lost to whole scenes resized to 32 px on the selection pair
+PixelDA translator keeps the image's layout). A dense run sets the generator's size to
+the scenes', at most 32 px (:data:`imgxfer.tasks.dense.run.GENERATOR_SIDE`), and larger
+scenes are resized to it and back. Learning from and translating 32-px tiles of 64-px
+scenes instead, at the digits' own scale, was measured and lost on the selection pair
 (docs/benchmarks.md, "Translation at the digits' scale")."""
 
 from __future__ import annotations
