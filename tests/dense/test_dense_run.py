@@ -210,7 +210,7 @@ def test_translate_keeps_the_source_annotations(tmp_path, task, augment) -> None
     assert metrics["generator"]["translated_scenes"] == 36  # the source minus its tenth
     assert (folder / "generator.safetensors").is_file()
     config = (folder / "config.toml").read_text()
-    assert "image_size = 32" in config  # the generator works at the scenes' size
+    assert "image_size = 32" in config  # the scenes' size, which is also the cap
     # auto leaves grey-to-grey scenes as they are; style recolours them
     assert f'augment = "{"style" if augment == "style" else ""}"' in config
     report = (folder / "report.html").read_text()

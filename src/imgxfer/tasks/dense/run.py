@@ -117,7 +117,7 @@ def prepare(config: RunConfig, registry: Registry) -> DensePlan:
     generator = None
     if config.generator != NONE:
         generator = make("generators", config.generator, config.options["generator"])
-        check_translate(config, generator, split)
+        check_translate(config, generator, source, split)
         if config.synthesis == AUTO:  # the one mode a dense run has
             config = replace(config, synthesis="translate", synthesis_reason=(
                 f"auto: a --task {config.task} run makes images only by translating "
@@ -173,31 +173,44 @@ def check_sizes(config: RunConfig, source: SceneDataset, target: SceneDataset) -
                         "--target-opt size=N.")
 
 
-def check_translate(config: RunConfig, generator: Any, split: SceneSplit) -> None:
+def check_translate(config: RunConfig, generator: Any, source: SceneDataset,
+                    split: SceneSplit) -> None:
+    """Before anything trains: a generator that can translate, unlabelled target scenes
+    to learn the style from and source scenes with objects to learn the content from."""
+    from imgxfer.tasks.dense.translate import require_objects
+
     if "translate" not in declared(generator, "synthesis", "generators"):
         raise UserError(f"generator {config.generator!r} cannot translate images "
                         "(--synthesis translate), which is how a dense run makes them.")
     if not len(split.unlabelled):
         raise UserError("--synthesis translate learns the target's style from its unlabelled "
                         "scenes, and none are left; lower --shots or --test-fraction.")
+    require_objects(source)
 
 
-# The largest side a generator translates scenes at by default (scenes are resized to it
-# and back). On the selection pair's segment cells a 64-px translator scored lower than a
-# 32-px one at the same 600 steps (seed 0: 0.358 against 0.403 mIoU) and costs about four
-# times as much per step; every dense translation in docs/benchmarks.md ran at 32 px.
+# The largest side a generator (any with an image_size option) translates scenes at by
+# default; scenes are resized to it and back. On the selection pair's segment cells the
+# gan's 64-px translator scored lower than its 32-px one at the same 600 steps (seed 0:
+# 0.358 against 0.403 mIoU) and costs about four times as much per step; every dense
+# translation in docs/benchmarks.md ran at 32 px.
 GENERATOR_SIDE = 32
 
 
+def generator_side(side: int) -> int:
+    """The largest power of two at most ``side`` and :data:`GENERATOR_SIDE` (the gan
+    works at powers of two): 32 for 64- or 48-px scenes, 16 for 24-px ones."""
+    return 1 << (min(side, GENERATOR_SIDE).bit_length() - 1)
+
+
 def fit_to_scenes(config: RunConfig, registry: Registry, source: SceneDataset) -> RunConfig:
-    """The encoder works at the scenes' own size and the generator at it or at
-    :data:`GENERATOR_SIDE`, whichever is smaller: their ``input_size`` / ``image_size``
+    """The encoder works at the scenes' own size and the generator at
+    :func:`generator_side`: their ``input_size`` / ``image_size``
     (and smallcnn's ``in_channels``: colour) are set from the data unless the user set
     them; config.toml records them, so predict rebuilds the same."""
     side = int(source.images.shape[-1])
     stages = [("encoder", config.encoder, "input_size", side)]
     if config.generator != NONE:
-        stages.append(("generator", config.generator, "image_size", min(side, GENERATOR_SIDE)))
+        stages.append(("generator", config.generator, "image_size", generator_side(side)))
     options = dict(config.options)
     for stage, name, key, size in stages:
         defaults = registry.get(f"{stage}s", name, config.task).defaults()

@@ -84,10 +84,7 @@ def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDa
     channels. A scene without objects has no class for the content loss: labelled as one,
     it would teach the translator to draw that class on background. It is still
     translated."""
-    keep = labels >= 0
-    if not keep.any():
-        raise UserError(f"no {source.domain} scene holds an object, so there is nothing "
-                        "for the generator to learn to translate.")
+    keep = require_objects(source, labels)
     shot_labels = main_class(labelled)
     shots = labelled.subset(torch.nonzero(shot_labels >= 0).flatten())
     images = match_channels(source.images.tensor()[keep], int(test.images.shape[1]))
@@ -99,6 +96,16 @@ def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDa
         domains=[source.domain] * n + [test.domain] * len(shots),
         class_names=list(source.class_names), target_domain=test.domain,
         synthesis="translate", unlabelled=unlabelled.images.tensor())
+
+
+def require_objects(scenes: SceneDataset, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Which ``scenes`` hold an object (``labels``: their :func:`main_class`, if known);
+    none is one sentence, since the generator would have nothing to learn from."""
+    keep = (main_class(scenes) if labels is None else labels) >= 0
+    if not keep.any():
+        raise UserError(f"no {scenes.domain} scene holds an object, so there is nothing "
+                        "for the generator to learn to translate.")
+    return keep
 
 
 def _edit_all(generator: Any, source: SceneDataset, labels: torch.Tensor, config: Any,
