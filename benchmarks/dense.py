@@ -175,9 +175,8 @@ def gap_table(rows: list[dict], pair: str, task: str) -> str:
     """At 0 labels, per seed: how much of the gap between source-only and the oracle
     each method closes, ``(method - source-only) / (oracle - source-only)``, mean ±
     std over seeds, and its paired difference to source-only."""
-    key = "miou" if task == "segment" else "map_50"
     rows = [r for r in rows if r["pair"] == pair and r["task"] == task and r["shots"] == 0]
-    by = {(r["method"], r["seed"]): r[key] for r in rows}
+    by = scores_at_zero(rows, pair, task)
     seeds = sorted({r["seed"] for r in rows if (("oracle", r["seed"]) in by
                                                 and ("source-only", r["seed"]) in by)})
     lines = ["| method (0 labels) | minus source-only | share of the gap closed | seeds |",
@@ -195,12 +194,17 @@ def gap_table(rows: list[dict], pair: str, task: str) -> str:
     return "\n".join(lines)
 
 
+def scores_at_zero(rows: list[dict], pair: str, task: str) -> dict[tuple[str, int], float]:
+    """(method, seed) -> the task's headline score (mIoU or mAP@0.5) at 0 labels."""
+    key = "miou" if task == "segment" else "map_50"
+    return {(r["method"], r["seed"]): r[key] for r in rows
+            if r["pair"] == pair and r["task"] == task and r["shots"] == 0}
+
+
 def paired_table(rows: list[dict], pair: str, task: str, before: str, after: str) -> str:
     """``after`` minus ``before`` at 0 labels on the seeds both ran (the same split and
     seeded source model), each seed's difference and their mean ± std."""
-    key = "miou" if task == "segment" else "map_50"
-    by = {(r["method"], r["seed"]): r[key] for r in rows
-          if r["pair"] == pair and r["task"] == task and r["shots"] == 0}
+    by = scores_at_zero(rows, pair, task)
     seeds = sorted(s for m, s in by if m == after and (before, s) in by)
     delta = [by[after, s] - by[before, s] for s in seeds]
     if not delta:

@@ -8,8 +8,8 @@ generator's content loss follows image labels, so each scene is labelled with it
 largest object's class (a scene without objects is translated, not learnt from); what
 keeps the masks valid is that a translator changes style, not geometry (the GAN's
 PixelDA translator keeps the image's layout). A dense run sets the generator's size to
-the scenes', at most 32 px (:data:`imgxfer.tasks.dense.run.GENERATOR_SIDE`), and larger
-scenes are resized to it and back. Learning from and translating 32-px tiles of 64-px
+the largest power of two at most the scenes' and 32 px
+(:func:`imgxfer.tasks.dense.run.generator_side`); larger scenes are resized to it and back. Learning from and translating 32-px tiles of 64-px
 scenes instead, at the digits' own scale, was measured and lost on the selection pair
 (docs/benchmarks.md, "Translation at the digits' scale")."""
 
@@ -86,14 +86,14 @@ def generator_data(source: SceneDataset, labels: torch.Tensor, labelled: SceneDa
     translated."""
     keep = require_objects(source, labels)
     shot_labels = main_class(labelled)
-    shots = labelled.subset(torch.nonzero(shot_labels >= 0).flatten())
-    images = match_channels(source.images.tensor()[keep], int(test.images.shape[1]))
-    n = len(images)
+    shot_keep = shot_labels >= 0
+    n, m = int(keep.sum()), int(shot_keep.sum())
     return GeneratorData(
-        images=torch.cat([images, shots.images.tensor()]),
-        labels=torch.cat([labels[keep], shot_labels[shot_labels >= 0]]),
-        captions=[""] * (n + len(shots)),
-        domains=[source.domain] * n + [test.domain] * len(shots),
+        images=torch.cat([match_channels(source.images.tensor()[keep], int(test.images.shape[1])),
+                          labelled.images.tensor()[shot_keep]]),
+        labels=torch.cat([labels[keep], shot_labels[shot_keep]]),
+        captions=[""] * (n + m),
+        domains=[source.domain] * n + [test.domain] * m,
         class_names=list(source.class_names), target_domain=test.domain,
         synthesis="translate", unlabelled=unlabelled.images.tensor())
 
